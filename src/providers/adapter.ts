@@ -1,0 +1,80 @@
+import type { Usage } from '../rating/usage.ts';
+
+export type Protocol = 'openai' | 'anthropic' | 'openai-compatible' | 'gemini' | 'azure-openai';
+
+/** What the sidecar needs to know about a request before it forwards it. */
+export interface RequestInfo {
+  model: string;
+  stream: boolean;
+  /** The output limit the client set, if any (max_tokens, max_completion_tokens, ...). */
+  maxOutputTokens: number | undefined;
+  /** True when the client itself asked for usage in the stream (OpenAI stream_options.include_usage). */
+  clientWantsStreamUsage: boolean;
+  /** Which operation: chat (generation) or embeddings (input only). */
+  operation: 'chat' | 'embeddings';
+}
+
+/** Changes the sidecar makes to a request body before forwarding it. */
+export interface RequestChanges {
+  /** Output limit to set when the client set none. */
+  maxOutputTokens?: number;
+}
+
+/**
+ * Usage counts read from a response or stream. A field the upstream did not
+ * send is undefined, never 0: a missing count is unknown, not zero.
+ */
+export interface UsageReading {
+  usage: Usage | undefined;
+}
+
+/**
+ * Reads a server-sent event stream chunk by chunk, passing bytes through
+ * (minus any usage event the client did not ask for) and tracking usage.
+ */
+export interface StreamMeter {
+  /** Consumes one upstream chunk and returns the bytes to send to the client (possibly empty). */
+  push(chunk: Buffer): Buffer;
+  /** Returns bytes held back at the end of the stream (an incomplete trailing event), if any. */
+  flush(): Buffer;
+  /**
+   * The usage as known now. `complete` is false when the stream ended (or was
+   * cut) before the provider's final usage; the counts then include an
+   * estimate of the output seen so far, marked `estimated`.
+   */
+  result(): { usage: Usage; complete: boolean };
+}
+
+export interface ErrorDetails {
+  status: number;
+  /** Short machine-readable code, for example `insufficient_funds` or `unknown_model`. */
+  code: string;
+  message: string;
+}
+
+export interface ProviderAdapter {
+  readonly protocol: Protocol;
+  /** Reads model, stream flag and output limit; throws InvalidRequestError with a clear message. */
+  inspect(path: string, body: Record<string, unknown>): RequestInfo;
+  /** Returns the body to forward: output limit set where needed, stream usage requested. */
+  prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown>;
+  /** Reads usage from a complete JSON response; `promptEstimate` fills counts the upstream left out. */
+  usageFromJson(body: unknown, info: RequestInfo, promptEstimate: number): { usage: Usage; complete: boolean };
+  /** Creates the per-request stream reader. */
+  createStreamMeter(info: RequestInfo, promptEstimate: number): StreamMeter;
+  /** Builds an error body in the provider's own format, so its SDK raises a readable error. */
+  errorBody(error: ErrorDetails): Record<string, unknown>;
+  /** Headers that carry the credential upstream. */
+  credentialHeaders(credential: string): Record<string, string>;
+}
+
+export class InvalidRequestError extends Error {
+  override readonly name = 'InvalidRequestError';
+  constructor(
+    message: string,
+    readonly status = 400,
+    readonly code = 'invalid_request',
+  ) {
+    super(message);
+  }
+}
