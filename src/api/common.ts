@@ -1,0 +1,84 @@
+import { z } from 'zod';
+
+export const API_GROUP = 'tollgate.dev';
+export const API_VERSION = 'v1alpha1';
+export const API_GROUP_VERSION = `${API_GROUP}/${API_VERSION}`;
+
+/** A non-negative money amount: decimal currency units ("12.50") or nano-units with an `n` suffix ("120n"). */
+export const Money = z
+  .string()
+  .regex(/^(\d+(\.\d{1,9})?|\d+n)$/, {
+    message: 'must be a non-negative decimal string such as "12.50" (at most 9 decimals) or nano-units such as "120n"',
+  })
+  .describe('Money: a decimal string of currency units such as "12.50", or integer nano-units with an "n" suffix such as "120n".');
+
+/** A price per million tokens, in currency units, as a decimal string. */
+export const RatePerMillion = Money.describe('Price per million tokens in currency units, as a decimal string such as "3.75".');
+
+export const Currency = z
+  .string()
+  .regex(/^[A-Z]{3}$/, { message: 'must be an ISO 4217 code of three capital letters, such as "USD"' })
+  .describe('ISO 4217 currency code, such as USD.');
+
+export const Percent = z
+  .string()
+  .regex(/^\d+(\.\d{1,4})?$/, { message: 'must be a non-negative decimal percentage such as "20" or "12.5"' })
+  .describe('A non-negative percentage as a decimal string, such as "20".');
+
+export const ObjectMeta = z.object({
+  name: z.string().min(1),
+  namespace: z.string().min(1).optional(),
+  labels: z.record(z.string(), z.string()).optional(),
+  annotations: z.record(z.string(), z.string()).optional(),
+  generation: z.number().int().optional(),
+  resourceVersion: z.string().optional(),
+  uid: z.string().optional(),
+  finalizers: z.array(z.string()).optional(),
+  deletionTimestamp: z.string().optional(),
+  creationTimestamp: z.string().optional(),
+});
+export type ObjectMeta = z.infer<typeof ObjectMeta>;
+
+export const Condition = z.object({
+  type: z.string(),
+  status: z.enum(['True', 'False', 'Unknown']),
+  reason: z.string(),
+  message: z.string(),
+  lastTransitionTime: z.string(),
+  observedGeneration: z.number().int().optional(),
+});
+export type Condition = z.infer<typeof Condition>;
+
+/** Token rates of one model, per million tokens, plus per-request and per-unit fees. */
+export const ModelRates = z.object({
+  input: RatePerMillion,
+  cachedInput: RatePerMillion.optional().describe('Cache reads; defaults to the input rate.'),
+  cacheWrite5m: RatePerMillion.optional().describe('Cache writes kept about 5 minutes; defaults to the input rate.'),
+  cacheWrite1h: RatePerMillion.optional().describe('Cache writes kept about 1 hour; defaults to the 5-minute write rate.'),
+  output: RatePerMillion,
+  reasoning: RatePerMillion.optional().describe('Reasoning tokens; defaults to the output rate.'),
+  perRequest: Money.optional().describe('A fixed fee per request.'),
+  units: z.record(z.string(), Money).optional().describe('Fees per unit other than tokens, such as web_search.'),
+  maxOutputTokens: z.number().int().positive().optional().describe('Output limit set on requests that carry none.'),
+  contextTiers: z
+    .array(
+      z.object({
+        abovePromptTokens: z.number().int().positive(),
+        input: RatePerMillion.optional(),
+        cachedInput: RatePerMillion.optional(),
+        cacheWrite5m: RatePerMillion.optional(),
+        cacheWrite1h: RatePerMillion.optional(),
+        output: RatePerMillion.optional(),
+        reasoning: RatePerMillion.optional(),
+      }),
+    )
+    .optional()
+    .describe('Rates that replace the base rates for every token of a request whose prompt exceeds the threshold.'),
+});
+export type ModelRates = z.infer<typeof ModelRates>;
+
+export const ModelId = z
+  .string()
+  .min(1)
+  .max(200)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:\/@-]*$/, { message: 'must be a model id such as "gpt-4o-mini"' });

@@ -1,0 +1,32 @@
+import { z } from 'zod';
+import { API_GROUP_VERSION, Condition, Currency, ModelId, ModelRates, ObjectMeta, Percent } from './common.ts';
+
+export const PriceVersion = z.object({
+  name: z.string().min(1).optional(),
+  effectiveFrom: z.iso.datetime({ offset: true, message: 'must be an RFC 3339 time such as "2026-01-01T00:00:00Z"' }),
+  markupPercent: Percent.optional().describe('Charge = provider cost x (1 + percent/100) for models without explicit rates.'),
+  models: z.record(ModelId, ModelRates).default({}).describe('Explicit customer rates per model; these win over the markup.'),
+});
+export type PriceVersion = z.infer<typeof PriceVersion>;
+
+export const PricePlanSpec = z.object({
+  currency: Currency,
+  versions: z.array(PriceVersion).min(1),
+  unknownModels: z
+    .object({
+      policy: z.enum(['reject', 'default']).default('reject'),
+      defaultRates: ModelRates.optional(),
+    })
+    .default({ policy: 'reject' })
+    .describe('What to do with a model the plan does not price: reject it (the default), or charge defaultRates.'),
+});
+export type PricePlanSpec = z.infer<typeof PricePlanSpec>;
+
+export const PricePlan = z.object({
+  apiVersion: z.literal(API_GROUP_VERSION),
+  kind: z.literal('PricePlan'),
+  metadata: ObjectMeta,
+  spec: PricePlanSpec,
+  status: z.object({ observedGeneration: z.number().int().optional(), conditions: z.array(Condition).optional() }).optional(),
+});
+export type PricePlan = z.infer<typeof PricePlan>;
