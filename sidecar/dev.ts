@@ -1,0 +1,148 @@
+import type { Logger } from 'pino';
+import type { ProviderRoute } from '../src/api/provider-route.ts';
+import { loadManifests, type ResourceSet } from '../src/config/manifests.ts';
+import { secretsResolver, type CredentialResolver } from '../src/config/snapshot.ts';
+import type { Ledger } from '../src/ledger/ledger.ts';
+import { MemoryLedger } from '../src/ledger/memory.ts';
+import { RedisLedger } from '../src/ledger/redis.ts';
+import { parseAmount } from '../src/money/money.ts';
+import { startSimulator } from '../src/simulator/index.ts';
+import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
+import { compileSnapshot, ManifestConfig } from './config-source.ts';
+import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar, type SidecarOptions } from './server.ts';
+
+export interface DevOptions {
+  /** Folder or file of manifests (Wallet, PricePlan, ProviderRoute, Secret). */
+  manifests: string;
+  host: string;
+  /** Port to listen on; 0 picks a free one. */
+  port: number;
+  /** Redis URL of the ledger; the in-memory ledger when undefined. */
+  redisUrl: string | undefined;
+  /** The wallet that pays when a request names none ("namespace/name" or "name"). */
+  wallet: string | undefined;
+  /** Environment that may hold provider keys (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
+  env: NodeJS.ProcessEnv;
+  log: Logger;
+  /** Whether to reload manifests when they change. */
+  watch: boolean;
+  sidecar?: Partial<SidecarOptions>;
+}
+
+export interface DevServer extends Sidecar {
+  url: string;
+  simulatorUrl: string | undefined;
+  /** Routes that were pointed at the simulator because they had no credential. */
+  simulated: string[];
+  ledger: Ledger;
+  config: ManifestConfig;
+  close(): Promise<void>;
+}
+
+const KEY_VARIABLES: Record<string, string> = {
+  openai: 'OPENAI_API_KEY',
+  'openai-compatible': 'OPENAI_API_KEY',
+  'azure-openai': 'AZURE_OPENAI_API_KEY',
+  anthropic: 'ANTHROPIC_API_KEY',
+  gemini: 'GEMINI_API_KEY',
+};
+const SIMULATOR_KEY = 'tollgate-simulator-key';
+
+/**
+ * Starts local mode: the sidecar on manifests from disk, the in-memory or a
+ * Redis ledger, and the provider simulator for every route that has no
+ * credential, neither in a Secret manifest nor in the environment.
+ */
+export async function startDev(options: DevOptions): Promise<DevServer> {
+  const { log } = options;
+  const simulated: string[] = [];
+  let simulator: Awaited<ReturnType<typeof startSimulator>> | undefined;
+
+  const credentialOf = (resources: ResourceSet): CredentialResolver => {
+    const fromSecrets = secretsResolver(resources);
+    return (route: ProviderRoute) => fromSecrets(route) ?? options.env[KEY_VARIABLES[route.spec.protocol] ?? ''];
+  };
+
+  const initial = await loadManifests(options.manifests);
+  if (initial.routes.some((route) => credentialOf(initial)(route) === undefined)) {
+    simulator = await startSimulator({ host: '127.0.0.1', port: 0, expectedKey: SIMULATOR_KEY });
+  }
+
+  // Routes without a credential are pointed at the simulator before the snapshot is compiled.
+  const compile = (resources: ResourceSet) => {
+    const resolve = credentialOf(resources);
+    const credentials = new Map<ProviderRoute, string | undefined>();
+    for (const route of resources.routes) {
+      let credential = resolve(route);
+      if (credential === undefined && simulator) {
+        route.spec.baseURL = simulator.url;
+        credential = SIMULATOR_KEY;
+        if (!simulated.includes(route.metadata.name)) simulated.push(route.metadata.name);
+      }
+      credentials.set(route, credential);
+    }
+    return compileSnapshot(resources, (route) => credentials.get(route));
+  };
+  const config = await ManifestConfig.load(options.manifests, compile, log);
+
+  const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl) : new MemoryLedger();
+  await applyGrants(ledger, config.current().resources, log);
+
+  const defaultWallet = qualify(options.wallet ?? onlyWallet(config.current().resources), 'default');
+  const metrics = createSidecarMetrics();
+  const sidecarOptions: SidecarOptions = {
+    ...DEFAULT_SIDECAR_OPTIONS,
+    walletPolicy: { defaultWallet, allowWalletHeader: true },
+    ...options.sidecar,
+  };
+  const sidecar = createSidecar(config, ledger, metrics, sidecarOptions, log);
+  const address = await sidecar.app.listen({ host: options.host, port: options.port });
+  if (options.watch) config.watch();
+
+  const sweeper = setInterval(() => {
+    for (const wallet of config.current().wallets.values()) {
+      ledger.sweep(wallet.key).catch((error: unknown) => log.warn({ err: error, wallet: wallet.id }, 'sweep failed'));
+    }
+  }, 30_000);
+  sweeper.unref();
+
+  return {
+    ...sidecar,
+    url: address,
+    simulatorUrl: simulator?.url,
+    simulated,
+    ledger,
+    config,
+    async close() {
+      clearInterval(sweeper);
+      config.close();
+      await sidecar.app.close();
+      await sidecar.proxy.close();
+      await ledger.quit();
+      await simulator?.close();
+    },
+  };
+}
+
+/** Credits every grant of every wallet; the ledger ignores grants it has already applied. */
+export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: Logger): Promise<void> {
+  for (const wallet of resources.wallets) {
+    const key = { namespace: wallet.metadata.namespace ?? 'default', name: wallet.metadata.name };
+    for (const grant of wallet.spec.grants) {
+      const amount = parseAmount(grant.amount, `wallet ${key.namespace}/${key.name} grant ${grant.id}`);
+      const result = await ledger.credit(key, grant.id, amount, grant.reason);
+      if (!result.replayed) log.info({ wallet: `${key.namespace}/${key.name}`, grant: grant.id, amount: grant.amount }, 'grant applied');
+    }
+  }
+}
+
+function onlyWallet(resources: ResourceSet): string | undefined {
+  const wallets = resources.wallets.filter((wallet) => wallet.metadata.annotations?.['tollgate.dev/default'] === 'true');
+  const candidates = wallets.length > 0 ? wallets : resources.wallets;
+  return candidates.length === 1 ? `${candidates[0]!.metadata.namespace}/${candidates[0]!.metadata.name}` : undefined;
+}
+
+function qualify(wallet: string | undefined, namespace: string): string | undefined {
+  if (wallet === undefined) return undefined;
+  return wallet.includes('/') ? wallet : `${namespace}/${wallet}`;
+}

@@ -1,0 +1,64 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ProviderRoute } from '../src/api/provider-route.ts';
+import { RedisLedger } from '../src/ledger/redis.ts';
+import { createLogger } from '../src/telemetry/logger.ts';
+import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
+import { compileSnapshot, OperatorConfig } from './config-source.ts';
+import { createSidecar, DEFAULT_SIDECAR_OPTIONS } from './server.ts';
+
+/**
+ * Reads a route's credential from the Secret files the injector mounts at
+ * <dir>/<secret name>/<key>. Read at each configuration change, so a rotated
+ * Secret is picked up with the next snapshot.
+ */
+export function fileCredentials(dir: string): (route: ProviderRoute) => string | undefined {
+  return (route) => {
+    const ref = route.spec.credentialSecretRef;
+    if (!ref) return undefined;
+    try {
+      return readFileSync(join(dir, ref.name, ref.key), 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  };
+}
+
+function required(env: NodeJS.ProcessEnv, name: string): string {
+  const value = env[name];
+  if (!value) throw new Error(`environment variable ${name} is not set; the injector sets it, or set it by hand`);
+  return value;
+}
+
+/** Runs the sidecar in a pod: configuration from the operator, the Redis ledger, credentials from files. */
+export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  const log = createLogger('tollgate-sidecar');
+  const namespace = required(env, 'TOLLGATE_NAMESPACE');
+  const configUrl = `${required(env, 'TOLLGATE_CONFIG_URL').replace(/\/+$/, '')}/v1/snapshot/${namespace}`;
+  const credentials = fileCredentials(env.TOLLGATE_CREDENTIALS_DIR ?? '/var/run/tollgate/credentials');
+  const wallet = env.TOLLGATE_WALLET ? `${namespace}/${env.TOLLGATE_WALLET}` : undefined;
+
+  const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
+  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'));
+  const metrics = createSidecarMetrics();
+  const sidecar = createSidecar(
+    config,
+    ledger,
+    metrics,
+    { ...DEFAULT_SIDECAR_OPTIONS, walletPolicy: { defaultWallet: wallet, allowWalletHeader: false }, walletLabel: env.TOLLGATE_WALLET_LABEL === 'true' },
+    log,
+  );
+  const [host = '127.0.0.1', port = '8787'] = (env.TOLLGATE_LISTEN ?? '127.0.0.1:8787').split(':');
+  await sidecar.app.listen({ host, port: Number(port) });
+
+  const stop = async () => {
+    log.info('stopping');
+    config.close();
+    await sidecar.app.close();
+    await sidecar.proxy.close();
+    await ledger.quit();
+    process.exit(0);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}

@@ -1,0 +1,602 @@
+import { randomUUID, hash } from 'node:crypto';
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { Agent, type Dispatcher } from 'undici';
+import type { CompiledRoute, CompiledWallet, Snapshot } from '../src/config/snapshot.ts';
+import type { HoldRequest, Ledger, ReserveResult } from '../src/ledger/ledger.ts';
+import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
+import { formatAmount } from '../src/money/money.ts';
+import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
+import { InvalidRequestError } from '../src/providers/adapter.ts';
+import { adapterFor, estimatePromptTokens } from '../src/providers/index.ts';
+import { UnknownModelError } from '../src/rating/plan.ts';
+import { rate, worstCaseRates, type Price } from '../src/rating/rating.ts';
+import type { Usage } from '../src/rating/usage.ts';
+import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
+import type { ConfigSource } from './config-source.ts';
+import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
+
+export interface ProxyOptions {
+  walletPolicy: WalletPolicy;
+  /** Output limit set on requests that carry none, when the model's rates set no maxOutputTokens. */
+  defaultMaxOutputTokens: number;
+  /** The smallest output limit worth forwarding when the wallet cannot afford the default one. */
+  minOutputTokens: number;
+  /** Seconds a hold lives before the sweeper settles it; longer than any upstream call. */
+  holdTtlSeconds: number;
+  /** Largest JSON response read to find its usage. */
+  maxResponseBytes: number;
+  /** Whether metrics carry a wallet label. */
+  walletLabel: boolean;
+}
+
+/** An error answered in the provider's own format, with nothing forwarded and nothing debited. */
+export class ProxyError extends Error {
+  override readonly name = 'ProxyError';
+  readonly status: number;
+  readonly code: string;
+
+  constructor(status: number, code: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Headers that must not cross the proxy: hop-by-hop ones, and credentials the application must not choose. */
+const DROPPED_REQUEST_HEADERS = new Set([
+  'host',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+  'content-length',
+  'accept-encoding',
+  'authorization',
+  'x-api-key',
+  'api-key',
+  'x-goog-api-key',
+  'idempotency-key',
+]);
+const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding']);
+
+interface Admitted {
+  snapshot: Snapshot;
+  route: CompiledRoute;
+  adapter: ProviderAdapter;
+  wallet: CompiledWallet;
+  info: RequestInfo;
+  price: Price;
+  requestId: string;
+  promptEstimate: number;
+  hold: bigint;
+  body: string;
+  startedNs: bigint;
+}
+
+interface Settlement {
+  usage: Usage;
+  complete: boolean;
+  reason: 'final' | 'missing_usage' | 'client_disconnect' | 'upstream_cut';
+  /** A complete JSON answer, sent to the client once it is billed. */
+  response?: { status: number; headers: Record<string, string>; body: Buffer };
+}
+
+/**
+ * The enforcing proxy: prices the worst case of each request, holds it in the
+ * ledger, forwards with the sidecar's credential, streams the answer back
+ * while reading usage, and commits the actual cost.
+ */
+export class Proxy {
+  private readonly agent: Agent;
+  private readonly config: ConfigSource;
+  private readonly ledger: Ledger;
+  private readonly metrics: SidecarMetrics;
+  private readonly options: ProxyOptions;
+  private readonly log: Logger;
+
+  constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
+    this.config = config;
+    this.ledger = ledger;
+    this.metrics = metrics;
+    this.options = options;
+    this.log = log;
+    // One connection pool per upstream origin, shared by all requests.
+    this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 256, connect: { timeout: 10_000 } });
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+
+  /** Finds the route for a URL path by its first segment. */
+  routeFor(url: string): { route: CompiledRoute; upstreamPath: string } | undefined {
+    const snapshot = this.config.current();
+    const end = url.indexOf('/', 1);
+    const prefix = end === -1 ? url.split('?')[0]! : url.slice(0, end);
+    const route = snapshot.routes.get(prefix);
+    if (!route) return undefined;
+    return { route, upstreamPath: route.basePath + (end === -1 ? '/' : url.slice(end)) };
+  }
+
+  knownPrefixes(): string {
+    return [...this.config.current().routes.keys()].join(', ') || '(none configured)';
+  }
+
+  async handle(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const startedNs = process.hrtime.bigint();
+    const matched = this.routeFor(request.url);
+    if (!matched) {
+      throw new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url.split('?')[0]}"; use one of the prefixes: ${this.knownPrefixes()}`);
+    }
+    const { route, upstreamPath } = matched;
+    const adapter = adapterFor(route.protocol);
+
+    if (request.method === 'GET' || request.method === 'HEAD') {
+      await this.passThrough(request, reply, route, upstreamPath);
+      return;
+    }
+
+    const admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
+    try {
+      await this.forward(request, reply, admitted, upstreamPath);
+    } catch (error) {
+      // The response is hijacked by now, so fastify's error handler cannot answer it.
+      this.log.error({ err: error, requestId: admitted.requestId }, 'forwarding failed');
+      await this.releaseQuietly(admitted, 'internal_error');
+      this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
+    }
+  }
+
+  /** Validates, prices and reserves; throws ProxyError for anything that must not be forwarded. */
+  private async admit(request: FastifyRequest, route: CompiledRoute, adapter: ProviderAdapter, upstreamPath: string, startedNs: bigint): Promise<Admitted> {
+    const raw = request.body;
+    if (!Buffer.isBuffer(raw) || raw.length === 0) {
+      throw new ProxyError(400, 'invalid_request', 'the request body is empty; send a JSON object');
+    }
+    const parsed = parseJsonObject(raw);
+    const info = inspect(adapter, upstreamPath, parsed);
+    const snapshot = this.config.current();
+    const wallet = this.walletFor(snapshot, request.headers);
+    const price = this.priceFor(snapshot, wallet, route, info.model);
+
+    const promptEstimate = estimatePromptTokens(raw.length);
+    const requestId = requestIdOf(request.headers);
+    const hold = this.holdFor(price, info, promptEstimate, wallet, raw);
+    const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+    const units = this.checkReserve(result, wallet, route, info, requestId);
+
+    const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
+    const body = JSON.stringify(adapter.prepare(parsed, info, changes));
+
+    return {
+      snapshot,
+      route,
+      adapter,
+      wallet,
+      info,
+      price,
+      requestId,
+      promptEstimate,
+      hold: result.status === 'reserved' ? result.amount : 0n,
+      body,
+      startedNs,
+    };
+  }
+
+  private walletFor(snapshot: Snapshot, headers: IncomingHttpHeaders): CompiledWallet {
+    try {
+      return resolveWallet(snapshot, headers, this.options.walletPolicy);
+    } catch (error) {
+      if (error instanceof WalletResolutionError) throw new ProxyError(error.status, 'wallet_not_allowed', error.message);
+      throw error;
+    }
+  }
+
+  private priceFor(snapshot: Snapshot, wallet: CompiledWallet, route: CompiledRoute, model: string): Price {
+    try {
+      return snapshot.pricerFor(wallet, route).priceOf(model, Date.now());
+    } catch (error) {
+      if (error instanceof UnknownModelError) {
+        this.metrics.denials.inc({ route: route.name, reason: 'unknown_model' });
+        throw new ProxyError(400, 'unknown_model', error.message);
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Builds the worst-case hold: every prompt token at the dearest prompt rate
+   * (the body's byte length bounds its token count), plus the output limit at
+   * the dearest output rate. Without a client limit, the ledger picks the
+   * largest output limit the wallet can afford.
+   */
+  private holdFor(price: Price, info: RequestInfo, promptEstimate: number, wallet: CompiledWallet, raw: Buffer): HoldRequest {
+    const worst = worstCaseRates(price);
+    const modelMax = price.charge?.maxOutputTokens ?? price.cost.maxOutputTokens ?? this.options.defaultMaxOutputTokens;
+    let minUnits = 0;
+    let maxUnits = 0;
+    if (info.operation === 'chat') {
+      maxUnits = info.maxOutputTokens ?? modelMax;
+      minUnits = info.maxOutputTokens ?? Math.min(this.options.minOutputTokens, modelMax);
+    }
+    return {
+      fixed: BigInt(promptEstimate) * worst.perPromptToken + worst.perRequest,
+      perUnit: worst.perOutputToken,
+      minUnits,
+      maxUnits,
+      ttlSeconds: this.options.holdTtlSeconds,
+      fingerprint: hash('sha256', raw, 'base64url'),
+      limits: wallet.limits,
+    };
+  }
+
+  private checkReserve(result: ReserveResult, wallet: CompiledWallet, route: CompiledRoute, info: RequestInfo, requestId: string): number {
+    const currency = wallet.currency;
+    switch (result.status) {
+      case 'reserved':
+        return result.units;
+      case 'insufficient_funds':
+        this.metrics.denials.inc({ route: route.name, reason: 'insufficient_funds' });
+        throw new ProxyError(
+          402,
+          'insufficient_funds',
+          `wallet "${wallet.id}" is out of funds: this request may cost up to ${formatAmount(result.required)} ${currency} but only ${formatAmount(result.available)} ${currency} is available; top up the wallet${info.maxOutputTokens !== undefined ? ' or lower the output limit' : ''}`,
+        );
+      case 'limit_exceeded':
+        this.metrics.denials.inc({ route: route.name, reason: result.limit });
+        throw new ProxyError(
+          402,
+          'spend_limit_exceeded',
+          `wallet "${wallet.id}" would exceed its ${result.limit} limit: this request may cost up to ${formatAmount(result.required)} ${currency} and ${formatAmount(result.remaining)} ${currency} remains under the limit; wait for the next period or raise spec.limits`,
+        );
+      case 'conflict':
+        this.metrics.denials.inc({ route: route.name, reason: 'request_id_conflict' });
+        throw new ProxyError(
+          400,
+          'request_id_conflict',
+          result.reason === 'already_settled'
+            ? `request id "${requestId}" was already served and billed; send a new Idempotency-Key to make another call`
+            : `request id "${requestId}" was already used for a different request body; send a new Idempotency-Key`,
+        );
+      case 'wallet_closed':
+        this.metrics.denials.inc({ route: route.name, reason: 'wallet_closed' });
+        throw new ProxyError(403, 'wallet_closed', `wallet "${wallet.id}" is closed and accepts no new requests`);
+    }
+  }
+
+  private async forward(request: FastifyRequest, reply: FastifyReply, admitted: Admitted, upstreamPath: string): Promise<void> {
+    const { route, adapter } = admitted;
+    const abort = new AbortController();
+    const res = reply.raw;
+    reply.hijack();
+    const onClose = () => {
+      if (!res.writableFinished) abort.abort(new Error('client disconnected'));
+    };
+    res.on('close', onClose);
+
+    const upstreamStartNs = process.hrtime.bigint();
+    let upstream: Dispatcher.ResponseData;
+    try {
+      upstream = await this.agent.request({
+        origin: route.origin,
+        path: upstreamPath,
+        method: 'POST',
+        headers: this.upstreamHeaders(request.headers, route, adapter, admitted.body),
+        body: admitted.body,
+        signal: abort.signal,
+        headersTimeout: route.requestTimeoutMs,
+        bodyTimeout: route.requestTimeoutMs,
+      });
+    } catch (error) {
+      res.off('close', onClose);
+      await this.releaseQuietly(admitted, 'upstream_unreachable');
+      this.count(admitted, 'upstream_error');
+      if (abort.signal.aborted) return;
+      this.sendError(res, adapter, new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}; nothing was charged`));
+      return;
+    }
+
+    if (upstream.statusCode >= 400) {
+      await this.relayUpstreamError(res, admitted, upstream);
+      res.off('close', onClose);
+      return;
+    }
+    void this.ledger.markAnswered(admitted.wallet.key, admitted.requestId).catch((error: unknown) => {
+      this.log.warn({ err: error, requestId: admitted.requestId }, 'could not mark the hold as answered');
+    });
+
+    const isStream = String(upstream.headers['content-type'] ?? '').includes('text/event-stream');
+    const settlement = isStream
+      ? await this.relayStream(res, admitted, upstream, abort.signal)
+      : await this.relayJson(admitted, upstream);
+    res.off('close', onClose);
+    this.metrics.upstreamDuration.observe({ route: route.name }, seconds(process.hrtime.bigint() - upstreamStartNs));
+    await this.settle(res, admitted, settlement, upstreamStartNs);
+  }
+
+  private upstreamHeaders(incoming: IncomingHttpHeaders, route: CompiledRoute, adapter: ProviderAdapter, body: string): Record<string, string> {
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(incoming)) {
+      if (value === undefined || DROPPED_REQUEST_HEADERS.has(name) || name.startsWith('x-tollgate-')) continue;
+      headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = String(Buffer.byteLength(body));
+    headers['accept-encoding'] = 'identity';
+    if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
+    return headers;
+  }
+
+  private async relayUpstreamError(res: ServerResponse, admitted: Admitted, upstream: Dispatcher.ResponseData): Promise<void> {
+    await this.releaseQuietly(admitted, 'upstream_status');
+    this.count(admitted, 'upstream_error');
+    res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+    try {
+      for await (const chunk of upstream.body) res.write(chunk);
+    } catch (error) {
+      this.log.warn({ err: error, requestId: admitted.requestId }, 'upstream error body was cut');
+    }
+    res.end();
+  }
+
+  private async relayStream(res: ServerResponse, admitted: Admitted, upstream: Dispatcher.ResponseData, signal: AbortSignal): Promise<Settlement> {
+    const meter = admitted.adapter.createStreamMeter(admitted.info, admitted.promptEstimate);
+    res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+    try {
+      for await (const chunk of upstream.body) {
+        const out = meter.push(chunk as Buffer);
+        if (out.length > 0 && !res.write(out)) await waitForDrain(res, signal);
+      }
+      const tail = meter.flush();
+      if (tail.length > 0) res.write(tail);
+    } catch (error) {
+      const { usage, complete } = meter.result();
+      const reason = signal.aborted ? 'client_disconnect' : 'upstream_cut';
+      this.log.warn({ err: error, requestId: admitted.requestId, reason }, 'stream ended early; charging the output seen so far');
+      res.destroy();
+      return { usage, complete, reason };
+    }
+    const { usage, complete } = meter.result();
+    return { usage, complete, reason: complete ? 'final' : 'missing_usage' };
+  }
+
+  private async relayJson(admitted: Admitted, upstream: Dispatcher.ResponseData): Promise<Settlement> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of upstream.body) {
+        size += (chunk as Buffer).length;
+        if (size <= this.options.maxResponseBytes) chunks.push(chunk as Buffer);
+      }
+    } catch (error) {
+      this.log.warn({ err: error, requestId: admitted.requestId }, 'response ended early; charging an estimate');
+      const { usage } = admitted.adapter.usageFromJson(undefined, admitted.info, admitted.promptEstimate);
+      return { usage, complete: false, reason: 'upstream_cut' };
+    }
+
+    const body = Buffer.concat(chunks);
+    let parsed: unknown;
+    if (size <= this.options.maxResponseBytes) {
+      try {
+        parsed = JSON.parse(body.toString('utf8'));
+      } catch {
+        parsed = undefined;
+      }
+    }
+    // NOTE: a response above maxResponseBytes is billed on an estimate and its body is not relayed.
+    const { usage, complete } = admitted.adapter.usageFromJson(parsed, admitted.info, admitted.promptEstimate);
+    const response = { status: upstream.statusCode, headers: responseHeaders(upstream.headers), body };
+    return { usage, complete, reason: complete ? 'final' : 'missing_usage', response };
+  }
+
+  /**
+   * Commits the actual cost, then finishes the client's response: a JSON
+   * answer goes out only after its commit, so a client never holds an
+   * unbilled answer; a stream is ended after it.
+   */
+  private async settle(res: ServerResponse, admitted: Admitted, settlement: Settlement, upstreamStartNs: bigint): Promise<void> {
+    const { usage, response } = settlement;
+    const rated = rate(admitted.price, usage);
+    const route = admitted.route.name;
+    if (!settlement.complete) this.metrics.estimatedUsage.inc({ route, reason: settlement.reason });
+
+    const entry = {
+      charged: rated.charged,
+      providerCost: rated.providerCost,
+      model: admitted.info.model,
+      route,
+      tokens: tokenCounts(usage),
+      estimated: usage.estimated,
+    };
+    const upstreamNs = process.hrtime.bigint() - upstreamStartNs;
+    const committed = await this.commitWithRetry(admitted, entry);
+
+    if (!res.destroyed && response) {
+      response.headers['content-length'] = String(response.body.length);
+      response.headers['x-tollgate-charged'] = formatAmount(rated.charged);
+      response.headers['x-tollgate-currency'] = admitted.wallet.currency;
+      response.headers['x-tollgate-wallet'] = admitted.wallet.id;
+      res.writeHead(response.status, response.headers);
+      res.end(response.body);
+    } else if (!res.destroyed) {
+      res.end();
+    }
+
+    this.record(admitted, usage, rated, committed);
+    const totalNs = process.hrtime.bigint() - admitted.startedNs;
+    this.metrics.overhead.observe({ route }, seconds(totalNs - upstreamNs));
+  }
+
+  private async commitWithRetry(admitted: Admitted, entry: Parameters<Ledger['commit']>[2]): Promise<boolean> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.timedLedger('commit', () => this.ledger.commit(admitted.wallet.key, admitted.requestId, entry));
+        return true;
+      } catch (error) {
+        this.log.error({ err: error, requestId: admitted.requestId, wallet: admitted.wallet.id, attempt }, 'commit failed');
+        await new Promise((resolve) => setTimeout(resolve, 50 * 2 ** attempt));
+      }
+    }
+    this.metrics.commitFailures.inc({ route: admitted.route.name });
+    return false;
+  }
+
+  private record(admitted: Admitted, usage: Usage, rated: { charged: bigint; providerCost: bigint }, committed: boolean): void {
+    const { route, wallet, info } = admitted;
+    const labels = {
+      currency: wallet.currency,
+      route: route.name,
+      model: info.model,
+      namespace: wallet.key.namespace,
+      wallet: this.options.walletLabel ? wallet.id : '',
+    };
+    this.count(admitted, 'admitted');
+    this.metrics.charged.inc(labels, toUnits(rated.charged));
+    this.metrics.providerCost.inc(labels, toUnits(rated.providerCost));
+    for (const [kind, count] of Object.entries(tokenCounts(usage))) {
+      if (count > 0) this.metrics.tokens.inc({ route: route.name, model: info.model, kind }, count);
+    }
+    this.log.info(
+      {
+        requestId: admitted.requestId,
+        wallet: wallet.id,
+        route: route.name,
+        model: info.model,
+        stream: info.stream,
+        charged: rated.charged.toString(),
+        providerCost: rated.providerCost.toString(),
+        estimated: usage.estimated,
+        committed,
+      },
+      'request settled',
+    );
+  }
+
+  private count(admitted: Admitted, outcome: string): void {
+    this.metrics.requests.inc({ route: admitted.route.name, model: admitted.info.model, outcome });
+  }
+
+  private async releaseQuietly(admitted: Admitted, reason: string): Promise<void> {
+    try {
+      await this.timedLedger('release', () => this.ledger.release(admitted.wallet.key, admitted.requestId));
+    } catch (error) {
+      this.log.error({ err: error, requestId: admitted.requestId, reason }, 'release failed; the sweeper will settle the hold');
+    }
+  }
+
+  private async timedLedger<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    const end = this.metrics.ledgerDuration.startTimer({ operation });
+    try {
+      return await call();
+    } catch (error) {
+      if (error instanceof LedgerUnavailableError) {
+        throw new ProxyError(503, 'ledger_unavailable', `the billing ledger is unavailable, so the request was not forwarded; retry shortly (${error.message})`, { cause: error });
+      }
+      throw error;
+    } finally {
+      end();
+    }
+  }
+
+  private async passThrough(request: FastifyRequest, reply: FastifyReply, route: CompiledRoute, upstreamPath: string): Promise<void> {
+    const adapter = adapterFor(route.protocol);
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(request.headers)) {
+      if (value === undefined || DROPPED_REQUEST_HEADERS.has(name) || name.startsWith('x-tollgate-')) continue;
+      headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
+    const upstream = await this.agent.request({ origin: route.origin, path: upstreamPath, method: request.method as 'GET', headers });
+    reply.hijack();
+    reply.raw.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+    for await (const chunk of upstream.body) reply.raw.write(chunk);
+    reply.raw.end();
+  }
+
+  /** Writes a provider-format error on a hijacked response. */
+  sendError(res: ServerResponse, adapter: ProviderAdapter, error: ProxyError): void {
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    const body = JSON.stringify(adapter.errorBody({ status: error.status, code: error.code, message: error.message }));
+    res.writeHead(error.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+}
+
+function parseJsonObject(raw: Buffer): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw.toString('utf8'));
+  } catch (error) {
+    throw new ProxyError(400, 'invalid_json', `the request body is not valid JSON (${(error as Error).message}); send a JSON object`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new ProxyError(400, 'invalid_json', 'the request body must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+function inspect(adapter: ProviderAdapter, path: string, body: Record<string, unknown>): RequestInfo {
+  try {
+    return adapter.inspect(path, body);
+  } catch (error) {
+    if (error instanceof InvalidRequestError) throw new ProxyError(error.status, error.code, error.message);
+    throw error;
+  }
+}
+
+function requestIdOf(headers: IncomingHttpHeaders): string {
+  const given = headers['idempotency-key'] ?? headers['x-tollgate-request-id'];
+  const id = Array.isArray(given) ? given[0] : given;
+  return id && id.length <= 200 ? id : randomUUID();
+}
+
+function responseHeaders(headers: IncomingHttpHeaders): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || DROPPED_RESPONSE_HEADERS.has(name)) continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
+function waitForDrain(res: ServerResponse, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason as Error);
+    const done = () => {
+      res.off('drain', done);
+      signal.removeEventListener('abort', done);
+      if (signal.aborted) reject(signal.reason as Error);
+      else resolve();
+    };
+    res.on('drain', done);
+    signal.addEventListener('abort', done);
+  });
+}
+
+function tokenCounts(usage: Usage): Record<string, number> {
+  return {
+    input: usage.input,
+    cache_read: usage.cacheRead,
+    cache_write_5m: usage.cacheWrite5m,
+    cache_write_1h: usage.cacheWrite1h,
+    output: usage.output,
+    reasoning: usage.reasoning,
+  };
+}
+
+function seconds(ns: bigint): number {
+  return Number(ns) / 1e9;
+}
+
+/** Converts nano-units to a float of currency units, for metrics only. */
+function toUnits(nano: bigint): number {
+  return Number(nano) / 1e9;
+}

@@ -1,0 +1,114 @@
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type { CompiledWallet } from '../src/config/snapshot.ts';
+import type { Ledger, WalletState } from '../src/ledger/ledger.ts';
+import { formatAmount } from '../src/money/money.ts';
+import { adapterFor } from '../src/providers/index.ts';
+import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
+import type { ConfigSource } from './config-source.ts';
+import { Proxy, ProxyError, type ProxyOptions } from './proxy.ts';
+
+export interface SidecarOptions extends ProxyOptions {
+  /** Largest request body accepted, in bytes. */
+  bodyLimit: number;
+}
+
+export const DEFAULT_SIDECAR_OPTIONS: Omit<SidecarOptions, 'walletPolicy'> = {
+  bodyLimit: 4 * 1024 * 1024,
+  defaultMaxOutputTokens: 4096,
+  minOutputTokens: 16,
+  holdTtlSeconds: 900,
+  maxResponseBytes: 32 * 1024 * 1024,
+  walletLabel: false,
+};
+
+export interface Sidecar {
+  app: FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
+  proxy: Proxy;
+}
+
+/** Builds the sidecar's HTTP server: the proxy on every route prefix, plus health and metrics. */
+export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: SidecarOptions, log: Logger): Sidecar {
+  const app = Fastify({
+    loggerInstance: log,
+    disableRequestLogging: true,
+    bodyLimit: options.bodyLimit,
+    return503OnClosing: true,
+  });
+  const proxy = new Proxy(config, ledger, metrics, options, log);
+
+  // Bodies stay raw: the proxy needs their exact bytes and answers parse errors in the provider's format.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    const snapshot = config.current();
+    return reply.send({ status: 'ready', config: snapshot.version, routes: snapshot.routes.size, wallets: snapshot.wallets.size });
+  });
+  app.get('/tollgate/v1/wallets', async () => {
+    const wallets = [...config.current().wallets.values()];
+    return { wallets: await Promise.all(wallets.map(async (wallet) => walletView(wallet, await ledger.state(wallet.key)))) };
+  });
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.route({
+    method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
+    url: '/*',
+    handler: (request, reply) => proxy.handle(request, reply),
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    sendProxyError(reply, proxy, request.url, new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url}"; use one of the prefixes: ${proxy.knownPrefixes()}`));
+  });
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const proxyError = toProxyError(error, options.bodyLimit);
+    if (proxyError.status >= 500) request.log.error({ err: error, url: request.url }, 'request failed');
+    sendProxyError(reply, proxy, request.url, proxyError);
+  });
+
+  return { app, proxy };
+}
+
+/** A wallet's ledger state as decimal strings, for people and scripts. */
+export function walletView(wallet: CompiledWallet, state: WalletState) {
+  return {
+    wallet: wallet.id,
+    currency: wallet.currency,
+    granted: formatAmount(state.granted),
+    spent: formatAmount(state.spent),
+    reserved: formatAmount(state.reserved),
+    balance: formatAmount(state.balance),
+    available: formatAmount(state.available),
+    providerCost: formatAmount(state.providerCost),
+    margin: formatAmount(state.spent - state.providerCost),
+    nano: { balance: state.balance.toString(), spent: state.spent.toString(), reserved: state.reserved.toString() },
+  };
+}
+
+function toProxyError(error: FastifyError, bodyLimit: number): ProxyError {
+  if (error instanceof ProxyError) return error;
+  if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    return new ProxyError(413, 'request_too_large', `the request body is larger than the sidecar's limit of ${bodyLimit} bytes; send a smaller request or raise the sidecar's body limit`);
+  }
+  if (error.statusCode !== undefined && error.statusCode < 500) {
+    return new ProxyError(error.statusCode, 'invalid_request', error.message);
+  }
+  return new ProxyError(500, 'internal_error', `the sidecar failed to handle the request: ${error.message}`, { cause: error });
+}
+
+function sendProxyError(reply: FastifyReply, proxy: Proxy, url: string, error: ProxyError): void {
+  const matched = proxy.routeFor(url);
+  const protocol = matched?.route.protocol ?? 'openai';
+  const body = adapterFor(protocol).errorBody({ status: error.status, code: error.code, message: error.message });
+  if (reply.sent || reply.raw.headersSent) {
+    reply.raw.destroy();
+    return;
+  }
+  void reply.code(error.status).header('content-type', 'application/json').send(body);
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+
+const USAGE = `Usage: tollgate <command> [options]
+
+Commands:
+  dev       Run the enforcing sidecar locally on manifests from a folder
+  demo      Start local mode and make OpenAI SDK calls until the wallet runs out
+  sidecar   Run the sidecar in a pod (configured by the environment the injector sets)
+  operator  Run the Kubernetes operator and admission webhook
+  ledger    Inspect a Redis ledger: "tollgate ledger state|verify --redis URL --wallet NS/NAME"
+
+Run "tollgate <command> --help" for the options of a command.`;
+
+const DEV_USAGE = `Usage: tollgate dev [options]
+
+Options:
+  --manifests PATH   Folder or file of Wallet, PricePlan, ProviderRoute and Secret manifests (default: examples)
+  --host HOST        Address to listen on (default: 127.0.0.1)
+  --port PORT        Port to listen on (default: 8787)
+  --redis URL        Use the Redis ledger at URL instead of the in-memory ledger
+  --wallet NAME      Wallet that pays when a request names none, as NAMESPACE/NAME or NAME
+  --no-watch         Do not reload manifests when they change
+
+Routes without a provider key (in a Secret manifest or in OPENAI_API_KEY,
+ANTHROPIC_API_KEY) are served by the built-in provider simulator.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'dev':
+      return dev(rest);
+    case 'demo': {
+      const { runDemo } = await import('../../sidecar/demo.ts');
+      return runDemo(rest);
+    }
+    case 'sidecar': {
+      const { runSidecar } = await import('../../sidecar/main.ts');
+      await runSidecar();
+      return new Promise<number>(() => {});
+    }
+    case 'operator': {
+      const { runOperator } = await import('../../operator/main.ts');
+      return runOperator(rest);
+    }
+    case 'ledger': {
+      const { runLedgerCommand } = await import('./ledger.ts');
+      return runLedgerCommand(rest);
+    }
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      console.log(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      console.error(`unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function dev(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      manifests: { type: 'string', default: 'examples' },
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '8787' },
+      redis: { type: 'string' },
+      wallet: { type: 'string' },
+      'no-watch': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(DEV_USAGE);
+    return 0;
+  }
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    console.error(`invalid --port "${values.port}": use a whole number from 0 to 65535`);
+    return 2;
+  }
+
+  // The sidecar is the top of the dependency tree, so the command loads it lazily.
+  const { startDev } = await import('../../sidecar/dev.ts');
+  const { createLogger } = await import('../telemetry/logger.ts');
+  const log = createLogger('tollgate-dev');
+  const server = await startDev({
+    manifests: values.manifests,
+    host: values.host,
+    port,
+    redisUrl: values.redis,
+    wallet: values.wallet,
+    env: process.env,
+    log,
+    watch: !values['no-watch'],
+  });
+  printBanner(server);
+
+  const stop = async () => {
+    await server.close();
+    process.exit(0);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return new Promise<number>(() => {});
+}
+
+function printBanner(server: { url: string; simulated: string[]; config: { current(): { routes: Map<string, { name: string; protocol: string }>; wallets: Map<string, unknown> } } }): void {
+  const snapshot = server.config.current();
+  const lines = [`Tollgate sidecar listening on ${server.url}`, ''];
+  for (const [prefix, route] of snapshot.routes) {
+    const simulated = server.simulated.includes(route.name) ? ' (provider simulator: no key configured)' : '';
+    lines.push(`  route ${route.name}: ${server.url}${prefix}${simulated}`);
+  }
+  lines.push(`  wallets: ${[...snapshot.wallets.keys()].join(', ')}`);
+  lines.push('', 'Point an SDK at it:');
+  lines.push(`  OPENAI_BASE_URL=${server.url}/openai/v1 OPENAI_API_KEY=unused`);
+  lines.push(`  ANTHROPIC_BASE_URL=${server.url}/anthropic ANTHROPIC_API_KEY=unused`);
+  lines.push(`Balances: curl -s ${server.url}/tollgate/v1/wallets`);
+  console.log(lines.join('\n'));
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    console.error(error instanceof Error ? `tollgate: ${error.message}` : error);
+    process.exitCode = 1;
+  },
+);

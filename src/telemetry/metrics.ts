@@ -1,0 +1,97 @@
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * The sidecar's Prometheus metrics. Money counters are in currency units as
+ * floats, for dashboards only; the ledger holds the exact amounts. The wallet
+ * label is filled only when enabled, because per-end-user wallets would make
+ * the series count unbounded.
+ */
+export interface SidecarMetrics {
+  registry: Registry;
+  requests: Counter<'route' | 'model' | 'outcome'>;
+  tokens: Counter<'route' | 'model' | 'kind'>;
+  charged: Counter<'currency' | 'route' | 'model' | 'namespace' | 'wallet'>;
+  providerCost: Counter<'currency' | 'route' | 'model' | 'namespace' | 'wallet'>;
+  denials: Counter<'route' | 'reason'>;
+  estimatedUsage: Counter<'route' | 'reason'>;
+  ledgerDuration: Histogram<'operation'>;
+  upstreamDuration: Histogram<'route'>;
+  overhead: Histogram<'route'>;
+  commitFailures: Counter<'route'>;
+}
+
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
+const UPSTREAM_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {}): SidecarMetrics {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'tollgate_sidecar_' });
+  const registers = [registry];
+
+  return {
+    registry,
+    requests: new Counter({
+      name: 'tollgate_requests_total',
+      help: 'Model requests handled by the sidecar, by outcome (admitted, denied, invalid, upstream_error, ledger_error).',
+      labelNames: ['route', 'model', 'outcome'],
+      registers,
+    }),
+    tokens: new Counter({
+      name: 'tollgate_tokens_total',
+      help: 'Tokens metered, by kind (input, cache_read, cache_write_5m, cache_write_1h, output, reasoning).',
+      labelNames: ['route', 'model', 'kind'],
+      registers,
+    }),
+    charged: new Counter({
+      name: 'tollgate_charged_total',
+      help: 'Amount charged to wallets, in currency units.',
+      labelNames: ['currency', 'route', 'model', 'namespace', 'wallet'],
+      registers,
+    }),
+    providerCost: new Counter({
+      name: 'tollgate_provider_cost_total',
+      help: 'Provider cost of the same requests, in currency units.',
+      labelNames: ['currency', 'route', 'model', 'namespace', 'wallet'],
+      registers,
+    }),
+    denials: new Counter({
+      name: 'tollgate_denials_total',
+      help: 'Requests rejected before reaching the provider, by reason.',
+      labelNames: ['route', 'reason'],
+      registers,
+    }),
+    estimatedUsage: new Counter({
+      name: 'tollgate_usage_estimated_total',
+      help: 'Requests billed on estimated token counts, by reason (missing_usage, client_disconnect, upstream_cut).',
+      labelNames: ['route', 'reason'],
+      registers,
+    }),
+    ledgerDuration: new Histogram({
+      name: 'tollgate_ledger_duration_seconds',
+      help: 'Ledger operation latency.',
+      labelNames: ['operation'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }),
+    upstreamDuration: new Histogram({
+      name: 'tollgate_upstream_duration_seconds',
+      help: 'Time from sending a request upstream to the end of its response.',
+      labelNames: ['route'],
+      buckets: UPSTREAM_BUCKETS,
+      registers,
+    }),
+    overhead: new Histogram({
+      name: 'tollgate_proxy_overhead_seconds',
+      help: 'Time the sidecar adds to a request: its total time minus the upstream time.',
+      labelNames: ['route'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }),
+    commitFailures: new Counter({
+      name: 'tollgate_commit_failures_total',
+      help: 'Served requests whose commit to the ledger failed; their holds are settled by the sweeper.',
+      labelNames: ['route'],
+      registers,
+    }),
+  };
+}
