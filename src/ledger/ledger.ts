@@ -3,7 +3,16 @@
  * All amounts are bigint nano-units of the wallet's currency. Every method is
  * one atomic step on one wallet; implementations must give identical results
  * (the same contract tests run against each).
+ *
+ * Each request id moves through these states: held (after reserve), then
+ * committed, released (by `release`), expired (released by the sweeper
+ * because the upstream never answered) or expired-charged (charged at the
+ * held amount by the sweeper because the upstream answered). Settled states
+ * are kept per request id without expiry, so that a late retry of any
+ * operation gets the first result instead of a second debit.
  */
+
+import { MAX_LEDGER_AMOUNT } from '../money/money.ts';
 
 /** Identifies a wallet: its Kubernetes namespace and name. */
 export interface WalletKey {
@@ -39,6 +48,18 @@ export interface HoldRequest {
   limits?: SpendLimits;
 }
 
+/**
+ * The outcome of a reserve. Checks run in this order, and the first failing
+ * one decides the result: an open hold or a settled request under the same id
+ * (replay or conflict), a closed wallet, `maxPerRequest`, `dailyCap`,
+ * `monthlyCap`, then the funds. A request id whose earlier hold was released
+ * by `release` may be reserved again with the same fingerprint, because the
+ * upstream never served it. An id that is committed or expired is
+ * `already_settled`.
+ *
+ * `available` may be negative when commits exceeded their holds.
+ * `required` is the minimum hold, `fixed + perUnit * minUnits`.
+ */
 export type ReserveResult =
   | { status: 'reserved'; amount: bigint; units: number; replayed: boolean }
   | { status: 'insufficient_funds'; available: bigint; required: bigint }
@@ -59,6 +80,14 @@ export interface CommitEntry {
   estimated: boolean;
 }
 
+/**
+ * The outcome of a commit. A commit always debits `charged` unless the hold
+ * was returned by `release` (conflict `released`): also when `charged`
+ * exceeds the hold, when the sweeper already released the expired hold, and
+ * when no hold is known. When the sweeper already charged the held amount,
+ * the commit corrects the debit to `charged`. `released` is the part of the
+ * hold returned to the wallet, `max(hold - charged, 0)`.
+ */
 export type CommitResult =
   | { status: 'committed'; charged: bigint; released: bigint; replayed: boolean }
   | { status: 'conflict'; reason: 'released' };
@@ -90,7 +119,11 @@ export interface SweepResult {
 }
 
 export interface Ledger {
-  /** Adds a grant; idempotent on `grantId`. Rejects amounts above MAX_LEDGER_AMOUNT. */
+  /**
+   * Adds a grant; idempotent on `grantId` (a repeated id keeps its first
+   * amount and returns replayed). Throws GrantTooLargeError when the grant or
+   * the wallet's granted total would exceed MAX_LEDGER_AMOUNT.
+   */
   credit(wallet: WalletKey, grantId: string, amount: bigint, reason?: string): Promise<CreditResult>;
   /** Places a hold if the wallet can afford it; idempotent on `requestId` with the same fingerprint. */
   reserve(wallet: WalletKey, requestId: string, hold: HoldRequest): Promise<ReserveResult>;
@@ -100,24 +133,174 @@ export interface Ledger {
   commit(wallet: WalletKey, requestId: string, entry: CommitEntry): Promise<CommitResult>;
   /** Returns the whole hold (the upstream did not serve the call); idempotent. */
   release(wallet: WalletKey, requestId: string): Promise<ReleaseResult>;
-  /** Settles holds that expired before `nowMs`: released, or charged at the held amount if answered. */
+  /**
+   * Settles holds whose expiry is at or before `nowMs` (default: the ledger's
+   * clock, which is the Redis server's clock for the Redis ledger): released,
+   * or charged at the held amount if answered. Reserve also settles up to
+   * EXPIRED_HOLDS_SETTLED_PER_RESERVE expired holds of its wallet.
+   */
   sweep(wallet: WalletKey, nowMs?: number): Promise<SweepResult>;
+  /** Reads the wallet's totals; an unknown wallet reads as all zeros. */
   state(wallet: WalletKey): Promise<WalletState>;
-  /** Closes the wallet: no new holds; history stays. */
+  /** Closes the wallet: no new holds; open holds can still be committed or released, and history stays. */
   close(wallet: WalletKey): Promise<void>;
-  /** Recomputes balance from the entry stream and compares it with the stored totals. */
-  verify(wallet: WalletKey): Promise<{ ok: boolean; granted: bigint; spent: bigint; entries: number; problems: string[] }>;
+  /**
+   * Recomputes the granted and spent totals from the entry stream and
+   * compares them, the provider cost, the grants and the open holds with the
+   * stored totals. Returns the recomputed totals; `problems` lists each mismatch.
+   */
+  verify(wallet: WalletKey): Promise<VerifyResult>;
+  /** Releases the ledger's resources, such as a Redis connection it opened itself. */
   quit(): Promise<void>;
 }
 
+export interface VerifyResult {
+  ok: boolean;
+  /** Sum of the grant entries in the stream. */
+  granted: bigint;
+  /** Sum of the debit and expire-charge entries in the stream. */
+  spent: bigint;
+  entries: number;
+  problems: string[];
+}
+
+/** Raised when the ledger's store cannot be reached; the sidecar fails closed on it. */
 export class LedgerUnavailableError extends Error {
   override readonly name = 'LedgerUnavailableError';
 }
 
+/** Raised when a grant would push a stored amount above MAX_LEDGER_AMOUNT. */
 export class GrantTooLargeError extends Error {
   override readonly name = 'GrantTooLargeError';
 }
 
 export function walletId(wallet: WalletKey): string {
   return `${wallet.namespace}/${wallet.name}`;
+}
+
+// Helpers shared by the implementations, so that both validate input and
+// count periods the same way.
+
+/** How many expired holds of the wallet a reserve settles before it checks the funds. */
+export const EXPIRED_HOLDS_SETTLED_PER_RESERVE = 16;
+
+/**
+ * Returns the names of the counters that the daily and monthly caps read, for
+ * the UTC day and month that contain `nowMs` (`day:2025-03-14`, `month:2025-03`).
+ */
+export function periodFields(nowMs: number): { day: string; month: string } {
+  const iso = new Date(nowMs).toISOString();
+  return { day: `day:${iso.slice(0, 10)}`, month: `month:${iso.slice(0, 7)}` };
+}
+
+/** Returns the smallest hold the request accepts, `fixed + perUnit * minUnits`. */
+export function minimumHold(hold: HoldRequest): bigint {
+  return hold.fixed + hold.perUnit * BigInt(hold.minUnits);
+}
+
+/** Returns the hold's time to live in whole milliseconds, at least 1. */
+export function holdTtlMs(hold: HoldRequest): number {
+  return Math.max(1, Math.round(hold.ttlSeconds * 1000));
+}
+
+/** Throws a RangeError naming the field unless the hold request is well formed. */
+export function validateHoldRequest(requestId: string, hold: HoldRequest): void {
+  if (requestId.length === 0) throw new RangeError('invalid request id: it must not be empty');
+  checkAmount('hold.fixed', hold.fixed);
+  checkAmount('hold.perUnit', hold.perUnit);
+  if (!Number.isSafeInteger(hold.minUnits) || hold.minUnits < 0) {
+    throw new RangeError(`invalid hold.minUnits ${hold.minUnits}: it must be a non-negative integer`);
+  }
+  if (!Number.isSafeInteger(hold.maxUnits) || hold.maxUnits < hold.minUnits) {
+    throw new RangeError(`invalid hold.maxUnits ${hold.maxUnits}: it must be an integer of at least minUnits (${hold.minUnits})`);
+  }
+  if (!Number.isFinite(hold.ttlSeconds) || hold.ttlSeconds <= 0) {
+    throw new RangeError(`invalid hold.ttlSeconds ${hold.ttlSeconds}: it must be a positive number of seconds`);
+  }
+  const minimum = minimumHold(hold);
+  if (minimum > MAX_LEDGER_AMOUNT) {
+    throw new RangeError(
+      `invalid hold for request "${requestId}": its minimum of ${minimum} nano-units exceeds the ledger limit of ${MAX_LEDGER_AMOUNT}`,
+    );
+  }
+  const limits = hold.limits ?? {};
+  for (const name of ['maxPerRequest', 'dailyCap', 'monthlyCap'] as const) {
+    const limit = limits[name];
+    if (limit !== undefined) checkAmount(`limits.${name}`, limit);
+  }
+}
+
+/** Throws a RangeError naming the field unless the entry's amounts and token counts are valid. */
+export function validateCommitEntry(requestId: string, entry: CommitEntry): void {
+  if (requestId.length === 0) throw new RangeError('invalid request id: it must not be empty');
+  checkAmount('entry.charged', entry.charged);
+  checkAmount('entry.providerCost', entry.providerCost);
+  for (const [kind, count] of Object.entries(entry.tokens)) {
+    if (!Number.isFinite(count)) throw new RangeError(`invalid entry.tokens.${kind} ${count}: it must be a finite number`);
+  }
+}
+
+/** Throws unless `amount` is a valid grant on its own: RangeError when negative, GrantTooLargeError above the limit. */
+export function validateGrant(wallet: WalletKey, grantId: string, amount: bigint): void {
+  if (grantId.length === 0) throw new RangeError('invalid grant id: it must not be empty');
+  if (amount < 0n) throw new RangeError(`invalid grant "${grantId}" of ${amount} nano-units: it must not be negative`);
+  if (amount > MAX_LEDGER_AMOUNT) {
+    throw new GrantTooLargeError(
+      `grant "${grantId}" of ${amount} nano-units to wallet ${walletId(wallet)} exceeds the ledger limit of ` +
+        `${MAX_LEDGER_AMOUNT} nano-units (2^53); split the funds across wallets`,
+    );
+  }
+}
+
+/** Builds the error for a grant that fits alone but would push the wallet's granted total above the limit. */
+export function grantTotalTooLarge(wallet: WalletKey, grantId: string, amount: bigint, granted: bigint): GrantTooLargeError {
+  return new GrantTooLargeError(
+    `grant "${grantId}" of ${amount} nano-units would raise the granted total of wallet ${walletId(wallet)} from ` +
+      `${granted} to ${granted + amount} nano-units, above the ledger limit of ${MAX_LEDGER_AMOUNT} (2^53); ` +
+      'split the funds across wallets',
+  );
+}
+
+/** Totals recomputed from the entry stream and the stored records, compared by `compareTotals`. */
+export interface LedgerTotals {
+  stored: { granted: bigint; spent: bigint; reserved: bigint; providerCost: bigint };
+  replayed: { granted: bigint; spent: bigint; providerCost: bigint; entries: number };
+  /** Sum of the grants recorded by grant id. */
+  grantsSum: bigint;
+  /** Sum of the open holds. */
+  holdsSum: bigint;
+}
+
+/** Compares stored totals with the replayed ones and builds the verify result. */
+export function compareTotals(wallet: WalletKey, totals: LedgerTotals): VerifyResult {
+  const id = walletId(wallet);
+  const { stored, replayed } = totals;
+  const checks: Array<[string, bigint, string, bigint]> = [
+    ['stored granted', stored.granted, 'the sum of grant entries', replayed.granted],
+    ['stored granted', stored.granted, 'the sum of recorded grants', totals.grantsSum],
+    ['stored spent', stored.spent, 'the sum of debit entries', replayed.spent],
+    ['stored provider cost', stored.providerCost, 'the sum of entry provider costs', replayed.providerCost],
+    ['stored reserved', stored.reserved, 'the sum of open holds', totals.holdsSum],
+  ];
+
+  const problems: string[] = [];
+  for (const [storedName, storedValue, replayedName, replayedValue] of checks) {
+    if (storedValue !== replayedValue) {
+      problems.push(`wallet ${id}: ${storedName} is ${storedValue} but ${replayedName} is ${replayedValue}`);
+    }
+  }
+
+  return {
+    ok: problems.length === 0,
+    granted: replayed.granted,
+    spent: replayed.spent,
+    entries: replayed.entries,
+    problems,
+  };
+}
+
+function checkAmount(field: string, amount: bigint): void {
+  if (amount < 0n || amount > MAX_LEDGER_AMOUNT) {
+    throw new RangeError(`invalid ${field} ${amount}: it must be between 0 and ${MAX_LEDGER_AMOUNT} nano-units`);
+  }
 }

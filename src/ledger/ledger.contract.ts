@@ -1,0 +1,689 @@
+/**
+ * Contract tests that every Ledger implementation must pass with identical
+ * results. `describeLedgerContract` registers them with vitest; each test
+ * uses wallets of its own, so one ledger (and one Redis) serves them all.
+ */
+
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { MAX_LEDGER_AMOUNT, parseAmount } from '../money/money.ts';
+import type { CommitEntry, HoldRequest, Ledger, ReserveResult, WalletKey } from './ledger.ts';
+import { GrantTooLargeError } from './ledger.ts';
+
+export interface LedgerFactoryOptions {
+  /** Clock in epoch milliseconds; it decides at least the UTC day and month of the spend caps. */
+  now?: () => number;
+}
+
+export type LedgerFactory = (options?: LedgerFactoryOptions) => Promise<Ledger>;
+
+const usd = (text: string) => parseAmount(text);
+
+/** Builds a fixed hold of `amount` that expires in a minute. */
+function fixedHold(amount: bigint, overrides: Partial<HoldRequest> = {}): HoldRequest {
+  return { fixed: amount, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'fp-1', ...overrides };
+}
+
+/** Builds a fixed hold of `amount` that expires in 30 days. */
+function longHold(amount: bigint, overrides: Partial<HoldRequest> = {}): HoldRequest {
+  return fixedHold(amount, { ttlSeconds: 30 * 86_400, ...overrides });
+}
+
+function usage(charged: bigint, providerCost = 0n): CommitEntry {
+  return { charged, providerCost, model: 'gpt-test', route: 'openai-main', tokens: { input: 10, output: 5 }, estimated: false };
+}
+
+function countStatuses(results: ReserveResult[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const result of results) counts[result.status] = (counts[result.status] ?? 0) + 1;
+  return counts;
+}
+
+export function describeLedgerContract(name: string, makeLedger: LedgerFactory): void {
+  describe(`${name}: ledger contract`, () => {
+    const run = randomUUID().slice(0, 8);
+    let walletCount = 0;
+    let ledger: Ledger;
+
+    const newWallet = (): WalletKey => {
+      walletCount += 1;
+      return { namespace: 'contract', name: `w-${run}-${walletCount}` };
+    };
+
+    const fundedWallet = async (amount: bigint): Promise<WalletKey> => {
+      const wallet = newWallet();
+      await ledger.credit(wallet, 'initial', amount);
+      return wallet;
+    };
+
+    beforeAll(async () => {
+      ledger = await makeLedger();
+    });
+
+    afterAll(async () => {
+      await ledger?.quit();
+    });
+
+    describe('credit', () => {
+      it('is idempotent on the grant id', async () => {
+        const wallet = newWallet();
+
+        expect(await ledger.credit(wallet, 'g-1', 100n, 'welcome')).toEqual({ status: 'credited', replayed: false, balance: 100n });
+        expect(await ledger.credit(wallet, 'g-1', 100n, 'welcome')).toEqual({ status: 'credited', replayed: true, balance: 100n });
+        // A reused grant id keeps its first amount.
+        expect(await ledger.credit(wallet, 'g-1', 999n)).toEqual({ status: 'credited', replayed: true, balance: 100n });
+        expect(await ledger.credit(wallet, 'g-2', 50n)).toEqual({ status: 'credited', replayed: false, balance: 150n });
+
+        const state = await ledger.state(wallet);
+        expect(state.granted).toBe(150n);
+        expect(state.balance).toBe(150n);
+        const verify = await ledger.verify(wallet);
+        expect(verify.entries).toBe(2);
+        expect(verify.granted).toBe(150n);
+      });
+
+      it('rejects a grant above 2^53', async () => {
+        const wallet = newWallet();
+        const tooLarge = MAX_LEDGER_AMOUNT + 1n;
+
+        const error = await ledger.credit(wallet, 'huge', tooLarge).catch((caught: unknown) => caught);
+        expect(error).toBeInstanceOf(GrantTooLargeError);
+        expect((error as Error).message).toContain('9007199254740993');
+        expect((error as Error).message).toContain('9007199254740992');
+        expect((await ledger.state(wallet)).granted).toBe(0n);
+      });
+
+      it('rejects a grant that lifts the total above 2^53', async () => {
+        const wallet = newWallet();
+        expect(await ledger.credit(wallet, 'max', MAX_LEDGER_AMOUNT)).toEqual({
+          status: 'credited',
+          replayed: false,
+          balance: MAX_LEDGER_AMOUNT,
+        });
+
+        const error = await ledger.credit(wallet, 'one-more', 1n).catch((caught: unknown) => caught);
+        expect(error).toBeInstanceOf(GrantTooLargeError);
+        expect((error as Error).message).toContain('9007199254740993');
+        expect((await ledger.state(wallet)).granted).toBe(MAX_LEDGER_AMOUNT);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
+      it('rejects a negative grant', async () => {
+        await expect(ledger.credit(newWallet(), 'negative', -1n)).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('reserve', () => {
+      it('admits an exact fit and rejects one nano more', async () => {
+        const wallet = await fundedWallet(1000n);
+
+        expect(await ledger.reserve(wallet, 'over', fixedHold(1001n))).toEqual({
+          status: 'insufficient_funds',
+          available: 1000n,
+          required: 1001n,
+        });
+        expect(await ledger.reserve(wallet, 'fit', fixedHold(1000n))).toEqual({
+          status: 'reserved',
+          amount: 1000n,
+          units: 0,
+          replayed: false,
+        });
+        expect(await ledger.reserve(wallet, 'one-nano', fixedHold(1n))).toEqual({
+          status: 'insufficient_funds',
+          available: 0n,
+          required: 1n,
+        });
+
+        const state = await ledger.state(wallet);
+        expect(state.reserved).toBe(1000n);
+        expect(state.available).toBe(0n);
+        expect(state.holds).toBe(1);
+      });
+
+      it('picks the largest affordable units', async () => {
+        const wallet = await fundedWallet(1000n);
+        const hold = { fixed: 100n, perUnit: 7n, minUnits: 10, maxUnits: 1000 };
+
+        // (1000 - 100) / 7 = 128.57, so 128 units: 100 + 7 * 128 = 996.
+        expect(await ledger.reserve(wallet, 'flex', fixedHold(0n, hold))).toEqual({
+          status: 'reserved',
+          amount: 996n,
+          units: 128,
+          replayed: false,
+        });
+        expect(await ledger.reserve(wallet, 'small', fixedHold(0n, { ...hold, fixed: 0n, perUnit: 1n, minUnits: 0, maxUnits: 3 }))).toEqual({
+          status: 'reserved',
+          amount: 3n,
+          units: 3,
+          replayed: false,
+        });
+        expect(await ledger.reserve(wallet, 'too-few', fixedHold(0n, { ...hold, fixed: 0n, perUnit: 1n, minUnits: 2, maxUnits: 5 }))).toEqual({
+          status: 'insufficient_funds',
+          available: 1n,
+          required: 2n,
+        });
+      });
+
+      it('caps units at maxUnits when more is affordable', async () => {
+        const wallet = await fundedWallet(usd('1'));
+        const result = await ledger.reserve(wallet, 'capped', fixedHold(5n, { perUnit: 2n, minUnits: 1, maxUnits: 4096 }));
+        expect(result).toEqual({ status: 'reserved', amount: 5n + 2n * 4096n, units: 4096, replayed: false });
+      });
+
+      it('computes units exactly near 2^53', async () => {
+        const wallet = await fundedWallet(MAX_LEDGER_AMOUNT);
+        const result = await ledger.reserve(
+          wallet,
+          'near-limit',
+          fixedHold(1n, { perUnit: 3n, minUnits: 0, maxUnits: Number.MAX_SAFE_INTEGER }),
+        );
+
+        // (2^53 - 1) / 3 = 3002399751580330.33, so 1 + 3 * 3002399751580330.
+        expect(result).toEqual({ status: 'reserved', amount: 9007199254740991n, units: 3002399751580330, replayed: false });
+      });
+
+      it('replays a retry with the same fingerprint', async () => {
+        const wallet = await fundedWallet(1000n);
+        const hold = fixedHold(0n, { fixed: 10n, perUnit: 3n, minUnits: 1, maxUnits: 100 });
+
+        const first = await ledger.reserve(wallet, 'req', hold);
+        expect(first).toEqual({ status: 'reserved', amount: 310n, units: 100, replayed: false });
+        await ledger.credit(wallet, 'more', 5000n);
+        // The replay returns the first hold even though the wallet could now afford more.
+        expect(await ledger.reserve(wallet, 'req', { ...hold, maxUnits: 1000 })).toEqual({
+          status: 'reserved',
+          amount: 310n,
+          units: 100,
+          replayed: true,
+        });
+
+        const state = await ledger.state(wallet);
+        expect(state.reserved).toBe(310n);
+        expect(state.holds).toBe(1);
+      });
+
+      it('rejects a reused id with another fingerprint', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(100n, { fingerprint: 'first' }));
+
+        expect(await ledger.reserve(wallet, 'req', fixedHold(100n, { fingerprint: 'second' }))).toEqual({
+          status: 'conflict',
+          reason: 'fingerprint_mismatch',
+        });
+        expect((await ledger.state(wallet)).reserved).toBe(100n);
+
+        await ledger.commit(wallet, 'req', usage(60n));
+        expect(await ledger.reserve(wallet, 'req', fixedHold(100n, { fingerprint: 'second' }))).toEqual({
+          status: 'conflict',
+          reason: 'fingerprint_mismatch',
+        });
+      });
+
+      it('enforces maxPerRequest', async () => {
+        const wallet = await fundedWallet(10_000n);
+        const limits = { maxPerRequest: 500n };
+
+        expect(await ledger.reserve(wallet, 'big', fixedHold(501n, { limits }))).toEqual({
+          status: 'limit_exceeded',
+          limit: 'maxPerRequest',
+          required: 501n,
+          remaining: 500n,
+        });
+        expect(await ledger.reserve(wallet, 'exact', fixedHold(500n, { limits }))).toEqual({
+          status: 'reserved',
+          amount: 500n,
+          units: 0,
+          replayed: false,
+        });
+        // Units are cut so that the hold fits the limit: (500 - 20) / 7 = 68.57.
+        expect(await ledger.reserve(wallet, 'flex', fixedHold(20n, { perUnit: 7n, minUnits: 1, maxUnits: 10_000, limits }))).toEqual({
+          status: 'reserved',
+          amount: 496n,
+          units: 68,
+          replayed: false,
+        });
+      });
+
+      it('enforces the daily cap on debits plus holds', async () => {
+        const wallet = await fundedWallet(10_000n);
+        const limits = { dailyCap: 500n };
+
+        expect(await ledger.reserve(wallet, 'a', fixedHold(300n, { limits }))).toMatchObject({ status: 'reserved', amount: 300n });
+        expect(await ledger.reserve(wallet, 'b', fixedHold(300n, { limits }))).toEqual({
+          status: 'limit_exceeded',
+          limit: 'dailyCap',
+          required: 300n,
+          remaining: 200n,
+        });
+
+        // Committing less than the hold frees the rest of the day's cap.
+        await ledger.commit(wallet, 'a', usage(100n));
+        expect(await ledger.reserve(wallet, 'b', fixedHold(300n, { limits }))).toMatchObject({ status: 'reserved', amount: 300n });
+        // 100 debited + 300 held leave 100 of the cap; units are cut to fit it.
+        expect(await ledger.reserve(wallet, 'c', fixedHold(0n, { perUnit: 30n, minUnits: 1, maxUnits: 100, limits }))).toEqual({
+          status: 'reserved',
+          amount: 90n,
+          units: 3,
+          replayed: false,
+        });
+
+        // A release returns its hold to the cap as well.
+        await ledger.release(wallet, 'b');
+        expect(await ledger.reserve(wallet, 'd', fixedHold(310n, { limits }))).toMatchObject({ status: 'reserved', amount: 310n });
+        expect(await ledger.reserve(wallet, 'e', fixedHold(1n, { limits }))).toEqual({
+          status: 'limit_exceeded',
+          limit: 'dailyCap',
+          required: 1n,
+          remaining: 0n,
+        });
+      });
+
+      it('enforces the monthly cap', async () => {
+        const wallet = await fundedWallet(10_000n);
+        const limits = { dailyCap: 5000n, monthlyCap: 700n };
+
+        expect(await ledger.reserve(wallet, 'a', fixedHold(400n, { limits }))).toMatchObject({ status: 'reserved' });
+        expect(await ledger.reserve(wallet, 'b', fixedHold(400n, { limits }))).toEqual({
+          status: 'limit_exceeded',
+          limit: 'monthlyCap',
+          required: 400n,
+          remaining: 300n,
+        });
+      });
+
+      it('checks the limits before the funds', async () => {
+        const wallet = await fundedWallet(10n);
+        expect(await ledger.reserve(wallet, 'a', fixedHold(50n, { limits: { maxPerRequest: 20n } }))).toEqual({
+          status: 'limit_exceeded',
+          limit: 'maxPerRequest',
+          required: 50n,
+          remaining: 20n,
+        });
+      });
+
+      it('counts caps per UTC day and month', async () => {
+        let clock = Date.UTC(2025, 0, 31, 23, 59, 59, 900);
+        const clocked = await makeLedger({ now: () => clock });
+        try {
+          const wallet = newWallet();
+          // The holds outlive the clock's jumps, so that no reserve settles them as expired.
+          await clocked.credit(wallet, 'initial', 10_000n);
+          const limits = { dailyCap: 100n, monthlyCap: 150n };
+
+          expect(await clocked.reserve(wallet, 'jan', longHold(100n, { limits }))).toMatchObject({ status: 'reserved' });
+          expect(await clocked.reserve(wallet, 'jan-2', longHold(1n, { limits }))).toMatchObject({ limit: 'dailyCap' });
+
+          // Midnight UTC starts a new day and a new month.
+          clock = Date.UTC(2025, 1, 1, 0, 0, 0, 0);
+          expect(await clocked.reserve(wallet, 'feb', longHold(100n, { limits }))).toMatchObject({ status: 'reserved' });
+          clock = Date.UTC(2025, 1, 2, 12, 0, 0, 0);
+          expect(await clocked.reserve(wallet, 'feb-2', longHold(60n, { limits }))).toEqual({
+            status: 'limit_exceeded',
+            limit: 'monthlyCap',
+            required: 60n,
+            remaining: 50n,
+          });
+        } finally {
+          await clocked.quit();
+        }
+      });
+
+      it('rejects new holds on a closed wallet', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'open', fixedHold(100n));
+        await ledger.close(wallet);
+
+        expect(await ledger.reserve(wallet, 'new', fixedHold(1n))).toEqual({ status: 'wallet_closed' });
+        // An open hold still settles, and a retry of it still replays.
+        expect(await ledger.reserve(wallet, 'open', fixedHold(100n))).toMatchObject({ status: 'reserved', replayed: true });
+        expect(await ledger.commit(wallet, 'open', usage(40n))).toMatchObject({ status: 'committed', charged: 40n });
+
+        const state = await ledger.state(wallet);
+        expect(state.closed).toBe(true);
+        expect(state.granted).toBe(1000n);
+        expect(state.spent).toBe(40n);
+        const verify = await ledger.verify(wallet);
+        expect(verify.ok).toBe(true);
+        expect(verify.entries).toBe(2);
+      });
+
+      it('rejects an invalid hold request', async () => {
+        const wallet = await fundedWallet(1000n);
+        await expect(ledger.reserve(wallet, 'bad', fixedHold(1n, { minUnits: 5, maxUnits: 4 }))).rejects.toThrow(RangeError);
+        await expect(ledger.reserve(wallet, 'bad', fixedHold(-1n))).rejects.toThrow(RangeError);
+        await expect(ledger.reserve(wallet, 'bad', fixedHold(1n, { ttlSeconds: 0 }))).rejects.toThrow(RangeError);
+        await expect(ledger.reserve(wallet, '', fixedHold(1n))).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('commit', () => {
+      it('debits the charge and releases the remainder once', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(400n));
+
+        expect(await ledger.commit(wallet, 'req', usage(150n, 90n))).toEqual({
+          status: 'committed',
+          charged: 150n,
+          released: 250n,
+          replayed: false,
+        });
+        // A repeated commit returns the first result, even with another amount.
+        expect(await ledger.commit(wallet, 'req', usage(999n))).toEqual({
+          status: 'committed',
+          charged: 150n,
+          released: 250n,
+          replayed: true,
+        });
+        expect(await ledger.reserve(wallet, 'req', fixedHold(400n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(150n);
+        expect(state.reserved).toBe(0n);
+        expect(state.balance).toBe(850n);
+        expect(state.providerCost).toBe(90n);
+        expect(state.holds).toBe(0);
+      });
+
+      it('debits a charge above the hold', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(100n));
+
+        expect(await ledger.commit(wallet, 'req', usage(130n))).toEqual({ status: 'committed', charged: 130n, released: 0n, replayed: false });
+        expect((await ledger.state(wallet)).spent).toBe(130n);
+      });
+
+      it('charges after the sweeper released the hold', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(100n));
+
+        expect(await ledger.sweep(wallet, Date.now() + 3_600_000)).toEqual({ released: 1, charged: 0 });
+        expect((await ledger.state(wallet)).reserved).toBe(0n);
+
+        expect(await ledger.commit(wallet, 'req', usage(80n))).toEqual({ status: 'committed', charged: 80n, released: 0n, replayed: false });
+        expect(await ledger.commit(wallet, 'req', usage(80n))).toEqual({ status: 'committed', charged: 80n, released: 0n, replayed: true });
+        expect(await ledger.reserve(wallet, 'req', fixedHold(100n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(80n);
+        expect(state.reserved).toBe(0n);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
+      it('charges a request that was never reserved', async () => {
+        const wallet = await fundedWallet(1000n);
+        expect(await ledger.commit(wallet, 'unknown', usage(25n))).toEqual({ status: 'committed', charged: 25n, released: 0n, replayed: false });
+        expect(await ledger.reserve(wallet, 'unknown', fixedHold(10n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+        expect((await ledger.state(wallet)).spent).toBe(25n);
+      });
+
+      it('conflicts after an explicit release', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(100n));
+
+        expect(await ledger.release(wallet, 'req')).toEqual({ status: 'released', amount: 100n });
+        expect(await ledger.commit(wallet, 'req', usage(50n))).toEqual({ status: 'conflict', reason: 'released' });
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(0n);
+        expect(state.reserved).toBe(0n);
+      });
+
+      it('rejects a negative charge', async () => {
+        const wallet = await fundedWallet(1000n);
+        await expect(ledger.commit(wallet, 'req', usage(-1n))).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('release', () => {
+      it('returns the hold and is idempotent', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(300n));
+
+        expect(await ledger.release(wallet, 'req')).toEqual({ status: 'released', amount: 300n });
+        expect(await ledger.release(wallet, 'req')).toEqual({ status: 'released', amount: 300n });
+        const state = await ledger.state(wallet);
+        expect(state.reserved).toBe(0n);
+        expect(state.available).toBe(1000n);
+      });
+
+      it('lets a retry reserve again after a release', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(300n));
+        await ledger.release(wallet, 'req');
+
+        expect(await ledger.reserve(wallet, 'req', fixedHold(300n, { fingerprint: 'other' }))).toEqual({
+          status: 'conflict',
+          reason: 'fingerprint_mismatch',
+        });
+        expect(await ledger.reserve(wallet, 'req', fixedHold(300n))).toEqual({ status: 'reserved', amount: 300n, units: 0, replayed: false });
+        expect(await ledger.commit(wallet, 'req', usage(120n))).toEqual({ status: 'committed', charged: 120n, released: 180n, replayed: false });
+        expect((await ledger.state(wallet)).spent).toBe(120n);
+      });
+
+      it('reports already_committed and not_found', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(300n));
+        await ledger.commit(wallet, 'req', usage(100n));
+
+        expect(await ledger.release(wallet, 'req')).toEqual({ status: 'already_committed' });
+        expect(await ledger.release(wallet, 'never-seen')).toEqual({ status: 'not_found' });
+        expect((await ledger.state(wallet)).spent).toBe(100n);
+      });
+
+      it('records a release after the sweeper expired the hold', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(300n));
+        await ledger.sweep(wallet, Date.now() + 3_600_000);
+
+        expect(await ledger.release(wallet, 'req')).toEqual({ status: 'released', amount: 300n });
+        expect(await ledger.commit(wallet, 'req', usage(100n))).toEqual({ status: 'conflict', reason: 'released' });
+        expect((await ledger.state(wallet)).available).toBe(1000n);
+      });
+    });
+
+    describe('sweep', () => {
+      it('releases unanswered holds and charges answered ones', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'answered', fixedHold(100n));
+        await ledger.reserve(wallet, 'silent', fixedHold(200n));
+        await ledger.reserve(wallet, 'later', fixedHold(50n, { ttlSeconds: 7200 }));
+        await ledger.markAnswered(wallet, 'answered');
+        await ledger.markAnswered(wallet, 'no-such-hold');
+
+        expect(await ledger.sweep(wallet, Date.now())).toEqual({ released: 0, charged: 0 });
+        expect(await ledger.sweep(wallet, Date.now() + 3_600_000)).toEqual({ released: 1, charged: 1 });
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(100n);
+        expect(state.reserved).toBe(50n);
+        expect(state.holds).toBe(1);
+        expect(await ledger.release(wallet, 'answered')).toEqual({ status: 'already_committed' });
+        expect(await ledger.reserve(wallet, 'silent', fixedHold(200n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+
+        const verify = await ledger.verify(wallet);
+        expect(verify.ok).toBe(true);
+        expect(verify.spent).toBe(100n);
+      });
+
+      it('lets a late commit correct an expire-charge', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'req', fixedHold(100n));
+        await ledger.markAnswered(wallet, 'req');
+        await ledger.sweep(wallet, Date.now() + 3_600_000);
+        expect((await ledger.state(wallet)).spent).toBe(100n);
+
+        expect(await ledger.commit(wallet, 'req', usage(30n, 20n))).toEqual({ status: 'committed', charged: 30n, released: 0n, replayed: false });
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(30n);
+        expect(state.providerCost).toBe(20n);
+
+        const verify = await ledger.verify(wallet);
+        expect(verify.ok).toBe(true);
+        expect(verify.spent).toBe(30n);
+        expect(verify.entries).toBe(3);
+      });
+
+      it('runs on reserve for expired holds', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'short', fixedHold(1000n, { ttlSeconds: 0.001 }));
+        // Let the one-millisecond hold expire; the next reserve settles it first.
+        await new Promise((resolve) => setTimeout(resolve, 20));
+
+        expect(await ledger.reserve(wallet, 'next', fixedHold(1000n))).toMatchObject({ status: 'reserved', amount: 1000n });
+        expect(await ledger.reserve(wallet, 'short', fixedHold(1000n, { ttlSeconds: 0.001 }))).toEqual({
+          status: 'conflict',
+          reason: 'already_settled',
+        });
+      });
+    });
+
+    describe('verify', () => {
+      it('matches the stored totals after mixed operations', async () => {
+        const wallet = newWallet();
+        await ledger.credit(wallet, 'g-1', usd('2.50'));
+        await ledger.credit(wallet, 'g-2', usd('0.75'));
+        await ledger.reserve(wallet, 'a', fixedHold(usd('1')));
+        await ledger.commit(wallet, 'a', usage(usd('0.333333333'), usd('0.2')));
+        await ledger.reserve(wallet, 'b', fixedHold(usd('0.5')));
+        await ledger.release(wallet, 'b');
+        await ledger.reserve(wallet, 'c', fixedHold(usd('0.25')));
+
+        const verify = await ledger.verify(wallet);
+        expect(verify).toEqual({ ok: true, granted: 3_250_000_000n, spent: 333_333_333n, entries: 3, problems: [] });
+        expect((await ledger.state(wallet)).reserved).toBe(250_000_000n);
+      });
+
+      it('reads an unknown wallet as empty', async () => {
+        const wallet = newWallet();
+        expect(await ledger.state(wallet)).toEqual({
+          granted: 0n,
+          spent: 0n,
+          reserved: 0n,
+          balance: 0n,
+          available: 0n,
+          providerCost: 0n,
+          holds: 0,
+          closed: false,
+        });
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 0n, spent: 0n, entries: 0, problems: [] });
+      });
+    });
+
+    describe('field cases', () => {
+      it('bills a request committed twice once', async () => {
+        const wallet = await fundedWallet(usd('100'));
+        await ledger.reserve(wallet, 'dup', fixedHold(usd('25')));
+
+        expect(await ledger.commit(wallet, 'dup', usage(usd('20')))).toMatchObject({ status: 'committed', charged: usd('20'), replayed: false });
+        expect(await ledger.commit(wallet, 'dup', usage(usd('20')))).toMatchObject({ status: 'committed', charged: usd('20'), replayed: true });
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(20_000_000_000n);
+        expect(state.balance).toBe(80_000_000_000n);
+        expect(state.reserved).toBe(0n);
+      });
+
+      it('bills a retried request once when the first commit never happened', async () => {
+        const wallet = await fundedWallet(usd('100'));
+        const hold = fixedHold(usd('25'), { fingerprint: 'sha256:abc' });
+
+        expect(await ledger.reserve(wallet, 'retry', hold)).toEqual({ status: 'reserved', amount: usd('25'), units: 0, replayed: false });
+        // The first attempt died before its commit; the retry carries the same id and fingerprint.
+        expect(await ledger.reserve(wallet, 'retry', hold)).toEqual({ status: 'reserved', amount: usd('25'), units: 0, replayed: true });
+        expect(await ledger.commit(wallet, 'retry', usage(usd('20')))).toMatchObject({ status: 'committed', replayed: false });
+        expect(await ledger.commit(wallet, 'retry', usage(usd('20')))).toMatchObject({ status: 'committed', replayed: true });
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(20_000_000_000n);
+        expect(state.reserved).toBe(0n);
+        expect(state.holds).toBe(0);
+        expect((await ledger.verify(wallet)).entries).toBe(2);
+      });
+
+      it('admits two of four concurrent reserves near the end of the balance', async () => {
+        const wallet = await fundedWallet(usd('5.000000'));
+        await ledger.reserve(wallet, 'earlier', fixedHold(usd('4.752720')));
+        await ledger.commit(wallet, 'earlier', usage(usd('4.752720')));
+
+        const requests = ['c1', 'c2', 'c3', 'c4'];
+        const results = await Promise.all(requests.map((id) => ledger.reserve(wallet, id, fixedHold(usd('0.0884')))));
+
+        expect(countStatuses(results)).toEqual({ reserved: 2, insufficient_funds: 2 });
+        for (const result of results.filter((r) => r.status === 'insufficient_funds')) {
+          expect(result).toEqual({ status: 'insufficient_funds', available: 70_480_000n, required: 88_400_000n });
+        }
+
+        const admitted = requests.filter((_, i) => results[i]!.status === 'reserved');
+        for (const id of admitted) {
+          expect(await ledger.commit(wallet, id, usage(usd('0.0884')))).toMatchObject({ status: 'committed', charged: 88_400_000n });
+        }
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(4_929_520_000n);
+        expect(state.balance).toBe(70_480_000n);
+        expect(state.spent <= state.granted).toBe(true);
+        expect(state.reserved).toBe(0n);
+      });
+
+      it('spends 10.00 exactly in 2,500 requests of 0.004', { timeout: 120_000 }, async () => {
+        const wallet = await fundedWallet(usd('10.00'));
+        const price = usd('0.004');
+
+        let admitted = 0;
+        for (let i = 0; i < 2500; i += 1) {
+          const reserved = await ledger.reserve(wallet, `r-${i}`, fixedHold(price));
+          const committed = await ledger.commit(wallet, `r-${i}`, usage(price));
+          if (reserved.status === 'reserved' && committed.status === 'committed' && committed.charged === price) admitted += 1;
+        }
+        expect(admitted).toBe(2500);
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(10_000_000_000n);
+        expect(state.balance).toBe(0n);
+        expect(await ledger.reserve(wallet, 'r-2500', fixedHold(price))).toEqual({
+          status: 'insufficient_funds',
+          available: 0n,
+          required: 4_000_000n,
+        });
+
+        const verify = await ledger.verify(wallet);
+        expect(verify.ok).toBe(true);
+        expect(verify.entries).toBe(2501);
+      });
+
+      it('records a 120 nano charge as 120', async () => {
+        const wallet = await fundedWallet(usd('10.00'));
+        await ledger.reserve(wallet, 'tiny', fixedHold(usd('0.004')));
+
+        expect(await ledger.commit(wallet, 'tiny', usage(120n, 100n))).toEqual({
+          status: 'committed',
+          charged: 120n,
+          released: 3_999_880n,
+          replayed: false,
+        });
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(120n);
+        expect(state.providerCost).toBe(100n);
+        expect((await ledger.verify(wallet)).spent).toBe(120n);
+      });
+    });
+
+    describe('concurrency', () => {
+      it('admits exactly 37 of 200 concurrent reserves', async () => {
+        const price = 1_000_000n;
+        const wallet = await fundedWallet(37n * price + price - 1n);
+
+        const results = await Promise.all(
+          Array.from({ length: 200 }, (_, i) => ledger.reserve(wallet, `c-${i}`, fixedHold(price))),
+        );
+
+        expect(countStatuses(results)).toEqual({ reserved: 37, insufficient_funds: 163 });
+        const state = await ledger.state(wallet);
+        expect(state.reserved).toBe(37_000_000n);
+        expect(state.available).toBe(999_999n);
+        expect(state.holds).toBe(37);
+      });
+    });
+  });
+}

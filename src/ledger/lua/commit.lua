@@ -1,0 +1,47 @@
+-- Debits the actual cost of a request, returns the rest of its hold and
+-- appends a debit entry.
+-- ARGV: requestId, charged, providerCost, model, route, tokens (JSON),
+--       estimated ('1' or '0'), day field, month field (used when no hold is open).
+local id = ARGV[1]
+local charged, provider_cost = tonumber(ARGV[2]), tonumber(ARGV[3])
+
+-- `amount` is the change to spent; the entry also records the full charge.
+local function debit(amount)
+  add('spent', amount)
+  add('providerCost', provider_cost)
+  append_entry({ 'type', 'debit', 'id', id, 'amount', amount_string(amount), 'charged', ARGV[2],
+    'providerCost', ARGV[3], 'model', ARGV[4], 'route', ARGV[5], 'tokens', ARGV[6], 'estimated', ARGV[7] })
+end
+
+local open = read_hold(id)
+if open then
+  local released = open.amount - charged
+  if released < 0 then released = 0 end
+  remove_hold(id, open)
+  debit(charged)
+  add_to_periods(open.day, open.month, charged - open.amount)
+  write_done(id, {
+    state = 'committed', charged = charged, released = released,
+    day = open.day, month = open.month, fingerprint = open.fingerprint,
+  })
+  return { 'committed', ARGV[2], amount_string(released), '0' }
+end
+
+local done = read_done(id)
+if done and done.state == 'committed' then
+  return { 'committed', amount_string(done.charged), amount_string(done.released), '1' }
+end
+if done and done.state == 'released' then return { 'conflict', 'released' } end
+
+-- The upstream served the call although no hold is open: the sweeper
+-- released or charged it, or it was never reserved. Debit the difference to
+-- what was already charged for it.
+local already_charged, day, month, fingerprint = 0, ARGV[8], ARGV[9], ''
+if done then
+  day, month, fingerprint = done.day, done.month, done.fingerprint
+  if done.state == 'expired_charged' then already_charged = done.charged end
+end
+debit(charged - already_charged)
+add_to_periods(day, month, charged - already_charged)
+write_done(id, { state = 'committed', charged = charged, released = 0, day = day, month = month, fingerprint = fingerprint })
+return { 'committed', ARGV[2], '0', '0' }
