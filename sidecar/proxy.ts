@@ -328,6 +328,7 @@ export class Proxy {
     headers['content-type'] = 'application/json';
     headers['content-length'] = String(Buffer.byteLength(body));
     headers['accept-encoding'] = 'identity';
+    for (const [name, value] of Object.entries(adapter.defaultHeaders)) headers[name] ??= value;
     if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
     return headers;
   }

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { CompiledWallet } from '../src/config/snapshot.ts';
@@ -32,7 +32,8 @@ export interface Sidecar {
 export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: SidecarOptions, log: Logger): Sidecar {
   const app = Fastify({
     loggerInstance: log,
-    disableRequestLogging: true,
+    // The proxy logs one line per settled request itself; fastify's request logs would double it.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimit,
     return503OnClosing: true,
   });

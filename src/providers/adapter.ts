@@ -6,9 +6,18 @@ export type Protocol = 'openai' | 'anthropic' | 'openai-compatible' | 'gemini' |
 export interface RequestInfo {
   model: string;
   stream: boolean;
-  /** The output limit the client set, if any (max_tokens, max_completion_tokens, ...). */
+  /**
+   * The output limit the client set, if any (max_tokens, max_completion_tokens, ...),
+   * as a total over all choices: a request for n choices may generate n times
+   * the per-choice limit.
+   */
   maxOutputTokens: number | undefined;
-  /** True when the client itself asked for usage in the stream (OpenAI stream_options.include_usage). */
+  /**
+   * True when the client itself asked for usage in the stream (OpenAI
+   * stream_options.include_usage), and for protocols whose streams always
+   * carry usage. When false, the stream meter hides the usage that the
+   * sidecar requested for itself.
+   */
   clientWantsStreamUsage: boolean;
   /** Which operation: chat (generation) or embeddings (input only). */
   operation: 'chat' | 'embeddings';
@@ -16,7 +25,10 @@ export interface RequestInfo {
 
 /** Changes the sidecar makes to a request body before forwarding it. */
 export interface RequestChanges {
-  /** Output limit to set when the client set none. */
+  /**
+   * Output limit to set, as a total over all choices: when the client set
+   * none, or to lower the client's limit to what the wallet can pay for.
+   */
   maxOutputTokens?: number;
 }
 
@@ -38,9 +50,11 @@ export interface StreamMeter {
   /** Returns bytes held back at the end of the stream (an incomplete trailing event), if any. */
   flush(): Buffer;
   /**
-   * The usage as known now. `complete` is false when the stream ended (or was
-   * cut) before the provider's final usage; the counts then include an
-   * estimate of the output seen so far, marked `estimated`.
+   * Returns the usage known so far, and may be called more than once.
+   * `complete` is false when the stream ended (or was cut) before the
+   * provider's final usage. The counts then include an estimate of the output
+   * seen so far, marked `estimated`. Counts that the final usage left out or
+   * reported as an impossible zero are estimated too, with `complete` true.
    */
   result(): { usage: Usage; complete: boolean };
 }
@@ -56,25 +70,40 @@ export interface ProviderAdapter {
   readonly protocol: Protocol;
   /** Reads model, stream flag and output limit; throws InvalidRequestError with a clear message. */
   inspect(path: string, body: Record<string, unknown>): RequestInfo;
-  /** Returns the body to forward: output limit set where needed, stream usage requested. */
+  /**
+   * Returns the body to forward: output limit set where needed, stream usage
+   * requested. It does not modify the body passed in, and does not throw, so
+   * it is safe to call after the reservation.
+   */
   prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown>;
-  /** Reads usage from a complete JSON response; `promptEstimate` fills counts the upstream left out. */
+  /**
+   * Reads usage from a complete JSON response. `promptEstimate` (tokens)
+   * replaces a prompt count that the upstream left out or reported as an
+   * impossible zero, and a missing output count is estimated from the
+   * response text. `complete` is false when the response carried no usage.
+   */
   usageFromJson(body: unknown, info: RequestInfo, promptEstimate: number): { usage: Usage; complete: boolean };
-  /** Creates the per-request stream reader. */
+  /** Creates the per-request stream reader, which uses `promptEstimate` as `usageFromJson` does. */
   createStreamMeter(info: RequestInfo, promptEstimate: number): StreamMeter;
   /** Builds an error body in the provider's own format, so its SDK raises a readable error. */
   errorBody(error: ErrorDetails): Record<string, unknown>;
-  /** Headers that carry the credential upstream. */
+  /**
+   * Headers that carry the credential upstream. The client's own credential
+   * headers (`authorization`, `x-api-key`) must be dropped before adding these.
+   */
   credentialHeaders(credential: string): Record<string, string>;
+  /** Headers the upstream requires, sent only where the client did not send them (Anthropic's `anthropic-version`). */
+  readonly defaultHeaders: Readonly<Record<string, string>>;
 }
 
 export class InvalidRequestError extends Error {
   override readonly name = 'InvalidRequestError';
-  constructor(
-    message: string,
-    readonly status = 400,
-    readonly code = 'invalid_request',
-  ) {
+  readonly status: number;
+  readonly code: string;
+
+  constructor(message: string, status = 400, code = 'invalid_request') {
     super(message);
+    this.status = status;
+    this.code = code;
   }
 }

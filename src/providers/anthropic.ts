@@ -1,0 +1,279 @@
+import { emptyUsage, type Usage } from '../rating/usage.ts';
+import {
+  InvalidRequestError,
+  type ErrorDetails,
+  type ProviderAdapter,
+  type RequestChanges,
+  type RequestInfo,
+  type StreamMeter,
+} from './adapter.ts';
+import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
+import { isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
+import { SseSplitter, type SseEvent } from './sse.ts';
+
+/** Adapter for the Anthropic Messages API (`POST /v1/messages`). */
+
+/** API version sent when the client sends none. A client's own `anthropic-version` is forwarded unchanged. */
+export const DEFAULT_ANTHROPIC_VERSION = '2023-06-01';
+
+/** Error `type` values by HTTP status, as the Anthropic API documents them. */
+const ERROR_TYPES: ReadonlyMap<number, string> = new Map([
+  [400, 'invalid_request_error'],
+  [401, 'authentication_error'],
+  [402, 'billing_error'],
+  [403, 'permission_error'],
+  [404, 'not_found_error'],
+  [409, 'conflict_error'],
+  [413, 'request_too_large'],
+  [429, 'rate_limit_error'],
+  [500, 'api_error'],
+  [504, 'timeout_error'],
+  [529, 'overloaded_error'],
+]);
+
+export class AnthropicAdapter implements ProviderAdapter {
+  readonly protocol = 'anthropic' as const;
+  readonly defaultHeaders: Readonly<Record<string, string>> = { 'anthropic-version': DEFAULT_ANTHROPIC_VERSION };
+
+  inspect(path: string, body: Record<string, unknown>): RequestInfo {
+    const endpoint = pathOnly(path);
+    if (!endpoint.endsWith('/messages')) {
+      // NOTE: /v1/messages/count_tokens costs nothing but is rejected too,
+      // because RequestInfo has no operation for an unbilled call.
+      throw new InvalidRequestError(
+        `unsupported endpoint ${endpoint}: this route meters only /v1/messages`,
+        404,
+        'unsupported_endpoint',
+      );
+    }
+
+    const model = requireModel(body);
+    const stream = readFlag(body, 'stream');
+    const maxTokens = readPositiveInteger(body, 'max_tokens');
+    if (maxTokens === undefined) {
+      throw new InvalidRequestError('missing required field "max_tokens": the Messages API requires an output limit');
+    }
+    // Anthropic streams always carry usage, so there is nothing to hide from the client.
+    return { model, stream, maxOutputTokens: maxTokens, clientWantsStreamUsage: true, operation: 'chat' };
+  }
+
+  prepare(body: Record<string, unknown>, _info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
+    const limit = changes.maxOutputTokens;
+    if (limit === undefined) return body;
+    const prepared: Record<string, unknown> = { ...body, max_tokens: limit };
+
+    // The thinking budget counts toward max_tokens and must stay below it.
+    const thinking = body['thinking'];
+    if (isRecord(thinking) && typeof thinking['budget_tokens'] === 'number' && thinking['budget_tokens'] >= limit) {
+      prepared['thinking'] = { ...thinking, budget_tokens: limit - 1 };
+    }
+    return prepared;
+  }
+
+  usageFromJson(body: unknown, _info: RequestInfo, promptEstimate: number): { usage: Usage; complete: boolean } {
+    const prompt = wholeTokens(promptEstimate);
+    const text = new ResponseText();
+    const content = isRecord(body) ? body['content'] : undefined;
+    if (Array.isArray(content)) for (const block of content) addBlockText(block, text);
+
+    const usage = isRecord(body) ? body['usage'] : undefined;
+    if (!isRecord(usage)) return { usage: estimatedUsage(prompt, text), complete: false };
+    return { usage: normalizeMessagesUsage(usage, prompt, text), complete: true };
+  }
+
+  createStreamMeter(_info: RequestInfo, promptEstimate: number): StreamMeter {
+    return new AnthropicStreamMeter(wholeTokens(promptEstimate));
+  }
+
+  errorBody(error: ErrorDetails): Record<string, unknown> {
+    const type = ERROR_TYPES.get(error.status) ?? (error.status >= 500 ? 'api_error' : 'invalid_request_error');
+    // The SDK appends `details.error_code` and `type` to the message of the error it raises.
+    return { type: 'error', error: { type, message: error.message, details: { error_code: error.code } }, request_id: null };
+  }
+
+  credentialHeaders(credential: string): Record<string, string> {
+    return { 'x-api-key': credential };
+  }
+}
+
+/**
+ * Meters one Messages stream, passing every byte through. `message_start`
+ * carries the prompt counts and a placeholder output count. `message_delta`
+ * carries cumulative counts, so the latest value of each field wins and
+ * events are never added together.
+ */
+class AnthropicStreamMeter implements StreamMeter {
+  readonly #promptEstimate: number;
+  readonly #splitter: SseSplitter;
+  readonly #text = new StreamedTextCounter();
+  /** The latest non-null value of each usage field seen so far. */
+  readonly #usage: Record<string, unknown> = {};
+  #sawStart = false;
+  #sawDelta = false;
+
+  constructor(promptEstimate: number) {
+    this.#promptEstimate = promptEstimate;
+    this.#splitter = new SseSplitter((event) => this.#onEvent(event));
+  }
+
+  push(chunk: Buffer): Buffer {
+    return this.#splitter.push(chunk);
+  }
+
+  flush(): Buffer {
+    return this.#splitter.flush();
+  }
+
+  result(): { usage: Usage; complete: boolean } {
+    if (this.#sawDelta) {
+      return { usage: normalizeMessagesUsage(this.#usage, this.#promptEstimate, this.#text), complete: true };
+    }
+    if (!this.#sawStart) return { usage: estimatedUsage(this.#promptEstimate, this.#text), complete: false };
+
+    // Cut before message_delta: message_start's output count is a placeholder,
+    // so the output is estimated from the deltas seen.
+    const partial = { ...this.#usage, output_tokens: undefined };
+    const usage = normalizeMessagesUsage(partial, this.#promptEstimate, this.#text);
+    usage.estimated = true;
+    return { usage, complete: false };
+  }
+
+  #onEvent(event: SseEvent): boolean {
+    const type = event.event;
+    if (type === 'ping' || type === 'content_block_start' || type === 'content_block_stop' || type === 'message_stop') return true;
+    if (event.data === undefined) return true;
+
+    let payload: unknown;
+    try {
+      payload = JSON.parse(event.data);
+    } catch {
+      return true;
+    }
+    if (!isRecord(payload)) return true;
+
+    switch (type ?? payload['type']) {
+      case 'content_block_delta':
+        addDeltaText(payload['delta'], this.#text);
+        break;
+      case 'message_start': {
+        const message = payload['message'];
+        if (isRecord(message) && isRecord(message['usage'])) {
+          this.#sawStart = true;
+          this.#merge(message['usage']);
+        }
+        break;
+      }
+      case 'message_delta':
+        if (isRecord(payload['usage'])) {
+          this.#sawDelta = true;
+          this.#merge(payload['usage']);
+        }
+        break;
+    }
+    return true;
+  }
+
+  #merge(usage: Record<string, unknown>): void {
+    for (const key in usage) {
+      const value = usage[key];
+      if (value !== null && value !== undefined) this.#usage[key] = value;
+    }
+  }
+}
+
+/**
+ * Converts Messages usage to disjoint counts. `input_tokens` already excludes
+ * cache reads and writes. Cache writes go to the five-minute bucket unless
+ * `cache_creation` splits them by lifetime. A missing count, or a zero that
+ * cannot be true, is replaced by an estimate.
+ */
+export function normalizeMessagesUsage(raw: Record<string, unknown>, promptEstimate: number, text: OutputText): Usage {
+  const usage = emptyUsage();
+  usage.cacheRead = readCount(raw['cache_read_input_tokens']) ?? 0;
+  splitCacheWrites(raw, usage);
+
+  const cached = usage.cacheRead + usage.cacheWrite5m + usage.cacheWrite1h;
+  const input = readCount(raw['input_tokens']);
+  if (input === undefined || (input + cached === 0 && promptEstimate > 0)) {
+    usage.input = Math.max(promptEstimate - cached, 0);
+    usage.estimated = true;
+  } else {
+    usage.input = input;
+  }
+
+  // NOTE: output_tokens includes thinking tokens, which Anthropic bills at the
+  // output rate. output_tokens_details.thinking_tokens is only approximate,
+  // so all of it stays in `output`.
+  const output = readCount(raw['output_tokens']);
+  if (output === undefined || (output === 0 && text.sawText)) {
+    usage.output = text.total();
+    usage.estimated = true;
+  } else {
+    usage.output = output;
+  }
+
+  const tools = raw['server_tool_use'];
+  if (isRecord(tools)) {
+    const searches = readCount(tools['web_search_requests']) ?? 0;
+    const fetches = readCount(tools['web_fetch_requests']) ?? 0;
+    if (searches > 0 || fetches > 0) {
+      usage.units = {};
+      if (searches > 0) usage.units['web_search'] = searches;
+      if (fetches > 0) usage.units['web_fetch'] = fetches;
+    }
+  }
+  return usage;
+}
+
+/**
+ * `cache_creation_input_tokens` is the total of cache writes. When
+ * `cache_creation` splits it, the one-hour part is taken from the split and
+ * the rest of the total is five-minute writes (a stream's total can be newer
+ * than its split).
+ */
+function splitCacheWrites(raw: Record<string, unknown>, usage: Usage): void {
+  const total = readCount(raw['cache_creation_input_tokens']);
+  const split = raw['cache_creation'];
+  if (!isRecord(split)) {
+    usage.cacheWrite5m = total ?? 0;
+    return;
+  }
+  const oneHour = readCount(split['ephemeral_1h_input_tokens']) ?? 0;
+  const fiveMinutes = readCount(split['ephemeral_5m_input_tokens']) ?? 0;
+  usage.cacheWrite1h = total === undefined ? oneHour : Math.min(oneHour, total);
+  usage.cacheWrite5m = total === undefined ? fiveMinutes : total - usage.cacheWrite1h;
+}
+
+/** Adds the generated text of one content block of a complete message. */
+function addBlockText(block: unknown, text: ResponseText): void {
+  if (!isRecord(block)) return;
+  switch (block['type']) {
+    case 'text':
+      text.add(block['text']);
+      break;
+    case 'thinking':
+      text.add(block['thinking']);
+      break;
+    case 'tool_use':
+    case 'server_tool_use':
+      text.add(block['name']);
+      text.add(JSON.stringify(block['input'] ?? {}));
+      break;
+  }
+}
+
+/** Adds the generated text of one `content_block_delta`. */
+function addDeltaText(delta: unknown, text: StreamedTextCounter): void {
+  if (!isRecord(delta)) return;
+  switch (delta['type']) {
+    case 'text_delta':
+      text.add(delta['text']);
+      break;
+    case 'thinking_delta':
+      text.add(delta['thinking']);
+      break;
+    case 'input_json_delta':
+      text.add(delta['partial_json']);
+      break;
+  }
+}

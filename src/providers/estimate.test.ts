@@ -1,0 +1,92 @@
+import { describe, expect, it } from 'vitest';
+import { countTextTokens, estimatePromptTokens, estimateTokensFromText, StreamedTextCounter } from './estimate.ts';
+import { adapterFor, UnsupportedProtocolError } from './index.ts';
+
+const WORDS = ['alpha', 'delta', 'echo', 'hotel', 'india', 'uniform', 'river', 'stone'];
+
+/** Text of `count` words, each one token alone and after a space. */
+function words(count: number): string {
+  return Array.from({ length: count }, (_, i) => WORDS[i % WORDS.length]).join(' ');
+}
+
+describe('estimatePromptTokens', () => {
+  it('bounds the tokens of the text in a JSON body', () => {
+    const samples = [
+      'Summarize the following report in three sentences.',
+      '日本語のテキストをトークンに分割します。絵文字も🎉🎉🎉',
+      '{"nested": "json with \\"quotes\\"", "n": [1, 2, 3]}\n\tline two',
+      'a'.repeat(5000),
+    ];
+    for (const text of samples) {
+      const body = JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: text }] });
+      expect(estimatePromptTokens(Buffer.byteLength(body)), text.slice(0, 20)).toBeGreaterThanOrEqual(countTextTokens(text));
+    }
+  });
+
+  it('returns whole non-negative counts', () => {
+    expect(estimatePromptTokens(1234)).toBe(1234);
+    expect(estimatePromptTokens(0)).toBe(0);
+    expect(estimatePromptTokens(-5)).toBe(0);
+    expect(estimatePromptTokens(Number.NaN)).toBe(0);
+  });
+});
+
+describe('estimateTokensFromText', () => {
+  it('counts four ASCII characters per token', () => {
+    expect(estimateTokensFromText('abcdefgh')).toBe(2);
+    expect(estimateTokensFromText('abcdefghi')).toBe(3);
+    expect(estimateTokensFromText('')).toBe(0);
+  });
+
+  it('counts one token per other code unit', () => {
+    expect(estimateTokensFromText('日本語')).toBe(3);
+  });
+});
+
+describe('StreamedTextCounter', () => {
+  it('matches a whole-text count across many batches', () => {
+    const counter = new StreamedTextCounter();
+    const text = words(5000);
+    for (let i = 0; i < text.length; i += 37) counter.add(text.slice(i, i + 37));
+    expect(counter.total()).toBe(5000);
+    expect(counter.sawText).toBe(true);
+  });
+
+  it('returns the same total when asked twice', () => {
+    const counter = new StreamedTextCounter();
+    counter.add('alpha delta');
+    expect(counter.total()).toBe(2);
+    expect(counter.total()).toBe(2);
+    counter.add(' echo');
+    expect(counter.total()).toBe(3);
+  });
+
+  it('counts special-token strings as plain text', () => {
+    const counter = new StreamedTextCounter();
+    counter.add('<|endoftext|>');
+    expect(counter.total()).toBeGreaterThan(1);
+  });
+
+  it('ignores empty and non-string input', () => {
+    const counter = new StreamedTextCounter();
+    counter.add('');
+    counter.add(null);
+    counter.add(42);
+    expect(counter.sawText).toBe(false);
+    expect(counter.total()).toBe(0);
+  });
+});
+
+describe('adapterFor', () => {
+  it('returns one shared adapter per protocol', () => {
+    expect(adapterFor('openai')).toBe(adapterFor('openai'));
+    expect(adapterFor('openai').protocol).toBe('openai');
+    expect(adapterFor('openai-compatible').protocol).toBe('openai-compatible');
+    expect(adapterFor('anthropic').protocol).toBe('anthropic');
+  });
+
+  it('rejects a protocol without an adapter', () => {
+    expect(() => adapterFor('gemini')).toThrow(UnsupportedProtocolError);
+    expect(() => adapterFor('gemini')).toThrow(/no adapter for protocol "gemini"/);
+  });
+});

@@ -1,0 +1,256 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { messagesEndpoint } from './anthropic.ts';
+import { InvalidControlError, readControls, type Controls } from './controls.ts';
+import { chatCompletionsEndpoint, embeddingsEndpoint, openaiProvider } from './openai.ts';
+import type { SimEndpoint, SimProvider, SimResponse } from './response.ts';
+
+export interface SimulatorOptions {
+  /** Port to listen on. The default, 0, picks a free one. */
+  port?: number;
+  /** Address to listen on (default 127.0.0.1). */
+  host?: string;
+  /**
+   * The only credential accepted. When unset, any non-empty credential is
+   * accepted. A request without one is rejected either way.
+   */
+  expectedKey?: string;
+}
+
+export interface SimulatorStats {
+  /** Requests received, whether served, rejected or cut. */
+  requests: number;
+  /** Requests rejected with 401 for a missing or wrong credential. */
+  unauthorized: number;
+  /** Requests received per endpoint, with unknown paths under `other`. */
+  byEndpoint: Record<SimEndpoint['name'] | 'other', number>;
+  /** Parsed body of the latest authorized request. */
+  lastRequest: Record<string, unknown> | undefined;
+  /**
+   * Credential of the latest authorized request, so a test can check which key
+   * a proxy added. It is the simulator's own test key, never a provider's.
+   */
+  lastCredential: string | undefined;
+  /** Headers of the latest authorized request, with credential values replaced by `<redacted>`. */
+  lastHeaders: Record<string, string> | undefined;
+}
+
+export interface Simulator {
+  /** Base URL, such as `http://127.0.0.1:40123`. OpenAI clients append `/v1`. */
+  readonly url: string;
+  /** Returns a copy of this simulator's counters. */
+  stats(): SimulatorStats;
+  resetStats(): void;
+  /** Stops listening and closes every open connection. */
+  close(): Promise<void>;
+}
+
+const MAX_BODY_BYTES = 32 * 1024 * 1024;
+const CREDENTIAL_HEADERS = new Set(['authorization', 'x-api-key', 'api-key']);
+
+function emptyStats(): SimulatorStats {
+  return {
+    requests: 0,
+    unauthorized: 0,
+    byEndpoint: { chat: 0, embeddings: 0, messages: 0, other: 0 },
+    lastRequest: undefined,
+    lastCredential: undefined,
+    lastHeaders: undefined,
+  };
+}
+
+/** Counters of every simulator started in this process, for `stats()` in index.ts. */
+export const processStats: SimulatorStats = emptyStats();
+
+/** Finds the endpoint by path suffix, so any base path prefix works (`/v1`, `/openai/v1`). */
+function endpointFor(path: string): SimEndpoint | undefined {
+  if (path.endsWith('/chat/completions')) return chatCompletionsEndpoint;
+  if (path.endsWith('/embeddings')) return embeddingsEndpoint;
+  if (path.endsWith('/v1/messages')) return messagesEndpoint;
+  return undefined;
+}
+
+/** Starts a provider simulator that speaks the OpenAI and Anthropic wire formats. */
+export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
+  let stats = emptyStats();
+  let sequence = 0;
+
+  const server = createServer((request, response) => {
+    const id = `sim${(++sequence).toString().padStart(8, '0')}`;
+    handle(request, response, id).catch((error: unknown) => {
+      // A failure here is a simulator bug, so respond with 500 rather than leave the client waiting.
+      console.error(`provider simulator failed on request ${id}:`, error);
+      if (!response.headersSent) {
+        response.writeHead(500, { 'content-type': 'application/json' });
+        response.end(JSON.stringify({ error: { message: `simulator failed: ${(error as Error).message}`, type: 'server_error' } }));
+      } else {
+        response.destroy();
+      }
+    });
+  });
+
+  async function handle(request: IncomingMessage, response: ServerResponse, id: string): Promise<void> {
+    const path = (request.url ?? '/').split('?')[0]!;
+    const endpoint = endpointFor(path);
+    count(stats, endpoint);
+    count(processStats, endpoint);
+
+    const provider = endpoint?.provider ?? openaiProvider;
+    if (endpoint === undefined || request.method !== 'POST') {
+      await readBody(request);
+      return sendJson(response, 404, provider, provider.errorBody(404, `no simulated endpoint for ${request.method} ${path}`, id), id);
+    }
+
+    const credential = provider.credential(request.headers);
+    if (credential === undefined || (options.expectedKey !== undefined && credential !== options.expectedKey)) {
+      stats.unauthorized++;
+      processStats.unauthorized++;
+      await readBody(request);
+      const message = credential === undefined ? 'missing API key' : 'invalid API key';
+      return sendJson(response, 401, provider, provider.errorBody(401, message, id), id);
+    }
+
+    const raw = await readBody(request);
+    if (raw === undefined) return sendJson(response, 413, provider, provider.errorBody(413, `request body exceeds ${MAX_BODY_BYTES} bytes`, id), id);
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch {
+      return sendJson(response, 400, provider, provider.errorBody(400, 'request body is not valid JSON', id), id);
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      return sendJson(response, 400, provider, provider.errorBody(400, 'request body must be a JSON object', id), id);
+    }
+    record(stats, request, body as Record<string, unknown>, credential);
+    record(processStats, request, body as Record<string, unknown>, credential);
+
+    let controls: Controls;
+    try {
+      controls = readControls(request.headers);
+    } catch (error) {
+      if (!(error instanceof InvalidControlError)) throw error;
+      return sendJson(response, 400, provider, provider.errorBody(400, error.message, id), id);
+    }
+
+    if (controls.latencyMs > 0) {
+      await sleep(controls.latencyMs);
+      if (response.destroyed) return;
+    }
+    if (controls.status !== undefined) {
+      return sendJson(response, controls.status, provider, provider.errorBody(controls.status, `simulated failure with status ${controls.status}`, id), id);
+    }
+
+    const result = endpoint.respond(body as Record<string, unknown>, controls, id);
+    await send(response, result, controls, provider, id);
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return {
+    url: `http://${host}:${address.port}`,
+    stats: () => structuredClone(stats),
+    resetStats: () => {
+      stats = emptyStats();
+    },
+    close: () =>
+      new Promise<void>((resolve, reject) => {
+        server.close((error) => (error ? reject(error) : resolve()));
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function count(stats: SimulatorStats, endpoint: SimEndpoint | undefined): void {
+  stats.requests++;
+  stats.byEndpoint[endpoint?.name ?? 'other']++;
+}
+
+function record(stats: SimulatorStats, request: IncomingMessage, body: Record<string, unknown>, credential: string): void {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (value === undefined) continue;
+    headers[name] = CREDENTIAL_HEADERS.has(name) ? '<redacted>' : Array.isArray(value) ? value.join(', ') : value;
+  }
+  stats.lastRequest = body;
+  stats.lastCredential = credential;
+  stats.lastHeaders = headers;
+}
+
+/** Reads the whole request body, or returns undefined when it exceeds MAX_BODY_BYTES. */
+async function readBody(request: IncomingMessage): Promise<Buffer | undefined> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const part of request) {
+    size += (part as Buffer).length;
+    if (size > MAX_BODY_BYTES) {
+      request.resume();
+      return undefined;
+    }
+    parts.push(part as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+function sendJson(response: ServerResponse, status: number, provider: SimProvider, body: unknown, id: string): void {
+  const text = JSON.stringify(body);
+  response.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    [provider.requestIdHeader]: `req_${id}`,
+  });
+  response.end(text);
+}
+
+async function send(response: ServerResponse, result: SimResponse, controls: Controls, provider: SimProvider, id: string): Promise<void> {
+  if (result.kind === 'json') {
+    // A cut before any content chunk: the connection closes without a response.
+    if (controls.cutAfter !== undefined && result.status === 200) {
+      response.socket?.destroy();
+      return;
+    }
+    return sendJson(response, result.status, provider, result.body, id);
+  }
+
+  response.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    [provider.requestIdHeader]: `req_${id}`,
+  });
+
+  if (controls.chunkDelayMs === 0 && controls.cutAfter === undefined) {
+    let text = '';
+    for (const event of result.events) text += event.text;
+    response.end(text);
+    return;
+  }
+
+  let sent = 0;
+  for (const event of result.events) {
+    if (event.content) {
+      if (controls.cutAfter !== undefined && sent >= controls.cutAfter) {
+        await cut(response);
+        return;
+      }
+      if (sent > 0 && controls.chunkDelayMs > 0) await sleep(controls.chunkDelayMs);
+      if (response.destroyed) return;
+      sent++;
+    }
+    response.write(event.text);
+  }
+  response.end();
+}
+
+/** Destroys the connection once the bytes written so far have reached the socket. */
+async function cut(response: ServerResponse): Promise<void> {
+  await new Promise<void>((resolve) => response.write('', () => resolve()));
+  response.socket?.destroy();
+}

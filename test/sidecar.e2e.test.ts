@@ -1,0 +1,517 @@
+/**
+ * The enforcing sidecar end to end: the official openai and @anthropic-ai/sdk
+ * clients, unmodified, call the sidecar, which debits a real Redis ledger and
+ * forwards to the provider simulator.
+ */
+import Anthropic from '@anthropic-ai/sdk';
+import OpenAI from 'openai';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseAmount } from '../src/money/money.ts';
+import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
+
+const MANIFESTS = `
+apiVersion: v1
+kind: Secret
+metadata: { name: provider-keys }
+stringData: { apiKey: ${SIMULATOR_KEY} }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: openai }
+spec:
+  protocol: openai
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: provider-keys, key: apiKey }
+  models: [gpt-4o-mini, o3, drain-model, crowd-model, budget-model, c10-model, fee-model, text-embedding-3-small]
+  costs:
+    gpt-4o-mini: { input: "0.15", cachedInput: "0.075", output: "0.60" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: anthropic }
+spec:
+  protocol: anthropic
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: provider-keys, key: apiKey }
+  models: [claude-sonnet-4-5]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: PricePlan
+metadata: { name: e2e }
+spec:
+  currency: USD
+  versions:
+    - effectiveFrom: "2026-01-01T00:00:00Z"
+      markupPercent: "20"
+      models:
+        o3: { input: "30", output: "180" }
+        drain-model: { input: "100", output: "400" }
+        crowd-model: { input: "1", output: "2" }
+        budget-model: { input: "0", output: "88.4" }
+        c10-model: { input: "0", output: "50" }
+        fee-model: { input: "0", output: "0", perRequest: "0.004" }
+        text-embedding-3-small: { input: "0.02", output: "0" }
+        claude-sonnet-4-5: { input: "3.00", cacheWrite5m: "3.75", cachedInput: "0.30", output: "15.00" }
+${['main:100.00', 'drain:0.10', 'drain-anthropic:0.05', 'crowd:0', 'c9:5.000000', 'c10:0.01', 'c10-auto:0.01', 'c15:10.00', 'bad:1.00']
+  .map((entry) => {
+    const [name, amount] = entry.split(':');
+    return `---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: ${name} }
+spec:
+  currency: USD
+  pricePlanRef: { name: e2e }
+  grants: [{ id: initial, amount: "${amount}" }]`;
+  })
+  .join('\n')}
+`;
+
+/** Nano-units per token of each explicit rate above (rate per million x 10^9 / 10^6). */
+const NANO_PER_TOKEN = {
+  drainInput: 100_000n,
+  drainOutput: 400_000n,
+  sonnetInput: 3_000n,
+  sonnetOutput: 15_000n,
+};
+
+let stack: Stack;
+
+function walletKey(name: string) {
+  return { namespace: 'default', name };
+}
+
+function openaiFor(wallet: string): OpenAI {
+  return new OpenAI({
+    baseURL: `${stack.url}/openai/v1`,
+    apiKey: 'not-the-provider-key',
+    maxRetries: 0,
+    defaultHeaders: { 'x-tollgate-wallet': wallet },
+  });
+}
+
+function anthropicFor(wallet: string): Anthropic {
+  return new Anthropic({
+    baseURL: `${stack.url}/anthropic`,
+    apiKey: 'not-the-provider-key',
+    maxRetries: 0,
+    defaultHeaders: { 'x-tollgate-wallet': wallet },
+  });
+}
+
+async function postJson(path: string, body: unknown, headers: Record<string, string> = {}) {
+  const response = await request(`${stack.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await response.body.text();
+  return { status: response.statusCode, headers: response.headers, text };
+}
+
+function upstreamCount(): number {
+  return stack.simulator.stats().requests;
+}
+
+beforeAll(async () => {
+  stack = await startStack(MANIFESTS, { bodyLimit: 64 * 1024 });
+});
+
+afterAll(async () => {
+  await stack?.close();
+});
+
+describe('official SDKs through the sidecar', () => {
+  it('bills a plain OpenAI completion', async () => {
+    const before = await stack.ledger.state(walletKey('main'));
+    const { data, response } = await openaiFor('main')
+      .chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hello there' }], max_tokens: 20 })
+      .withResponse();
+    expect(data.choices[0]?.message.content?.length).toBeGreaterThan(0);
+    expect(data.usage?.completion_tokens).toBeGreaterThan(0);
+
+    const after = await stack.ledger.state(walletKey('main'));
+    const charged = parseAmount(response.headers.get('x-tollgate-charged')!);
+    expect(after.spent - before.spent).toBe(charged);
+    // gpt-4o-mini is priced at 20 % over its cost of 0.15 / 0.60 per million.
+    const cost = BigInt(data.usage!.prompt_tokens) * 150n + BigInt(data.usage!.completion_tokens) * 600n;
+    expect(after.providerCost - before.providerCost).toBe(cost);
+    expect(charged).toBe((cost * 12n + 9n) / 10n);
+    expect(after.reserved).toBe(0n);
+  });
+
+  it('hides the added stream usage chunk', async () => {
+    const before = await stack.ledger.state(walletKey('main'));
+    const stream = await openaiFor('main').chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'Stream please' }],
+      max_tokens: 20,
+      stream: true,
+    });
+    let text = '';
+    let usageChunks = 0;
+    for await (const chunk of stream) {
+      if (chunk.usage) usageChunks++;
+      text += chunk.choices[0]?.delta.content ?? '';
+    }
+    expect(text.length).toBeGreaterThan(0);
+    expect(usageChunks).toBe(0);
+    const after = await stack.ledger.state(walletKey('main'));
+    expect(after.spent).toBeGreaterThan(before.spent);
+    expect(after.reserved).toBe(0n);
+  });
+
+  it('keeps usage the client asked for', async () => {
+    const stream = await openaiFor('main').chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'Stream with usage' }],
+      max_tokens: 20,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const usages = [];
+    for await (const chunk of stream) if (chunk.usage) usages.push(chunk.usage);
+    expect(usages).toHaveLength(1);
+    expect(usages[0]!.completion_tokens).toBeGreaterThan(0);
+  });
+
+  it('adds the provider key of the sidecar', async () => {
+    const rejected = await stack.simulator.stats().unauthorized;
+    await openaiFor('main').chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 });
+    expect(stack.simulator.stats().unauthorized).toBe(rejected);
+    expect(stack.simulator.stats().lastCredential).toBe(SIMULATOR_KEY);
+  });
+
+  it('bills Anthropic plain and streamed (C2)', async () => {
+    const client = anthropicFor('main');
+    const before = await stack.ledger.state(walletKey('main'));
+    const message = await client.messages.create({ model: 'claude-sonnet-4-5', max_tokens: 30, messages: [{ role: 'user', content: 'Hello' }] });
+    expect(message.content[0]?.type).toBe('text');
+
+    const stream = client.messages.stream({ model: 'claude-sonnet-4-5', max_tokens: 30, messages: [{ role: 'user', content: 'Stream' }] });
+    const final = await stream.finalMessage();
+    expect(final.usage.output_tokens).toBeGreaterThan(1);
+
+    // Stream usage is cumulative: the final output count replaces the placeholder of message_start.
+    const expected =
+      BigInt(message.usage.input_tokens) * NANO_PER_TOKEN.sonnetInput +
+      BigInt(message.usage.output_tokens) * NANO_PER_TOKEN.sonnetOutput +
+      BigInt(final.usage.input_tokens) * NANO_PER_TOKEN.sonnetInput +
+      BigInt(final.usage.output_tokens) * NANO_PER_TOKEN.sonnetOutput;
+    const after = await stack.ledger.state(walletKey('main'));
+    expect(after.spent - before.spent).toBe(expected);
+  });
+
+  it('meters embeddings (C13)', async () => {
+    const before = await stack.ledger.state(walletKey('main'));
+    const { response } = await openaiFor('main')
+      .embeddings.create({ model: 'text-embedding-3-small', input: 'x' }, { headers: { 'x-sim-usage': JSON.stringify({ prompt_tokens: 6, total_tokens: 6 }) } })
+      .withResponse();
+    expect(response.headers.get('x-tollgate-charged')).toBe('0.00000012');
+    const after = await stack.ledger.state(walletKey('main'));
+    expect(after.spent - before.spent).toBe(120n);
+  });
+});
+
+describe('draining a wallet', () => {
+  it('charges exactly, then refuses (OpenAI SDK)', async () => {
+    const client = openaiFor('drain');
+    let expectedSpent = 0n;
+    let served = 0;
+    let refusal: unknown;
+    for (let call = 0; call < 50 && refusal === undefined; call++) {
+      try {
+        if (call % 2 === 0) {
+          const completion = await client.chat.completions.create({
+            model: 'drain-model',
+            messages: [{ role: 'user', content: `call ${call}` }],
+            max_tokens: 32,
+          });
+          expectedSpent += BigInt(completion.usage!.prompt_tokens) * NANO_PER_TOKEN.drainInput + BigInt(completion.usage!.completion_tokens) * NANO_PER_TOKEN.drainOutput;
+        } else {
+          const stream = await client.chat.completions.create({
+            model: 'drain-model',
+            messages: [{ role: 'user', content: `call ${call}` }],
+            max_tokens: 32,
+            stream: true,
+            stream_options: { include_usage: true },
+          });
+          for await (const chunk of stream) {
+            if (chunk.usage) expectedSpent += BigInt(chunk.usage.prompt_tokens) * NANO_PER_TOKEN.drainInput + BigInt(chunk.usage.completion_tokens) * NANO_PER_TOKEN.drainOutput;
+          }
+        }
+        served++;
+      } catch (error) {
+        refusal = error;
+      }
+    }
+
+    expect(served).toBeGreaterThanOrEqual(3);
+    expect(refusal).toBeInstanceOf(OpenAI.APIError);
+    expect((refusal as InstanceType<typeof OpenAI.APIError>).status).toBe(402);
+    expect((refusal as Error).message).toContain('is out of funds');
+
+    const state = await stack.ledger.state(walletKey('drain'));
+    expect(state.spent).toBe(expectedSpent);
+    expect(state.balance).toBe(parseAmount('0.10') - expectedSpent);
+    expect(state.reserved).toBe(0n);
+    expect((await stack.ledger.verify(walletKey('drain'))).ok).toBe(true);
+  });
+
+  it('refuses an unaffordable Anthropic call', async () => {
+    const client = anthropicFor('drain-anthropic');
+    const upstreamBefore = upstreamCount();
+    // 4000 output tokens at 15 per million is 0.06, more than the 0.05 granted.
+    const failure = await client.messages
+      .create({ model: 'claude-sonnet-4-5', max_tokens: 4000, messages: [{ role: 'user', content: 'Too dear' }] })
+      .catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(Anthropic.APIError);
+    expect((failure as InstanceType<typeof Anthropic.APIError>).status).toBe(402);
+    expect((failure as Error).message).toContain('is out of funds');
+    expect(upstreamCount()).toBe(upstreamBefore);
+  });
+});
+
+describe('concurrency', () => {
+  it('admits 37 of 200 simultaneous requests', async () => {
+    const body = JSON.stringify({ model: 'crowd-model', messages: [{ role: 'user', content: 'crowd' }], max_tokens: 100 });
+    // Worst case: every body byte is a prompt token at 1 per million (1000 nano), plus 100 output tokens at 2 per million.
+    const hold = BigInt(Buffer.byteLength(body)) * 1_000n + 100n * 2_000n;
+    const grant = 37n * hold + hold - 1n;
+    await stack.ledger.credit(walletKey('crowd'), 'crowd-grant', grant);
+    const upstreamBefore = upstreamCount();
+
+    const results = await Promise.all(
+      Array.from({ length: 200 }, () =>
+        postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'crowd', 'x-sim-latency-ms': '1500' }),
+      ),
+    );
+    const admitted = results.filter((r) => r.status === 200).length;
+    const refused = results.filter((r) => r.status === 402).length;
+    expect(admitted).toBe(37);
+    expect(refused).toBe(163);
+    expect(upstreamCount() - upstreamBefore).toBe(37);
+
+    const state = await stack.ledger.state(walletKey('crowd'));
+    expect(state.reserved).toBe(0n);
+    expect(state.balance).toBeGreaterThanOrEqual(0n);
+    expect((await stack.ledger.verify(walletKey('crowd'))).ok).toBe(true);
+  });
+
+  it('admits two of four near the cap (C9)', async () => {
+    const wallet = walletKey('c9');
+    await stack.ledger.reserve(wallet, 'earlier-spend', { fixed: parseAmount('4.752720'), perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'earlier' });
+    await stack.ledger.commit(wallet, 'earlier-spend', { charged: parseAmount('4.752720'), providerCost: 0n, model: 'x', route: 'openai', tokens: {}, estimated: false });
+
+    // budget-model: output 88.4 per million and a 1000-token limit make each worst case exactly 0.0884 USD.
+    const body = JSON.stringify({ model: 'budget-model', messages: [{ role: 'user', content: 'c9' }], max_tokens: 1000 });
+    const results = await Promise.all(
+      Array.from({ length: 4 }, () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c9', 'x-sim-latency-ms': '500' })),
+    );
+    expect(results.filter((r) => r.status === 200)).toHaveLength(2);
+    expect(results.filter((r) => r.status === 402)).toHaveLength(2);
+
+    const state = await stack.ledger.state(wallet);
+    const charged = results.filter((r) => r.status === 200).reduce((sum, r) => sum + parseAmount(String(r.headers['x-tollgate-charged'])), 0n);
+    expect(state.spent).toBe(parseAmount('4.752720') + charged);
+    expect(state.spent).toBeLessThanOrEqual(parseAmount('5.000000'));
+  });
+});
+
+describe('field cases', () => {
+  it('charges Anthropic cache writes once (C1)', async () => {
+    const usage = { input_tokens: 3, cache_creation_input_tokens: 12304, cache_read_input_tokens: 0, output_tokens: 550 };
+    const { response } = await anthropicFor('main')
+      .messages.create(
+        { model: 'claude-sonnet-4-5', max_tokens: 600, messages: [{ role: 'user', content: 'cached' }] },
+        { headers: { 'x-sim-usage': JSON.stringify(usage) } },
+      )
+      .withResponse();
+    expect(response.headers.get('x-tollgate-charged')).toBe('0.054399');
+  });
+
+  it('prices OpenAI reasoning tokens once (C5)', async () => {
+    const usage = {
+      prompt_tokens: 14746,
+      completion_tokens: 1944,
+      total_tokens: 16690,
+      completion_tokens_details: { reasoning_tokens: 1360 },
+    };
+    const { response } = await openaiFor('main')
+      .chat.completions.create(
+        { model: 'o3', messages: [{ role: 'user', content: 'think' }], max_completion_tokens: 2000 },
+        { headers: { 'x-sim-usage': JSON.stringify(usage) } },
+      )
+      .withResponse();
+    expect(response.headers.get('x-tollgate-charged')).toBe('0.7923');
+  });
+
+  it('rejects a worst case over balance (C10)', async () => {
+    const upstreamBefore = upstreamCount();
+    const body = { model: 'c10-model', messages: [{ role: 'user', content: 'c10' }], max_tokens: 1000 };
+    const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c10' });
+    expect(result.status).toBe(402);
+    expect(JSON.parse(result.text).error.message).toContain('may cost up to 0.05');
+    expect(upstreamCount()).toBe(upstreamBefore);
+    const state = await stack.ledger.state(walletKey('c10'));
+    expect(state.balance).toBe(parseAmount('0.01'));
+  });
+
+  it('sets an affordable output limit (C10)', async () => {
+    const body = { model: 'c10-model', messages: [{ role: 'user', content: 'c10' }] };
+    const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c10-auto' });
+    expect(result.status).toBe(200);
+    // c10-model has no input price, so the 0.01 balance buys 200 output tokens at 50 per million.
+    expect(stack.simulator.stats().lastRequest?.max_completion_tokens).toBe(200);
+    const state = await stack.ledger.state(walletKey('c10-auto'));
+    expect(state.balance).toBeGreaterThanOrEqual(0n);
+    expect(state.reserved).toBe(0n);
+  });
+
+  it('refuses request 2,501 at 0.004 each (C15)', async () => {
+    const body = JSON.stringify({ model: 'fee-model', messages: [{ role: 'user', content: 'fee' }], max_tokens: 1 });
+    const statuses = new Map<number, number>();
+    for (let i = 1; i <= 2501; i++) {
+      const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c15' });
+      statuses.set(result.status, (statuses.get(result.status) ?? 0) + 1);
+      if (i === 2500) expect((await stack.ledger.state(walletKey('c15'))).spent).toBe(parseAmount('10.00'));
+      if (i === 2501) expect(result.status).toBe(402);
+    }
+    expect(statuses.get(200)).toBe(2500);
+    expect(statuses.get(402)).toBe(1);
+  });
+});
+
+describe('bad input', () => {
+  async function expectNothingDebited(run: () => Promise<{ status: number; text: string }>, status: number, message: string) {
+    const before = await stack.ledger.state(walletKey('bad'));
+    const upstreamBefore = upstreamCount();
+    const result = await run();
+    expect(result.status).toBe(status);
+    expect(JSON.parse(result.text).error.message).toContain(message);
+    const after = await stack.ledger.state(walletKey('bad'));
+    expect(after).toEqual(before);
+    expect(upstreamCount()).toBe(upstreamBefore);
+  }
+
+  it('rejects malformed JSON', async () => {
+    await expectNothingDebited(
+      () => postJson('/openai/v1/chat/completions', '{"model": "gpt-4o-mini", "messages": [', { 'x-tollgate-wallet': 'bad' }),
+      400,
+      'the request body is not valid JSON',
+    );
+  });
+
+  it('rejects a body over the limit', async () => {
+    const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x'.repeat(100 * 1024) }] });
+    await expectNothingDebited(() => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'bad' }), 413, 'larger than the sidecar');
+  });
+
+  it('rejects an unknown route', async () => {
+    await expectNothingDebited(
+      () => postJson('/mistral/v1/chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
+      404,
+      'no provider route serves path "/mistral/v1/chat/completions"',
+    );
+  });
+
+  it('rejects an unknown model naming it', async () => {
+    await expectNothingDebited(
+      () => postJson('/openai/v1/chat/completions', { model: 'gpt-5.6-sol', messages: [{ role: 'user', content: 'hi' }] }, { 'x-tollgate-wallet': 'bad' }),
+      400,
+      'model "gpt-5.6-sol"',
+    );
+  });
+
+  it('rejects a request without a model', async () => {
+    await expectNothingDebited(
+      () => postJson('/openai/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }] }, { 'x-tollgate-wallet': 'bad' }),
+      400,
+      'model',
+    );
+  });
+});
+
+describe('failures mid-call', () => {
+  it('bills an estimate when usage is missing (C4)', async () => {
+    const before = await stack.ledger.state(walletKey('main'));
+    const stream = await openaiFor('main').chat.completions.create(
+      { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'no usage please' }], max_tokens: 20, stream: true },
+      { headers: { 'x-sim-omit-usage': '1' } },
+    );
+    for await (const _chunk of stream) {
+      // Drain the stream.
+    }
+    const after = await stack.ledger.state(walletKey('main'));
+    expect(after.spent).toBeGreaterThan(before.spent);
+    expect(after.reserved).toBe(0n);
+    const metrics = await (await fetch(`${stack.url}/metrics`)).text();
+    expect(metrics).toMatch(/tollgate_usage_estimated_total\{route="openai",reason="missing_usage"\} 1/);
+  });
+
+  it('charges output seen before a disconnect (C7)', async () => {
+    const wallet = walletKey('main');
+    const before = await stack.ledger.state(wallet);
+    const controller = new AbortController();
+    const response = await request(`${stack.url}/anthropic/v1/messages`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-tollgate-wallet': 'main', 'x-sim-chunks': '40', 'x-sim-chunk-delay-ms': '25', 'x-sim-output-tokens': '40' },
+      body: JSON.stringify({ model: 'claude-sonnet-4-5', max_tokens: 100, stream: true, messages: [{ role: 'user', content: 'long answer' }] }),
+      signal: controller.signal,
+    });
+    let seen = '';
+    for await (const chunk of response.body) {
+      seen += chunk.toString();
+      if ((seen.match(/content_block_delta/g) ?? []).length >= 5) break;
+    }
+    controller.abort();
+
+    let after = await stack.ledger.state(wallet);
+    for (let i = 0; i < 50 && after.reserved !== 0n; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      after = await stack.ledger.state(wallet);
+    }
+    expect(after.reserved).toBe(0n);
+    const inputTokens = Number(/"input_tokens":(\d+)/.exec(seen)![1]);
+    const inputOnly = BigInt(inputTokens) * NANO_PER_TOKEN.sonnetInput;
+    // More than the input alone (output was generated) and less than the full 100-token limit.
+    expect(after.spent - before.spent).toBeGreaterThan(inputOnly + NANO_PER_TOKEN.sonnetOutput);
+    expect(after.spent - before.spent).toBeLessThan(inputOnly + 100n * NANO_PER_TOKEN.sonnetOutput);
+  });
+
+  it('releases the hold on an upstream error', async () => {
+    const before = await stack.ledger.state(walletKey('main'));
+    const failure = await openaiFor('main')
+      .chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'fail' }], max_tokens: 5 }, { headers: { 'x-sim-status': '500' } })
+      .catch((error: unknown) => error);
+    expect((failure as InstanceType<typeof OpenAI.APIError>).status).toBe(500);
+    const after = await stack.ledger.state(walletKey('main'));
+    expect(after.spent).toBe(before.spent);
+    expect(after.reserved).toBe(0n);
+  });
+
+  it('applies a price change without a restart', async () => {
+    const cheaper = MANIFESTS.replace('o3: { input: "30", output: "180" }', 'o3: { input: "15", output: "90" }');
+    const usage = { prompt_tokens: 1000, completion_tokens: 1000, total_tokens: 2000 };
+    const call = () =>
+      openaiFor('main')
+        .chat.completions.create({ model: 'o3', messages: [{ role: 'user', content: 'p' }], max_tokens: 1000 }, { headers: { 'x-sim-usage': JSON.stringify(usage) } })
+        .withResponse();
+    expect((await call()).response.headers.get('x-tollgate-charged')).toBe('0.21');
+    await stack.reconfigure(cheaper);
+    expect((await call()).response.headers.get('x-tollgate-charged')).toBe('0.105');
+    await stack.reconfigure(MANIFESTS);
+  });
+
+  it('fails closed when Redis is down', async () => {
+    const upstreamBefore = upstreamCount();
+    await stack.redis.stop();
+    const failure = await openaiFor('main')
+      .chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'down' }], max_tokens: 5 })
+      .catch((error: unknown) => error);
+    expect((failure as InstanceType<typeof OpenAI.APIError>).status).toBe(503);
+    expect((failure as Error).message).toContain('the billing ledger is unavailable');
+    expect(upstreamCount()).toBe(upstreamBefore);
+  });
+});

@@ -1,0 +1,74 @@
+/**
+ * Starts the pieces of an end-to-end test: a real redis-server, the provider
+ * simulator and a sidecar on the Redis ledger, configured from YAML text in
+ * which `SIMULATOR_URL` stands for the simulator's address.
+ */
+import { pino } from 'pino';
+import { addYaml, emptyResourceSet } from '../../src/config/manifests.ts';
+import { secretsResolver } from '../../src/config/snapshot.ts';
+import { RedisLedger } from '../../src/ledger/redis.ts';
+import { startSimulator } from '../../src/simulator/index.ts';
+import { createSidecarMetrics } from '../../src/telemetry/metrics.ts';
+import { compileSnapshot, StaticConfig } from '../../sidecar/config-source.ts';
+import { applyGrants } from '../../sidecar/dev.ts';
+import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar, type SidecarOptions } from '../../sidecar/server.ts';
+import { startRedis, type RunningRedis } from './redis.ts';
+
+export const SIMULATOR_KEY = 'sk-simulator-test-key';
+
+export interface Stack {
+  url: string;
+  redis: RunningRedis;
+  simulator: Awaited<ReturnType<typeof startSimulator>>;
+  ledger: RedisLedger;
+  config: StaticConfig;
+  sidecar: Sidecar;
+  /** Recompiles the configuration from new YAML, as a configuration change would. */
+  reconfigure(yaml: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function compileYaml(yaml: string, simulatorUrl: string) {
+  const resources = emptyResourceSet();
+  addYaml(resources, yaml.replaceAll('SIMULATOR_URL', simulatorUrl), 'test manifests');
+  return compileSnapshot(resources, secretsResolver(resources));
+}
+
+export async function startStack(yaml: string, options: Partial<SidecarOptions> = {}): Promise<Stack> {
+  const redis = await startRedis();
+  const simulator = await startSimulator({ host: '127.0.0.1', port: 0, expectedKey: SIMULATOR_KEY });
+  const log = pino({ level: process.env.LOG_LEVEL ?? 'silent' });
+  const ledger = new RedisLedger(redis.url);
+  const config = new StaticConfig(compileYaml(yaml, simulator.url));
+  await applyGrants(ledger, config.current().resources, log);
+
+  const sidecar = createSidecar(
+    config,
+    ledger,
+    createSidecarMetrics({ defaultMetrics: false }),
+    { ...DEFAULT_SIDECAR_OPTIONS, walletPolicy: { defaultWallet: undefined, allowWalletHeader: true }, ...options },
+    log,
+  );
+  const url = await sidecar.app.listen({ host: '127.0.0.1', port: 0 });
+
+  return {
+    url,
+    redis,
+    simulator,
+    ledger,
+    config,
+    sidecar,
+    async reconfigure(next: string) {
+      const snapshot = compileYaml(next, simulator.url);
+      await applyGrants(ledger, snapshot.resources, log);
+      config.replace(snapshot);
+    },
+    async close() {
+      await sidecar.app.close();
+      await sidecar.proxy.close();
+      await ledger.quit();
+      await simulator.close();
+      await redis.stop();
+    },
+  };
+}
