@@ -37,13 +37,17 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# prometheus brings promtool, which checks the dashboards' queries, and the server for scrape tests.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq "${missing[@]}" >&2
-  # The Debian package starts a server on port 6379; tests start their own on free ports.
-  systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true
+  # The Debian packages may start servers on fixed ports; tests start their own on free ports.
+  for service in redis-server prometheus; do
+    systemctl disable --now "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
+  done
 fi
 say "$(redis-server --version | cut -d' ' -f1-3)"
 

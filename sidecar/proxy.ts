@@ -9,7 +9,7 @@ import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
-import { adapterFor, estimatePromptTokens } from '../src/providers/index.ts';
+import { adapterFor, estimatePromptTokens, estimateTokensFromText } from '../src/providers/index.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
 import { rate, worstCaseRates, type Price } from '../src/rating/rating.ts';
 import type { Usage } from '../src/rating/usage.ts';
@@ -158,15 +158,18 @@ export class Proxy {
     if (!Buffer.isBuffer(raw) || raw.length === 0) {
       throw new ProxyError(400, 'invalid_request', 'the request body is empty; send a JSON object');
     }
-    const parsed = parseJsonObject(raw);
+    const text = raw.toString('utf8');
+    const parsed = parseJsonObject(text);
     const info = inspect(adapter, upstreamPath, parsed);
     const snapshot = this.config.current();
     const wallet = this.walletFor(snapshot, request.headers);
     const price = this.priceFor(snapshot, wallet, route, info.model);
 
-    const promptEstimate = estimatePromptTokens(raw.length);
+    // Holds use a bound on prompt tokens; usage the upstream leaves out is billed on an estimate instead.
+    const promptBound = estimatePromptTokens(raw.length);
+    const promptEstimate = estimateTokensFromText(text);
     const requestId = requestIdOf(request.headers);
-    const hold = this.holdFor(price, info, promptEstimate, wallet, raw);
+    const hold = this.holdFor(price, info, promptBound, wallet, raw);
     const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
     const units = this.checkReserve(result, wallet, route, info, requestId);
 
@@ -215,7 +218,7 @@ export class Proxy {
    * the dearest output rate. Without a client limit, the ledger picks the
    * largest output limit the wallet can afford.
    */
-  private holdFor(price: Price, info: RequestInfo, promptEstimate: number, wallet: CompiledWallet, raw: Buffer): HoldRequest {
+  private holdFor(price: Price, info: RequestInfo, promptBound: number, wallet: CompiledWallet, raw: Buffer): HoldRequest {
     const worst = worstCaseRates(price);
     const modelMax = price.charge?.maxOutputTokens ?? price.cost.maxOutputTokens ?? this.options.defaultMaxOutputTokens;
     let minUnits = 0;
@@ -225,7 +228,7 @@ export class Proxy {
       minUnits = info.maxOutputTokens ?? Math.min(this.options.minOutputTokens, modelMax);
     }
     return {
-      fixed: BigInt(promptEstimate) * worst.perPromptToken + worst.perRequest,
+      fixed: BigInt(promptBound) * worst.perPromptToken + worst.perRequest,
       perUnit: worst.perOutputToken,
       minUnits,
       maxUnits,
@@ -531,10 +534,10 @@ export class Proxy {
   }
 }
 
-function parseJsonObject(raw: Buffer): Record<string, unknown> {
+function parseJsonObject(text: string): Record<string, unknown> {
   let value: unknown;
   try {
-    value = JSON.parse(raw.toString('utf8'));
+    value = JSON.parse(text);
   } catch (error) {
     throw new ProxyError(400, 'invalid_json', `the request body is not valid JSON (${(error as Error).message}); send a JSON object`);
   }
