@@ -4,9 +4,14 @@ export const API_GROUP = 'tollgate.dev';
 export const API_VERSION = 'v1alpha1';
 export const API_GROUP_VERSION = `${API_GROUP}/${API_VERSION}`;
 
+/** Maximum length of a money string. An amount the ledger can hold needs at most 20 characters. */
+export const MAX_MONEY_LENGTH = 32;
+
 /** A non-negative money amount: decimal currency units ("12.50") or nano-units with an `n` suffix ("120n"). */
 export const Money = z
   .string()
+  // Bounded so that the API server's cost estimate of CEL rules on amounts stays small.
+  .max(MAX_MONEY_LENGTH, { message: `must be at most ${MAX_MONEY_LENGTH} characters` })
   .regex(/^(\d+(\.\d{1,9})?|\d+n)$/, {
     message: 'must be a non-negative decimal string such as "12.50" (at most 9 decimals) or nano-units such as "120n"',
   })
@@ -82,3 +87,18 @@ export const ModelId = z
   .min(1)
   .max(200)
   .regex(/^[A-Za-z0-9][A-Za-z0-9._:\/@-]*$/, { message: 'must be a model id such as "gpt-4o-mini"' });
+
+/** Maximum number of models that one price version or provider route can price. */
+export const MAX_PRICED_MODELS = 256;
+
+/**
+ * Rates by model id. The API server checks every key with a CEL rule, and the rule's
+ * estimated cost must fit a budget, so the map is bounded. `maxProperties` carries the
+ * bound into the CRD.
+ */
+export const RatesByModel = z
+  .record(ModelId, ModelRates)
+  .refine((rates) => Object.keys(rates).length <= MAX_PRICED_MODELS, {
+    message: `must price at most ${MAX_PRICED_MODELS} models`,
+  })
+  .meta({ maxProperties: MAX_PRICED_MODELS });

@@ -1,17 +1,22 @@
 import { z } from 'zod';
-import { API_GROUP_VERSION, Condition, Currency, ModelId, ModelRates, ObjectMeta, Percent } from './common.ts';
+import { API_GROUP_VERSION, Condition, Currency, ModelRates, ObjectMeta, Percent, RatesByModel } from './common.ts';
 
 export const PriceVersion = z.object({
   name: z.string().min(1).optional(),
   effectiveFrom: z.iso.datetime({ offset: true, message: 'must be an RFC 3339 time such as "2026-01-01T00:00:00Z"' }),
   markupPercent: Percent.optional().describe('Charge = provider cost x (1 + percent/100) for models without explicit rates.'),
-  models: z.record(ModelId, ModelRates).default({}).describe('Explicit customer rates per model; these win over the markup.'),
+  models: RatesByModel.default({}).describe('Explicit customer rates per model; these win over the markup.'),
 });
 export type PriceVersion = z.infer<typeof PriceVersion>;
 
+/** Maximum number of price versions in one PricePlan. */
+export const MAX_PRICE_VERSIONS = 100;
+
 export const PricePlanSpec = z.object({
   currency: Currency,
-  versions: z.array(PriceVersion).min(1),
+  // Bounded because the API server checks effectiveFrom for duplicates with a CEL rule
+  // whose cost grows with the square of the list.
+  versions: z.array(PriceVersion).min(1).max(MAX_PRICE_VERSIONS),
   unknownModels: z
     .object({
       policy: z.enum(['reject', 'default']).default('reject'),

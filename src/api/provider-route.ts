@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { API_GROUP_VERSION, Condition, ModelId, ModelRates, ObjectMeta } from './common.ts';
+import { API_GROUP_VERSION, Condition, ModelId, ObjectMeta, RatesByModel } from './common.ts';
 
 export const Protocol = z.enum(['openai', 'anthropic', 'gemini', 'azure-openai', 'openai-compatible']);
 
@@ -16,7 +16,7 @@ export const ProviderRouteSpec = z.object({
     .optional()
     .describe('Secret holding the provider credential; mounted into the sidecar only.'),
   models: z.array(ModelId).min(1).describe('Model ids served; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too.'),
-  costs: z.record(ModelId, ModelRates).default({}).describe('What the platform pays the provider, per model.'),
+  costs: RatesByModel.default({}).describe('What the platform pays the provider, per model.'),
   timeouts: z
     .object({
       connectSeconds: z.number().positive().default(10),

@@ -9,10 +9,15 @@ export const Grant = z.object({
 });
 export type Grant = z.infer<typeof Grant>;
 
+/** Maximum number of grants in one Wallet spec. */
+export const MAX_GRANTS = 200;
+
 export const WalletSpec = z.object({
   currency: Currency,
   pricePlanRef: z.object({ name: z.string().min(1) }),
-  grants: z.array(Grant).default([]),
+  // Bounded because the API server checks grant ids for duplicates with a CEL rule whose
+  // cost grows with the square of the list.
+  grants: z.array(Grant).max(MAX_GRANTS).default([]),
   limits: z
     .object({
       maxPerRequest: Money.optional(),

@@ -1,0 +1,72 @@
+{{/* Chart name, at most 63 characters (the DNS label limit). */}}
+{{- define "tollgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Prefix of every resource name: the release name, followed by the chart name unless the
+release name already contains it.
+*/}}
+{{- define "tollgate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tollgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tollgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "tollgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tollgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tollgate
+{{- end -}}
+
+{{- define "tollgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tollgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tollgate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "tollgate.sidecarImage" -}}
+{{- $repository := default .Values.image.repository .Values.sidecar.image.repository -}}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.sidecar.image.tag -}}
+{{- printf "%s:%s" $repository $tag -}}
+{{- end -}}
+
+{{/* Name of the MutatingWebhookConfiguration, which the operator patches with its CA bundle. */}}
+{{- define "tollgate.webhookConfigurationName" -}}
+{{- include "tollgate.fullname" . -}}
+{{- end -}}
+
+{{/* Secret with the webhook's serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "tollgate.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "tollgate.fullname" .) -}}
+{{- end -}}
+
+{{- define "tollgate.certificateName" -}}
+{{- printf "%s-webhook" (include "tollgate.fullname" .) -}}
+{{- end -}}
+
+{{/* Base URL of the snapshot endpoint that injected sidecars load their configuration from. */}}
+{{- define "tollgate.configUrl" -}}
+{{- printf "http://%s.%s.svc:%d" (include "tollgate.fullname" .) .Release.Namespace (int .Values.service.httpPort) -}}
+{{- end -}}
