@@ -240,7 +240,7 @@ describe('helm template', () => {
     expect(webhook.name).toBe('pods.inject.tollgate.dev');
     expect(webhook.objectSelector).toEqual(INJECT_SELECTOR);
     expect(webhook.failurePolicy).toBe('Fail');
-    expect(webhook.sideEffects).toBe('None');
+    expect(webhook.sideEffects).toBe('NoneOnDryRun');
     expect(webhook.admissionReviewVersions).toEqual(['v1']);
     expect(webhook.reinvocationPolicy).toBe('IfNeeded');
     expect(webhook.rules).toEqual([
@@ -541,7 +541,7 @@ describe('helm install on a real API server', () => {
     const webhook = configuration['webhooks'][0];
     expect(webhook.objectSelector).toEqual(INJECT_SELECTOR);
     expect(webhook.failurePolicy).toBe('Fail');
-    expect(webhook.sideEffects).toBe('None');
+    expect(webhook.sideEffects).toBe('NoneOnDryRun');
     expect(webhook.clientConfig.service).toEqual({ name: 'tollgate', namespace: NAMESPACE, path: '/mutate-pods', port: 443 });
 
     const service = await getJson(['get', '-n', NAMESPACE, 'service', 'tollgate']);
