@@ -14,6 +14,8 @@ import { UnknownModelError } from '../src/rating/plan.ts';
 import { rate, worstCaseRates, type Price } from '../src/rating/rating.ts';
 import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
+import { createGenAiTelemetry, GEN_AI, type Span } from '../src/telemetry/tracing.ts';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import type { ConfigSource } from './config-source.ts';
 import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
 
@@ -76,6 +78,7 @@ interface Admitted {
   hold: bigint;
   body: string;
   startedNs: bigint;
+  span: Span;
 }
 
 interface Settlement {
@@ -98,6 +101,7 @@ export class Proxy {
   private readonly metrics: SidecarMetrics;
   private readonly options: ProxyOptions;
   private readonly log: Logger;
+  private readonly telemetry = createGenAiTelemetry();
 
   constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
     this.config = config;
@@ -161,34 +165,52 @@ export class Proxy {
     const text = raw.toString('utf8');
     const parsed = parseJsonObject(text);
     const info = inspect(adapter, upstreamPath, parsed);
-    const snapshot = this.config.current();
-    const wallet = this.walletFor(snapshot, request.headers);
-    const price = this.priceFor(snapshot, wallet, route, info.model);
+    const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        [GEN_AI.operation]: info.operation,
+        [GEN_AI.provider]: route.protocol,
+        [GEN_AI.requestModel]: info.model,
+        'tollgate.route': route.name,
+        ...(info.maxOutputTokens === undefined ? {} : { [GEN_AI.maxTokens]: info.maxOutputTokens }),
+      },
+    });
 
-    // Holds use a bound on prompt tokens; usage the upstream leaves out is billed on an estimate instead.
-    const promptBound = estimatePromptTokens(raw.length);
-    const promptEstimate = estimateTokensFromText(text);
-    const requestId = requestIdOf(request.headers);
-    const hold = this.holdFor(price, info, promptBound, wallet, raw);
-    const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-    const units = this.checkReserve(result, wallet, route, info, requestId);
+    try {
+      const snapshot = this.config.current();
+      const wallet = this.walletFor(snapshot, request.headers);
+      span.setAttribute('tollgate.wallet', wallet.id);
+      const price = this.priceFor(snapshot, wallet, route, info.model);
 
-    const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
-    const body = JSON.stringify(adapter.prepare(parsed, info, changes));
+      // Holds use a bound on prompt tokens; usage the upstream leaves out is billed on an estimate instead.
+      const promptBound = estimatePromptTokens(raw.length);
+      const promptEstimate = estimateTokensFromText(text);
+      const requestId = requestIdOf(request.headers);
+      const hold = this.holdFor(price, info, promptBound, wallet, raw);
+      const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+      const units = this.checkReserve(result, wallet, route, info, requestId);
 
-    return {
-      snapshot,
-      route,
-      adapter,
-      wallet,
-      info,
-      price,
-      requestId,
-      promptEstimate,
-      hold: result.status === 'reserved' ? result.amount : 0n,
-      body,
-      startedNs,
-    };
+      const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
+      const body = JSON.stringify(adapter.prepare(parsed, info, changes));
+
+      return {
+        snapshot,
+        route,
+        adapter,
+        wallet,
+        info,
+        price,
+        requestId,
+        promptEstimate,
+        hold: result.status === 'reserved' ? result.amount : 0n,
+        body,
+        startedNs,
+        span,
+      };
+    } catch (error) {
+      endSpanWithError(span, error);
+      throw error;
+    }
   }
 
   private walletFor(snapshot: Snapshot, headers: IncomingHttpHeaders): CompiledWallet {
@@ -299,6 +321,7 @@ export class Proxy {
       res.off('close', onClose);
       await this.releaseQuietly(admitted, 'upstream_unreachable');
       this.count(admitted, 'upstream_error');
+      endSpanWithError(admitted.span, error);
       if (abort.signal.aborted) return;
       this.sendError(res, adapter, new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}; nothing was charged`));
       return;
@@ -339,6 +362,8 @@ export class Proxy {
   private async relayUpstreamError(res: ServerResponse, admitted: Admitted, upstream: Dispatcher.ResponseData): Promise<void> {
     await this.releaseQuietly(admitted, 'upstream_status');
     this.count(admitted, 'upstream_error');
+    admitted.span.setAttribute('http.response.status_code', upstream.statusCode);
+    endSpanWithError(admitted.span, new Error(`upstream returned HTTP ${upstream.statusCode}`));
     res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
     try {
       for await (const chunk of upstream.body) res.write(chunk);
@@ -460,6 +485,7 @@ export class Proxy {
       wallet: this.options.walletLabel ? wallet.id : '',
     };
     this.count(admitted, 'admitted');
+    this.recordTelemetry(admitted, usage, rated);
     this.metrics.charged.inc(labels, toUnits(rated.charged));
     this.metrics.providerCost.inc(labels, toUnits(rated.providerCost));
     for (const [kind, count] of Object.entries(tokenCounts(usage))) {
@@ -479,6 +505,26 @@ export class Proxy {
       },
       'request settled',
     );
+  }
+
+  private recordTelemetry(admitted: Admitted, usage: Usage, rated: { charged: bigint; providerCost: bigint }): void {
+    const input = usage.input + usage.cacheRead + usage.cacheWrite5m + usage.cacheWrite1h;
+    const output = usage.output + usage.reasoning;
+    const { span, info, route } = admitted;
+    span.setAttributes({
+      [GEN_AI.inputTokens]: input,
+      [GEN_AI.outputTokens]: output,
+      'tollgate.charged': formatAmount(rated.charged),
+      'tollgate.provider_cost': formatAmount(rated.providerCost),
+      'tollgate.currency': admitted.wallet.currency,
+      'tollgate.usage_estimated': usage.estimated,
+    });
+    span.end();
+
+    const attributes = { [GEN_AI.operation]: info.operation, [GEN_AI.provider]: route.protocol, [GEN_AI.requestModel]: info.model };
+    this.telemetry.tokenUsage.record(input, { ...attributes, [GEN_AI.tokenType]: 'input' });
+    this.telemetry.tokenUsage.record(output, { ...attributes, [GEN_AI.tokenType]: 'output' });
+    this.telemetry.operationDuration.record(seconds(process.hrtime.bigint() - admitted.startedNs), attributes);
   }
 
   private count(admitted: Admitted, outcome: string): void {
@@ -554,6 +600,13 @@ function inspect(adapter: ProviderAdapter, path: string, body: Record<string, un
     if (error instanceof InvalidRequestError) throw new ProxyError(error.status, error.code, error.message);
     throw error;
   }
+}
+
+function endSpanWithError(span: Span, error: unknown): void {
+  const code = error instanceof ProxyError ? error.code : error instanceof Error ? error.name : 'error';
+  span.setAttribute(GEN_AI.errorType, code);
+  span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
+  span.end();
 }
 
 function requestIdOf(headers: IncomingHttpHeaders): string {

@@ -1,0 +1,151 @@
+import { describe, expect, it } from 'vitest';
+import type { KubeObject, ResourceKind } from './kube.ts';
+import { ConfigurationError, keysFor, parseListen, parseOperatorArgs } from './main.ts';
+
+describe('parseOperatorArgs', () => {
+  it('applies defaults', () => {
+    const config = parseOperatorArgs(['--redis', 'redis://127.0.0.1:6379', '--namespace', 'tollgate-system'], {});
+    expect(config).toMatchObject({
+      namespace: 'tollgate-system',
+      redisUrl: 'redis://127.0.0.1:6379',
+      httpHost: '0.0.0.0',
+      httpPort: 8080,
+      webhook: true,
+      webhookHost: '0.0.0.0',
+      webhookPort: 9443,
+      leaseName: 'tollgate-operator',
+      leaseDurationMs: 15_000,
+      renewDeadlineMs: 10_000,
+      retryPeriodMs: 2_000,
+      resyncMs: 60_000,
+      watchSilenceMs: 180_000,
+      statusIntervalMs: 10_000,
+      secretRecheckMs: 30_000,
+      workers: 4,
+      webhookService: 'tollgate',
+      webhookConfiguration: 'tollgate',
+      certManager: false,
+      configUrl: 'http://tollgate.tollgate-system.svc:8080',
+      watchNamespace: undefined,
+      sidecarImage: undefined,
+    });
+    expect(config?.identity).toMatch(/-[0-9a-f]{6}$/);
+  });
+
+  it('reads the environment the chart sets', () => {
+    const config = parseOperatorArgs([], {
+      TOLLGATE_NAMESPACE: 'billing',
+      TOLLGATE_POD_NAME: 'tollgate-7d9f-abcde',
+      TOLLGATE_REDIS_URL: 'redis://redis.billing:6379',
+      TOLLGATE_HTTP_LISTEN: '0.0.0.0:8081',
+      TOLLGATE_WEBHOOK_LISTEN: ':9444',
+      TOLLGATE_LEASE_NAME: 'tollgate',
+      TOLLGATE_WEBHOOK_SERVICE: 'tollgate',
+      TOLLGATE_WEBHOOK_CONFIGURATION: 'tollgate-injector',
+      TOLLGATE_WEBHOOK_SECRET: 'tollgate-webhook-tls',
+      TOLLGATE_WEBHOOK_CERT_MANAGER: 'true',
+      TOLLGATE_CONFIG_URL: 'http://tollgate.billing.svc:8081',
+      TOLLGATE_SIDECAR_IMAGE: 'ghcr.io/example/tollgate:0.1.0',
+    });
+    expect(config).toMatchObject({
+      namespace: 'billing',
+      identity: 'tollgate-7d9f-abcde',
+      redisUrl: 'redis://redis.billing:6379',
+      httpPort: 8081,
+      webhookHost: '0.0.0.0',
+      webhookPort: 9444,
+      leaseName: 'tollgate',
+      webhookConfiguration: 'tollgate-injector',
+      webhookSecret: 'tollgate-webhook-tls',
+      certManager: true,
+      configUrl: 'http://tollgate.billing.svc:8081',
+      sidecarImage: 'ghcr.io/example/tollgate:0.1.0',
+    });
+  });
+
+  it('prefers flags over the environment', () => {
+    const config = parseOperatorArgs(
+      ['--redis', 'redis://flag:1', '--lease-duration', '2', '--renew-deadline', '1.5', '--retry-period', '0.5', '--no-webhook', '--resync', '5'],
+      { TOLLGATE_REDIS_URL: 'redis://env:1', TOLLGATE_LEASE_DURATION: '30', TOLLGATE_NAMESPACE: 'x' },
+    );
+    expect(config).toMatchObject({
+      redisUrl: 'redis://flag:1',
+      leaseDurationMs: 2_000,
+      renewDeadlineMs: 1_500,
+      retryPeriodMs: 500,
+      webhook: false,
+      resyncMs: 5_000,
+      secretRecheckMs: 5_000,
+    });
+  });
+
+  it('returns undefined for --help', () => {
+    expect(parseOperatorArgs(['--help'], {})).toBeUndefined();
+  });
+
+  it('rejects missing and invalid values', () => {
+    expect(() => parseOperatorArgs([], {})).toThrow('missing Redis URL: pass --redis redis://host:port or set TOLLGATE_REDIS_URL');
+    expect(() => parseOperatorArgs(['--redis', 'r', '--resync', 'soon'], {})).toThrow(
+      'invalid TOLLGATE_RESYNC / flag value "soon": use a positive number of seconds',
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--lease-duration', '2.5'], {})).toThrow(
+      'invalid --lease-duration 2.5: the Lease stores whole seconds',
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--workers', '0'], {})).toThrow(ConfigurationError);
+    expect(() => parseOperatorArgs(['--unknown'], {})).toThrow();
+  });
+});
+
+describe('parseListen', () => {
+  it('parses host and port forms', () => {
+    expect(parseListen('127.0.0.1:8080', '--http-listen')).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(parseListen(':9443', '--webhook-listen')).toEqual({ host: '0.0.0.0', port: 9443 });
+    expect(parseListen('[::1]:8080', '--http-listen')).toEqual({ host: '::1', port: 8080 });
+  });
+
+  it('rejects other forms', () => {
+    expect(() => parseListen('8080', '--http-listen')).toThrow('invalid --http-listen "8080": use HOST:PORT such as 0.0.0.0:8080');
+    expect(() => parseListen('host:99999', '--http-listen')).toThrow('invalid --http-listen');
+  });
+});
+
+describe('keysFor', () => {
+  const objects: Record<ResourceKind, KubeObject[]> = {
+    Wallet: [
+      { apiVersion: 'tollgate.dev/v1alpha1', kind: 'Wallet', metadata: { name: 'acme', namespace: 'team' }, spec: { pricePlanRef: { name: 'standard' } } },
+      { apiVersion: 'tollgate.dev/v1alpha1', kind: 'Wallet', metadata: { name: 'beta', namespace: 'team' }, spec: { pricePlanRef: { name: 'gold' } } },
+    ],
+    PricePlan: [
+      { apiVersion: 'tollgate.dev/v1alpha1', kind: 'PricePlan', metadata: { name: 'standard', namespace: 'team', generation: 1 } },
+      { apiVersion: 'tollgate.dev/v1alpha1', kind: 'PricePlan', metadata: { name: 'gold', namespace: 'team', generation: 1 } },
+    ],
+    ProviderRoute: [
+      { apiVersion: 'tollgate.dev/v1alpha1', kind: 'ProviderRoute', metadata: { name: 'openai', namespace: 'team', generation: 1 } },
+      { apiVersion: 'tollgate.dev/v1alpha1', kind: 'ProviderRoute', metadata: { name: 'anthropic', namespace: 'team', generation: 1 } },
+    ],
+  };
+  const list = (kind: ResourceKind) => objects[kind];
+  const plan = objects.PricePlan[0]!;
+  const route = objects.ProviderRoute[0]!;
+
+  it('queues the wallets of a changed plan', () => {
+    expect(keysFor('PricePlan', 'update', { ...plan, metadata: { ...plan.metadata, generation: 2 } }, plan, list)).toEqual([
+      'PricePlan/team/standard',
+      'Wallet/team/acme',
+    ]);
+  });
+
+  it('queues the plans and other routes of a new route', () => {
+    expect(keysFor('ProviderRoute', 'add', route, undefined, list)).toEqual([
+      'ProviderRoute/team/openai',
+      'PricePlan/team/standard',
+      'PricePlan/team/gold',
+      'ProviderRoute/team/anthropic',
+    ]);
+  });
+
+  it('queues only the object for a status write or a resync', () => {
+    expect(keysFor('PricePlan', 'update', { ...plan, status: { observedGeneration: 1 } }, plan, list)).toEqual(['PricePlan/team/standard']);
+    expect(keysFor('ProviderRoute', 'resync', route, undefined, list)).toEqual(['ProviderRoute/team/openai']);
+  });
+});

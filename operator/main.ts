@@ -1,0 +1,529 @@
+/**
+ * The `tollgate operator` command. Every replica lists and watches the
+ * Tollgate resources, serves configuration snapshots, metrics and health
+ * probes, and serves the admission webhook. The replica that holds the
+ * leader Lease also runs the reconcilers.
+ */
+
+import type { V1ResourceRequirements } from '@kubernetes/client-node';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import type { Logger } from 'pino';
+import { RedisLedger } from '../src/ledger/redis.ts';
+import { createLogger } from '../src/telemetry/logger.ts';
+import { EventRecorder } from './events.ts';
+import { Informer, type InformerEvent } from './informer.ts';
+import { createKubeClients, loadKubeConfig, objectKey, parseObjectKey, RESOURCE_KINDS, type KubeObject, type ResourceKind } from './kube.ts';
+import { LeaderElector } from './leader.ts';
+import { createOperatorMetrics, type OperatorMetrics } from './metrics.ts';
+import { WorkQueue, runWorkers, type ReconcileResult } from './queue.ts';
+import { PlanReconciler } from './reconcile-plan.ts';
+import { RouteReconciler } from './reconcile-route.ts';
+import { WalletReconciler } from './reconcile-wallet.ts';
+import { SnapshotService, startOperatorHttpServer, type ResourceSource } from './snapshot-server.ts';
+import { startWebhook, type WebhookServer } from './webhook/server.ts';
+
+const USAGE = `Usage: tollgate operator [options]
+
+Runs the Tollgate operator: reconcilers (on the elected leader), the
+configuration snapshot server, metrics, and the sidecar admission webhook.
+Each option falls back to the environment variable named after it.
+
+Options:
+  --kubeconfig PATH          Kubeconfig file (default: in-cluster service account, else KUBECONFIG or ~/.kube/config)
+  --namespace NS             Namespace of the operator and its Lease [TOLLGATE_NAMESPACE] (default: the Pod's namespace, else "default")
+  --watch-namespace NS       Watch Tollgate resources in this namespace only [TOLLGATE_WATCH_NAMESPACE] (default: all namespaces)
+  --redis URL                Redis ledger URL, redis://host:port [TOLLGATE_REDIS_URL] (required)
+  --http-listen HOST:PORT    Snapshot, /metrics and health server [TOLLGATE_HTTP_LISTEN] (default: 0.0.0.0:8080)
+  --webhook-listen HOST:PORT Admission webhook server [TOLLGATE_WEBHOOK_LISTEN] (default: 0.0.0.0:9443)
+  --no-webhook               Do not serve the admission webhook [TOLLGATE_WEBHOOK=false]
+  --identity NAME            This replica's leader-election identity [TOLLGATE_POD_NAME] (default: host name and a random suffix)
+  --lease-name NAME          Leader-election Lease name [TOLLGATE_LEASE_NAME] (default: tollgate-operator)
+  --lease-duration SECONDS   How long a Lease stays valid without renewal, whole seconds [TOLLGATE_LEASE_DURATION] (default: 15)
+  --renew-deadline SECONDS   How long the leader retries renewing before it steps down [TOLLGATE_RENEW_DEADLINE] (default: 10)
+  --retry-period SECONDS     Interval between Lease attempts [TOLLGATE_RETRY_PERIOD] (default: 2)
+  --resync SECONDS           Interval of the full resync, which also mirrors ledger balances [TOLLGATE_RESYNC] (default: 60)
+  --watch-silence SECONDS    Restart a watch that received nothing, not even a bookmark, for this long [TOLLGATE_WATCH_SILENCE] (default: 180)
+  --status-interval SECONDS  Minimum time between balance-only status writes of one wallet [TOLLGATE_STATUS_INTERVAL] (default: 10)
+  --workers N                Concurrent reconciles [TOLLGATE_WORKERS] (default: 4)
+  --webhook-service NAME     Service in front of the webhook, for its certificate [TOLLGATE_WEBHOOK_SERVICE] (default: tollgate)
+  --webhook-configuration NAME  MutatingWebhookConfiguration to keep the caBundle of [TOLLGATE_WEBHOOK_CONFIGURATION] (default: tollgate)
+  --webhook-secret NAME      Secret holding the webhook's serving certificate [TOLLGATE_WEBHOOK_SECRET]
+  --cert-manager             cert-manager issues the webhook certificate [TOLLGATE_WEBHOOK_CERT_MANAGER=true]
+  --config-url URL           Snapshot server URL the injected sidecars use [TOLLGATE_CONFIG_URL] (default: http://<webhook service>.<namespace>.svc:<http port>)
+  --sidecar-image IMAGE      Image of the injected sidecar [TOLLGATE_SIDECAR_IMAGE] (required with the webhook)
+  -h, --help                 Show this help
+
+The log level comes from LOG_LEVEL (default info).`;
+
+export interface OperatorConfig {
+  kubeconfig: string | undefined;
+  namespace: string;
+  watchNamespace: string | undefined;
+  redisUrl: string;
+  httpHost: string;
+  httpPort: number;
+  webhook: boolean;
+  webhookHost: string;
+  webhookPort: number;
+  identity: string;
+  leaseName: string;
+  leaseDurationMs: number;
+  renewDeadlineMs: number;
+  retryPeriodMs: number;
+  resyncMs: number;
+  watchSilenceMs: number;
+  statusIntervalMs: number;
+  /** Delay before a ProviderRoute whose Secret is missing is checked again. */
+  secretRecheckMs: number;
+  workers: number;
+  webhookService: string;
+  webhookConfiguration: string;
+  webhookSecret: string | undefined;
+  certManager: boolean;
+  configUrl: string;
+  sidecarImage: string | undefined;
+  sidecarImagePullPolicy: string | undefined;
+  sidecarResources: V1ResourceRequirements | undefined;
+}
+
+export class ConfigurationError extends Error {
+  override readonly name = 'ConfigurationError';
+}
+
+const SERVICE_ACCOUNT_NAMESPACE_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
+
+/** Parses the command line with environment fallbacks; returns undefined for --help. Throws ConfigurationError on a bad value. */
+export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = process.env): OperatorConfig | undefined {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      kubeconfig: { type: 'string' },
+      namespace: { type: 'string' },
+      'watch-namespace': { type: 'string' },
+      redis: { type: 'string' },
+      'http-listen': { type: 'string' },
+      'webhook-listen': { type: 'string' },
+      'no-webhook': { type: 'boolean' },
+      identity: { type: 'string' },
+      'lease-name': { type: 'string' },
+      'lease-duration': { type: 'string' },
+      'renew-deadline': { type: 'string' },
+      'retry-period': { type: 'string' },
+      resync: { type: 'string' },
+      'watch-silence': { type: 'string' },
+      'status-interval': { type: 'string' },
+      workers: { type: 'string' },
+      'webhook-service': { type: 'string' },
+      'webhook-configuration': { type: 'string' },
+      'webhook-secret': { type: 'string' },
+      'cert-manager': { type: 'boolean' },
+      'config-url': { type: 'string' },
+      'sidecar-image': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return undefined;
+
+  const pick = (flag: string | undefined, variable: string): string | undefined => flag ?? (env[variable] || undefined);
+  const seconds = (flag: string | undefined, variable: string, fallback: number): number => {
+    const text = pick(flag, variable);
+    if (text === undefined) return fallback * 1000;
+    const value = Number(text);
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new ConfigurationError(`invalid ${variable} / flag value "${text}": use a positive number of seconds`);
+    }
+    return Math.round(value * 1000);
+  };
+
+  const redisUrl = pick(values.redis, 'TOLLGATE_REDIS_URL');
+  if (!redisUrl) throw new ConfigurationError('missing Redis URL: pass --redis redis://host:port or set TOLLGATE_REDIS_URL');
+  const http = parseListen(pick(values['http-listen'], 'TOLLGATE_HTTP_LISTEN') ?? '0.0.0.0:8080', '--http-listen');
+  const webhook = parseListen(pick(values['webhook-listen'], 'TOLLGATE_WEBHOOK_LISTEN') ?? '0.0.0.0:9443', '--webhook-listen');
+  const namespace = pick(values.namespace, 'TOLLGATE_NAMESPACE') ?? podNamespace() ?? 'default';
+  const webhookService = pick(values['webhook-service'], 'TOLLGATE_WEBHOOK_SERVICE') ?? 'tollgate';
+  const workersText = pick(values.workers, 'TOLLGATE_WORKERS') ?? '4';
+  const workers = Number(workersText);
+  if (!Number.isInteger(workers) || workers < 1) {
+    throw new ConfigurationError(`invalid --workers "${workersText}": use a whole number of at least 1`);
+  }
+  const leaseDurationMs = seconds(values['lease-duration'], 'TOLLGATE_LEASE_DURATION', 15);
+  if (leaseDurationMs % 1000 !== 0) {
+    throw new ConfigurationError(`invalid --lease-duration ${leaseDurationMs / 1000}: the Lease stores whole seconds`);
+  }
+  const resyncMs = seconds(values.resync, 'TOLLGATE_RESYNC', 60);
+
+  return {
+    kubeconfig: values.kubeconfig,
+    namespace,
+    watchNamespace: pick(values['watch-namespace'], 'TOLLGATE_WATCH_NAMESPACE'),
+    redisUrl,
+    httpHost: http.host,
+    httpPort: http.port,
+    webhook: !(values['no-webhook'] ?? env['TOLLGATE_WEBHOOK'] === 'false'),
+    webhookHost: webhook.host,
+    webhookPort: webhook.port,
+    identity: pick(values.identity, 'TOLLGATE_POD_NAME') ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`,
+    leaseName: pick(values['lease-name'], 'TOLLGATE_LEASE_NAME') ?? 'tollgate-operator',
+    leaseDurationMs,
+    renewDeadlineMs: seconds(values['renew-deadline'], 'TOLLGATE_RENEW_DEADLINE', 10),
+    retryPeriodMs: seconds(values['retry-period'], 'TOLLGATE_RETRY_PERIOD', 2),
+    resyncMs,
+    watchSilenceMs: seconds(values['watch-silence'], 'TOLLGATE_WATCH_SILENCE', 180),
+    statusIntervalMs: seconds(values['status-interval'], 'TOLLGATE_STATUS_INTERVAL', 10),
+    secretRecheckMs: Math.min(resyncMs, 30_000),
+    workers,
+    webhookService,
+    webhookConfiguration: pick(values['webhook-configuration'], 'TOLLGATE_WEBHOOK_CONFIGURATION') ?? 'tollgate',
+    webhookSecret: pick(values['webhook-secret'], 'TOLLGATE_WEBHOOK_SECRET'),
+    certManager: values['cert-manager'] ?? env['TOLLGATE_WEBHOOK_CERT_MANAGER'] === 'true',
+    configUrl: pick(values['config-url'], 'TOLLGATE_CONFIG_URL') ?? `http://${webhookService}.${namespace}.svc:${http.port}`,
+    sidecarImage: pick(values['sidecar-image'], 'TOLLGATE_SIDECAR_IMAGE'),
+    sidecarImagePullPolicy: env['TOLLGATE_SIDECAR_IMAGE_PULL_POLICY'] || undefined,
+    sidecarResources: parseResources(env['TOLLGATE_SIDECAR_RESOURCES']),
+  };
+}
+
+/** Parses the sidecar's resource requirements from JSON, as the chart writes them. */
+function parseResources(text: string | undefined): V1ResourceRequirements | undefined {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text) as V1ResourceRequirements;
+  } catch (error) {
+    throw new ConfigurationError(`invalid TOLLGATE_SIDECAR_RESOURCES: ${(error as Error).message}; set it to JSON such as {"requests":{"cpu":"50m"}}`);
+  }
+}
+
+/** Parses "HOST:PORT", "[IPv6]:PORT" or ":PORT" (all addresses). */
+export function parseListen(text: string, flag: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || !Number.isInteger(port) || port > 65535) {
+    throw new ConfigurationError(`invalid ${flag} "${text}": use HOST:PORT such as 0.0.0.0:8080`);
+  }
+  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
+}
+
+function podNamespace(): string | undefined {
+  try {
+    return readFileSync(SERVICE_ACCOUNT_NAMESPACE_FILE, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface RunningOperator {
+  identity: string;
+  /** The port of the snapshot, metrics and health server. */
+  httpPort: number;
+  metrics: OperatorMetrics;
+  isLeader(): boolean;
+  /** Stops every part. With `releaseLease: false` the Lease is left to expire, as after a crash. */
+  stop(options?: { releaseLease?: boolean }): Promise<void>;
+}
+
+export interface StartOperatorOptions {
+  log: Logger;
+  /** Registers prom-client's process metrics (default true); tests that run several operators in one process turn it off. */
+  defaultMetrics?: boolean;
+}
+
+/** Starts an operator replica; resolves once its servers listen. */
+export async function startOperator(config: OperatorConfig, options: StartOperatorOptions): Promise<RunningOperator> {
+  const log = options.log.child({ identity: config.identity });
+  const clients = createKubeClients(loadKubeConfig({ kubeconfig: config.kubeconfig }));
+  const metrics = createOperatorMetrics({ defaultMetrics: options.defaultMetrics ?? true });
+  const ledger = new RedisLedger(config.redisUrl);
+  const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });
+
+  const informers = {} as Record<ResourceKind, Informer>;
+  for (const kind of RESOURCE_KINDS) {
+    informers[kind] = new Informer({
+      kind,
+      clients,
+      log,
+      namespace: config.watchNamespace,
+      resyncMs: config.resyncMs,
+      watchSilenceMs: config.watchSilenceMs,
+      onWatchRestart: (reason) => metrics.watchRestarts.inc({ kind, reason }),
+    });
+  }
+
+  const snapshots = new SnapshotService(informerSource(informers), log);
+  const controller = new Controller(config, log, metrics, {
+    Wallet: new WalletReconciler({
+      clients,
+      wallets: informers.Wallet,
+      plans: informers.PricePlan,
+      ledger,
+      events,
+      metrics,
+      log,
+      statusIntervalMs: config.statusIntervalMs,
+    }),
+    PricePlan: new PlanReconciler({ clients, plans: informers.PricePlan, routes: informers.ProviderRoute, events, log }),
+    ProviderRoute: new RouteReconciler({ clients, routes: informers.ProviderRoute, events, log, secretRecheckMs: config.secretRecheckMs }),
+  }, informers);
+
+  const elector = new LeaderElector({
+    clients,
+    namespace: config.namespace,
+    name: config.leaseName,
+    identity: config.identity,
+    leaseDurationMs: config.leaseDurationMs,
+    renewDeadlineMs: config.renewDeadlineMs,
+    retryPeriodMs: config.retryPeriodMs,
+    log,
+    onStartedLeading: () => controller.start(),
+    onStoppedLeading: () => controller.stop(),
+  });
+
+  let http: Awaited<ReturnType<typeof startOperatorHttpServer>> | undefined;
+  let webhook: WebhookServer | undefined;
+  try {
+    for (const informer of Object.values(informers)) informer.start();
+    http = await startOperatorHttpServer({ host: config.httpHost, port: config.httpPort, snapshots, registry: metrics.registry, log });
+    if (config.webhook) webhook = await startWebhookServer(config, metrics, log);
+    elector.start();
+  } catch (error) {
+    for (const informer of Object.values(informers)) informer.stop();
+    await http?.close();
+    await ledger.quit();
+    throw error;
+  }
+  log.info({ namespace: config.namespace, lease: config.leaseName, watchNamespace: config.watchNamespace ?? 'all' }, 'operator started');
+
+  let stopping: Promise<void> | undefined;
+  return {
+    identity: config.identity,
+    httpPort: http.port,
+    metrics,
+    isLeader: () => elector.isLeader && controller.running,
+    stop: (stopOptions = {}) =>
+      (stopping ??= (async () => {
+        await elector.stop({ release: stopOptions.releaseLease ?? true });
+        // Stopped informers release a reconciler start that still waits for their first list.
+        for (const informer of Object.values(informers)) informer.stop();
+        await controller.idle();
+        await webhook?.close();
+        await http.close();
+        await ledger.quit();
+        log.info('operator stopped');
+      })()),
+  };
+}
+
+/**
+ * Starts the admission webhook.
+ * NOTE: the webhook builds its own Kubernetes clients from the kubeconfig path.
+ */
+async function startWebhookServer(config: OperatorConfig, metrics: OperatorMetrics, log: Logger): Promise<WebhookServer> {
+  if (!config.sidecarImage) {
+    throw new ConfigurationError('missing sidecar image: pass --sidecar-image or set TOLLGATE_SIDECAR_IMAGE, or turn the webhook off with --no-webhook');
+  }
+  return startWebhook({
+    port: config.webhookPort,
+    host: config.webhookHost,
+    ...(config.kubeconfig ? { kubeconfigPath: config.kubeconfig } : {}),
+    namespace: config.namespace,
+    serviceName: config.webhookService,
+    webhookConfigName: config.webhookConfiguration,
+    certManager: config.certManager,
+    sidecarImage: config.sidecarImage,
+    configUrl: config.configUrl,
+    redisUrl: config.redisUrl,
+    log,
+    registry: metrics.registry,
+    ...(config.webhookSecret ? { tlsSecretName: config.webhookSecret } : {}),
+    ...(config.sidecarImagePullPolicy ? { sidecarImagePullPolicy: config.sidecarImagePullPolicy } : {}),
+    ...(config.sidecarResources ? { sidecarResources: config.sidecarResources } : {}),
+  });
+}
+
+/** Presents the informers' caches to the snapshot server. */
+function informerSource(informers: Record<ResourceKind, Informer>): ResourceSource {
+  return {
+    list: (kind, namespace) => informers[kind].list(namespace),
+    subscribe: (listener) => {
+      const unsubscribers = Object.values(informers).map((informer) =>
+        informer.subscribe((event, object) => {
+          if (event !== 'resync') listener(object.metadata.namespace ?? 'default');
+        }),
+      );
+      return () => unsubscribers.forEach((unsubscribe) => unsubscribe());
+    },
+    hasSynced: () => Object.values(informers).every((informer) => informer.hasSynced),
+  };
+}
+
+interface Reconciler {
+  reconcile(namespace: string, name: string): Promise<ReconcileResult>;
+}
+
+/** Returns the keys a change queues: the object's own key, and those of objects whose status depends on it. */
+export function keysFor(
+  kind: ResourceKind,
+  event: InformerEvent,
+  object: KubeObject,
+  old: KubeObject | undefined,
+  list: (kind: ResourceKind, namespace: string) => KubeObject[],
+): string[] {
+  const namespace = object.metadata.namespace ?? 'default';
+  const keys = [objectKey(kind, namespace, object.metadata.name)];
+  // A status write or a resync changes nothing that other objects read.
+  const specChanged =
+    event === 'add' ||
+    event === 'delete' ||
+    (event === 'update' &&
+      (old?.metadata.generation !== object.metadata.generation || old?.metadata.deletionTimestamp !== object.metadata.deletionTimestamp));
+  if (!specChanged) return keys;
+
+  if (kind === 'PricePlan') {
+    for (const wallet of list('Wallet', namespace)) {
+      const ref = (wallet.spec as { pricePlanRef?: { name?: string } } | undefined)?.pricePlanRef?.name;
+      if (ref === object.metadata.name) keys.push(objectKey('Wallet', namespace, wallet.metadata.name));
+    }
+  } else if (kind === 'ProviderRoute') {
+    for (const plan of list('PricePlan', namespace)) keys.push(objectKey('PricePlan', namespace, plan.metadata.name));
+    for (const route of list('ProviderRoute', namespace)) {
+      if (route.metadata.name !== object.metadata.name) keys.push(objectKey('ProviderRoute', namespace, route.metadata.name));
+    }
+  }
+  return keys;
+}
+
+/** Runs the reconcilers while this replica leads: one queue fed by the informers, drained by workers. */
+class Controller {
+  readonly #config: OperatorConfig;
+  readonly #log: Logger;
+  readonly #metrics: OperatorMetrics;
+  readonly #reconcilers: Record<ResourceKind, Reconciler>;
+  readonly #informers: Record<ResourceKind, Informer>;
+  /** Start and stop run one after another, in call order. */
+  #transition: Promise<void> = Promise.resolve();
+  #queue: WorkQueue | undefined;
+  #workers: Promise<void> | undefined;
+  #unsubscribers: Array<() => void> = [];
+  /** Whether the last call was start (true) or stop (false). */
+  #wanted = false;
+
+  constructor(
+    config: OperatorConfig,
+    log: Logger,
+    metrics: OperatorMetrics,
+    reconcilers: Record<ResourceKind, Reconciler>,
+    informers: Record<ResourceKind, Informer>,
+  ) {
+    this.#config = config;
+    this.#log = log;
+    this.#metrics = metrics;
+    this.#reconcilers = reconcilers;
+    this.#informers = informers;
+  }
+
+  get running(): boolean {
+    return this.#queue !== undefined;
+  }
+
+  start(): void {
+    this.#wanted = true;
+    this.#transition = this.#transition.then(() => this.#start());
+  }
+
+  stop(): void {
+    this.#wanted = false;
+    this.#transition = this.#transition.then(() => this.#stop());
+  }
+
+  /** Resolves after the last start or stop finished. */
+  idle(): Promise<void> {
+    return this.#transition;
+  }
+
+  async #start(): Promise<void> {
+    if (this.#queue) return;
+    await Promise.all(Object.values(this.#informers).map((informer) => informer.waitForSync()));
+    // Leadership may have ended while the caches were filling.
+    if (!this.#wanted) return;
+    const queue = new WorkQueue();
+    this.#queue = queue;
+    const list = (kind: ResourceKind, namespace: string) => this.#informers[kind].list(namespace);
+
+    for (const kind of RESOURCE_KINDS) {
+      const informer = this.#informers[kind];
+      this.#unsubscribers.push(
+        informer.subscribe((event, object, old) => {
+          for (const key of keysFor(kind, event, object, old, list)) queue.add(key);
+        }),
+      );
+      for (const object of informer.list()) queue.add(objectKey(kind, object.metadata.namespace ?? 'default', object.metadata.name));
+    }
+
+    this.#workers = runWorkers(queue, (key) => this.#reconcile(key), {
+      concurrency: this.#config.workers,
+      log: this.#log,
+      onResult: (key, outcome, seconds) => {
+        const kind = key.slice(0, key.indexOf('/'));
+        this.#metrics.reconciles.inc({ kind, outcome });
+        this.#metrics.reconcileDuration.observe({ kind }, seconds);
+      },
+    });
+    this.#metrics.leader.set(1);
+    this.#log.info({ workers: this.#config.workers }, 'started the reconcilers');
+  }
+
+  async #stop(): Promise<void> {
+    if (!this.#queue) return;
+    for (const unsubscribe of this.#unsubscribers.splice(0)) unsubscribe();
+    this.#queue.shutDown();
+    // In-flight reconciles finish; the queue hands out no new keys.
+    await this.#workers;
+    this.#queue = undefined;
+    this.#workers = undefined;
+    this.#metrics.leader.set(0);
+    this.#metrics.clearWallets();
+    this.#log.info('stopped the reconcilers');
+  }
+
+  #reconcile(key: string): Promise<ReconcileResult> {
+    const { kind, namespace, name } = parseObjectKey(key);
+    const reconciler = this.#reconcilers[kind as ResourceKind];
+    if (!reconciler) throw new Error(`no reconciler for kind "${kind}" of queue key "${key}"`);
+    return reconciler.reconcile(namespace, name);
+  }
+}
+
+/** Entry point of `tollgate operator`: runs until SIGTERM or SIGINT, then stops cleanly and releases the Lease. */
+export async function runOperator(args: string[]): Promise<number> {
+  let config: OperatorConfig | undefined;
+  try {
+    config = parseOperatorArgs(args);
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (!config) {
+    console.log(USAGE);
+    return 0;
+  }
+
+  const log = createLogger('tollgate-operator');
+  let operator: RunningOperator;
+  try {
+    operator = await startOperator(config, { log });
+  } catch (error) {
+    log.fatal({ err: error }, 'the operator failed to start');
+    return 1;
+  }
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  log.info({ signal }, 'shutting down');
+  await operator.stop({ releaseLease: true });
+  return 0;
+}

@@ -1,0 +1,176 @@
+import { describe, expect, it } from 'vitest';
+import type { WalletState } from '../src/ledger/ledger.ts';
+import { desiredWalletStatus, isSignificantChange, walletTransitions, type WalletFacts, type WalletStatus } from './reconcile-wallet.ts';
+
+const NANO = 1_000_000_000n;
+const EARLIER = '2026-03-01T00:00:00Z';
+const NOW = '2026-03-02T00:00:00Z';
+
+function state(granted: bigint, spent: bigint, reserved = 0n, closed = false): WalletState {
+  return {
+    granted,
+    spent,
+    reserved,
+    balance: granted - spent,
+    available: granted - spent - reserved,
+    providerCost: 0n,
+    holds: reserved > 0n ? 1 : 0,
+    closed,
+  };
+}
+
+function facts(overrides: Partial<WalletFacts> = {}): WalletFacts {
+  return {
+    generation: 2,
+    state: state(10n * NANO, 0n),
+    currency: 'USD',
+    lowBalanceThreshold: 2n * NANO,
+    appliedGrants: ['g1'],
+    problem: undefined,
+    ...overrides,
+  };
+}
+
+function conditionsOf(status: WalletStatus): Array<[string, string, string]> {
+  return (status.conditions ?? []).map((condition) => [condition.type, condition.status, condition.reason]);
+}
+
+describe('desiredWalletStatus', () => {
+  it('mirrors the ledger as decimal strings', () => {
+    const status = desiredWalletStatus(undefined, facts({ state: state(10n * NANO, 2_500_000_000n, 125_000_000n) }), NOW);
+    expect(status).toMatchObject({
+      balance: '7.50',
+      reserved: '0.125',
+      spent: '2.50',
+      granted: '10.00',
+      appliedGrants: ['g1'],
+      observedGeneration: 2,
+    });
+    expect(conditionsOf(status)).toEqual([
+      ['Ready', 'True', 'Active'],
+      ['LowBalance', 'False', 'AboveThreshold'],
+      ['Exhausted', 'False', 'FundsAvailable'],
+    ]);
+    expect(status.conditions?.[0]?.message).toBe('available 7.375 USD of balance 7.50 USD');
+    expect(status.conditions?.every((condition) => condition.lastTransitionTime === NOW && condition.observedGeneration === 2)).toBe(true);
+  });
+
+  it('reports a balance below the threshold', () => {
+    const status = desiredWalletStatus(undefined, facts({ state: state(10n * NANO, 8_500_000_000n) }), NOW);
+    expect(conditionsOf(status)).toEqual([
+      ['Ready', 'True', 'Active'],
+      ['LowBalance', 'True', 'BelowThreshold'],
+      ['Exhausted', 'False', 'FundsAvailable'],
+    ]);
+    expect(status.conditions?.[1]?.message).toBe('balance 1.50 USD is below the low-balance threshold 2.00 USD');
+  });
+
+  it('treats a balance equal to the threshold as not low', () => {
+    const status = desiredWalletStatus(undefined, facts({ state: state(10n * NANO, 8n * NANO) }), NOW);
+    expect(conditionsOf(status)[1]).toEqual(['LowBalance', 'False', 'AboveThreshold']);
+  });
+
+  it('reports exhaustion at zero and below', () => {
+    for (const spent of [10n * NANO, 11n * NANO]) {
+      const status = desiredWalletStatus(undefined, facts({ state: state(10n * NANO, spent) }), NOW);
+      expect(conditionsOf(status)).toEqual([
+        ['Ready', 'False', 'Exhausted'],
+        ['LowBalance', 'True', 'BelowThreshold'],
+        ['Exhausted', 'True', 'NoFunds'],
+      ]);
+    }
+  });
+
+  it('lets a problem decide Ready', () => {
+    const problem = { reason: 'PricePlanNotFound', message: 'PricePlan "gold" not found in namespace "team"' };
+    const status = desiredWalletStatus(undefined, facts({ problem }), NOW);
+    expect(status.conditions?.[0]).toMatchObject({ type: 'Ready', status: 'False', ...problem });
+  });
+
+  it('reports a closed ledger account', () => {
+    const status = desiredWalletStatus(undefined, facts({ state: state(10n * NANO, 0n, 0n, true) }), NOW);
+    expect(conditionsOf(status)[0]).toEqual(['Ready', 'False', 'LedgerClosed']);
+  });
+
+  it('marks LowBalance unknown for an invalid spec', () => {
+    const status = desiredWalletStatus(
+      undefined,
+      facts({ currency: undefined, lowBalanceThreshold: undefined, problem: { reason: 'InvalidSpec', message: 'invalid Wallet: spec.currency: bad' } }),
+      NOW,
+    );
+    expect(conditionsOf(status)).toEqual([
+      ['Ready', 'False', 'InvalidSpec'],
+      ['LowBalance', 'Unknown', 'InvalidSpec'],
+      ['Exhausted', 'False', 'FundsAvailable'],
+    ]);
+    expect(status.conditions?.[2]?.message).toBe('balance is 10.00');
+  });
+
+  it('reports a missing threshold', () => {
+    const status = desiredWalletStatus(undefined, facts({ lowBalanceThreshold: undefined }), NOW);
+    expect(conditionsOf(status)[1]).toEqual(['LowBalance', 'False', 'NoThreshold']);
+  });
+
+  it('keeps transition times of unchanged conditions', () => {
+    const first = desiredWalletStatus(undefined, facts(), EARLIER);
+    const second = desiredWalletStatus(first, facts({ state: state(10n * NANO, 9n * NANO) }), NOW);
+    expect(second.conditions?.map((condition) => [condition.type, condition.lastTransitionTime])).toEqual([
+      ['Ready', EARLIER],
+      ['LowBalance', NOW],
+      ['Exhausted', EARLIER],
+    ]);
+  });
+});
+
+describe('walletTransitions', () => {
+  const funded = desiredWalletStatus(undefined, facts(), EARLIER);
+  const low = desiredWalletStatus(funded, facts({ state: state(10n * NANO, 9n * NANO) }), NOW);
+  const empty = desiredWalletStatus(low, facts({ state: state(10n * NANO, 10n * NANO) }), NOW);
+
+  it('announces a new wallet as ready', () => {
+    expect(walletTransitions(undefined, funded)).toEqual([
+      { type: 'Normal', reason: 'Ready', message: 'wallet is ready: available 10.00 USD of balance 10.00 USD' },
+    ]);
+  });
+
+  it('warns once when the balance turns low', () => {
+    expect(walletTransitions(funded, low)).toEqual([
+      { type: 'Warning', reason: 'LowBalance', message: 'balance 1.00 USD is below the low-balance threshold 2.00 USD' },
+    ]);
+    expect(walletTransitions(low, low)).toEqual([]);
+  });
+
+  it('warns when the wallet is exhausted', () => {
+    expect(walletTransitions(low, empty)).toEqual([
+      { type: 'Warning', reason: 'Exhausted', message: 'balance is 0.00 USD; requests are denied until a grant is added' },
+    ]);
+  });
+
+  it('announces readiness again after a top-up', () => {
+    const refilled = desiredWalletStatus(empty, facts({ state: state(20n * NANO, 10n * NANO) }), NOW);
+    expect(walletTransitions(empty, refilled).map((transition) => transition.reason)).toEqual(['Ready']);
+  });
+
+  it('warns about a missing price plan once', () => {
+    const problem = { reason: 'PricePlanNotFound', message: 'PricePlan "gold" not found in namespace "team"' };
+    const broken = desiredWalletStatus(funded, facts({ problem }), NOW);
+    expect(walletTransitions(funded, broken)).toEqual([{ type: 'Warning', reason: 'PricePlanNotFound', message: problem.message }]);
+    expect(walletTransitions(broken, desiredWalletStatus(broken, facts({ problem }), NOW))).toEqual([]);
+  });
+});
+
+describe('isSignificantChange', () => {
+  const base = desiredWalletStatus(undefined, facts(), EARLIER);
+
+  it('treats amounts alone as insignificant', () => {
+    const spent = desiredWalletStatus(base, facts({ state: state(10n * NANO, 1n * NANO, 1n) }), NOW);
+    expect(isSignificantChange(base, spent)).toBe(false);
+  });
+
+  it('treats conditions, grants and generations as significant', () => {
+    expect(isSignificantChange(undefined, base)).toBe(true);
+    expect(isSignificantChange(base, desiredWalletStatus(base, facts({ state: state(10n * NANO, 9n * NANO) }), NOW))).toBe(true);
+    expect(isSignificantChange(base, desiredWalletStatus(base, facts({ appliedGrants: ['g1', 'g2'] }), NOW))).toBe(true);
+    expect(isSignificantChange(base, desiredWalletStatus(base, facts({ generation: 3 }), NOW))).toBe(true);
+  });
+});

@@ -1,0 +1,357 @@
+/**
+ * The Wallet reconciler. For each Wallet it
+ *
+ * - adds the `tollgate.dev/ledger` finalizer, and on deletion closes the
+ *   ledger account (its history stays) before removing the finalizer;
+ * - credits each grant to the ledger once. The ledger is idempotent on the
+ *   grant id, so a grant credited again after a crash is a no-op, and
+ *   `status.appliedGrants` lets later passes skip the call;
+ * - settles expired holds (`ledger.sweep`) and mirrors the ledger totals
+ *   into the status with the Ready, LowBalance and Exhausted conditions;
+ * - records Events when grants are applied and when conditions turn.
+ *
+ * Status writes happen only when the status changed. A change of amounts
+ * alone is written at most once per `statusIntervalMs` per wallet, so a busy
+ * wallet does not turn every debit into an API write; the reconciler asks
+ * to be queued again when the interval has passed.
+ */
+
+import type { Logger } from 'pino';
+import type { Condition } from '../src/api/common.ts';
+import type { Wallet } from '../src/api/wallet.ts';
+import { GrantTooLargeError, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
+import { formatAmount, parseAmount } from '../src/money/money.ts';
+import { EventReason, targetOf, type EventRecorder } from './events.ts';
+import type { Informer } from './informer.ts';
+import {
+  buildConditions,
+  findCondition,
+  parseResource,
+  patchFinalizers,
+  patchStatus,
+  sameJson,
+  type DesiredCondition,
+  type KubeClients,
+  type KubeObject,
+} from './kube.ts';
+import type { OperatorMetrics } from './metrics.ts';
+import type { ReconcileResult } from './queue.ts';
+
+export const LEDGER_FINALIZER = 'tollgate.dev/ledger';
+
+export interface WalletStatus {
+  balance?: string;
+  reserved?: string;
+  spent?: string;
+  granted?: string;
+  appliedGrants?: string[];
+  observedGeneration?: number;
+  conditions?: Condition[];
+}
+
+/** A reason the wallet cannot be Ready, other than running out of funds. */
+export interface WalletProblem {
+  reason: string;
+  message: string;
+}
+
+/** Inputs of `desiredWalletStatus`. */
+export interface WalletFacts {
+  generation: number | undefined;
+  state: WalletState;
+  /** Undefined when the spec is invalid. */
+  currency: string | undefined;
+  lowBalanceThreshold: bigint | undefined;
+  appliedGrants: string[];
+  /** The first problem found: an invalid spec, a rejected grant, or an unusable price plan. */
+  problem: WalletProblem | undefined;
+}
+
+/** Computes the desired Wallet status; conditions keep their transition times where their status did not change. */
+export function desiredWalletStatus(previous: WalletStatus | undefined, facts: WalletFacts, now: string): WalletStatus {
+  const { state } = facts;
+  const money = (amount: bigint) => (facts.currency ? `${formatAmount(amount)} ${facts.currency}` : formatAmount(amount));
+  const exhausted = state.balance <= 0n;
+
+  const exhaustedCondition: DesiredCondition = exhausted
+    ? { type: 'Exhausted', status: 'True', reason: 'NoFunds', message: `balance is ${money(state.balance)}; requests are denied until a grant is added` }
+    : { type: 'Exhausted', status: 'False', reason: 'FundsAvailable', message: `balance is ${money(state.balance)}` };
+
+  let lowBalance: DesiredCondition;
+  if (facts.currency === undefined) {
+    lowBalance = { type: 'LowBalance', status: 'Unknown', reason: EventReason.InvalidSpec, message: 'the spec is invalid; see the Ready condition' };
+  } else if (facts.lowBalanceThreshold === undefined) {
+    lowBalance = { type: 'LowBalance', status: 'False', reason: 'NoThreshold', message: 'spec.lowBalanceThreshold is not set' };
+  } else if (state.balance < facts.lowBalanceThreshold) {
+    lowBalance = {
+      type: 'LowBalance',
+      status: 'True',
+      reason: 'BelowThreshold',
+      message: `balance ${money(state.balance)} is below the low-balance threshold ${money(facts.lowBalanceThreshold)}`,
+    };
+  } else {
+    lowBalance = {
+      type: 'LowBalance',
+      status: 'False',
+      reason: 'AboveThreshold',
+      message: `balance ${money(state.balance)} is at or above the low-balance threshold ${money(facts.lowBalanceThreshold)}`,
+    };
+  }
+
+  let ready: DesiredCondition;
+  if (facts.problem) {
+    ready = { type: 'Ready', status: 'False', ...facts.problem };
+  } else if (state.closed) {
+    ready = { type: 'Ready', status: 'False', reason: 'LedgerClosed', message: 'the ledger account is closed; no new holds are admitted' };
+  } else if (exhausted) {
+    ready = { type: 'Ready', status: 'False', reason: 'Exhausted', message: exhaustedCondition.message };
+  } else {
+    ready = { type: 'Ready', status: 'True', reason: 'Active', message: `available ${money(state.available)} of balance ${money(state.balance)}` };
+  }
+
+  return {
+    balance: formatAmount(state.balance),
+    reserved: formatAmount(state.reserved),
+    spent: formatAmount(state.spent),
+    granted: formatAmount(state.granted),
+    appliedGrants: facts.appliedGrants,
+    observedGeneration: facts.generation,
+    conditions: buildConditions(previous?.conditions, [ready, lowBalance, exhaustedCondition], facts.generation, now),
+  };
+}
+
+/** A condition change worth an Event. */
+export interface WalletTransition {
+  type: 'Normal' | 'Warning';
+  reason: (typeof EventReason)[keyof typeof EventReason];
+  message: string;
+}
+
+/** Returns the Events for conditions that turned between two statuses. */
+export function walletTransitions(previous: WalletStatus | undefined, next: WalletStatus): WalletTransition[] {
+  const turned = (type: string, to: string): Condition | undefined => {
+    const after = findCondition(next.conditions, type);
+    const before = findCondition(previous?.conditions, type);
+    return after && after.status === to && before?.status !== to ? after : undefined;
+  };
+  const transitions: WalletTransition[] = [];
+
+  const low = turned('LowBalance', 'True');
+  if (low) transitions.push({ type: 'Warning', reason: EventReason.LowBalance, message: low.message });
+  const exhausted = turned('Exhausted', 'True');
+  if (exhausted) transitions.push({ type: 'Warning', reason: EventReason.Exhausted, message: exhausted.message });
+  const ready = turned('Ready', 'True');
+  if (ready) transitions.push({ type: 'Normal', reason: EventReason.Ready, message: `wallet is ready: ${ready.message}` });
+
+  const after = findCondition(next.conditions, 'Ready');
+  const before = findCondition(previous?.conditions, 'Ready');
+  const problemReasons: Record<string, WalletTransition['reason']> = {
+    [EventReason.InvalidSpec]: EventReason.InvalidSpec,
+    [EventReason.PricePlanNotFound]: EventReason.PricePlanNotFound,
+    CurrencyMismatch: EventReason.InvalidSpec,
+  };
+  const problem = after ? problemReasons[after.reason] : undefined;
+  if (after?.status === 'False' && problem && before?.reason !== after.reason) {
+    transitions.push({ type: 'Warning', reason: problem, message: after.message });
+  }
+  return transitions;
+}
+
+/** True when the statuses differ in more than amounts and messages: a condition's status or reason, the generation or the grants. */
+export function isSignificantChange(previous: WalletStatus | undefined, next: WalletStatus): boolean {
+  if (!previous) return true;
+  if (previous.observedGeneration !== next.observedGeneration) return true;
+  if (!sameJson(previous.appliedGrants ?? [], next.appliedGrants ?? [])) return true;
+  const shape = (status: WalletStatus) => (status.conditions ?? []).map(({ type, status: value, reason }) => ({ type, value, reason }));
+  return !sameJson(shape(previous), shape(next));
+}
+
+export interface WalletReconcilerOptions {
+  clients: KubeClients;
+  wallets: Informer;
+  plans: Informer;
+  ledger: Ledger;
+  events: EventRecorder;
+  metrics: OperatorMetrics;
+  log: Logger;
+  /** Minimum time between two status writes of one wallet that change only amounts, in milliseconds. */
+  statusIntervalMs: number;
+}
+
+export class WalletReconciler {
+  readonly #options: WalletReconcilerOptions;
+  /** When each wallet's status was last written, for the rate limit. */
+  readonly #lastWrite = new Map<string, number>();
+  /** Grants already reported as rejected or expired, so each Warning is recorded once per process. */
+  readonly #reported = new Set<string>();
+
+  constructor(options: WalletReconcilerOptions) {
+    this.#options = options;
+  }
+
+  async reconcile(namespace: string, name: string): Promise<ReconcileResult> {
+    const { wallets, metrics } = this.#options;
+    let object = wallets.get(namespace, name);
+    if (!object) {
+      metrics.removeWallet(namespace, name);
+      this.#lastWrite.delete(`${namespace}/${name}`);
+      return;
+    }
+    if (object.metadata.deletionTimestamp) {
+      await this.#finalize(object);
+      return;
+    }
+    const finalizers = object.metadata.finalizers ?? [];
+    if (!finalizers.includes(LEDGER_FINALIZER)) {
+      object = await patchFinalizers(this.#options.clients, 'Wallet', object, [...finalizers, LEDGER_FINALIZER]);
+      wallets.update(object);
+    }
+    return this.#sync(object);
+  }
+
+  async #sync(object: KubeObject): Promise<ReconcileResult> {
+    const { ledger, metrics } = this.#options;
+    const namespace = object.metadata.namespace ?? 'default';
+    const key: WalletKey = { namespace, name: object.metadata.name };
+    const previous = object.status as WalletStatus | undefined;
+    const parsed = parseResource('Wallet', object);
+
+    let problem: WalletProblem | undefined;
+    let appliedGrants = [...(previous?.appliedGrants ?? [])];
+    let wallet: Wallet | undefined;
+    if (parsed.ok) {
+      wallet = parsed.value;
+      const applied = await this.#applyGrants(object, wallet, appliedGrants);
+      appliedGrants = applied.appliedGrants;
+      problem = applied.problem ?? this.#planProblem(wallet);
+    } else {
+      problem = { reason: EventReason.InvalidSpec, message: `invalid Wallet: ${parsed.message}` };
+    }
+
+    await ledger.sweep(key);
+    const state = await ledger.state(key);
+    if (wallet) metrics.setWallet(namespace, key.name, wallet.spec.currency, state);
+
+    const facts: WalletFacts = {
+      generation: object.metadata.generation,
+      state,
+      currency: wallet?.spec.currency,
+      lowBalanceThreshold: wallet?.spec.lowBalanceThreshold === undefined ? undefined : parseAmount(wallet.spec.lowBalanceThreshold),
+      appliedGrants,
+      problem,
+    };
+    const status = desiredWalletStatus(previous, facts, new Date().toISOString());
+    return this.#writeStatus(object, previous, status);
+  }
+
+  /** Credits the grants not yet applied; returns the applied grant ids and a problem for a grant the ledger rejected. */
+  async #applyGrants(
+    object: KubeObject,
+    wallet: Wallet,
+    alreadyApplied: string[],
+  ): Promise<{ appliedGrants: string[]; problem: WalletProblem | undefined }> {
+    const { ledger, events, log } = this.#options;
+    const key: WalletKey = { namespace: object.metadata.namespace ?? 'default', name: object.metadata.name };
+    const applied = [...alreadyApplied];
+    let problem: WalletProblem | undefined;
+
+    for (const grant of wallet.spec.grants) {
+      // NOTE: an applied grant whose amount is edited later keeps its first amount, because the ledger is idempotent on the id.
+      if (applied.includes(grant.id)) continue;
+      const reportKey = `${object.metadata.uid}/${grant.id}`;
+
+      // NOTE: the ledger has no grant expiry; a grant that expired before it was applied is skipped, and an applied one stays.
+      if (grant.expiresAt !== undefined && Date.parse(grant.expiresAt) <= Date.now()) {
+        if (!this.#reported.has(reportKey)) {
+          this.#reported.add(reportKey);
+          await events.record(targetOf(object), 'Warning', EventReason.GrantExpired, `grant "${grant.id}" expired at ${grant.expiresAt} before it was applied; it was skipped`);
+        }
+        continue;
+      }
+
+      const amount = parseAmount(grant.amount, `grant "${grant.id}" amount`);
+      let result;
+      try {
+        result = await ledger.credit(key, grant.id, amount, grant.reason);
+      } catch (error) {
+        if (!(error instanceof GrantTooLargeError)) throw error;
+        problem ??= { reason: EventReason.GrantRejected, message: error.message };
+        if (!this.#reported.has(reportKey)) {
+          this.#reported.add(reportKey);
+          await events.record(targetOf(object), 'Warning', EventReason.GrantRejected, error.message);
+        }
+        continue;
+      }
+
+      applied.push(grant.id);
+      if (!result.replayed) {
+        const reason = grant.reason ? ` (${grant.reason})` : '';
+        const message = `applied grant "${grant.id}" of ${formatAmount(amount)} ${wallet.spec.currency}${reason}; balance ${formatAmount(result.balance)} ${wallet.spec.currency}`;
+        log.info({ wallet: `${key.namespace}/${key.name}`, grant: grant.id, amount: formatAmount(amount) }, 'applied a grant');
+        await events.record(targetOf(object), 'Normal', EventReason.GrantApplied, message);
+      }
+    }
+    return { appliedGrants: applied, problem };
+  }
+
+  /** Returns why the wallet's price plan cannot be used, or undefined when it can. */
+  #planProblem(wallet: Wallet): WalletProblem | undefined {
+    const namespace = wallet.metadata.namespace ?? 'default';
+    const planName = wallet.spec.pricePlanRef.name;
+    const planObject = this.#options.plans.get(namespace, planName);
+    if (!planObject || planObject.metadata.deletionTimestamp) {
+      return {
+        reason: EventReason.PricePlanNotFound,
+        message: `PricePlan "${planName}" not found in namespace "${namespace}"; create it or fix spec.pricePlanRef.name`,
+      };
+    }
+    const plan = parseResource('PricePlan', planObject);
+    if (!plan.ok) {
+      return { reason: EventReason.InvalidSpec, message: `PricePlan "${planName}" is invalid: ${plan.message}` };
+    }
+    if (plan.value.spec.currency !== wallet.spec.currency) {
+      return {
+        reason: 'CurrencyMismatch',
+        message: `the wallet is in ${wallet.spec.currency} but PricePlan "${planName}" is in ${plan.value.spec.currency}; use a plan in the wallet's currency`,
+      };
+    }
+    return undefined;
+  }
+
+  async #writeStatus(object: KubeObject, previous: WalletStatus | undefined, status: WalletStatus): Promise<ReconcileResult> {
+    const { clients, wallets, events, statusIntervalMs } = this.#options;
+    const namespace = object.metadata.namespace ?? 'default';
+    const id = `${namespace}/${object.metadata.name}`;
+    if (sameJson(status, previous)) return undefined;
+
+    const sinceLastMs = Date.now() - (this.#lastWrite.get(id) ?? 0);
+    if (!isSignificantChange(previous, status) && sinceLastMs < statusIntervalMs) {
+      return { requeueAfterMs: statusIntervalMs - sinceLastMs };
+    }
+
+    const updated = await patchStatus(clients, 'Wallet', namespace, object.metadata.name, status);
+    wallets.update(updated);
+    this.#lastWrite.set(id, Date.now());
+    for (const transition of walletTransitions(previous, status)) {
+      await events.record(targetOf(object), transition.type, transition.reason, transition.message);
+    }
+    return undefined;
+  }
+
+  async #finalize(object: KubeObject): Promise<void> {
+    const { clients, ledger, events, metrics, log } = this.#options;
+    const finalizers = object.metadata.finalizers ?? [];
+    if (!finalizers.includes(LEDGER_FINALIZER)) return;
+    const namespace = object.metadata.namespace ?? 'default';
+    const key: WalletKey = { namespace, name: object.metadata.name };
+
+    await ledger.close(key);
+    log.info({ wallet: `${namespace}/${key.name}` }, 'closed the ledger account of a deleted wallet');
+    await events.record(targetOf(object), 'Normal', EventReason.LedgerClosed, 'closed the ledger account; its entries stay in the ledger');
+
+    // The API server deletes the object once its last finalizer is gone; the watch removes it from the cache.
+    await patchFinalizers(clients, 'Wallet', object, finalizers.filter((name) => name !== LEDGER_FINALIZER));
+    metrics.removeWallet(namespace, key.name);
+    this.#lastWrite.delete(`${namespace}/${key.name}`);
+  }
+}
