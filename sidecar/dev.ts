@@ -8,6 +8,7 @@ import { RedisLedger } from '../src/ledger/redis.ts';
 import { parseAmount } from '../src/money/money.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
+import { startTelemetry } from '../src/telemetry/tracing.ts';
 import { compileSnapshot, ManifestConfig } from './config-source.ts';
 import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar, type SidecarOptions } from './server.ts';
 
@@ -85,6 +86,7 @@ export async function startDev(options: DevOptions): Promise<DevServer> {
   };
   const config = await ManifestConfig.load(options.manifests, compile, log);
 
+  const stopTelemetry = await startTelemetry('tollgate-dev', log, options.env);
   const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl) : new MemoryLedger();
   await applyGrants(ledger, config.current().resources, log);
 
@@ -120,6 +122,7 @@ export async function startDev(options: DevOptions): Promise<DevServer> {
       await sidecar.proxy.close();
       await ledger.quit();
       await simulator?.close();
+      await stopTelemetry();
     },
   };
 }

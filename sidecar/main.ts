@@ -4,6 +4,7 @@ import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
+import { startTelemetry } from '../src/telemetry/tracing.ts';
 import { compileSnapshot, OperatorConfig } from './config-source.ts';
 import { createSidecar, DEFAULT_SIDECAR_OPTIONS } from './server.ts';
 
@@ -33,6 +34,7 @@ function required(env: NodeJS.ProcessEnv, name: string): string {
 /** Runs the sidecar in a pod: configuration from the operator, the Redis ledger, credentials from files. */
 export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const log = createLogger('tollgate-sidecar');
+  const stopTelemetry = await startTelemetry('tollgate-sidecar', log, env);
   const namespace = required(env, 'TOLLGATE_NAMESPACE');
   const configUrl = `${required(env, 'TOLLGATE_CONFIG_URL').replace(/\/+$/, '')}/v1/snapshot/${namespace}`;
   const credentials = fileCredentials(env.TOLLGATE_CREDENTIALS_DIR ?? '/var/run/tollgate/credentials');
@@ -57,6 +59,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
     await sidecar.app.close();
     await sidecar.proxy.close();
     await ledger.quit();
+    await stopTelemetry();
     process.exit(0);
   };
   process.once('SIGTERM', stop);

@@ -1,0 +1,93 @@
+/**
+ * The sidecar's OpenTelemetry span for a model call, recorded by the real
+ * OpenTelemetry SDK into an in-memory exporter.
+ */
+import { trace } from '@opentelemetry/api';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
+
+const MANIFESTS = `
+apiVersion: v1
+kind: Secret
+metadata: { name: keys }
+stringData: { apiKey: ${SIMULATOR_KEY} }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: openai }
+spec:
+  protocol: openai
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [gpt-4o-mini]
+  costs:
+    gpt-4o-mini: { input: "0.15", output: "0.60" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: PricePlan
+metadata: { name: plan }
+spec:
+  currency: USD
+  versions: [{ effectiveFrom: "2026-01-01T00:00:00Z", markupPercent: "20" }]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: traced }
+spec:
+  currency: USD
+  pricePlanRef: { name: plan }
+  grants: [{ id: start, amount: "1.00" }]
+`;
+
+const exporter = new InMemorySpanExporter();
+const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+let stack: Stack;
+
+/** Returns the spans ended so far; the processor hands them to the exporter asynchronously. */
+async function finishedSpans() {
+  await provider.forceFlush();
+  return exporter.getFinishedSpans();
+}
+
+beforeAll(async () => {
+  trace.setGlobalTracerProvider(provider);
+  stack = await startStack(MANIFESTS);
+});
+
+afterAll(async () => {
+  await stack?.close();
+  trace.disable();
+});
+
+describe('OpenTelemetry span', () => {
+  it('carries GenAI attributes and the charge', async () => {
+    const client = new OpenAI({ baseURL: `${stack.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: { 'x-tollgate-wallet': 'traced' } });
+    const usage = { prompt_tokens: 1000, completion_tokens: 500, total_tokens: 1500 };
+    await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'trace me' }], max_tokens: 600 }, { headers: { 'x-sim-usage': JSON.stringify(usage) } });
+
+    const [span] = await finishedSpans();
+    expect(span?.name).toBe('chat gpt-4o-mini');
+    expect(span?.attributes['gen_ai.operation.name']).toBe('chat');
+    expect(span?.attributes['gen_ai.provider.name']).toBe('openai');
+    expect(span?.attributes['gen_ai.request.model']).toBe('gpt-4o-mini');
+    expect(span?.attributes['gen_ai.request.max_tokens']).toBe(600);
+    expect(span?.attributes['gen_ai.usage.input_tokens']).toBe(1000);
+    expect(span?.attributes['gen_ai.usage.output_tokens']).toBe(500);
+    // (1000 x 0.15 + 500 x 0.60) per million x 1.2 = 0.00054 USD.
+    expect(span?.attributes['tollgate.charged']).toBe('0.00054');
+    expect(span?.attributes['tollgate.provider_cost']).toBe('0.00045');
+    expect(span?.attributes['tollgate.wallet']).toBe('default/traced');
+  });
+
+  it('marks a denied call as an error', async () => {
+    exporter.reset();
+    const client = new OpenAI({ baseURL: `${stack.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: { 'x-tollgate-wallet': 'traced' } });
+    await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'too big' }], max_tokens: 10_000_000 }).catch(() => undefined);
+
+    const [span] = await finishedSpans();
+    expect(span?.attributes['error.type']).toBe('insufficient_funds');
+    expect(span?.status.code).toBe(2);
+  });
+});
