@@ -6,7 +6,7 @@ import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
 import { compileSnapshot, OperatorConfig } from './config-source.ts';
-import { createSidecar, DEFAULT_SIDECAR_OPTIONS } from './server.ts';
+import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS } from './server.ts';
 
 /**
  * Reads a route's credential from the Secret files the injector mounts at
@@ -52,10 +52,16 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   );
   const [host = '127.0.0.1', port = '8787'] = (env.TOLLGATE_LISTEN ?? '127.0.0.1:8787').split(':');
   await sidecar.app.listen({ host, port: Number(port) });
+  const admin = env.TOLLGATE_ADMIN_LISTEN ? createAdminServer(config, metrics, log) : undefined;
+  if (admin) {
+    const [adminHost = '0.0.0.0', adminPort = '9464'] = env.TOLLGATE_ADMIN_LISTEN!.split(':');
+    await admin.listen({ host: adminHost, port: Number(adminPort) });
+  }
 
   const stop = async () => {
     log.info('stopping');
     config.close();
+    await admin?.close();
     await sidecar.app.close();
     await sidecar.proxy.close();
     await ledger.quit();

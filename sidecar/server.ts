@@ -43,18 +43,10 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
 
-  app.get('/healthz', async () => ({ status: 'ok' }));
-  app.get('/readyz', async (_request, reply) => {
-    const snapshot = config.current();
-    return reply.send({ status: 'ready', config: snapshot.version, routes: snapshot.routes.size, wallets: snapshot.wallets.size });
-  });
+  registerHealthRoutes(app, config, metrics);
   app.get('/tollgate/v1/wallets', async () => {
     const wallets = [...config.current().wallets.values()];
     return { wallets: await Promise.all(wallets.map(async (wallet) => walletView(wallet, await ledger.state(wallet.key)))) };
-  });
-  app.get('/metrics', async (_request, reply) => {
-    reply.header('content-type', metrics.registry.contentType);
-    return metrics.registry.metrics();
   });
 
   app.route({
@@ -74,6 +66,30 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
   });
 
   return { app, proxy };
+}
+
+/** Adds /healthz, /readyz and /metrics to a server. */
+function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>, config: ConfigSource, metrics: SidecarMetrics): void {
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async () => {
+    const snapshot = config.current();
+    return { status: 'ready', config: snapshot.version, routes: snapshot.routes.size, wallets: snapshot.wallets.size };
+  });
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+}
+
+/**
+ * Builds the admin server: health and metrics only, no proxy routes, so it
+ * can listen on the pod IP for the kubelet's probes and for Prometheus while
+ * the proxy stays on loopback.
+ */
+export function createAdminServer(config: ConfigSource, metrics: SidecarMetrics, log: Logger): FastifyInstance<Server, IncomingMessage, ServerResponse, Logger> {
+  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }) });
+  registerHealthRoutes(app, config, metrics);
+  return app;
 }
 
 /** A wallet's ledger state as decimal strings, for people and scripts. */

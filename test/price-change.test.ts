@@ -5,7 +5,8 @@
  * Runs a real kube-apiserver with etcd, a real redis-server, the operator,
  * the sidecar in Kubernetes mode and the official openai client.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import net from 'node:net';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -189,6 +190,14 @@ afterAll(async () => {
   if (credentialsDir) await rm(credentialsDir, { recursive: true, force: true });
 });
 
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
 describe('price change through the operator', () => {
   it('bills at the new rate without a restart', async () => {
     // One million input tokens at 1.00 plus 1000 output tokens at 2.00 per million.
@@ -201,5 +210,55 @@ describe('price change through the operator', () => {
     expect(await chargedFor(1000)).toBe('1.008');
     const state = await sidecarLedger.state({ namespace: NAMESPACE, name: 'app' });
     expect(state.spent).toBe(2_010_000_000n);
+  });
+
+  it('serves from a sidecar process in pod mode', async () => {
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const child = spawn(process.execPath, ['src/cli/main.ts', 'sidecar'], {
+      cwd: path.join(import.meta.dirname, '..'),
+      env: {
+        ...process.env,
+        LOG_LEVEL: 'warn',
+        TOLLGATE_NAMESPACE: NAMESPACE,
+        TOLLGATE_WALLET: 'app',
+        TOLLGATE_CONFIG_URL: `http://127.0.0.1:${operator.httpPort}`,
+        TOLLGATE_REDIS_URL: redis.url,
+        TOLLGATE_CREDENTIALS_DIR: credentialsDir,
+        TOLLGATE_LISTEN: `127.0.0.1:${port}`,
+        TOLLGATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    try {
+      const ready = await waitFor('the sidecar process to be ready', async () => {
+        const response = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
+        return response.ok ? ((await response.json()) as { wallets: number }) : undefined;
+      });
+      expect(ready.wallets).toBe(1);
+
+      const before = await sidecarLedger.state({ namespace: NAMESPACE, name: 'app' });
+      const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
+      const completion = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'pod mode' }], max_tokens: 10 });
+      expect(completion.choices[0]?.message.content?.length).toBeGreaterThan(0);
+      const after = await sidecarLedger.state({ namespace: NAMESPACE, name: 'app' });
+      expect(after.spent).toBeGreaterThan(before.spent);
+
+      // The wallet header is refused in pod mode: a pod pays from its own wallet only.
+      const header = await client.chat.completions
+        .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x' }], max_tokens: 5 }, { headers: { 'x-tollgate-wallet': 'other' } })
+        .catch((error: unknown) => error);
+      expect((header as InstanceType<typeof OpenAI.APIError>).status).toBe(403);
+
+      const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      expect(metrics).toContain('tollgate_requests_total{route="openai",model="gpt-4o-mini",outcome="admitted"} 1');
+      const proxyRoutes = await fetch(`http://127.0.0.1:${adminPort}/openai/v1/models`);
+      expect(proxyRoutes.status).toBe(404);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    }
+    expect(stderr).toBe('');
   });
 });

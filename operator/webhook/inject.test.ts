@@ -254,14 +254,16 @@ describe('injectSidecar sidecar container', () => {
       { name: 'TOLLGATE_REDIS_URL', value: 'redis://tollgate-redis.tollgate-system.svc:6379' },
       { name: 'TOLLGATE_CREDENTIALS_DIR', value: '/var/run/tollgate/credentials' },
       { name: 'TOLLGATE_LISTEN', value: '127.0.0.1:8787' },
+      { name: 'TOLLGATE_ADMIN_LISTEN', value: '0.0.0.0:9464' },
     ]);
   });
 
-  it('probes /readyz on port 8787', () => {
-    const command = ['node', '-e', "fetch('http://127.0.0.1:8787/readyz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"];
+  it('probes /readyz on the admin port', () => {
+    const httpGet = { path: '/readyz', port: 9464 };
 
-    expect(sidecar.startupProbe).toEqual({ exec: { command }, timeoutSeconds: 5, periodSeconds: 1, failureThreshold: 60 });
-    expect(sidecar.readinessProbe).toEqual({ exec: { command }, timeoutSeconds: 5, periodSeconds: 10, failureThreshold: 3 });
+    expect(sidecar.startupProbe).toEqual({ httpGet, timeoutSeconds: 5, periodSeconds: 1, failureThreshold: 60 });
+    expect(sidecar.readinessProbe).toEqual({ httpGet, timeoutSeconds: 5, periodSeconds: 10, failureThreshold: 3 });
+    expect(sidecar.ports).toEqual([{ name: 'tollgate-admin', containerPort: 9464, protocol: 'TCP' }]);
   });
 
   it('has resources and a restricted security context', () => {

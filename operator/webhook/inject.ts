@@ -25,6 +25,8 @@ export const INJECTED_WALLET_ANNOTATION = 'tollgate.dev/injected-wallet';
 export const SIDECAR_CONTAINER_NAME = 'tollgate-sidecar';
 export const SIDECAR_HOST = '127.0.0.1';
 export const SIDECAR_PORT = 8787;
+/** Port of the sidecar's admin server (/metrics, /healthz, /readyz) on the pod IP, for probes and Prometheus. */
+export const SIDECAR_ADMIN_PORT = 9464;
 export const SIDECAR_URL = `http://${SIDECAR_HOST}:${SIDECAR_PORT}`;
 export const CREDENTIALS_DIR = '/var/run/tollgate/credentials';
 /** Value of API key variables set for SDKs that refuse to start without one; the sidecar adds the real key. */
@@ -244,6 +246,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     { name: 'TOLLGATE_REDIS_URL', value: context.redisUrl },
     { name: 'TOLLGATE_CREDENTIALS_DIR', value: CREDENTIALS_DIR },
     { name: 'TOLLGATE_LISTEN', value: `${SIDECAR_HOST}:${SIDECAR_PORT}` },
+    { name: 'TOLLGATE_ADMIN_LISTEN', value: `0.0.0.0:${SIDECAR_ADMIN_PORT}` },
   ];
 
   return {
@@ -254,6 +257,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     // A native sidecar: started before the app containers, kept running beside them.
     restartPolicy: 'Always',
     env,
+    ports: [{ name: 'tollgate-admin', containerPort: SIDECAR_ADMIN_PORT, protocol: 'TCP' }],
     resources: context.resources ?? DEFAULT_SIDECAR_RESOURCES,
     // The startup probe holds back the app containers until the sidecar serves.
     startupProbe: readyzProbe({ periodSeconds: 1, failureThreshold: 60 }),
@@ -272,14 +276,13 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
 }
 
 /**
- * Builds a probe of the sidecar's /readyz on port 8787. It runs inside the container
- * because the sidecar listens on loopback only (so that other pods cannot spend its
- * wallet), and the kubelet's httpGet probes connect to the pod IP, not to loopback.
+ * Builds a probe of the sidecar's /readyz on its admin port. The proxy itself
+ * listens on loopback only (so that other pods cannot spend its wallet), and
+ * the kubelet's probes connect to the pod IP, so they use the admin server,
+ * which serves no proxy routes.
  */
 function readyzProbe(timing: { periodSeconds: number; failureThreshold: number }): V1Probe {
-  const script =
-    `fetch('${SIDECAR_URL}/readyz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))`;
-  return { exec: { command: ['node', '-e', script] }, timeoutSeconds: 5, ...timing };
+  return { httpGet: { path: '/readyz', port: SIDECAR_ADMIN_PORT }, timeoutSeconds: 5, ...timing };
 }
 
 // Volumes
