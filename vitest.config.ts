@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['src/**/*.test.ts', 'sidecar/**/*.test.ts', 'operator/**/*.test.ts', 'test/**/*.test.ts'],
+    include: ['src/**/*.test.ts', 'sidecar/**/*.test.ts', 'operator/**/*.test.ts', 'test/**/*.test.ts', 'bench/**/*.test.ts'],
     // Suites start real servers (redis-server, kube-apiserver with etcd), so both time limits are generous.
     testTimeout: 60_000,
     hookTimeout: 120_000,

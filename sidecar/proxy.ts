@@ -64,6 +64,12 @@ const DROPPED_REQUEST_HEADERS = new Set([
   'x-goog-api-key',
   'idempotency-key',
 ]);
+/**
+ * Paths the upstream might normalize into another endpoint than the adapter
+ * inspected: dot segments, empty segments, and encoded dots or slashes.
+ */
+const UNSAFE_PATH = /(^|\/)\.{1,2}(\/|$)|\/\/|%2e|%2f|%5c|\\/i;
+
 const DROPPED_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding']);
 
 interface Admitted {
@@ -138,6 +144,9 @@ export class Proxy {
       throw new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url.split('?')[0]}"; use one of the prefixes: ${this.knownPrefixes()}`);
     }
     const { route, upstreamPath } = matched;
+    if (UNSAFE_PATH.test(upstreamPath.split('?')[0]!)) {
+      throw new ProxyError(400, 'invalid_path', `the path "${request.url.split('?')[0]}" has dot segments, empty segments or encoded slashes or dots; send the endpoint's plain path`);
+    }
     const adapter = adapterFor(route.protocol);
 
     if (request.method === 'GET' || request.method === 'HEAD') {

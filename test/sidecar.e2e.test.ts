@@ -5,6 +5,7 @@
  */
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
+import { request as httpRequest } from 'node:http';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAmount } from '../src/money/money.ts';
@@ -108,6 +109,20 @@ async function postJson(path: string, body: unknown, headers: Record<string, str
   });
   const text = await response.body.text();
   return { status: response.statusCode, headers: response.headers, text };
+}
+
+/** Posts with node:http, which sends the path byte for byte; undici resolves dot segments first. */
+function postRawPath(path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
+  const { hostname, port } = new URL(stack.url);
+  return new Promise((resolve, reject) => {
+    const outgoing = httpRequest({ host: hostname, port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
+    });
+    outgoing.on('error', reject);
+    outgoing.end(JSON.stringify(body));
+  });
 }
 
 function upstreamCount(): number {
@@ -413,6 +428,27 @@ describe('bad input', () => {
       () => postJson('/mistral/v1/chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
       404,
       'no provider route serves path "/mistral/v1/chat/completions"',
+    );
+  });
+
+  it('rejects dot segments in the path', async () => {
+    await expectNothingDebited(
+      () => postRawPath('/openai/v1/images/../chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
+      400,
+      'has dot segments',
+    );
+    await expectNothingDebited(
+      () => postRawPath('/openai/v1/images/%2e%2e/chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
+      400,
+      'has dot segments',
+    );
+  });
+
+  it('rejects an endpoint it cannot meter', async () => {
+    await expectNothingDebited(
+      () => postJson('/openai/v1/images/generations', { model: 'gpt-4o-mini', prompt: 'a cat' }, { 'x-tollgate-wallet': 'bad' }),
+      404,
+      'unsupported endpoint /v1/images/generations',
     );
   });
 
