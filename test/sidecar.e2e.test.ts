@@ -69,6 +69,25 @@ spec:
   .join('\n')}
 `;
 
+const END_USER_MANIFESTS = `
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: platform }
+spec:
+  currency: USD
+  pricePlanRef: { name: e2e }
+  endUsers: { allowed: true, prefix: user- }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: user-alice }
+spec:
+  currency: USD
+  pricePlanRef: { name: e2e }
+  grants: [{ id: initial, amount: "1.00" }]
+`;
+
 /** Nano-units per token of each explicit rate above (rate per million x 10^9 / 10^6). */
 const NANO_PER_TOKEN = {
   drainInput: 100_000n,
@@ -395,6 +414,74 @@ describe('field cases', () => {
     }
     expect(statuses.get(200)).toBe(2500);
     expect(statuses.get(402)).toBe(1);
+  });
+});
+
+describe('request ids and end users', () => {
+  it('bills a repeated request id once (C8)', async () => {
+    const wallet = walletKey('main');
+    const before = await stack.ledger.state(wallet);
+    const upstreamBefore = upstreamCount();
+    const headers = { 'x-tollgate-wallet': 'main', 'idempotency-key': 'retry-c8-1', 'x-sim-usage': JSON.stringify({ prompt_tokens: 1000, completion_tokens: 100, total_tokens: 1100 }) };
+    const body = { model: 'o3', messages: [{ role: 'user', content: 'once' }], max_tokens: 200 };
+
+    const first = await postJson('/openai/v1/chat/completions', body, headers);
+    const second = await postJson('/openai/v1/chat/completions', body, headers);
+    expect(first.status).toBe(200);
+    expect(second.status).toBe(400);
+    expect(JSON.parse(second.text).error.message).toContain('was already served and billed');
+
+    // 1000 input tokens at 30 and 100 output tokens at 180 per million: 0.048 USD, once.
+    const after = await stack.ledger.state(wallet);
+    expect(after.spent - before.spent).toBe(parseAmount('0.048'));
+    expect(upstreamCount() - upstreamBefore).toBe(1);
+  });
+
+  it('retries a released request id (C8)', async () => {
+    const wallet = walletKey('main');
+    const before = await stack.ledger.state(wallet);
+    const body = { model: 'o3', messages: [{ role: 'user', content: 'retry' }], max_tokens: 200 };
+    const usage = JSON.stringify({ prompt_tokens: 1000, completion_tokens: 100, total_tokens: 1100 });
+
+    const failed = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'main', 'idempotency-key': 'retry-c8-2', 'x-sim-status': '503' });
+    expect(failed.status).toBe(503);
+    const retried = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'main', 'idempotency-key': 'retry-c8-2', 'x-sim-usage': usage });
+    expect(retried.status).toBe(200);
+
+    const after = await stack.ledger.state(wallet);
+    expect(after.spent - before.spent).toBe(parseAmount('0.048'));
+    expect(after.reserved).toBe(0n);
+  });
+
+  it('rejects a reused id with another body', async () => {
+    const headers = { 'x-tollgate-wallet': 'main', 'idempotency-key': 'retry-c8-3' };
+    expect((await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'a' }], max_tokens: 5 }, headers)).status).toBe(200);
+    const other = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'b' }], max_tokens: 5 }, headers);
+    expect(other.status).toBe(400);
+    expect(JSON.parse(other.text).error.message).toContain('was already used for a different request body');
+  });
+
+  it('bills an end-user wallet the base wallet allows', async () => {
+    await stack.reconfigure(MANIFESTS + END_USER_MANIFESTS);
+    const result = await postJson(
+      '/openai/v1/chat/completions',
+      { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'end user' }], max_tokens: 5 },
+      { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'alice' },
+    );
+    expect(result.status).toBe(200);
+    expect(result.headers['x-tollgate-wallet']).toBe('default/user-alice');
+    const alice = await stack.ledger.state(walletKey('user-alice'));
+    expect(alice.spent).toBe(parseAmount(String(result.headers['x-tollgate-charged'])));
+    expect((await stack.ledger.state(walletKey('platform'))).spent).toBe(0n);
+
+    const refused = await postJson(
+      '/openai/v1/chat/completions',
+      { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'end user' }], max_tokens: 5 },
+      { 'x-tollgate-wallet': 'main', 'x-tollgate-end-user': 'alice' },
+    );
+    expect(refused.status).toBe(403);
+    expect(JSON.parse(refused.text).error.message).toContain('does not allow end-user wallets');
+    await stack.reconfigure(MANIFESTS);
   });
 });
 
