@@ -28,6 +28,7 @@ import { Informer } from '../operator/informer.ts';
 import { createKubeClients, loadKubeConfig } from '../operator/kube.ts';
 import { startOperator, type OperatorConfig, type RunningOperator } from '../operator/main.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
+import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
 const GROUP = 'tollgate.dev';
@@ -49,35 +50,7 @@ let operator: RunningOperator;
 const started: RunningOperator[] = [];
 
 function operatorConfig(identity: string): OperatorConfig {
-  return {
-    kubeconfig: apiServer.kubeconfigPath,
-    namespace: OPERATOR_NAMESPACE,
-    watchNamespace: undefined,
-    redisUrl: redis.url,
-    httpHost: '127.0.0.1',
-    httpPort: 0,
-    webhook: false,
-    webhookHost: '127.0.0.1',
-    webhookPort: 0,
-    identity,
-    leaseName: LEASE_NAME,
-    leaseDurationMs: 2_000,
-    renewDeadlineMs: 1_500,
-    retryPeriodMs: 500,
-    resyncMs: 1_000,
-    watchSilenceMs: 30_000,
-    statusIntervalMs: 1_000,
-    secretRecheckMs: 1_000,
-    workers: 2,
-    webhookService: 'tollgate',
-    webhookConfiguration: 'tollgate',
-    webhookSecret: undefined,
-    certManager: false,
-    configUrl: 'http://127.0.0.1:0',
-    sidecarImage: undefined,
-    sidecarImagePullPolicy: undefined,
-    sidecarResources: undefined,
-  };
+  return testOperatorConfig({ kubeconfig: apiServer.kubeconfigPath, redisUrl: redis.url, identity });
 }
 
 async function launch(identity: string): Promise<RunningOperator> {

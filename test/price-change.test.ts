@@ -22,6 +22,7 @@ import { fileCredentials } from '../sidecar/main.ts';
 import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar } from '../sidecar/server.ts';
 import { startOperator, type OperatorConfig as OperatorSettings, type RunningOperator } from '../operator/main.ts';
 import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
+import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
 const run = promisify(execFile);
@@ -96,35 +97,7 @@ spec:
 `;
 
 function operatorSettings(): OperatorSettings {
-  return {
-    kubeconfig: apiServer.kubeconfigPath,
-    namespace: 'tollgate-system',
-    watchNamespace: undefined,
-    redisUrl: redis.url,
-    httpHost: '127.0.0.1',
-    httpPort: 0,
-    webhook: false,
-    webhookHost: '127.0.0.1',
-    webhookPort: 0,
-    identity: 'price-change-test',
-    leaseName: 'tollgate-operator',
-    leaseDurationMs: 2_000,
-    renewDeadlineMs: 1_500,
-    retryPeriodMs: 500,
-    resyncMs: 1_000,
-    watchSilenceMs: 30_000,
-    statusIntervalMs: 1_000,
-    secretRecheckMs: 1_000,
-    workers: 2,
-    webhookService: 'tollgate',
-    webhookConfiguration: 'tollgate',
-    webhookSecret: undefined,
-    certManager: false,
-    configUrl: 'http://127.0.0.1:0',
-    sidecarImage: undefined,
-    sidecarImagePullPolicy: undefined,
-    sidecarResources: undefined,
-  };
+  return testOperatorConfig({ kubeconfig: apiServer.kubeconfigPath, redisUrl: redis.url, identity: 'price-change-test' });
 }
 
 async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {

@@ -1,0 +1,261 @@
+/**
+ * Starts a real Redis Cluster for tests: one redis-server process per master
+ * on free loopback ports, joined with `redis-cli --cluster create` and no
+ * replicas, with each node's files in its own temporary directory.
+ */
+
+import { execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+
+export interface StartRedisClusterOptions {
+  /** Number of masters, at least 3 (the minimum `redis-cli --cluster create` accepts). */
+  nodes: number;
+  /** How long to wait for each step (node start, cluster create, `cluster_state:ok`), in milliseconds (default 20000). */
+  timeoutMs?: number;
+}
+
+export interface ClusterNodeAddress {
+  host: string;
+  port: number;
+}
+
+export interface RunningRedisCluster {
+  /** The masters' client addresses, in the order they were started. */
+  nodes: ClusterNodeAddress[];
+  /** Stops every node (SIGTERM, then SIGKILL after 10 s) and deletes the temporary directories; safe to call twice. */
+  stop(): Promise<void>;
+}
+
+const HOST = '127.0.0.1';
+const MIN_NODES = 3;
+const PORT_ATTEMPTS = 5;
+const OUTPUT_LIMIT = 4000;
+const DEFAULT_TIMEOUT_MS = 20_000;
+const INSTALL_HINT = 'Install both with `apt-get install redis-server`, which ships redis-server and redis-cli';
+
+interface StartedNode {
+  port: number;
+  child: ChildProcess;
+}
+
+const running = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+/** Starts the nodes, creates the cluster and resolves once every node reports `cluster_state:ok`. */
+export async function startRedisCluster(options: StartRedisClusterOptions): Promise<RunningRedisCluster> {
+  if (!Number.isInteger(options.nodes) || options.nodes < MIN_NODES) {
+    throw new RangeError(`invalid nodes ${options.nodes}: a Redis Cluster without replicas needs an integer of at least ${MIN_NODES} masters`);
+  }
+  const serverBinary = findBinary('redis-server', 'REDIS_SERVER_BIN');
+  const cliBinary = findBinary('redis-cli', 'REDIS_CLI_BIN');
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  installExitHook();
+
+  const root = await mkdtemp(path.join(os.tmpdir(), 'tollgate-redis-cluster-'));
+  const started: StartedNode[] = [];
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      await Promise.all(started.map((node) => stopProcess(node.child)));
+      await rm(root, { recursive: true, force: true });
+    })();
+    return stopping;
+  };
+
+  try {
+    for (let i = 0; i < options.nodes; i += 1) {
+      started.push(await startNode(serverBinary, root, timeoutMs));
+    }
+    const ports = started.map((node) => node.port);
+    await createCluster(cliBinary, ports, timeoutMs);
+    await Promise.all(ports.map((port) => waitForClusterOk(port, timeoutMs)));
+    return { nodes: ports.map((port) => ({ host: HOST, port })), stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+function findBinary(name: string, envVariable: string): string {
+  const candidates = [
+    process.env[envVariable],
+    ...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean).map((entry) => path.join(entry, name)),
+    path.join('/usr/bin', name),
+  ];
+  for (const candidate of candidates) {
+    if (!candidate) continue;
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // Not here; try the next candidate.
+    }
+  }
+  throw new Error(
+    `${name} is not installed: it was not found on PATH, in ${envVariable} or at /usr/bin/${name}, ` +
+      `and the Redis Cluster tests need both redis-server and redis-cli. ${INSTALL_HINT}, or set ${envVariable} to its path.`,
+  );
+}
+
+/** Starts one cluster-enabled node, retrying with new ports when another process took a probed one. */
+async function startNode(binary: string, root: string, timeoutMs: number): Promise<StartedNode> {
+  let lastError: Error | undefined;
+  for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt += 1) {
+    // The cluster bus needs a second port. Setting it with `--cluster-port` avoids
+    // the default of port + 10000, which can be taken or above 65535.
+    const [port, busPort] = await findFreePorts(2);
+    const dir = path.join(root, `node-${port}`);
+    await mkdir(dir);
+    try {
+      const child = await launch(binary, port!, busPort!, dir, timeoutMs);
+      return { port: port!, child };
+    } catch (error) {
+      lastError = error as Error;
+      await rm(dir, { recursive: true, force: true });
+      if (!/Address already in use/i.test(lastError.message)) break;
+    }
+  }
+  throw lastError ?? new Error('redis-server did not start');
+}
+
+/** Returns `count` distinct free loopback ports, held open together so that the probe cannot return one twice. */
+async function findFreePorts(count: number): Promise<number[]> {
+  const servers = Array.from({ length: count }, () => net.createServer());
+  try {
+    const ports: number[] = [];
+    for (const server of servers) {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, HOST, resolve);
+      });
+      ports.push((server.address() as net.AddressInfo).port);
+    }
+    return ports;
+  } finally {
+    await Promise.all(servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))));
+  }
+}
+
+async function launch(binary: string, port: number, busPort: number, dir: string, timeoutMs: number): Promise<ChildProcess> {
+  const args = [
+    '--port', String(port),
+    '--bind', HOST,
+    '--dir', dir,
+    '--cluster-enabled', 'yes',
+    '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+    '--cluster-port', String(busPort),
+    '--cluster-node-timeout', '2000',
+    '--save', '',
+    '--appendonly', 'no',
+    '--daemonize', 'no',
+    '--logfile', '',
+  ];
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+
+  let output = '';
+  const collect = (chunk: Buffer) => {
+    if (output.length < OUTPUT_LIMIT) output += chunk.toString('utf8');
+  };
+  child.stdout!.on('data', collect);
+  child.stderr!.on('data', collect);
+
+  let exited: string | undefined;
+  child.once('exit', (code, signal) => {
+    running.delete(child);
+    exited = `exited with ${signal ?? `code ${code}`}`;
+  });
+  child.once('error', (error) => {
+    exited = `failed to start: ${error.message}`;
+  });
+
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (exited) throw new Error(`redis-server on port ${port} ${exited}. Its output:\n${output.trim()}`);
+    if (await answersPing(port)) return child;
+    await sleep(25);
+  }
+
+  await stopProcess(child);
+  throw new Error(`redis-server on port ${port} did not answer PING within ${timeoutMs} ms. Its output:\n${output.trim()}`);
+}
+
+/** Sends one PING over a raw connection and returns whether the reply was PONG. */
+function answersPing(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: HOST, port });
+    let reply = '';
+    const finish = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(1000, () => finish(false));
+    socket.once('error', () => finish(false));
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.on('data', (chunk) => {
+      reply += chunk.toString('utf8');
+      if (reply.includes('\r\n')) finish(reply.startsWith('+PONG'));
+    });
+  });
+}
+
+/** Runs `redis-cli --cluster create`, which assigns the slots evenly and joins the nodes. */
+function createCluster(cliBinary: string, ports: number[], timeoutMs: number): Promise<void> {
+  const args = ['--cluster', 'create', ...ports.map((port) => `${HOST}:${port}`), '--cluster-replicas', '0', '--cluster-yes'];
+  return new Promise((resolve, reject) => {
+    execFile(cliBinary, args, { timeout: timeoutMs, maxBuffer: 1024 * 1024 }, (error, stdout, stderr) => {
+      if (!error) {
+        resolve();
+        return;
+      }
+      const reason = error.killed ? `timed out after ${timeoutMs} ms` : `failed (${error.message.split('\n')[0]})`;
+      reject(new Error(`redis-cli ${args.join(' ')} ${reason}. Its output:\n${`${stdout}\n${stderr}`.trim().slice(-OUTPUT_LIMIT)}`));
+    });
+  });
+}
+
+/** Polls CLUSTER INFO on one node until it reports `cluster_state:ok`. */
+async function waitForClusterOk(port: number, timeoutMs: number): Promise<void> {
+  const client = new Redis({ host: HOST, port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  let lastInfo = '';
+  try {
+    await client.connect();
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      lastInfo = await client.cluster('INFO');
+      if (/^cluster_state:ok\r?$/m.test(lastInfo)) return;
+      await sleep(50);
+    }
+  } finally {
+    client.disconnect();
+  }
+  throw new Error(`Redis Cluster node ${HOST}:${port} did not report cluster_state:ok within ${timeoutMs} ms. Its CLUSTER INFO:\n${lastInfo.trim()}`);
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Kills nodes still running when the test process exits, so none outlive a crashed run. */
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const child of running) child.kill('SIGKILL');
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
