@@ -33,7 +33,7 @@ export interface ProxyOptions {
   walletLabel: boolean;
 }
 
-/** An error answered in the provider's own format, with nothing forwarded and nothing debited. */
+/** An error returned in the provider's own format, with nothing forwarded and nothing debited. */
 export class ProxyError extends Error {
   override readonly name = 'ProxyError';
   readonly status: number;
@@ -91,14 +91,14 @@ interface Settlement {
   usage: Usage;
   complete: boolean;
   reason: 'final' | 'missing_usage' | 'client_disconnect' | 'upstream_cut';
-  /** A complete JSON answer, sent to the client once it is billed. */
+  /** A complete JSON response, sent to the client once it is billed. */
   response?: { status: number; headers: Record<string, string>; body: Buffer };
 }
 
 /**
- * The enforcing proxy: prices the worst case of each request, holds it in the
- * ledger, forwards with the sidecar's credential, streams the answer back
- * while reading usage, and commits the actual cost.
+ * The enforcing proxy. It prices the worst case of each request, reserves it
+ * in the ledger, forwards with the sidecar's credential, streams the response
+ * back while reading usage, and commits the actual cost.
  */
 export class Proxy {
   private readonly agent: Agent;
@@ -158,7 +158,7 @@ export class Proxy {
     try {
       await this.forward(request, reply, admitted, upstreamPath);
     } catch (error) {
-      // The response is hijacked by now, so fastify's error handler cannot answer it.
+      // The response is hijacked by now, so fastify's error handler cannot send it.
       this.log.error({ err: error, requestId: admitted.requestId }, 'forwarding failed');
       await this.releaseQuietly(admitted, 'internal_error');
       this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
@@ -342,7 +342,7 @@ export class Proxy {
       return;
     }
     void this.ledger.markAnswered(admitted.wallet.key, admitted.requestId).catch((error: unknown) => {
-      this.log.warn({ err: error, requestId: admitted.requestId }, 'could not mark the hold as answered');
+      this.log.warn({ err: error, requestId: admitted.requestId }, 'marking the hold as answered failed; an expired hold will be released instead of charged');
     });
 
     const isStream = String(upstream.headers['content-type'] ?? '').includes('text/event-stream');
@@ -433,9 +433,9 @@ export class Proxy {
   }
 
   /**
-   * Commits the actual cost, then finishes the client's response: a JSON
-   * answer goes out only after its commit, so a client never holds an
-   * unbilled answer; a stream is ended after it.
+   * Commits the actual cost, then finishes the client's response. A JSON
+   * response goes out only after its commit, so no client holds an unbilled
+   * response. A stream is ended after the commit.
    */
   private async settle(res: ServerResponse, admitted: Admitted, settlement: Settlement, upstreamStartNs: bigint): Promise<void> {
     const { usage, response } = settlement;
@@ -612,7 +612,9 @@ function inspect(adapter: ProviderAdapter, path: string, body: Record<string, un
 }
 
 function endSpanWithError(span: Span, error: unknown): void {
-  const code = error instanceof ProxyError ? error.code : error instanceof Error ? error.name : 'error';
+  let code = 'error';
+  if (error instanceof ProxyError) code = error.code;
+  else if (error instanceof Error) code = error.name;
   span.setAttribute(GEN_AI.errorType, code);
   span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
   span.end();

@@ -78,11 +78,11 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
     return range[2][1];
   }
 
-  /** Picks wallet names until every master owns the slot of one of them. */
-  async function findWalletPerMaster(): Promise<Map<number, WalletKey>> {
+  /** Picks wallet names in `namespace` until every master owns the slot of one of them. */
+  async function findWalletPerMaster(namespace: string): Promise<Map<number, WalletKey>> {
     const found = new Map<number, WalletKey>();
     for (let i = 0; i < 1000 && found.size < cluster.nodes.length; i += 1) {
-      const wallet = { namespace: 'spread', name: `wallet-${i}` };
+      const wallet = { namespace, name: `wallet-${i}` };
       const port = await ownerPort(await anyNode().cluster('KEYSLOT', walletKeys(wallet)[0]!));
       if (!found.has(port)) found.set(port, wallet);
     }
@@ -93,7 +93,7 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
     for (const node of cluster.nodes) direct.set(node.port, new Redis(node));
     client = connectCluster();
     ledger = new RedisLedger(client);
-    for (const [port, wallet] of await findWalletPerMaster()) walletByPort.set(port, wallet);
+    for (const [port, wallet] of await findWalletPerMaster('spread')) walletByPort.set(port, wallet);
   });
 
   afterAll(async () => {
@@ -149,13 +149,16 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
   });
 
   it('stores all keys of a wallet on its owning master only', async () => {
-    const wallet = walletByPort.values().next().value!;
-    const [owner] = [...walletByPort].find(([, each]) => each === wallet)!;
-    await ledger.credit(wallet, 'placement', 1n);
+    for (const [owner, wallet] of walletByPort) {
+      // A grant, an open hold and a settled request create all six keys, also when this test runs alone.
+      await ledger.credit(wallet, 'placement', 1n);
+      await ledger.reserve(wallet, 'placement-open', hold(1n));
+      await ledger.commit(wallet, 'placement-done', usage(0n));
 
-    for (const [port, connection] of direct) {
-      const stored = (await connection.keys(`{w:${wallet.namespace}/${wallet.name}}*`)).sort();
-      expect(stored).toEqual(port === owner ? [...walletKeys(wallet)].sort() : []);
+      for (const [port, connection] of direct) {
+        const stored = (await connection.keys(`{w:${wallet.namespace}/${wallet.name}}*`)).sort();
+        expect(stored).toEqual(port === owner ? [...walletKeys(wallet)].sort() : []);
+      }
     }
   });
 
@@ -189,7 +192,8 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
 
   it('admits exactly 37 per wallet when wallets on every master race at once', async () => {
     const price = 1_000_000n;
-    const wallets = [...walletByPort.values()].map((wallet) => ({ namespace: 'race', name: wallet.name }));
+    const wallets = [...(await findWalletPerMaster('race')).values()];
+    expect(wallets).toHaveLength(MASTERS);
     const ledgers = Array.from({ length: 3 }, () => new ClusterLedger(connectCluster()));
     try {
       for (const wallet of wallets) await ledgers[0]!.credit(wallet, 'g', 37n * price + price - 1n);

@@ -146,7 +146,7 @@ export class Snapshot {
   }
 }
 
-/** A short content digest of the resources' specs, stable across key order. */
+/** Computes a short content digest of the resources' specs, stable across key order. */
 function versionOf(resources: ResourceSet): string {
   const hash = createHash('sha256');
   const specs = [...resources.routes, ...resources.plans, ...resources.wallets]
@@ -159,7 +159,7 @@ function versionOf(resources: ResourceSet): string {
 function stableJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
   if (value && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b, 'en'));
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(',')}}`;
   }
   return JSON.stringify(value) ?? 'null';

@@ -6,7 +6,7 @@ import type { Usage } from './usage.ts';
 const MILLION = 1_000_000n;
 
 /**
- * How one model is priced for a wallet at one moment: the provider's cost
+ * The price of one model for a wallet at one moment: the provider's cost
  * card, and either explicit customer rates or a markup over provider cost.
  */
 export interface Price {
@@ -21,9 +21,9 @@ export interface Price {
 }
 
 export interface Rated {
-  /** What the wallet pays, rounded up once to a whole nano-unit. */
+  /** Amount the wallet pays, rounded up once to a whole nano-unit. */
   charged: bigint;
-  /** What the platform pays upstream, rounded up once. */
+  /** Amount the platform pays upstream, rounded up once. */
   providerCost: bigint;
 }
 
