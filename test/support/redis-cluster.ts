@@ -28,7 +28,7 @@ export interface ClusterNodeAddress {
 export interface RunningRedisCluster {
   /** The masters' client addresses, in the order they were started. */
   nodes: ClusterNodeAddress[];
-  /** Stops every node (SIGTERM, then SIGKILL after 10 s) and deletes the temporary directories; safe to call twice. */
+  /** Stops every node (SIGTERM, then SIGKILL after 10 s) and deletes the temporary directories. Calling it twice is safe. */
   stop(): Promise<void>;
 }
 
@@ -94,7 +94,7 @@ function findBinary(name: string, envVariable: string): string {
       accessSync(candidate, constants.X_OK);
       return candidate;
     } catch {
-      // Not here; try the next candidate.
+      // Not executable here, so try the next candidate.
     }
   }
   throw new Error(
@@ -108,7 +108,7 @@ async function startNode(binary: string, root: string, timeoutMs: number): Promi
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt += 1) {
     // The cluster bus needs a second port. Setting it with `--cluster-port` avoids
-    // the default of port + 10000, which can be taken or above 65535.
+    // the default of port + 10000, which another process may use or which may exceed 65535.
     const [port, busPort] = await findFreePorts(2);
     const dir = path.join(root, `node-${port}`);
     await mkdir(dir);
