@@ -38,6 +38,8 @@ export class ProxyError extends Error {
   override readonly name = 'ProxyError';
   readonly status: number;
   readonly code: string;
+  /** The requested model, once the request was read far enough to know it. */
+  model: string | undefined;
 
   constructor(status: number, code: string, message: string, options?: ErrorOptions) {
     super(message, options);
@@ -154,7 +156,13 @@ export class Proxy {
       return;
     }
 
-    const admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
+    let admitted: Admitted;
+    try {
+      admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
+    } catch (error) {
+      this.countRejected(route, error);
+      throw error;
+    }
     try {
       await this.forward(request, reply, admitted, upstreamPath);
     } catch (error) {
@@ -217,9 +225,23 @@ export class Proxy {
         span,
       };
     } catch (error) {
+      if (error instanceof ProxyError) error.model = info.model;
       endSpanWithError(span, error);
       throw error;
     }
+  }
+
+  /** Counts a request that was not forwarded: denied (funds, limits, wallet), invalid, or failed in the ledger. */
+  private countRejected(route: CompiledRoute, error: unknown): void {
+    let outcome = 'internal_error';
+    if (error instanceof ProxyError) {
+      if (error.code === 'ledger_unavailable') outcome = 'ledger_error';
+      else if (error.status === 402 || error.status === 403) outcome = 'denied';
+      else if (error.status < 500) outcome = 'invalid';
+    }
+    // An invalid request's model is whatever the client sent; labelling by it would let clients add series at will.
+    const model = error instanceof ProxyError && error.model !== undefined && outcome !== 'invalid' ? error.model : 'unknown';
+    this.metrics.requests.inc({ route: route.name, model, outcome });
   }
 
   private walletFor(snapshot: Snapshot, headers: IncomingHttpHeaders): CompiledWallet {

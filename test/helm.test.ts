@@ -359,13 +359,21 @@ describe('helm template', () => {
     expect(objectKinds).not.toContain('Certificate');
     expect(objectKinds).not.toContain('Issuer');
     expect(objectKinds).not.toContain('ServiceMonitor');
+    expect(objectKinds).not.toContain('PodMonitor');
   });
 
   it('adds a ServiceMonitor when enabled', async () => {
     const monitor = find(await template(['serviceMonitor.enabled=true', 'serviceMonitor.labels.release=prometheus']), 'ServiceMonitor', 'tollgate');
     expect(monitor.metadata.labels?.['release']).toBe('prometheus');
-    expect(monitor['spec'].endpoints).toEqual([{ port: 'http', path: '/metrics', interval: '30s', scrapeTimeout: '10s' }]);
+    expect(monitor['spec'].endpoints).toEqual([{ port: 'http', path: '/metrics', interval: '30s', scrapeTimeout: '10s', honorLabels: true }]);
     expect(monitor['spec'].namespaceSelector).toEqual({ matchNames: [NAMESPACE] });
+  });
+
+  it('adds a PodMonitor for the sidecars', async () => {
+    const monitor = find(await template(['serviceMonitor.enabled=true']), 'PodMonitor', 'tollgate-sidecars');
+    expect(monitor['spec'].selector).toEqual({ matchLabels: { 'tollgate.dev/inject': 'true' } });
+    expect(monitor['spec'].namespaceSelector).toEqual({ any: true });
+    expect(monitor['spec'].podMetricsEndpoints).toEqual([{ port: 'tollgate-admin', path: '/metrics', interval: '30s', scrapeTimeout: '10s' }]);
   });
 
   it('drops the PodDisruptionBudget for one replica', async () => {

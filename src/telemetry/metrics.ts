@@ -32,7 +32,7 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     registry,
     requests: new Counter({
       name: 'tollgate_requests_total',
-      help: 'Model requests handled by the sidecar, by outcome (admitted, denied, invalid, upstream_error, ledger_error).',
+      help: 'Model requests handled by the sidecar, by outcome (admitted, denied, invalid, upstream_error, ledger_error, internal_error).',
       labelNames: ['route', 'model', 'outcome'],
       registers,
     }),

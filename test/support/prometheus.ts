@@ -44,7 +44,7 @@ export interface TargetHealth {
 
 export interface RunningPrometheus {
   url: string;
-  /** Runs an instant query at the current time and returns its series; a scalar or string result becomes one series without labels. */
+  /** Runs an instant query at the current time and returns its series. A scalar or string result becomes one series without labels. */
   query(expression: string): Promise<Sample[]>;
   /** Returns the values of a label over the series that match a selector (`label_values(selector, label)` in Grafana). */
   labelValues(label: string, selector?: string): Promise<string[]>;
@@ -52,7 +52,7 @@ export interface RunningPrometheus {
   targets(): Promise<TargetHealth[]>;
   /** Resolves once every target has been scraped successfully, or throws with the targets' last errors. */
   waitForTargetsUp(timeoutMs?: number): Promise<void>;
-  /** Stops the server (SIGTERM, then SIGKILL after 10 s) and deletes its directory; safe to call twice. */
+  /** Stops the server (SIGTERM, then SIGKILL after 10 s) and deletes its directory. It is safe to call twice. */
   stop(): Promise<void>;
 }
 
@@ -120,7 +120,8 @@ function scrapeConfig(options: StartPrometheusOptions): unknown {
       job_name: job.name,
       metrics_path: job.metricsPath ?? '/metrics',
       // Tollgate's series carry the wallet's namespace in a `namespace` label, which a
-      // Kubernetes scrape also sets as a target label; honor_labels keeps the scraped one.
+      // Kubernetes scrape also sets as a target label. honor_labels keeps the scraped one,
+      // where the default would rename it to exported_namespace.
       honor_labels: true,
       static_configs: [{ targets: [job.target], labels: job.labels ?? {} }],
     })),
