@@ -316,9 +316,12 @@ describe('concurrency', () => {
     await stack.ledger.credit(walletKey('crowd'), 'crowd-grant', grant);
     const upstreamBefore = upstreamCount();
 
+    // Each admitted call reports usage that costs exactly its hold, so a call that finishes early frees
+    // nothing and the count does not depend on timing.
+    const usage = JSON.stringify({ prompt_tokens: Buffer.byteLength(body), completion_tokens: 100, total_tokens: Buffer.byteLength(body) + 100 });
     const results = await Promise.all(
       Array.from({ length: 200 }, () =>
-        postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'crowd', 'x-sim-latency-ms': '1500' }),
+        postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'crowd', 'x-sim-latency-ms': '200', 'x-sim-usage': usage }),
       ),
     );
     const admitted = results.filter((r) => r.status === 200).length;
@@ -329,7 +332,8 @@ describe('concurrency', () => {
 
     const state = await stack.ledger.state(walletKey('crowd'));
     expect(state.reserved).toBe(0n);
-    expect(state.balance).toBeGreaterThanOrEqual(0n);
+    expect(state.spent).toBe(37n * hold);
+    expect(state.balance).toBe(hold - 1n);
     expect((await stack.ledger.verify(walletKey('crowd'))).ok).toBe(true);
   });
 
@@ -340,15 +344,18 @@ describe('concurrency', () => {
 
     // budget-model: output 88.4 per million and a 1000-token limit make each worst case exactly 0.0884 USD.
     const body = JSON.stringify({ model: 'budget-model', messages: [{ role: 'user', content: 'c9' }], max_tokens: 1000 });
+    // Each call uses its whole output limit, so its charge equals its hold and timing cannot free funds.
+    const usage = JSON.stringify({ prompt_tokens: 10, completion_tokens: 1000, total_tokens: 1010 });
     const results = await Promise.all(
-      Array.from({ length: 4 }, () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c9', 'x-sim-latency-ms': '500' })),
+      Array.from({ length: 4 }, () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c9', 'x-sim-latency-ms': '200', 'x-sim-usage': usage })),
     );
     expect(results.filter((r) => r.status === 200)).toHaveLength(2);
     expect(results.filter((r) => r.status === 402)).toHaveLength(2);
 
     const state = await stack.ledger.state(wallet);
     const charged = results.filter((r) => r.status === 200).reduce((sum, r) => sum + parseAmount(String(r.headers['x-tollgate-charged'])), 0n);
-    expect(state.spent).toBe(parseAmount('4.752720') + charged);
+    expect(charged).toBe(2n * parseAmount('0.0884'));
+    expect(state.spent).toBe(parseAmount('4.929520'));
     expect(state.spent).toBeLessThanOrEqual(parseAmount('5.000000'));
   });
 });

@@ -83,10 +83,11 @@ describe('adapterFor', () => {
     expect(adapterFor('openai').protocol).toBe('openai');
     expect(adapterFor('openai-compatible').protocol).toBe('openai-compatible');
     expect(adapterFor('anthropic').protocol).toBe('anthropic');
+    expect(adapterFor('gemini').protocol).toBe('gemini');
   });
 
   it('rejects a protocol without an adapter', () => {
-    expect(() => adapterFor('gemini')).toThrow(UnsupportedProtocolError);
-    expect(() => adapterFor('gemini')).toThrow(/no adapter for protocol "gemini"/);
+    expect(() => adapterFor('azure-openai')).toThrow(UnsupportedProtocolError);
+    expect(() => adapterFor('azure-openai')).toThrow(/no adapter for protocol "azure-openai"/);
   });
 });

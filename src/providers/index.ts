@@ -1,5 +1,6 @@
 import type { Protocol, ProviderAdapter } from './adapter.ts';
 import { AnthropicAdapter } from './anthropic.ts';
+import { GeminiAdapter } from './gemini.ts';
 import { OpenAIAdapter } from './openai.ts';
 
 export * from './adapter.ts';
@@ -11,6 +12,7 @@ const ADAPTERS: ReadonlyMap<Protocol, ProviderAdapter> = new Map<Protocol, Provi
   ['openai', new OpenAIAdapter('openai')],
   ['openai-compatible', new OpenAIAdapter('openai-compatible')],
   ['anthropic', new AnthropicAdapter()],
+  ['gemini', new GeminiAdapter()],
 ]);
 
 export class UnsupportedProtocolError extends Error {

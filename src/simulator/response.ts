@@ -15,8 +15,8 @@ export interface StreamEvent {
 
 /** One simulated provider: how it authenticates and how it writes errors. */
 export interface SimProvider {
-  /** Returns the credential the request carries, or undefined. */
-  credential(headers: IncomingHttpHeaders): string | undefined;
+  /** Returns the credential the request carries in its headers or URL, or undefined. */
+  credential(headers: IncomingHttpHeaders, url: URL): string | undefined;
   /** Builds an error body in the provider's format. */
   errorBody(status: number, message: string, requestId: string): unknown;
   /** Response header that carries the request id. */
@@ -25,9 +25,10 @@ export interface SimProvider {
 
 /** One simulated endpoint. */
 export interface SimEndpoint {
-  readonly name: 'chat' | 'embeddings' | 'messages';
+  readonly name: 'chat' | 'embeddings' | 'messages' | 'generateContent' | 'embedContent';
   readonly provider: SimProvider;
-  respond(body: Record<string, unknown>, controls: Controls, id: string): SimResponse;
+  /** Builds the response. `url` is the request URL, which names the model and method of Gemini requests. */
+  respond(body: Record<string, unknown>, controls: Controls, id: string, url: URL): SimResponse;
 }
 
 /** Returns the error response of a request the provider would reject. */

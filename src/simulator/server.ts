@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { messagesEndpoint } from './anthropic.ts';
 import { InvalidControlError, readControls, type Controls } from './controls.ts';
+import { geminiEndpointFor, geminiProvider, isGeminiPath } from './gemini.ts';
 import { chatCompletionsEndpoint, embeddingsEndpoint, openaiProvider } from './openai.ts';
 import type { SimEndpoint, SimProvider, SimResponse } from './response.ts';
 
@@ -47,13 +48,13 @@ export interface Simulator {
 }
 
 const MAX_BODY_BYTES = 32 * 1024 * 1024;
-const CREDENTIAL_HEADERS = new Set(['authorization', 'x-api-key', 'api-key']);
+const CREDENTIAL_HEADERS = new Set(['authorization', 'x-api-key', 'api-key', 'x-goog-api-key']);
 
 function emptyStats(): SimulatorStats {
   return {
     requests: 0,
     unauthorized: 0,
-    byEndpoint: { chat: 0, embeddings: 0, messages: 0, other: 0 },
+    byEndpoint: { chat: 0, embeddings: 0, messages: 0, generateContent: 0, embedContent: 0, other: 0 },
     lastRequest: undefined,
     lastCredential: undefined,
     lastHeaders: undefined,
@@ -68,10 +69,11 @@ function endpointFor(path: string): SimEndpoint | undefined {
   if (path.endsWith('/chat/completions')) return chatCompletionsEndpoint;
   if (path.endsWith('/embeddings')) return embeddingsEndpoint;
   if (path.endsWith('/v1/messages')) return messagesEndpoint;
+  if (isGeminiPath(path)) return geminiEndpointFor(path);
   return undefined;
 }
 
-/** Starts a provider simulator that speaks the OpenAI and Anthropic wire formats. */
+/** Starts a provider simulator that speaks the OpenAI, Anthropic and Gemini wire formats. */
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   let stats = emptyStats();
   let sequence = 0;
@@ -91,18 +93,20 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   });
 
   async function handle(request: IncomingMessage, response: ServerResponse, id: string): Promise<void> {
-    const path = (request.url ?? '/').split('?')[0]!;
+    // Joined as text, so a path that starts with // stays a path.
+    const url = new URL(`http://simulator${request.url ?? '/'}`);
+    const path = url.pathname;
     const endpoint = endpointFor(path);
     count(stats, endpoint);
     count(processStats, endpoint);
 
-    const provider = endpoint?.provider ?? openaiProvider;
+    const provider = endpoint?.provider ?? (isGeminiPath(path) ? geminiProvider : openaiProvider);
     if (endpoint === undefined || request.method !== 'POST') {
       await readBody(request);
       return sendJson(response, 404, provider, provider.errorBody(404, `no simulated endpoint for ${request.method} ${path}`, id), id);
     }
 
-    const credential = provider.credential(request.headers);
+    const credential = provider.credential(request.headers, url);
     if (credential === undefined || (options.expectedKey !== undefined && credential !== options.expectedKey)) {
       stats.unauthorized++;
       processStats.unauthorized++;
@@ -141,7 +145,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return sendJson(response, controls.status, provider, provider.errorBody(controls.status, `simulated failure with status ${controls.status}`, id), id);
     }
 
-    const result = endpoint.respond(body as Record<string, unknown>, controls, id);
+    const result = endpoint.respond(body as Record<string, unknown>, controls, id, url);
     await send(response, result, controls, provider, id);
   }
 
