@@ -592,7 +592,7 @@ export class Proxy {
       headers[name] = Array.isArray(value) ? value.join(', ') : value;
     }
     if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
-    const upstream = await this.agent.request({ origin: route.origin, path: upstreamPath, method: request.method as 'GET', headers });
+    const upstream = await this.agent.request({ origin: route.origin, path: withoutKeyParameter(upstreamPath), method: request.method as 'GET', headers });
     reply.hijack();
     reply.raw.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
     for await (const chunk of upstream.body) reply.raw.write(chunk);
@@ -640,6 +640,17 @@ function endSpanWithError(span: Span, error: unknown): void {
   span.setAttribute(GEN_AI.errorType, code);
   span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
   span.end();
+}
+
+/** Removes a `key` query parameter (Gemini's other way to pass a credential), so only the sidecar's key goes upstream. */
+export function withoutKeyParameter(path: string): string {
+  const query = path.indexOf('?');
+  if (query === -1) return path;
+  const parameters = new URLSearchParams(path.slice(query + 1));
+  if (!parameters.has('key')) return path;
+  parameters.delete('key');
+  const rest = parameters.toString();
+  return rest ? `${path.slice(0, query)}?${rest}` : path.slice(0, query);
 }
 
 function requestIdOf(headers: IncomingHttpHeaders): string {
