@@ -300,6 +300,7 @@ describe('sidecar injector on a real API server', () => {
       TOLLGATE_REDIS_URL: REDIS_URL,
       TOLLGATE_CREDENTIALS_DIR: '/var/run/tollgate/credentials',
       TOLLGATE_LISTEN: '127.0.0.1:8787',
+      TOLLGATE_ADMIN_LISTEN: '0.0.0.0:9464',
     });
     expect(sidecar?.env?.[0]?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
     expect(pod.metadata?.annotations).toEqual({
