@@ -363,11 +363,15 @@ export class Proxy {
       res.off('close', onClose);
       return;
     }
-    void this.ledger.markAnswered(admitted.wallet.key, admitted.requestId).catch((error: unknown) => {
-      this.log.warn({ err: error, requestId: admitted.requestId }, 'marking the hold as answered failed; an expired hold will be released instead of charged');
-    });
-
     const isStream = String(upstream.headers['content-type'] ?? '').includes('text/event-stream');
+    if (isStream) {
+      // A stream can last minutes, and a sidecar that dies meanwhile leaves its hold to the sweeper, which
+      // charges answered holds. A JSON response is committed within milliseconds, so it skips this round trip.
+      void this.ledger.markAnswered(admitted.wallet.key, admitted.requestId).catch((error: unknown) => {
+        this.log.warn({ err: error, requestId: admitted.requestId }, 'marking the hold as answered failed; an expired hold will be released instead of charged');
+      });
+    }
+
     const settlement = isStream
       ? await this.relayStream(res, admitted, upstream, abort.signal)
       : await this.relayJson(admitted, upstream);

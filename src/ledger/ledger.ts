@@ -189,9 +189,16 @@ export const EXPIRED_HOLDS_SETTLED_PER_RESERVE = 16;
  * the UTC day and month that contain `nowMs` (`day:2025-03-14`, `month:2025-03`).
  */
 export function periodFields(nowMs: number): { day: string; month: string } {
-  const iso = new Date(nowMs).toISOString();
-  return { day: `day:${iso.slice(0, 10)}`, month: `month:${iso.slice(0, 7)}` };
+  // Every request asks, so the names are computed once per UTC day.
+  if (nowMs < cachedPeriod.startMs || nowMs >= cachedPeriod.endMs) {
+    const iso = new Date(nowMs).toISOString();
+    const startMs = Date.parse(`${iso.slice(0, 10)}T00:00:00.000Z`);
+    cachedPeriod = { startMs, endMs: startMs + 86_400_000, fields: { day: `day:${iso.slice(0, 10)}`, month: `month:${iso.slice(0, 7)}` } };
+  }
+  return cachedPeriod.fields;
 }
+
+let cachedPeriod = { startMs: 0, endMs: 0, fields: { day: '', month: '' } };
 
 /** Returns the smallest hold the request accepts, `fixed + perUnit * minUnits`. */
 export function minimumHold(hold: HoldRequest): bigint {

@@ -1,4 +1,4 @@
-import { countTokens } from 'gpt-tokenizer';
+import { createRequire } from 'node:module';
 import { emptyUsage, type Usage } from '../rating/usage.ts';
 
 /**
@@ -53,10 +53,23 @@ export function estimateTokensFromText(text: string): number {
   return Math.ceil(ascii / 4) + other;
 }
 
+type Tokenizer = typeof import('gpt-tokenizer');
+let loadedTokenizer: Tokenizer | undefined;
+
+/**
+ * Loads gpt-tokenizer on first use. Its encoding tables take about 70 MiB of
+ * memory, and only responses without usage need them, so a sidecar that
+ * never meets one never loads them. The first such response waits for the load.
+ */
+function tokenizer(): Tokenizer {
+  loadedTokenizer ??= createRequire(import.meta.url)('gpt-tokenizer') as Tokenizer;
+  return loadedTokenizer;
+}
+
 /** Counts the tokens of `text` with the o200k_base tokenizer. */
 export function countTextTokens(text: string): number {
   if (text.length === 0) return 0;
-  return countTokens(text, PLAIN_TEXT);
+  return tokenizer().countTokens(text, PLAIN_TEXT);
 }
 
 /** Generated text of a response, tokenized only when its count is needed. */
