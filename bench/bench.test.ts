@@ -1,0 +1,198 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseBenchmarkCsv } from './ledger.ts';
+import { overspendOf } from './overspend.ts';
+import { categoryOf, summarizeProfile } from './profile.ts';
+import { addedAt, compareWithPeers, RESULTS_END, RESULTS_START, writeResults, type RunResults } from './report.ts';
+import { percentile } from './streaming.ts';
+import type { AttackResult } from './vegeta.ts';
+import { NANO_PER_INPUT_TOKEN, NANO_PER_OUTPUT_TOKEN, overspendRequest } from './workload.ts';
+
+let dir: string;
+const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(os.tmpdir(), 'tollgate-bench-test-'));
+});
+
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('parseBenchmarkCsv', () => {
+  it('reads the rate of a command with spaces', () => {
+    const csv = [
+      '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"',
+      '"EVALSHA e0e1f9fabfc9d4800c877a703b823ac0578ff8db 0","25445.29","1.281","0.400","1.255","1.943","2.607","3.463"',
+    ].join('\n');
+    expect(parseBenchmarkCsv(csv)).toBe(25445.29);
+  });
+
+  it('rejects output without a result row', () => {
+    expect(() => parseBenchmarkCsv('ERR unknown command')).toThrow('unexpected redis-benchmark output: ERR unknown command');
+  });
+});
+
+describe('percentile', () => {
+  it('uses the nearest rank', () => {
+    const values = [5, 1, 4, 2, 3, 10, 9, 8, 7, 6];
+    expect(percentile(values, 0.5)).toBe(5);
+    expect(percentile(values, 0.99)).toBe(10);
+    expect(percentile(values, 0.1)).toBe(1);
+  });
+
+  it('returns NaN without values', () => {
+    expect(percentile([], 0.5)).toBeNaN();
+  });
+});
+
+describe('overspendRequest', () => {
+  it('costs its worst-case hold exactly', () => {
+    const request = overspendRequest('bench-budget-model', 1000);
+    const promptTokens = Buffer.byteLength(request.body);
+    expect(JSON.parse(request.headers['x-sim-usage']!)).toEqual({ prompt_tokens: promptTokens, completion_tokens: 16, total_tokens: promptTokens + 16 });
+    expect(request.headers['x-sim-latency-ms']).toBe('1000');
+    expect(request.costNano).toBe(BigInt(promptTokens) * NANO_PER_INPUT_TOKEN + 16n * NANO_PER_OUTPUT_TOKEN);
+  });
+});
+
+describe('overspendOf', () => {
+  it('counts only spend above the limit', () => {
+    expect(overspendOf(7_050_000n, 7_050_000n)).toBe(0n);
+    expect(overspendOf(100n, 7_050_000n)).toBe(0n);
+    expect(overspendOf(39_621_000n, 7_050_000n)).toBe(32_571_000n);
+  });
+});
+
+describe('summarizeProfile', () => {
+  const file = () => join(dir, 'test.cpuprofile');
+  const frame = (functionName: string, url = '') => ({ functionName, url, lineNumber: 9, scriptId: '1', columnNumber: 0 });
+
+  beforeEach(async () => {
+    const profile = {
+      nodes: [
+        { id: 1, callFrame: frame('(root)') },
+        { id: 2, callFrame: frame('(idle)') },
+        { id: 3, callFrame: frame('admit', `file://${repoRoot}sidecar/proxy.ts`) },
+        { id: 4, callFrame: frame('parse', `file://${repoRoot}node_modules/ioredis/built/parser.js`) },
+        { id: 5, callFrame: frame('(garbage collector)') },
+      ],
+      startTime: 1_000_000,
+      samples: [3, 2, 3, 4, 5, 3],
+      timeDeltas: [1000, 4000, 3000, 2000, 1000, 3000],
+    };
+    await writeFile(file(), JSON.stringify(profile));
+  });
+
+  it('sums self time by function and package', () => {
+    const summary = summarizeProfile(file());
+    expect(summary.totalMs).toBe(14);
+    expect(summary.idleMs).toBe(4);
+    expect(summary.topFunctions.map((row) => [row.name, row.ms])).toEqual([
+      ['admit (sidecar/proxy.ts:10)', 7],
+      ['parse (ioredis/built/parser.js:10)', 2],
+      ['(garbage collector)', 1],
+    ]);
+    expect(summary.categories.map((row) => [row.name, row.ms])).toEqual([
+      ['sidecar', 7],
+      ['ioredis', 2],
+      ['(garbage collector)', 1],
+    ]);
+    expect(summary.topFunctions[0]!.share).toBeCloseTo(7 / 10, 10);
+  });
+
+  it('skips samples before sinceUs', () => {
+    // Sample times are 1,001,000, 1,005,000, 1,008,000, 1,010,000, 1,011,000 and 1,014,000 µs.
+    const summary = summarizeProfile(file(), { sinceUs: 1_009_000 });
+    expect(summary.totalMs).toBe(6);
+    expect(summary.topFunctions.map((row) => [row.name, row.ms])).toEqual([
+      ['admit (sidecar/proxy.ts:10)', 3],
+      ['parse (ioredis/built/parser.js:10)', 2],
+      ['(garbage collector)', 1],
+    ]);
+  });
+});
+
+describe('categoryOf', () => {
+  it('names scoped packages, core modules and built-ins', () => {
+    expect(categoryOf({ functionName: 'serve', url: 'file:///x/node_modules/@hono/node-server/dist/index.js', lineNumber: 0 })).toBe('@hono/node-server');
+    expect(categoryOf({ functionName: 'writev', url: 'node:net', lineNumber: 0 })).toBe('node: core modules');
+    expect(categoryOf({ functionName: 'parse', url: '', lineNumber: -1 })).toBe('(V8 built-ins)');
+    expect(categoryOf({ functionName: '(program)', url: '', lineNumber: -1 })).toBe('(program)');
+  });
+});
+
+describe('writeResults', () => {
+  it('replaces only the text between the markers', async () => {
+    const page = join(dir, 'page.md');
+    await writeFile(page, `# Title\n\nintro\n\n${RESULTS_START}\nold results\n${RESULTS_END}\n\n## After\n`);
+    await writeResults(page, 'new results');
+    expect(await readFile(page, 'utf8')).toBe(`# Title\n\nintro\n\n${RESULTS_START}\nnew results\n${RESULTS_END}\n\n## After\n`);
+  });
+
+  it('rejects a page without markers', async () => {
+    const page = join(dir, 'page.md');
+    await writeFile(page, '# Title\n');
+    await expect(writeResults(page, 'x')).rejects.toThrow(`has no "${RESULTS_START}" and "${RESULTS_END}" lines`);
+  });
+});
+
+const result = (p50: number, p99: number, rate = 500): AttackResult => ({
+  requests: 100,
+  rate,
+  throughput: rate,
+  success: 1,
+  latencyMs: { mean: p50, p50, p90: p99, p99, max: p99 },
+  statusCodes: { '200': 100 },
+  errors: [],
+});
+
+describe('addedAt', () => {
+  it('subtracts the direct percentiles at the same rate', () => {
+    const results = {
+      loads: [
+        { target: 'direct', runs: [{ rate: 500, result: result(0.5, 2) }] },
+        { target: 'tollgate', runs: [{ rate: 500, result: result(1.25, 3.5) }, { rate: 2000, skipped: 'overloaded' }] },
+      ],
+    } as unknown as RunResults;
+    expect(addedAt(results, 'tollgate', 500)).toEqual({ p50: 0.75, p99: 1.5 });
+    expect(addedAt(results, 'tollgate', 2000)).toBeUndefined();
+    expect(addedAt(results, 'portkey', 500)).toBeUndefined();
+  });
+});
+
+describe('compareWithPeers', () => {
+  const results = (tollgate: AttackResult, portkey: AttackResult | undefined) =>
+    ({
+      loads: [
+        { target: 'direct', runs: [{ rate: 500, result: result(0.5, 2) }] },
+        { target: 'tollgate', runs: [{ rate: 500, result: tollgate }] },
+        { target: 'portkey', runs: [portkey ? { rate: 500, result: portkey } : { rate: 500, skipped: 'overloaded' }] },
+      ],
+    }) as unknown as RunResults;
+
+  it('compares latencies when both kept up', () => {
+    expect(compareWithPeers(results(result(1.5, 4), result(20.5, 50)), 500)).toEqual({
+      measured: 'tollgate +1.00 ms / +2.00 ms; portkey +20.00 ms / +48.00 ms',
+      met: true,
+    });
+    expect(compareWithPeers(results(result(1.5, 60), result(20.5, 50)), 500)?.met).toBe(false);
+  });
+
+  it('lets the target that kept up win', () => {
+    const slowPeer = results(result(1.5, 4), result(300.5, 9000, 300));
+    expect(compareWithPeers(slowPeer, 500)).toEqual({
+      measured: 'tollgate +1.00 ms / +2.00 ms; portkey +300.00 ms / +8998.00 ms (did not keep up: sent 300 rps)',
+      met: true,
+    });
+    expect(compareWithPeers(results(result(1.5, 4, 300), result(20.5, 50)), 500)?.met).toBe(false);
+  });
+
+  it('leaves it undecided when neither kept up', () => {
+    const comparison = compareWithPeers(results(result(200.5, 400, 400), undefined), 500);
+    expect(comparison).toEqual({ measured: 'tollgate +200.00 ms / +398.00 ms (did not keep up: sent 400 rps); portkey not run', met: undefined });
+  });
+});

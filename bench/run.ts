@@ -1,0 +1,392 @@
+/**
+ * Tollgate's benchmark: proxy overhead against direct calls and two peer
+ * gateways, streaming cost, ledger throughput, overspend under concurrency
+ * and memory, in one run that sends traffic only to 127.0.0.1.
+ *
+ *   npm run bench              # full run, about 10 minutes; updates docs/benchmarks.md
+ *   npm run bench -- --quick   # about 4 minutes; prints the results only
+ *
+ * See docs/benchmarks.md for what each section measures.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { startRedis, type RunningRedis } from '../test/support/redis.ts';
+import { describeMachine, describeVersions } from './machine.ts';
+import { measureLedger } from './ledger.ts';
+import { measureLoad, type TargetProbe } from './overhead.ts';
+import { litellmOverspend, tollgateOverspend } from './overspend.ts';
+import { startLiteLLM, startPortkey, type PeerGateway } from './peers/peers.ts';
+import { planFor, type BenchPlan } from './plan.ts';
+import { summarizeProfile } from './profile.ts';
+import {
+  freePort,
+  groupCpuSeconds,
+  processCpuSeconds,
+  processCpuTimes,
+  processMemory,
+  redisServerPid,
+  REPO_ROOT,
+  startSimulatorProcess,
+  startTollgate,
+  type BenchProcess,
+} from './processes.ts';
+import { progress } from './progress.ts';
+import { addedAt, GOALS, renderResults, writeResults, type RunResults } from './report.ts';
+import { measureStreaming, type StreamTarget } from './streaming.ts';
+import { attack, type HttpTarget } from './vegeta.ts';
+import {
+  BENCH_WALLET,
+  BUDGET_MODEL,
+  chatBody,
+  LITELLM_PRICES,
+  MODEL,
+  overspendRequest,
+  SIMULATOR_HEADERS,
+  UPSTREAM_KEY,
+  writeManifests,
+} from './workload.ts';
+
+const USAGE = `Usage: npm run bench -- [options]
+
+Options:
+  --quick         Shorter runs (about 4 minutes in all); results are printed, not written to the page
+  --write         Write the results into the page even in quick mode
+  --no-write      Print the results without writing them into the page
+  --out FILE      Page with the result markers to update (default docs/benchmarks.md)
+  --profile       Profile the sidecar even when it meets its latency targets
+  --skip-peers    Leave out Portkey and LiteLLM
+  --no-install    Do not run bench/install.sh first
+  --from FILE     Measure nothing: render the results.json of an earlier run into the page`;
+
+/** A LiteLLM budget that the overhead runs never reach, in USD. */
+const UNREACHABLE_BUDGET_USD = '1000000';
+
+interface Options {
+  plan: BenchPlan;
+  write: boolean;
+  out: string;
+  profile: boolean;
+  peers: boolean;
+  install: boolean;
+  /** results.json of an earlier run to render instead of measuring. */
+  from?: string;
+}
+
+/** Everything a section needs: the shared processes and the work folder. */
+interface Context {
+  plan: BenchPlan;
+  workDir: string;
+  manifests: string;
+  redis: RunningRedis;
+  redisPid: number;
+  simulator: BenchProcess;
+  results: RunResults;
+}
+
+function parseOptions(): Options | undefined {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      write: { type: 'boolean' },
+      'no-write': { type: 'boolean', default: false },
+      out: { type: 'string', default: join(REPO_ROOT, 'docs', 'benchmarks.md') },
+      profile: { type: 'boolean', default: false },
+      'skip-peers': { type: 'boolean', default: false },
+      'no-install': { type: 'boolean', default: false },
+      from: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) return undefined;
+  return {
+    plan: planFor(values.quick),
+    write: values['no-write'] ? false : (values.write ?? !values.quick),
+    out: values.out,
+    profile: values.profile,
+    peers: !values['skip-peers'],
+    install: !values['no-install'],
+    from: values.from,
+  };
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions();
+  if (!options) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (options.from !== undefined) {
+    await renderEarlierRun(options, options.from);
+    return 0;
+  }
+  const { plan } = options;
+  const started = performance.now();
+  // Exiting through process.exit runs the exit hooks that kill the child processes.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
+  setTimeout(() => {
+    console.error(`the benchmark exceeded its ${plan.deadlineMinutes} minute limit and was stopped`);
+    process.exit(1);
+  }, plan.deadlineMinutes * 60_000).unref();
+
+  if (options.install) install();
+  const machine = describeMachine();
+  if (machine.loadAverage[0]! > machine.cpus / 2) {
+    console.warn(`warning: the 1-minute load average is ${machine.loadAverage[0]!.toFixed(2)} on ${machine.cpus} CPUs; other work will skew the results`);
+  }
+  const workDir = await mkdtemp(join(os.tmpdir(), 'tollgate-bench-'));
+  progress(`${plan.mode} run; logs and raw results in ${workDir}`);
+
+  const results: RunResults = {
+    plan,
+    command: commandLine(),
+    machine,
+    versions: describeVersions(),
+    loads: [],
+    streams: [],
+    overspend: [],
+    failures: [],
+    durationSeconds: 0,
+    loadAverageAtEnd: [],
+  };
+  await runSections(options, workDir, results);
+  results.durationSeconds = (performance.now() - started) / 1000;
+  results.loadAverageAtEnd = os.loadavg();
+
+  await publish(options, workDir, results);
+  return results.failures.length === 0 ? 0 : 1;
+}
+
+/** Starts Redis and the simulator, which every section shares, and runs the sections in turn. */
+async function runSections(options: Options, workDir: string, results: RunResults): Promise<void> {
+  const { plan } = options;
+  const redis = await startRedis();
+  const simulator = await startSimulatorProcess(UPSTREAM_KEY);
+  try {
+    const overspend = overspendRequest(BUDGET_MODEL, plan.overspend.upstreamLatencyMs);
+    const manifests = join(workDir, 'manifests');
+    await writeManifests(manifests, simulator.url, overspend.costNano * BigInt(plan.overspend.affordable));
+    const context: Context = { plan, workDir, manifests, redis, redisPid: redisServerPid(redis.port), simulator, results };
+
+    await section(context, 'direct', () => measureDirect(context));
+    await section(context, 'tollgate', () => measureTollgate(context, 'redis'));
+    await section(context, 'tollgate-memory', () => measureTollgate(context, 'memory'));
+    if (options.peers) {
+      await section(context, 'portkey', () => measurePortkey(context));
+      await section(context, 'litellm', () => measureLiteLLM(context));
+    }
+    if (options.profile || missesLatencyTargets(results)) await section(context, 'profile', () => profileTollgate(context));
+
+    const setup = { scenario: plan.overspend, redisUrl: redis.url, simulatorUrl: simulator.url, manifests, workDir };
+    await section(context, 'tollgate overspend', async () => {
+      results.overspend.push(await tollgateOverspend(setup));
+    });
+    if (options.peers) {
+      await section(context, 'litellm overspend', async () => {
+        results.overspend.push(await litellmOverspend(setup));
+      });
+    }
+
+    await section(context, 'ledger', async () => {
+      results.ledger = await measureLedger({
+        redisUrl: redis.url,
+        redisPort: redis.port,
+        seconds: plan.ledgerSeconds,
+        concurrency: plan.ledgerConcurrency,
+        benchmarkSeconds: plan.redisBenchmarkSeconds,
+      });
+    });
+  } finally {
+    await simulator.stop();
+    await redis.stop();
+  }
+}
+
+/** Prints the results, saves them in the work folder and writes them into the page unless `--no-write` or `--quick` is given. */
+async function publish(options: Options, workDir: string, results: RunResults): Promise<void> {
+  const markdown = renderResults(results);
+  const json = JSON.stringify(results, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value), 2);
+  await writeFile(join(workDir, 'results.json'), `${json}\n`);
+  await writeFile(join(workDir, 'results.md'), `${markdown}\n`);
+  console.log(`\n${markdown}\n`);
+  if (options.write) {
+    await writeResults(options.out, markdown);
+    progress(`results written to ${options.out}`);
+  }
+  progress(`raw results in ${workDir}`);
+}
+
+/** Renders the results.json of an earlier run, for example after a change to the report's layout. */
+async function renderEarlierRun(options: Options, file: string): Promise<void> {
+  const results = JSON.parse(await readFile(file, 'utf8')) as RunResults;
+  // JSON has no bigint, so publish wrote the nano-unit amounts as decimal strings.
+  for (const overspend of results.overspend) {
+    overspend.costNano = BigInt(overspend.costNano);
+    overspend.limitNano = BigInt(overspend.limitNano);
+    overspend.spentNano = BigInt(overspend.spentNano);
+    overspend.overspendNano = BigInt(overspend.overspendNano);
+  }
+  const markdown = renderResults(results);
+  console.log(markdown);
+  if (options.write) {
+    await writeResults(options.out, markdown);
+    progress(`results of ${file} written to ${options.out}`);
+  }
+}
+
+/** Runs one section; a failure is recorded in the results and the run goes on. */
+async function section(context: Context, name: string, run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    console.error(`section "${name}" failed: ${message}`);
+    context.results.failures.push(`${name}: ${message.split('\n')[0]}`);
+  }
+}
+
+function install(): void {
+  const result = spawnSync('bash', [join(REPO_ROOT, 'bench', 'install.sh')], { stdio: 'inherit' });
+  if (result.status !== 0) throw new Error(`bench/install.sh failed with exit code ${result.status}`);
+}
+
+function commandLine(): string {
+  const args = process.argv.slice(2);
+  return args.length === 0 ? 'npm run bench' : `npm run bench -- ${args.join(' ')}`;
+}
+
+function chatTarget(name: string, url: string, headers: Record<string, string>, model: string): HttpTarget {
+  return { name, url, headers, body: chatBody(model) };
+}
+
+async function measureTarget(context: Context, http: HttpTarget, stream: StreamTarget, probe: TargetProbe): Promise<void> {
+  const { plan, results } = context;
+  results.loads.push(await measureLoad(http, plan, context.workDir, probe));
+  results.streams.push(await measureStreaming(stream, { chunks: plan.streamChunks, runs: plan.streamRuns, warmupRuns: plan.streamWarmupRuns }));
+}
+
+async function measureDirect(context: Context): Promise<void> {
+  const url = `${context.simulator.url}/v1/chat/completions`;
+  const headers = { authorization: `Bearer ${UPSTREAM_KEY}` };
+  const probe = { cpuSeconds: () => processCpuSeconds(context.simulator.pid) };
+  await measureTarget(context, chatTarget('direct', url, headers, MODEL), { name: 'direct', url, headers, model: MODEL }, probe);
+}
+
+/**
+ * Measures a sidecar on the Redis ledger as `tollgate`, or on its in-memory
+ * ledger as `tollgate-memory`, which separates the proxy's own cost from the
+ * Redis ledger's.
+ */
+async function measureTollgate(context: Context, ledger: 'redis' | 'memory'): Promise<void> {
+  const name = ledger === 'redis' ? 'tollgate' : 'tollgate-memory';
+  progress(`${name}: starting the sidecar on the ${ledger === 'redis' ? 'Redis' : 'in-memory'} ledger`);
+  const sidecar = await startTollgate({
+    manifests: context.manifests,
+    redisUrl: ledger === 'redis' ? context.redis.url : undefined,
+    wallet: BENCH_WALLET,
+    logFile: join(context.workDir, `${name}.log`),
+  });
+  try {
+    const url = `${sidecar.url}/openai/v1/chat/completions`;
+    const probe: TargetProbe = {
+      cpuSeconds: () => processCpuSeconds(sidecar.pid),
+      rss: () => processMemory(sidecar.pid).rss,
+      peak: () => processMemory(sidecar.pid).hwm,
+    };
+    if (ledger === 'redis') probe.redisCpuSeconds = () => processCpuSeconds(context.redisPid);
+    await measureTarget(context, chatTarget(name, url, {}, MODEL), { name, url, headers: {}, model: MODEL }, probe);
+  } finally {
+    await sidecar.stop();
+  }
+}
+
+/** Measures a peer gateway and stops it. With `usesRedis`, the benchmark's Redis server counts as part of its cost. */
+async function measurePeer(context: Context, gateway: PeerGateway, usesRedis: boolean): Promise<void> {
+  try {
+    const url = `${gateway.url}/chat/completions`;
+    const headers = { ...gateway.headers };
+    const probe: TargetProbe = { cpuSeconds: () => groupCpuSeconds(gateway.pid), rss: () => gateway.rssBytes() };
+    if (usesRedis) probe.redisCpuSeconds = () => processCpuSeconds(context.redisPid);
+    await measureTarget(context, chatTarget(gateway.name, url, headers, gateway.model), { name: gateway.name, url, headers, model: gateway.model }, probe);
+  } finally {
+    await gateway.stop();
+  }
+}
+
+async function measurePortkey(context: Context): Promise<void> {
+  progress('portkey: starting');
+  const gateway = await startPortkey({
+    port: await freePort(),
+    upstreamUrl: `${context.simulator.url}/v1`,
+    model: MODEL,
+    forwardHeaders: SIMULATOR_HEADERS,
+    logFile: join(context.workDir, 'portkey.log'),
+  });
+  await measurePeer(context, gateway, false);
+}
+
+async function measureLiteLLM(context: Context): Promise<void> {
+  progress('litellm: starting (this takes a while)');
+  const gateway = await startLiteLLM({
+    port: await freePort(),
+    upstreamUrl: `${context.simulator.url}/v1`,
+    redisUrl: context.redis.url,
+    model: MODEL,
+    budgetUsd: UNREACHABLE_BUDGET_USD,
+    ...LITELLM_PRICES,
+    logFile: join(context.workDir, 'litellm.log'),
+  });
+  await measurePeer(context, gateway, true);
+}
+
+function missesLatencyTargets(results: RunResults): boolean {
+  const added = addedAt(results, 'tollgate', Math.max(...results.plan.rates));
+  return added === undefined || added.p50 > GOALS.addedP50Ms || added.p99 > GOALS.addedP99Ms;
+}
+
+/** Runs a sidecar under `node --cpu-prof` at the highest fixed rate and summarizes where its CPU time went. */
+async function profileTollgate(context: Context): Promise<void> {
+  const { plan, results } = context;
+  const profileDir = join(context.workDir, 'profile');
+  const rate = Math.max(...plan.rates);
+  progress(`profile: sidecar under node --cpu-prof at ${rate} rps`);
+  const sidecar = await startTollgate({
+    manifests: context.manifests,
+    redisUrl: context.redis.url,
+    wallet: BENCH_WALLET,
+    logFile: join(context.workDir, 'tollgate-profiled.log'),
+    cpuProfileDir: profileDir,
+  });
+
+  const target = chatTarget('tollgate-profiled', `${sidecar.url}/openai/v1/chat/completions`, {}, MODEL);
+  const load = (seconds: number) => ({ rate, seconds, maxWorkers: plan.fixedRateMaxWorkers, timeoutSeconds: plan.requestTimeoutSeconds });
+  let profiled;
+  try {
+    await attack(target, load(plan.warmupSeconds), context.workDir, 'warmup');
+    const sinceUs = Number(process.hrtime.bigint() / 1000n);
+    const before = processCpuTimes(sidecar.pid);
+    const result = await attack(target, load(plan.profileSeconds), context.workDir, 'profiled');
+    const after = processCpuTimes(sidecar.pid);
+    profiled = { sinceUs, result, cpu: { user: after.user - before.user, system: after.system - before.system } };
+  } finally {
+    // The profile is written when the process exits.
+    await sidecar.stop();
+  }
+
+  const files = (await readdir(profileDir)).filter((file) => file.endsWith('.cpuprofile'));
+  if (files.length !== 1) throw new Error(`expected one .cpuprofile file in ${profileDir}, found ${files.length}`);
+  const summary = summarizeProfile(join(profileDir, files[0]!), { sinceUs: profiled.sinceUs });
+  results.profile = { rate, seconds: plan.profileSeconds, result: profiled.result, cpu: profiled.cpu, summary };
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    console.error(error instanceof Error ? `benchmark failed: ${error.stack ?? error.message}` : error);
+    process.exitCode = 1;
+  },
+);
