@@ -7,9 +7,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { findFreePort, sleep, stopProcess, trackChild } from './processes.ts';
 
 export interface ScrapeJob {
   /** Becomes the `job` label of every series scraped from the target. */
@@ -60,8 +60,6 @@ const BINARY_CANDIDATES = ['/usr/bin/prometheus'];
 const PORT_ATTEMPTS = 5;
 const OUTPUT_LIMIT = 8000;
 
-const running = new Set<ChildProcess>();
-let exitHookInstalled = false;
 
 /** Returns the path of the prometheus binary, or throws with the install command. */
 export function findPrometheus(): string {
@@ -89,7 +87,6 @@ export function findPrometheus(): string {
 export async function startPrometheus(options: StartPrometheusOptions): Promise<RunningPrometheus> {
   const binary = findPrometheus();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tollgate-prometheus-'));
-  installExitHook();
 
   const configPath = path.join(dir, 'prometheus.yml');
   // JSON is valid YAML, so the configuration needs no YAML writer.
@@ -136,7 +133,7 @@ async function launch(binary: string, port: number, dir: string, configPath: str
     '--log.level=warn',
   ];
   const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  running.add(child);
+  trackChild(child);
 
   let output = '';
   const collect = (chunk: Buffer) => {
@@ -147,7 +144,6 @@ async function launch(binary: string, port: number, dir: string, configPath: str
 
   let exited: string | undefined;
   child.once('exit', (code, signal) => {
-    running.delete(child);
     exited = `exited with ${signal ?? `code ${code}`}`;
   });
   child.once('error', (error) => {
@@ -237,35 +233,6 @@ function client(url: string, child: ChildProcess, dir: string): RunningPrometheu
   };
 }
 
-async function findFreePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
 
-/** Kills servers still running when the test process exits, so none outlive a crashed run. */
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const child of running) child.kill('SIGKILL');
-  });
-}
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

@@ -12,6 +12,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
+import { findFreePorts, sleep, stopProcess, trackChild } from './processes.ts';
 
 export interface StartRedisClusterOptions {
   /** Number of masters, at least 3 (the minimum `redis-cli --cluster create` accepts). */
@@ -44,8 +45,6 @@ interface StartedNode {
   child: ChildProcess;
 }
 
-const running = new Set<ChildProcess>();
-let exitHookInstalled = false;
 
 /** Starts the nodes, creates the cluster and resolves once every node reports `cluster_state:ok`. */
 export async function startRedisCluster(options: StartRedisClusterOptions): Promise<RunningRedisCluster> {
@@ -55,7 +54,6 @@ export async function startRedisCluster(options: StartRedisClusterOptions): Prom
   const serverBinary = findBinary('redis-server', 'REDIS_SERVER_BIN');
   const cliBinary = findBinary('redis-cli', 'REDIS_CLI_BIN');
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  installExitHook();
 
   const root = await mkdtemp(path.join(os.tmpdir(), 'tollgate-redis-cluster-'));
   const started: StartedNode[] = [];
@@ -124,23 +122,6 @@ async function startNode(binary: string, root: string, timeoutMs: number): Promi
   throw lastError ?? new Error('redis-server did not start');
 }
 
-/** Returns `count` distinct free loopback ports, held open together so that the probe cannot return one twice. */
-async function findFreePorts(count: number): Promise<number[]> {
-  const servers = Array.from({ length: count }, () => net.createServer());
-  try {
-    const ports: number[] = [];
-    for (const server of servers) {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, HOST, resolve);
-      });
-      ports.push((server.address() as net.AddressInfo).port);
-    }
-    return ports;
-  } finally {
-    await Promise.all(servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))));
-  }
-}
 
 async function launch(binary: string, port: number, busPort: number, dir: string, timeoutMs: number): Promise<ChildProcess> {
   const args = [
@@ -157,7 +138,7 @@ async function launch(binary: string, port: number, busPort: number, dir: string
     '--logfile', '',
   ];
   const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  running.add(child);
+  trackChild(child);
 
   let output = '';
   const collect = (chunk: Buffer) => {
@@ -168,7 +149,6 @@ async function launch(binary: string, port: number, busPort: number, dir: string
 
   let exited: string | undefined;
   child.once('exit', (code, signal) => {
-    running.delete(child);
     exited = `exited with ${signal ?? `code ${code}`}`;
   });
   child.once('error', (error) => {
@@ -238,24 +218,5 @@ async function waitForClusterOk(port: number, timeoutMs: number): Promise<void> 
   throw new Error(`Redis Cluster node ${HOST}:${port} did not report cluster_state:ok within ${timeoutMs} ms. Its CLUSTER INFO:\n${lastInfo.trim()}`);
 }
 
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
 
-/** Kills nodes still running when the test process exits, so none outlive a crashed run. */
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const child of running) child.kill('SIGKILL');
-  });
-}
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}

@@ -10,6 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { findFreePort, sleep, stopProcess, trackChild } from './processes.ts';
 
 export interface StartRedisOptions {
   /** Enables the append-only file (default false, which with `--save ''` keeps nothing on disk). */
@@ -40,15 +41,12 @@ const FALLBACK_BINARY = '/usr/bin/redis-server';
 const PORT_ATTEMPTS = 5;
 const OUTPUT_LIMIT = 4000;
 
-const running = new Set<ChildProcess>();
-let exitHookInstalled = false;
 
 /** Starts redis-server and resolves once it replies to PING. */
 export async function startRedis(options: StartRedisOptions = {}): Promise<RunningRedis> {
   const binary = findRedisServer();
   const ownsDir = options.dir === undefined;
   const dir = options.dir ?? (await mkdtemp(path.join(os.tmpdir(), 'tollgate-redis-')));
-  installExitHook();
 
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt += 1) {
@@ -96,16 +94,6 @@ function findRedisServer(): string {
   );
 }
 
-async function findFreePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 async function launch(binary: string, port: number, dir: string, options: StartRedisOptions): Promise<ChildProcess> {
   const args = [
@@ -120,7 +108,7 @@ async function launch(binary: string, port: number, dir: string, options: StartR
     ...(options.args ?? []),
   ];
   const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  running.add(child);
+  trackChild(child);
 
   let output = '';
   const collect = (chunk: Buffer) => {
@@ -131,7 +119,6 @@ async function launch(binary: string, port: number, dir: string, options: StartR
 
   let exited: string | undefined;
   child.once('exit', (code, signal) => {
-    running.delete(child);
     exited = `exited with ${signal ?? `code ${code}`}`;
   });
   child.once('error', (error) => {
@@ -168,24 +155,5 @@ function answersPing(port: number): Promise<boolean> {
   });
 }
 
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
 
-/** Kills servers still running when the test process exits, so none outlive a crashed run. */
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const child of running) child.kill('SIGKILL');
-  });
-}
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
