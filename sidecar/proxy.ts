@@ -9,7 +9,7 @@ import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
-import { adapterFor, estimatePromptTokens, estimateTokensFromText } from '../src/providers/index.ts';
+import { adapterFor, estimatePromptTokens, estimateTokensFromText, UnsupportedProtocolError } from '../src/providers/index.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
 import { rate, worstCaseRates, type Price } from '../src/rating/rating.ts';
 import type { Usage } from '../src/rating/usage.ts';
@@ -149,7 +149,7 @@ export class Proxy {
     if (UNSAFE_PATH.test(upstreamPath.split('?')[0]!)) {
       throw new ProxyError(400, 'invalid_path', `the path "${request.url.split('?')[0]}" has dot segments, empty segments or encoded slashes or dots; send the endpoint's plain path`);
     }
-    const adapter = adapterFor(route.protocol);
+    const adapter = this.adapterOf(route);
 
     if (request.method === 'GET' || request.method === 'HEAD') {
       await this.passThrough(request, reply, route, upstreamPath);
@@ -170,6 +170,17 @@ export class Proxy {
       this.log.error({ err: error, requestId: admitted.requestId }, 'forwarding failed');
       await this.releaseQuietly(admitted, 'internal_error');
       this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
+    }
+  }
+
+  private adapterOf(route: CompiledRoute): ProviderAdapter {
+    try {
+      return adapterFor(route.protocol);
+    } catch (error) {
+      if (error instanceof UnsupportedProtocolError) {
+        throw new ProxyError(501, 'unsupported_protocol', `provider route "${route.name}" cannot be served: ${error.message}`);
+      }
+      throw error;
     }
   }
 

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { CompiledWallet } from '../src/config/snapshot.ts';
 import type { Ledger, WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
-import { adapterFor } from '../src/providers/index.ts';
+import { adapterFor, supportsProtocol } from '../src/providers/index.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import type { ConfigSource } from './config-source.ts';
 import { Proxy, ProxyError, type ProxyOptions } from './proxy.ts';
@@ -122,7 +122,9 @@ function toProxyError(error: FastifyError, bodyLimit: number): ProxyError {
 function sendProxyError(reply: FastifyReply, proxy: Proxy, url: string, error: ProxyError): void {
   const matched = proxy.routeFor(url);
   const protocol = matched?.route.protocol ?? 'openai';
-  const body = adapterFor(protocol).errorBody({ status: error.status, code: error.code, message: error.message });
+  // A protocol without an adapter gets its error in OpenAI's format, the one most clients read.
+  const adapter = supportsProtocol(protocol) ? adapterFor(protocol) : adapterFor('openai');
+  const body = adapter.errorBody({ status: error.status, code: error.code, message: error.message });
   if (reply.sent || reply.raw.headersSent) {
     reply.raw.destroy();
     return;

@@ -19,6 +19,11 @@ export class UnsupportedProtocolError extends Error {
   override readonly name = 'UnsupportedProtocolError';
 }
 
+/** Tells whether a protocol has an adapter. */
+export function supportsProtocol(protocol: Protocol): boolean {
+  return ADAPTERS.has(protocol);
+}
+
 /** Returns the shared adapter of a protocol, or throws UnsupportedProtocolError when it has none yet. */
 export function adapterFor(protocol: Protocol): ProviderAdapter {
   const adapter = ADAPTERS.get(protocol);
