@@ -39,7 +39,7 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
   });
   const proxy = new Proxy(config, ledger, metrics, options, log);
 
-  // Bodies stay raw: the proxy needs their exact bytes and answers parse errors in the provider's format.
+  // Bodies stay raw, because the proxy needs their exact bytes and returns parse errors in the provider's format.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
 
@@ -92,7 +92,7 @@ export function createAdminServer(config: ConfigSource, metrics: SidecarMetrics,
   return app;
 }
 
-/** A wallet's ledger state as decimal strings, for people and scripts. */
+/** Formats a wallet's ledger state as decimal strings, for people and scripts. */
 export function walletView(wallet: CompiledWallet, state: WalletState) {
   return {
     wallet: wallet.id,

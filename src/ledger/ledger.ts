@@ -30,7 +30,7 @@ export interface SpendLimits {
 }
 
 /**
- * What to hold. The hold is `fixed + perUnit * units`, where `units` is the
+ * The amount to hold:  `fixed + perUnit * units`, where `units` is the
  * largest whole number in [minUnits, maxUnits] that the wallet can afford.
  * With `perUnit = 0n` (or minUnits = maxUnits) the hold is a fixed amount.
  * The sidecar uses units for output tokens, so that a request without an
@@ -69,9 +69,9 @@ export type ReserveResult =
 
 /** One settled request, as appended to the wallet's entry stream. */
 export interface CommitEntry {
-  /** What the wallet pays. */
+  /** Amount the wallet pays. */
   charged: bigint;
-  /** What the platform pays the provider for the same request. */
+  /** Amount the platform pays the provider for the same request. */
   providerCost: bigint;
   model: string;
   route: string;
@@ -189,7 +189,7 @@ export const EXPIRED_HOLDS_SETTLED_PER_RESERVE = 16;
  * the UTC day and month that contain `nowMs` (`day:2025-03-14`, `month:2025-03`).
  */
 export function periodFields(nowMs: number): { day: string; month: string } {
-  // Every request asks, so the names are computed once per UTC day.
+  // Every request needs them, so the names are computed once per UTC day.
   if (nowMs < cachedPeriod.startMs || nowMs >= cachedPeriod.endMs) {
     const iso = new Date(nowMs).toISOString();
     const startMs = Date.parse(`${iso.slice(0, 10)}T00:00:00.000Z`);

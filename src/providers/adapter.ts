@@ -2,7 +2,7 @@ import type { Usage } from '../rating/usage.ts';
 
 export type Protocol = 'openai' | 'anthropic' | 'openai-compatible' | 'gemini' | 'azure-openai';
 
-/** What the sidecar needs to know about a request before it forwards it. */
+/** Facts about a request that the sidecar needs before it forwards it. */
 export interface RequestInfo {
   model: string;
   stream: boolean;
@@ -19,7 +19,7 @@ export interface RequestInfo {
    * sidecar requested for itself.
    */
   clientWantsStreamUsage: boolean;
-  /** Which operation: chat (generation) or embeddings (input only). */
+  /** The operation: chat (generation) or embeddings (input only). */
   operation: 'chat' | 'embeddings';
 }
 
