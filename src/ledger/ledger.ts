@@ -30,7 +30,7 @@ export interface SpendLimits {
 }
 
 /**
- * The amount to hold:  `fixed + perUnit * units`, where `units` is the
+ * The amount to hold: `fixed + perUnit * units`, where `units` is the
  * largest whole number in [minUnits, maxUnits] that the wallet can afford.
  * With `perUnit = 0n` (or minUnits = maxUnits) the hold is a fixed amount.
  * The sidecar uses units for output tokens, so that a request without an
