@@ -19,6 +19,7 @@ import { API_GROUP, API_VERSION, type Condition } from '../src/api/common.ts';
 import { PricePlan } from '../src/api/price-plan.ts';
 import { ProviderRoute } from '../src/api/provider-route.ts';
 import { Wallet } from '../src/api/wallet.ts';
+import { stableJson } from '../src/config/stable-json.ts';
 
 /** The custom resource kinds the operator watches, with their URL plural. */
 export const RESOURCES = {
@@ -262,18 +263,7 @@ export function findCondition(conditions: readonly Condition[] | undefined, type
 
 /** Compares two JSON values regardless of key order. */
 export function sameJson(a: unknown, b: unknown): boolean {
-  return stableStringify(a) === stableStringify(b);
-}
-
-function stableStringify(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(stableStringify).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, item]) => item !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([key, item]) => `${JSON.stringify(key)}:${stableStringify(item)}`).join(',')}}`;
-  }
-  return JSON.stringify(value) ?? 'null';
+  return stableJson(a) === stableJson(b);
 }
 
 const SCHEMAS = { Wallet, PricePlan, ProviderRoute } as const;

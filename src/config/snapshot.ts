@@ -6,6 +6,7 @@ import type { SpendLimits, WalletKey } from '../ledger/ledger.ts';
 import { parseAmount } from '../money/money.ts';
 import { Pricer } from '../rating/plan.ts';
 import type { ResourceSet } from './manifests.ts';
+import { stableJson } from './stable-json.ts';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -154,15 +155,6 @@ function versionOf(resources: ResourceSet): string {
     .sort();
   for (const spec of specs) hash.update(spec).update('\n');
   return hash.digest('hex').slice(0, 12);
-}
-
-function stableJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) => a.localeCompare(b, 'en'));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(',')}}`;
-  }
-  return JSON.stringify(value) ?? 'null';
 }
 
 /** Finds credentials among Secret manifests of the same set (local mode). */
