@@ -183,6 +183,36 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(result).toEqual({ status: 'reserved', amount: 9007199254740991n, units: 3002399751580330, replayed: false });
       });
 
+      it('reserves and spends exactly 2^53', async () => {
+        const wallet = await fundedWallet(MAX_LEDGER_AMOUNT);
+        const limits = { dailyCap: MAX_LEDGER_AMOUNT, monthlyCap: MAX_LEDGER_AMOUNT };
+
+        expect(await ledger.reserve(wallet, 'most', fixedHold(MAX_LEDGER_AMOUNT - 1n, { limits }))).toEqual({
+          status: 'reserved',
+          amount: 9007199254740991n,
+          units: 0,
+          replayed: false,
+        });
+        // This hold brings reserved and both period counters to exactly 2^53.
+        expect(await ledger.reserve(wallet, 'last', fixedHold(1n, { limits }))).toEqual({ status: 'reserved', amount: 1n, units: 0, replayed: false });
+        expect(await ledger.reserve(wallet, 'over', fixedHold(1n, { limits }))).toEqual({
+          status: 'limit_exceeded',
+          limit: 'dailyCap',
+          required: 1n,
+          remaining: 0n,
+        });
+        expect((await ledger.state(wallet)).reserved).toBe(MAX_LEDGER_AMOUNT);
+
+        await ledger.commit(wallet, 'most', usage(MAX_LEDGER_AMOUNT - 1n, MAX_LEDGER_AMOUNT - 1n));
+        await ledger.commit(wallet, 'last', usage(1n, 1n));
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(MAX_LEDGER_AMOUNT);
+        expect(state.providerCost).toBe(MAX_LEDGER_AMOUNT);
+        expect(state.reserved).toBe(0n);
+        expect(state.available).toBe(0n);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
       it('replays a retry with the same fingerprint', async () => {
         const wallet = await fundedWallet(1000n);
         const hold = fixedHold(0n, { fixed: 10n, perUnit: 3n, minUnits: 1, maxUnits: 100 });

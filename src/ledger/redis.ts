@@ -68,6 +68,11 @@ const SCRIPTS = {
 type ScriptCommand = keyof typeof SCRIPTS;
 type ScriptCommands = Record<ScriptCommand, (...args: string[]) => Promise<unknown>>;
 
+/** The operation each script performs, as error messages name it (`reserve` for reserve.lua). */
+const OPERATIONS = Object.fromEntries(
+  Object.entries(SCRIPTS).map(([command, file]) => [command, file.replace(/\.lua$/, '')]),
+) as Record<ScriptCommand, string>;
+
 const READ_ONLY_SCRIPTS = new Set<ScriptCommand>(['tollgateState', 'tollgateSnapshot']);
 
 /** The suffixes of a wallet's keys, in the order every script receives them. */
@@ -238,7 +243,7 @@ export class RedisLedger implements Ledger {
   }
 
   async close(wallet: WalletKey): Promise<void> {
-    const [accountKey] = walletKeys(wallet);
+    const [accountKey] = cachedWalletKeys(wallet);
     await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, 'closed', '1'));
   }
 
@@ -267,7 +272,7 @@ export class RedisLedger implements Ledger {
     const replayed = { granted: 0n, spent: 0n, providerCost: 0n, entries: 0 };
     if (lastEntryId === '') return replayed;
 
-    const logKey = walletKeys(wallet)[4]!;
+    const logKey = cachedWalletKeys(wallet)[4]!;
     let start = '-';
     for (;;) {
       const batch = await this.#call(wallet, 'verify', () => this.#client.xrange(logKey, start, lastEntryId, 'COUNT', VERIFY_BATCH));
@@ -287,9 +292,8 @@ export class RedisLedger implements Ledger {
   }
 
   #script(wallet: WalletKey, command: ScriptCommand, args: string[]): Promise<unknown> {
-    const keys = walletKeys(wallet);
-    const operation = SCRIPTS[command].replace(/\.lua$/, '');
-    return this.#call(wallet, operation, () => this.#commands[command](...keys, ...args));
+    const keys = cachedWalletKeys(wallet);
+    return this.#call(wallet, OPERATIONS[command], () => this.#commands[command](...keys, ...args));
   }
 
   async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>): Promise<T> {
@@ -329,6 +333,24 @@ export function walletKeys(wallet: WalletKey): string[] {
   }
   const tag = `{w:${walletId(wallet)}}`;
   return KEY_SUFFIXES.map((suffix) => `${tag}:${suffix}`);
+}
+
+/** Keys built by `cachedWalletKeys`, by wallet object, with the names they were built from. */
+const keyCache = new WeakMap<WalletKey, { namespace: string; name: string; keys: readonly string[] }>();
+
+/**
+ * Returns `walletKeys(wallet)` and keeps it for later calls with the same
+ * object, because a caller such as the sidecar passes the same wallet object
+ * with every request. A cached entry is used only while the object still
+ * has the names it was built from.
+ */
+function cachedWalletKeys(wallet: WalletKey): readonly string[] {
+  const cached = keyCache.get(wallet);
+  if (cached !== undefined && cached.namespace === wallet.namespace && cached.name === wallet.name) return cached.keys;
+
+  const keys = walletKeys(wallet);
+  keyCache.set(wallet, { namespace: wallet.namespace, name: wallet.name, keys });
+  return keys;
 }
 
 function parseReserveReply(reply: string[]): ReserveResult {

@@ -2,15 +2,22 @@
 -- appends a debit entry.
 -- ARGV: requestId, charged, providerCost, model, route, tokens (JSON),
 --       estimated ('1' or '0'), day field, month field (used when no hold is open).
+-- The amounts are canonical decimal strings (as BigInt's toString writes
+-- them), so the script passes them on to HINCRBY and the entry unchanged.
+--
+-- HINCRBY with those strings needs no read and no formatting, which measured
+-- cheaper on Redis 7.0 than one HMGET and one HSET of computed totals.
 local id = ARGV[1]
 local charged, provider_cost = tonumber(ARGV[2]), tonumber(ARGV[3])
 
--- `amount` is the change to spent; the entry also records the full charge.
-local function debit(amount)
-  add('spent', amount)
-  add('providerCost', provider_cost)
-  append_entry({ 'type', 'debit', 'id', id, 'amount', amount_string(amount), 'charged', ARGV[2],
-    'providerCost', ARGV[3], 'model', ARGV[4], 'route', ARGV[5], 'tokens', ARGV[6], 'estimated', ARGV[7] })
+-- Adds to spent and providerCost and appends the debit entry. `amount` is
+-- the change to spent, and `text` is `amount` as a decimal string. The entry
+-- also records the full charge.
+local function debit(amount, text)
+  add('spent', amount, text)
+  add('providerCost', provider_cost, ARGV[3])
+  redis.call('XADD', LOG, '*', 'type', 'debit', 'id', id, 'amount', text, 'charged', ARGV[2],
+    'providerCost', ARGV[3], 'model', ARGV[4], 'route', ARGV[5], 'tokens', ARGV[6], 'estimated', ARGV[7])
 end
 
 local open = read_hold(id)
@@ -18,7 +25,7 @@ if open then
   local released = open.amount - charged
   if released < 0 then released = 0 end
   remove_hold(id, open)
-  debit(charged)
+  debit(charged, ARGV[2])
   add_to_periods(open.day, open.month, charged - open.amount)
   write_done(id, {
     state = 'committed', charged = charged, released = released,
@@ -41,7 +48,8 @@ if done then
   day, month, fingerprint = done.day, done.month, done.fingerprint
   if done.state == 'expired_charged' then already_charged = done.charged end
 end
-debit(charged - already_charged)
-add_to_periods(day, month, charged - already_charged)
+local delta = charged - already_charged
+debit(delta, amount_string(delta))
+add_to_periods(day, month, delta)
 write_done(id, { state = 'committed', charged = charged, released = 0, day = day, month = month, fingerprint = fingerprint })
 return { 'committed', ARGV[2], '0', '0' }

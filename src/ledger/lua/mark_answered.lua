@@ -2,7 +2,6 @@
 -- ARGV: requestId.
 local open = read_hold(ARGV[1])
 if open and not open.answered then
-  open.answered = true
-  write_hold(ARGV[1], open)
+  write_hold(ARGV[1], open.amount_text, open.units, open.expires, true, open.day, open.month, open.fingerprint)
 end
 return 1

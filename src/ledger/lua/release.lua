@@ -10,7 +10,7 @@ if open then
     state = 'released', charged = 0, released = open.amount,
     day = open.day, month = open.month, fingerprint = open.fingerprint,
   })
-  return { 'released', amount_string(open.amount) }
+  return { 'released', open.amount_text }
 end
 
 local done = read_done(id)

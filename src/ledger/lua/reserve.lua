@@ -9,19 +9,22 @@ local ttl_ms = tonumber(ARGV[7])
 local day, month = ARGV[8], ARGV[9]
 
 local now = server_time_ms()
-settle_expired(now, tonumber(ARGV[13]))
+settle_expired(now, ARGV[13])
 
 local open = read_hold(id)
 if open then
   if open.fingerprint ~= fingerprint then return { 'conflict', 'fingerprint_mismatch' } end
-  return { 'reserved', amount_string(open.amount), open.units, '1' }
+  return { 'reserved', open.amount_text, open.units, '1' }
 end
 local done = read_done(id)
 if done then
   if done.fingerprint ~= '' and done.fingerprint ~= fingerprint then return { 'conflict', 'fingerprint_mismatch' } end
   if done.state ~= 'released' then return { 'conflict', 'already_settled' } end
 end
-if redis.call('HGET', ACCT, 'closed') == '1' then return { 'wallet_closed' } end
+
+-- One HMGET reads every account field that the checks and the update use.
+local acct = redis.call('HMGET', ACCT, 'closed', 'granted', 'spent', 'reserved', day, month)
+if acct[1] == '1' then return { 'wallet_closed' } end
 
 -- The caller checked that the minimum hold is at most 2^53, so it is exact.
 local required = fixed + per_unit * min_units
@@ -38,20 +41,24 @@ if ARGV[10] ~= '' then
   limit_budget(max_per_request)
 end
 
-local caps = { { 'dailyCap', ARGV[11], day }, { 'monthlyCap', ARGV[12], month } }
-for _, cap in ipairs(caps) do
-  if cap[2] ~= '' then
-    local remaining = tonumber(cap[2]) - to_amount(redis.call('HGET', ACCT, cap[3]))
-    if remaining < 0 then remaining = 0 end
-    if required > remaining then
-      return { 'limit_exceeded', cap[1], amount_string(required), amount_string(remaining) }
-    end
-    limit_budget(remaining)
+-- Returns the rejection when the cap ('' when unset) leaves less than
+-- `required` after `used`, else lowers the budget to what the cap leaves.
+local function check_cap(name, cap, used)
+  if cap == '' then return nil end
+  local remaining = tonumber(cap) - to_amount(used)
+  if remaining < 0 then remaining = 0 end
+  if required > remaining then
+    return { 'limit_exceeded', name, amount_string(required), amount_string(remaining) }
   end
+  limit_budget(remaining)
+  return nil
 end
 
-local totals = redis.call('HMGET', ACCT, 'granted', 'spent', 'reserved')
-local available = to_amount(totals[1]) - to_amount(totals[2]) - to_amount(totals[3])
+local rejection = check_cap('dailyCap', ARGV[11], acct[5]) or check_cap('monthlyCap', ARGV[12], acct[6])
+if rejection then return rejection end
+
+local old_reserved = to_amount(acct[4])
+local available = to_amount(acct[2]) - to_amount(acct[3]) - old_reserved
 if required > available then
   return { 'insufficient_funds', amount_string(available), amount_string(required) }
 end
@@ -66,14 +73,26 @@ if per_unit > 0 and max_units > min_units then
   if affordable < max_units then units = affordable end
 end
 local amount = fixed + per_unit * units
-local expires = now + ttl_ms
+-- Each value is formatted once, for the hold, the expiry index and the reply.
+local amount_text, units_text, expires_text = amount_string(amount), amount_string(units), amount_string(now + ttl_ms)
 
-write_hold(id, {
-  amount = amount, units = amount_string(units), expires = expires, answered = false,
-  day = day, month = month, fingerprint = fingerprint,
-})
-redis.call('ZADD', HEXP, amount_string(expires), id)
-redis.call('HDEL', DONE, id)
-add('reserved', amount)
-add_to_periods(day, month, amount)
-return { 'reserved', amount_string(amount), amount_string(units), '0' }
+write_hold(id, amount_text, units_text, expires_text, false, day, month, fingerprint)
+redis.call('ZADD', HEXP, expires_text, id)
+-- Only a released request has a record here, and the new hold reuses its id.
+if done then redis.call('HDEL', DONE, id) end
+
+-- One HSET of the new totals measured cheaper on Redis 7.0 than a HINCRBY per field.
+-- `amount` is positive here, so the sums are exact while every old value is
+-- above -2^53 and every new one below 2^53 (strictly, because a rounded sum
+-- can land on 2^53). Past that, HINCRBY adds exactly in 64-bit integers.
+if amount ~= 0 then
+  local old_day, old_month = to_amount(acct[5]), to_amount(acct[6])
+  local reserved, day_total, month_total = old_reserved + amount, old_day + amount, old_month + amount
+  if math.min(old_reserved, old_day, old_month) > -2^53 and math.max(reserved, day_total, month_total) < 2^53 then
+    redis.call('HSET', ACCT, 'reserved', amount_string(reserved), day, amount_string(day_total), month, amount_string(month_total))
+  else
+    add('reserved', amount, amount_text)
+    add_to_periods(day, month, amount)
+  end
+end
+return { 'reserved', amount_text, units_text, '0' }

@@ -3,5 +3,5 @@
 -- Returns {released, charged, expiry entries read}.
 local now
 if ARGV[1] == '' then now = server_time_ms() else now = tonumber(ARGV[1]) end
-local released, charged, seen = settle_expired(now, tonumber(ARGV[2]))
+local released, charged, seen = settle_expired(now, ARGV[2])
 return { released, charged, seen }
