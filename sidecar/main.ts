@@ -51,11 +51,13 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
     log,
   );
   const [host = '127.0.0.1', port = '8787'] = (env.TOLLGATE_LISTEN ?? '127.0.0.1:8787').split(':');
-  await sidecar.app.listen({ host, port: Number(port) });
-  const admin = env.TOLLGATE_ADMIN_LISTEN ? createAdminServer(config, metrics, log) : undefined;
+  const address = await sidecar.app.listen({ host, port: Number(port) });
+  log.info({ address }, 'sidecar listening');
+  const admin = env.TOLLGATE_ADMIN_LISTEN ? createAdminServer(config, metrics) : undefined;
   if (admin) {
     const [adminHost = '0.0.0.0', adminPort = '9464'] = env.TOLLGATE_ADMIN_LISTEN!.split(':');
-    await admin.listen({ host: adminHost, port: Number(adminPort) });
+    const adminAddress = await admin.listen({ host: adminHost, port: Number(adminPort) });
+    log.info({ address: adminAddress }, 'admin server listening');
   }
 
   const stop = async () => {

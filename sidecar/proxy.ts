@@ -1,5 +1,6 @@
 import { randomUUID, hash } from 'node:crypto';
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
@@ -11,7 +12,8 @@ import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
 import { adapterFor, estimatePromptTokens, estimateTokensFromText, UnsupportedProtocolError } from '../src/providers/index.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
-import { rate, worstCaseRates, type Price } from '../src/rating/rating.ts';
+import type { RateCard } from '../src/rating/rates.ts';
+import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/rating/rating.ts';
 import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import { createGenAiTelemetry, GEN_AI, type Span } from '../src/telemetry/tracing.ts';
@@ -110,6 +112,7 @@ export class Proxy {
   private readonly options: ProxyOptions;
   private readonly log: Logger;
   private readonly telemetry = createGenAiTelemetry();
+  private readonly worstCases = new WeakMap<RateCard, { markupPpm: bigint; rates: WorstCaseRates }>();
 
   constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
     this.config = config;
@@ -193,28 +196,32 @@ export class Proxy {
     const text = raw.toString('utf8');
     const parsed = parseJsonObject(text);
     const info = inspect(adapter, upstreamPath, parsed);
-    const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, {
-      kind: SpanKind.CLIENT,
-      attributes: {
+    const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, { kind: SpanKind.CLIENT });
+    // Without an OpenTelemetry SDK the span records nothing, so its attributes are not even built.
+    if (span.isRecording()) {
+      span.setAttributes({
         [GEN_AI.operation]: info.operation,
         [GEN_AI.provider]: route.protocol,
         [GEN_AI.requestModel]: info.model,
         'tollgate.route': route.name,
         ...(info.maxOutputTokens === undefined ? {} : { [GEN_AI.maxTokens]: info.maxOutputTokens }),
-      },
-    });
+      });
+    }
 
     try {
       const snapshot = this.config.current();
       const wallet = this.walletFor(snapshot, request.headers);
-      span.setAttribute('tollgate.wallet', wallet.id);
+      if (span.isRecording()) span.setAttribute('tollgate.wallet', wallet.id);
       const price = this.priceFor(snapshot, wallet, route, info.model);
 
       // Holds use a bound on prompt tokens; usage the upstream leaves out is billed on an estimate instead.
       const promptBound = estimatePromptTokens(raw.length);
       const promptEstimate = estimateTokensFromText(text);
-      const requestId = requestIdOf(request.headers);
-      const hold = this.holdFor(price, info, promptBound, wallet, raw);
+      const clientId = clientRequestId(request.headers);
+      const requestId = clientId ?? randomUUID();
+      // Only a caller-chosen id can come back with another body, so only then is the body fingerprinted.
+      const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
+      const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
       const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
       const units = this.checkReserve(result, wallet, route, info, requestId);
 
@@ -282,8 +289,8 @@ export class Proxy {
    * the dearest output rate. Without a client limit, the ledger picks the
    * largest output limit the wallet can afford.
    */
-  private holdFor(price: Price, info: RequestInfo, promptBound: number, wallet: CompiledWallet, raw: Buffer): HoldRequest {
-    const worst = worstCaseRates(price);
+  private holdFor(price: Price, info: RequestInfo, promptBound: number, wallet: CompiledWallet, fingerprint: string): HoldRequest {
+    const worst = this.worstCaseOf(price);
     const modelMax = price.charge?.maxOutputTokens ?? price.cost.maxOutputTokens ?? this.options.defaultMaxOutputTokens;
     let minUnits = 0;
     let maxUnits = 0;
@@ -297,9 +304,19 @@ export class Proxy {
       minUnits,
       maxUnits,
       ttlSeconds: this.options.holdTtlSeconds,
-      fingerprint: hash('sha256', raw, 'base64url'),
+      fingerprint,
       limits: wallet.limits,
     };
+  }
+
+  /** Returns the worst-case rates of a price, computing them once per rate card and markup. */
+  private worstCaseOf(price: Price): WorstCaseRates {
+    const card = price.charge ?? price.cost;
+    const cached = this.worstCases.get(card);
+    if (cached && cached.markupPpm === price.markupPpm) return cached.rates;
+    const rates = worstCaseRates(price);
+    this.worstCases.set(card, { markupPpm: price.markupPpm, rates });
+    return rates;
   }
 
   private checkReserve(result: ReserveResult, wallet: CompiledWallet, route: CompiledRoute, info: RequestInfo, requestId: string): number {
@@ -441,13 +458,10 @@ export class Proxy {
   }
 
   private async relayJson(admitted: Admitted, upstream: Dispatcher.ResponseData): Promise<Settlement> {
-    const chunks: Buffer[] = [];
-    let size = 0;
+    let chunks: Buffer[];
+    let size: number;
     try {
-      for await (const chunk of upstream.body) {
-        size += (chunk as Buffer).length;
-        if (size <= this.options.maxResponseBytes) chunks.push(chunk as Buffer);
-      }
+      ({ chunks, size } = await readUpTo(upstream.body, this.options.maxResponseBytes));
     } catch (error) {
       this.log.warn({ err: error, requestId: admitted.requestId }, 'response ended early; charging an estimate');
       const { usage } = admitted.adapter.usageFromJson(undefined, admitted.info, admitted.promptEstimate);
@@ -480,12 +494,13 @@ export class Proxy {
     const route = admitted.route.name;
     if (!settlement.complete) this.metrics.estimatedUsage.inc({ route, reason: settlement.reason });
 
+    const tokens = tokenCounts(usage);
     const entry = {
       charged: rated.charged,
       providerCost: rated.providerCost,
       model: admitted.info.model,
       route,
-      tokens: tokenCounts(usage),
+      tokens,
       estimated: usage.estimated,
     };
     const upstreamNs = process.hrtime.bigint() - upstreamStartNs;
@@ -502,7 +517,7 @@ export class Proxy {
       res.end();
     }
 
-    this.record(admitted, usage, rated, committed);
+    this.record(admitted, usage, tokens, rated, committed);
     const totalNs = process.hrtime.bigint() - admitted.startedNs;
     this.metrics.overhead.observe({ route }, seconds(totalNs - upstreamNs));
   }
@@ -521,7 +536,7 @@ export class Proxy {
     return false;
   }
 
-  private record(admitted: Admitted, usage: Usage, rated: { charged: bigint; providerCost: bigint }, committed: boolean): void {
+  private record(admitted: Admitted, usage: Usage, tokens: Record<string, number>, rated: { charged: bigint; providerCost: bigint }, committed: boolean): void {
     const { route, wallet, info } = admitted;
     const labels = {
       currency: wallet.currency,
@@ -534,9 +549,11 @@ export class Proxy {
     this.recordTelemetry(admitted, usage, rated);
     this.metrics.charged.inc(labels, toUnits(rated.charged));
     this.metrics.providerCost.inc(labels, toUnits(rated.providerCost));
-    for (const [kind, count] of Object.entries(tokenCounts(usage))) {
+    for (const kind in tokens) {
+      const count = tokens[kind]!;
       if (count > 0) this.metrics.tokens.inc({ route: route.name, model: info.model, kind }, count);
     }
+    if (!this.log.isLevelEnabled('info')) return;
     this.log.info(
       {
         requestId: admitted.requestId,
@@ -557,14 +574,16 @@ export class Proxy {
     const input = usage.input + usage.cacheRead + usage.cacheWrite5m + usage.cacheWrite1h;
     const output = usage.output + usage.reasoning;
     const { span, info, route } = admitted;
-    span.setAttributes({
-      [GEN_AI.inputTokens]: input,
-      [GEN_AI.outputTokens]: output,
-      'tollgate.charged': formatAmount(rated.charged),
-      'tollgate.provider_cost': formatAmount(rated.providerCost),
-      'tollgate.currency': admitted.wallet.currency,
-      'tollgate.usage_estimated': usage.estimated,
-    });
+    if (span.isRecording()) {
+      span.setAttributes({
+        [GEN_AI.inputTokens]: input,
+        [GEN_AI.outputTokens]: output,
+        'tollgate.charged': formatAmount(rated.charged),
+        'tollgate.provider_cost': formatAmount(rated.providerCost),
+        'tollgate.currency': admitted.wallet.currency,
+        'tollgate.usage_estimated': usage.estimated,
+      });
+    }
     span.end();
 
     const attributes = { [GEN_AI.operation]: info.operation, [GEN_AI.provider]: route.protocol, [GEN_AI.requestModel]: info.model };
@@ -668,10 +687,11 @@ export function withoutKeyParameter(path: string): string {
   return rest ? `${path.slice(0, query)}?${rest}` : path.slice(0, query);
 }
 
-function requestIdOf(headers: IncomingHttpHeaders): string {
+/** The request id the caller chose (Idempotency-Key or x-tollgate-request-id), if it is usable. */
+function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
   const given = headers['idempotency-key'] ?? headers['x-tollgate-request-id'];
   const id = Array.isArray(given) ? given[0] : given;
-  return id && id.length <= 200 ? id : randomUUID();
+  return id && id.length <= 200 ? id : undefined;
 }
 
 function responseHeaders(headers: IncomingHttpHeaders): Record<string, string> {
@@ -681,6 +701,24 @@ function responseHeaders(headers: IncomingHttpHeaders): Record<string, string> {
     out[name] = Array.isArray(value) ? value.join(', ') : value;
   }
   return out;
+}
+
+/**
+ * Reads a whole body, keeping its chunks while their total stays within
+ * `limit`, and returns its full size. Listening for data events costs less
+ * per request than an async iterator.
+ */
+function readUpTo(body: Readable, limit: number): Promise<{ chunks: Buffer[]; size: number }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    body.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+    });
+    body.once('end', () => resolve({ chunks, size }));
+    body.once('error', reject);
+  });
 }
 
 function waitForDrain(res: ServerResponse, signal: AbortSignal): Promise<void> {

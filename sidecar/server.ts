@@ -1,4 +1,4 @@
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { CompiledWallet } from '../src/config/snapshot.ts';
@@ -24,16 +24,15 @@ export const DEFAULT_SIDECAR_OPTIONS: Omit<SidecarOptions, 'walletPolicy'> = {
 };
 
 export interface Sidecar {
-  app: FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>;
+  app: FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger>;
   proxy: Proxy;
 }
 
 /** Builds the sidecar's HTTP server: the proxy on every route prefix, plus health and metrics. */
 export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: SidecarOptions, log: Logger): Sidecar {
+  // No fastify logger: it would build a child logger for every request. The
+  // proxy logs one line per settled request itself, and errors below.
   const app = Fastify({
-    loggerInstance: log,
-    // The proxy logs one line per settled request itself; fastify's request logs would double it.
-    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimit,
     return503OnClosing: true,
   });
@@ -61,7 +60,7 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const proxyError = toProxyError(error, options.bodyLimit);
-    if (proxyError.status >= 500) request.log.error({ err: error, url: request.url }, 'request failed');
+    if (proxyError.status >= 500) log.error({ err: error, url: request.url }, 'request failed');
     sendProxyError(reply, proxy, request.url, proxyError);
   });
 
@@ -69,7 +68,7 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
 }
 
 /** Adds /healthz, /readyz and /metrics to a server. */
-function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, ServerResponse, Logger>, config: ConfigSource, metrics: SidecarMetrics): void {
+function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger>, config: ConfigSource, metrics: SidecarMetrics): void {
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async () => {
     const snapshot = config.current();
@@ -86,8 +85,8 @@ function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, Serv
  * can listen on the pod IP for the kubelet's probes and for Prometheus while
  * the proxy stays on loopback.
  */
-export function createAdminServer(config: ConfigSource, metrics: SidecarMetrics, log: Logger): FastifyInstance<Server, IncomingMessage, ServerResponse, Logger> {
-  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }) });
+export function createAdminServer(config: ConfigSource, metrics: SidecarMetrics): FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger> {
+  const app = Fastify();
   registerHealthRoutes(app, config, metrics);
   return app;
 }
