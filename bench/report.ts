@@ -257,7 +257,7 @@ function ledgerSection(results: RunResults): string {
   return [
     '### 3. Ledger throughput',
     '',
-    `RedisLedger from one Node process, ${ledger.concurrency} reserve-then-commit pairs in flight (ioredis auto-pipelining), for ${ledger.seconds} s; then redis-benchmark against the same server with 50 connections.`,
+    `RedisLedger from one Node process, ${ledger.concurrency} reserve-then-commit pairs in flight (scripts sent in the same event-loop turn share one socket write), for ${ledger.seconds} s; then redis-benchmark against the same server with 50 connections.`,
     '',
     '| measurement | executions per second |',
     '|---|---:|',

@@ -1,7 +1,8 @@
 /**
  * Checks of RedisLedger details that the contract tests cannot see, on a
  * real redis-server: the scripts' stored counters at the bound of exact
- * double arithmetic (2^53), and the cache of wallet keys.
+ * double arithmetic (2^53), the cache of wallet keys, and the batching of
+ * writes.
  */
 
 import { readFileSync } from 'node:fs';
@@ -121,5 +122,34 @@ describe('wallet key cache', () => {
 
     wallet.name = 'a}b';
     await expect(ledger.credit(wallet, 'g', 1n)).rejects.toThrow(RangeError);
+  });
+});
+
+describe('write batching', () => {
+  it('sends scripts of one event-loop turn in one write', async () => {
+    const own = new Redis(redis.url);
+    const ledger = new RedisLedger(own);
+    const wallet = { namespace: 'batch', name: 'writes' };
+    const hold: HoldRequest = { fixed: 10n, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: '' };
+    try {
+      await ledger.credit(wallet, 'grant', 1_000n);
+      await own.ping();
+
+      const socket = own.stream;
+      let writes = 0;
+      const countWrites = () => writes++;
+      const write = socket._write.bind(socket);
+      const writev = socket._writev!.bind(socket);
+      socket._write = (...args) => (countWrites(), write(...args));
+      socket._writev = (...args) => (countWrites(), writev(...args));
+
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => ledger.reserve(wallet, `request-${i}`, hold)));
+
+      expect(results.map((result) => result.status)).toEqual(Array(20).fill('reserved'));
+      expect(writes).toBe(1);
+      expect((await ledger.state(wallet)).reserved).toBe(200n);
+    } finally {
+      await own.quit();
+    }
   });
 });

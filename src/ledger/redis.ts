@@ -109,8 +109,9 @@ export interface RedisLedgerOptions {
   /**
    * Options for the connection the ledger opens when given a URL. The
    * defaults fail a command after one reconnection attempt
-   * (`maxRetriesPerRequest: 1`), so that the sidecar fails closed quickly,
-   * and enable auto-pipelining so that concurrent requests share writes.
+   * (`maxRetriesPerRequest: 1`), so that the sidecar fails closed quickly.
+   * Auto-pipelining stays off, because the ledger batches its own writes
+   * (see #batchWrites).
    */
   redisOptions?: RedisOptions;
   /**
@@ -131,6 +132,8 @@ export class RedisLedger implements Ledger {
   readonly #commands: ScriptCommands;
   readonly #ownsClient: boolean;
   readonly #now: () => number;
+  /** Whether the connection's socket is corked until the check phase. */
+  #corked = false;
 
   /**
    * Takes an ioredis client (Redis or Cluster), which the caller keeps
@@ -139,7 +142,7 @@ export class RedisLedger implements Ledger {
    */
   constructor(client: Redis | Cluster | string, options: RedisLedgerOptions = {}) {
     if (typeof client === 'string') {
-      const owned = new Redis(client, { maxRetriesPerRequest: 1, enableAutoPipelining: true, ...options.redisOptions });
+      const owned = new Redis(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
       watchConnection(owned, options.logger);
       this.#client = owned;
       this.#ownsClient = true;
@@ -293,7 +296,27 @@ export class RedisLedger implements Ledger {
 
   #script(wallet: WalletKey, command: ScriptCommand, args: string[]): Promise<unknown> {
     const keys = cachedWalletKeys(wallet);
+    this.#batchWrites();
     return this.#call(wallet, OPERATIONS[command], () => this.#commands[command](...keys, ...args));
+  }
+
+  /**
+   * Corks the socket of a single-server connection until the event loop's
+   * check phase, so that every script sent while the loop handles this round
+   * of I/O leaves in one write. With ioredis 5 on Node 24 this measured
+   * cheaper per command than one write per command and than ioredis's
+   * auto-pipelining, whose pipeline object per batch also outlived
+   * young-generation collections and lengthened their pauses.
+   */
+  #batchWrites(): void {
+    if (this.#corked || !(this.#client instanceof Redis) || this.#client.status !== 'ready') return;
+    const socket = this.#client.stream;
+    socket.cork();
+    this.#corked = true;
+    setImmediate(() => {
+      this.#corked = false;
+      socket.uncork();
+    });
   }
 
   async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>): Promise<T> {
