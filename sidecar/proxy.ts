@@ -628,9 +628,15 @@ export class Proxy {
     if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
     const upstream = await this.agent.request({ origin: route.origin, path: withoutKeyParameter(upstreamPath), method: request.method as 'GET', headers });
     reply.hijack();
-    reply.raw.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
-    for await (const chunk of upstream.body) reply.raw.write(chunk);
-    reply.raw.end();
+    try {
+      reply.raw.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+      for await (const chunk of upstream.body) reply.raw.write(chunk);
+      reply.raw.end();
+    } catch (error) {
+      // The status line is out, so the client learns of the cut only by the connection closing.
+      this.log.warn({ err: error, url: request.url, route: route.name }, 'pass-through response was cut; closing the client connection');
+      reply.raw.destroy();
+    }
   }
 
   /** Writes a provider-format error on a hijacked response. */
