@@ -196,17 +196,17 @@ export class Proxy {
     const text = raw.toString('utf8');
     const parsed = parseJsonObject(text);
     const info = inspect(adapter, upstreamPath, parsed);
-    const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, { kind: SpanKind.CLIENT });
-    // Without an OpenTelemetry SDK the span records nothing, so its attributes are not even built.
-    if (span.isRecording()) {
-      span.setAttributes({
+    // The attributes go in at the start, because samplers decide on them.
+    const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, {
+      kind: SpanKind.CLIENT,
+      attributes: {
         [GEN_AI.operation]: info.operation,
         [GEN_AI.provider]: route.protocol,
         [GEN_AI.requestModel]: info.model,
         'tollgate.route': route.name,
         ...(info.maxOutputTokens === undefined ? {} : { [GEN_AI.maxTokens]: info.maxOutputTokens }),
-      });
-    }
+      },
+    });
 
     try {
       const snapshot = this.config.current();

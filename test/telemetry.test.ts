@@ -2,8 +2,8 @@
  * The sidecar's OpenTelemetry span for a model call, recorded by the real
  * OpenTelemetry SDK into an in-memory exporter.
  */
-import { trace } from '@opentelemetry/api';
-import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import { trace, type Attributes } from '@opentelemetry/api';
+import { InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type Sampler } from '@opentelemetry/sdk-trace';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
@@ -41,8 +41,17 @@ spec:
   grants: [{ id: start, amount: "1.00" }]
 `;
 
+/** A sampler that samples every span and keeps the attributes it was given at the span start, the only ones a sampler receives. */
+const startAttributes = new Map<string, Attributes>();
+const recordingSampler: Sampler = {
+  shouldSample(_context, _traceId, spanName, _kind, attributes) {
+    startAttributes.set(spanName, { ...attributes });
+    return { decision: SamplingDecision.RECORD_AND_SAMPLED };
+  },
+  toString: () => 'RecordingSampler',
+};
 const exporter = new InMemorySpanExporter();
-const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+const provider = new TracerProvider({ sampler: recordingSampler, spanProcessors: [new SimpleSpanProcessor({ exporter })] });
 let stack: Stack;
 
 /** Returns the spans ended so far; the processor hands them to the exporter asynchronously. */
@@ -69,6 +78,13 @@ describe('OpenTelemetry span', () => {
 
     const [span] = await finishedSpans();
     expect(span?.name).toBe('chat gpt-4o-mini');
+    expect(startAttributes.get('chat gpt-4o-mini')).toEqual({
+      'gen_ai.operation.name': 'chat',
+      'gen_ai.provider.name': 'openai',
+      'gen_ai.request.model': 'gpt-4o-mini',
+      'gen_ai.request.max_tokens': 600,
+      'tollgate.route': 'openai',
+    });
     expect(span?.attributes['gen_ai.operation.name']).toBe('chat');
     expect(span?.attributes['gen_ai.provider.name']).toBe('openai');
     expect(span?.attributes['gen_ai.request.model']).toBe('gpt-4o-mini');
