@@ -134,6 +134,9 @@ export class RedisLedger implements Ledger {
   readonly #now: () => number;
   /** Whether the connection's socket is corked until the check phase. */
   #corked = false;
+  /** Set once the server's Lua is known to print amounts exactly (see #checkIntegerFormat). */
+  #formatChecked = false;
+  #formatCheck: Promise<void> | undefined;
 
   /**
    * Takes an ioredis client (Redis or Cluster), which the caller keeps
@@ -295,9 +298,35 @@ export class RedisLedger implements Ledger {
   }
 
   #script(wallet: WalletKey, command: ScriptCommand, args: string[]): Promise<unknown> {
+    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet).then(() => this.#script(wallet, command, args));
     const keys = cachedWalletKeys(wallet);
     this.#batchWrites();
     return this.#call(wallet, OPERATIONS[command], () => this.#commands[command](...keys, ...args));
+  }
+
+  /**
+   * Checks once that the server's Lua prints 2^53 exactly with '%d'. The
+   * scripts print amounts that way, and Lua 5.1 converts through a C long,
+   * which a 32-bit Redis build would truncate. A connection failure lets the
+   * next call check again; a wrong result fails every call.
+   */
+  #checkIntegerFormat(wallet: WalletKey): Promise<void> {
+    this.#formatCheck ??= this.#client.eval("return string.format('%d', 2^53)", 0).then(
+      (printed) => {
+        if (printed !== String(2 ** 53)) {
+          throw new Error(
+            `the Redis server's Lua printed 2^53 as "${String(printed)}" instead of ${2 ** 53}, so it would store wrong amounts; ` +
+              'run the ledger on a 64-bit Redis build',
+          );
+        }
+        this.#formatChecked = true;
+      },
+      (error: unknown) => {
+        this.#formatCheck = undefined;
+        throw asLedgerError(error, 'check', wallet);
+      },
+    );
+    return this.#formatCheck;
   }
 
   /**

@@ -12,9 +12,10 @@ local ACCT, HOLDS, HEXP, DONE, LOG, GRANTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
 -- Amounts are integers of at most 2^53 nano-units, which Lua numbers
 -- (doubles) represent exactly. They cross the script boundary as decimal
 -- strings, because tostring() would print large numbers as 1e+15. '%d'
--- converts through a 64-bit C long in Redis's Lua 5.1, which is exact for
--- these integers and cheaper than printing a double with '%.0f'. Other
--- values (beyond 2^53, fractions, nan) keep '%.0f'.
+-- converts through a C long in Redis's Lua 5.1. On 64-bit builds, which
+-- RedisLedger checks for before its first script, that is exact for these
+-- integers and cheaper than printing a double with '%.0f'. Other values
+-- (beyond 2^53, fractions, nan) keep '%.0f'.
 local function amount_string(n)
   if n >= -2^53 and n <= 2^53 and n % 1 == 0 then return string.format('%d', n) end
   return string.format('%.0f', n)
