@@ -94,7 +94,7 @@ interface Admitted {
 interface Settlement {
   usage: Usage;
   complete: boolean;
-  reason: 'final' | 'missing_usage' | 'client_disconnect' | 'upstream_cut';
+  reason: 'final' | 'missing_usage' | 'client_disconnect' | 'upstream_cut' | 'response_too_large';
   /** A complete JSON response, sent to the client once it is billed. */
   response?: { status: number; headers: Record<string, string>; body: Buffer };
 }
@@ -468,16 +468,20 @@ export class Proxy {
       return { usage, complete: false, reason: 'upstream_cut' };
     }
 
+    if (size > this.options.maxResponseBytes) {
+      // Only part of the body was kept, so it can be neither read for usage nor relayed.
+      this.log.warn({ requestId: admitted.requestId, size, limit: this.options.maxResponseBytes }, 'response too large to relay; charging an estimate');
+      const { usage } = admitted.adapter.usageFromJson(undefined, admitted.info, admitted.promptEstimate);
+      return { usage, complete: false, reason: 'response_too_large' };
+    }
+
     const body = Buffer.concat(chunks);
     let parsed: unknown;
-    if (size <= this.options.maxResponseBytes) {
-      try {
-        parsed = JSON.parse(body.toString('utf8'));
-      } catch {
-        parsed = undefined;
-      }
+    try {
+      parsed = JSON.parse(body.toString('utf8'));
+    } catch {
+      parsed = undefined;
     }
-    // NOTE: a response above maxResponseBytes is billed on an estimate and its body is not relayed.
     const { usage, complete } = admitted.adapter.usageFromJson(parsed, admitted.info, admitted.promptEstimate);
     const response = { status: upstream.statusCode, headers: responseHeaders(upstream.headers), body };
     return { usage, complete, reason: complete ? 'final' : 'missing_usage', response };
@@ -513,6 +517,9 @@ export class Proxy {
       response.headers['x-tollgate-wallet'] = admitted.wallet.id;
       res.writeHead(response.status, response.headers);
       res.end(response.body);
+    } else if (!res.destroyed && !res.headersSent) {
+      // A JSON response that could not be relayed: the client gets an error that names the charge.
+      this.sendError(res, admitted.adapter, this.unrelayedError(settlement.reason, formatAmount(rated.charged), admitted.wallet.currency));
     } else if (!res.destroyed) {
       res.end();
     }
@@ -520,6 +527,18 @@ export class Proxy {
     this.record(admitted, usage, tokens, rated, committed);
     const totalNs = process.hrtime.bigint() - admitted.startedNs;
     this.metrics.overhead.observe({ route }, seconds(totalNs - upstreamNs));
+  }
+
+  private unrelayedError(reason: Settlement['reason'], charged: string, currency: string): ProxyError {
+    const billed = `the call was billed on an estimate of ${charged} ${currency}`;
+    if (reason === 'response_too_large') {
+      return new ProxyError(
+        502,
+        'response_too_large',
+        `the upstream's response is larger than the sidecar's limit of ${this.options.maxResponseBytes} bytes, so it was not relayed and ${billed}; request less output or use streaming`,
+      );
+    }
+    return new ProxyError(502, 'upstream_cut', `the upstream ended its response early, so it was not relayed and ${billed}; retry the request`);
   }
 
   private async commitWithRetry(admitted: Admitted, entry: Parameters<Ledger['commit']>[2]): Promise<boolean> {

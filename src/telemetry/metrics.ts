@@ -62,7 +62,7 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     }),
     estimatedUsage: new Counter({
       name: 'tollgate_usage_estimated_total',
-      help: 'Requests billed on estimated token counts, by reason (missing_usage, client_disconnect, upstream_cut).',
+      help: 'Requests billed on estimated token counts, by reason (missing_usage, client_disconnect, upstream_cut, response_too_large).',
       labelNames: ['route', 'reason'],
       registers,
     }),
