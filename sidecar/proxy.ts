@@ -196,7 +196,7 @@ export class Proxy {
     const text = raw.toString('utf8');
     const parsed = parseJsonObject(text);
     const info = inspect(adapter, upstreamPath, parsed);
-    // The attributes go in at the start, because samplers decide on them.
+    // Attributes are set when the span starts, because samplers read them only then.
     const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, {
       kind: SpanKind.CLIENT,
       attributes: {
@@ -712,7 +712,7 @@ export function withoutKeyParameter(path: string): string {
   return rest ? `${path.slice(0, query)}?${rest}` : path.slice(0, query);
 }
 
-/** The request id the caller chose (Idempotency-Key or x-tollgate-request-id), if it is usable. */
+/** Returns the request id the caller chose (Idempotency-Key or x-tollgate-request-id), or undefined when it is missing or over 200 characters. */
 function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
   const given = headers['idempotency-key'] ?? headers['x-tollgate-request-id'];
   const id = Array.isArray(given) ? given[0] : given;
@@ -730,8 +730,7 @@ function responseHeaders(headers: IncomingHttpHeaders): Record<string, string> {
 
 /**
  * Reads a whole body, keeping its chunks while their total stays within
- * `limit`, and returns its full size. Listening for data events costs less
- * per request than an async iterator.
+ * `limit`, and returns its full size.
  */
 function readUpTo(body: Readable, limit: number): Promise<{ chunks: Buffer[]; size: number }> {
   return new Promise((resolve, reject) => {

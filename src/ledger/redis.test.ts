@@ -137,11 +137,16 @@ describe('write batching', () => {
 
       const socket = own.stream;
       let writes = 0;
-      const countWrites = () => writes++;
       const write = socket._write.bind(socket);
       const writev = socket._writev!.bind(socket);
-      socket._write = (...args) => (countWrites(), write(...args));
-      socket._writev = (...args) => (countWrites(), writev(...args));
+      socket._write = (...args) => {
+        writes++;
+        write(...args);
+      };
+      socket._writev = (...args) => {
+        writes++;
+        writev(...args);
+      };
 
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => ledger.reserve(wallet, `request-${i}`, hold)));
 
