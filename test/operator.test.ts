@@ -491,7 +491,11 @@ describe('operator', () => {
       message:
         'Secret "openai-key" (key "apiKey") not found in namespace "config"; create it with the provider credential under key "apiKey"',
     });
-    const routeEvents = await eventsFor(namespace, 'openai');
+    // The Event is recorded after the status update, so it can show up a moment later.
+    const routeEvents = await waitFor('the route\'s SecretMissing Event', async () => {
+      const events = await eventsFor(namespace, 'openai');
+      return events.length > 0 ? events : undefined;
+    });
     expect(routeEvents.map((event) => [event.type, event.reason])).toEqual([['Warning', 'SecretMissing']]);
 
     await core.createNamespacedSecret({ namespace, body: { metadata: { name: 'openai-key' }, stringData: { apiKey: 'sk-test' } } });
