@@ -15,6 +15,7 @@ export const EventReason = {
   GrantApplied: 'GrantApplied',
   GrantRejected: 'GrantRejected',
   GrantExpired: 'GrantExpired',
+  GrantLapsed: 'GrantLapsed',
   LowBalance: 'LowBalance',
   Exhausted: 'Exhausted',
   Ready: 'Ready',

@@ -1,18 +1,27 @@
 import { describe, expect, it } from 'vitest';
+import type { Wallet } from '../src/api/wallet.ts';
 import type { WalletState } from '../src/ledger/ledger.ts';
-import { desiredWalletStatus, isSignificantChange, walletTransitions, type WalletFacts, type WalletStatus } from './reconcile-wallet.ts';
+import {
+  desiredWalletStatus,
+  isSignificantChange,
+  nextExpiryDelayMs,
+  walletTransitions,
+  type WalletFacts,
+  type WalletStatus,
+} from './reconcile-wallet.ts';
 
 const NANO = 1_000_000_000n;
 const EARLIER = '2026-03-01T00:00:00Z';
 const NOW = '2026-03-02T00:00:00Z';
 
-function state(granted: bigint, spent: bigint, reserved = 0n, closed = false): WalletState {
+function state(granted: bigint, spent: bigint, reserved = 0n, closed = false, expired = 0n): WalletState {
   return {
     granted,
     spent,
+    expired,
     reserved,
-    balance: granted - spent,
-    available: granted - spent - reserved,
+    balance: granted - spent - expired,
+    available: granted - spent - expired - reserved,
     providerCost: 0n,
     holds: reserved > 0n ? 1 : 0,
     closed,
@@ -43,6 +52,7 @@ describe('desiredWalletStatus', () => {
       reserved: '0.125',
       spent: '2.50',
       granted: '10.00',
+      expired: '0.00',
       appliedGrants: ['g1'],
       observedGeneration: 2,
     });
@@ -53,6 +63,11 @@ describe('desiredWalletStatus', () => {
     ]);
     expect(status.conditions?.[0]?.message).toBe('available 7.375 USD of balance 7.50 USD');
     expect(status.conditions?.every((condition) => condition.lastTransitionTime === NOW && condition.observedGeneration === 2)).toBe(true);
+  });
+
+  it('mirrors the expired total', () => {
+    const status = desiredWalletStatus(undefined, facts({ state: state(10n * NANO, 2n * NANO, 0n, false, 3_250_000_000n) }), NOW);
+    expect(status).toMatchObject({ balance: '4.75', spent: '2.00', granted: '10.00', expired: '3.25' });
   });
 
   it('reports a balance below the threshold', () => {
@@ -151,6 +166,26 @@ describe('walletTransitions', () => {
     expect(walletTransitions(empty, refilled).map((transition) => transition.reason)).toEqual(['Ready']);
   });
 
+  it('reports a lapse once, with the amount taken back', () => {
+    const lapsed = desiredWalletStatus(funded, facts({ state: state(10n * NANO, 0n, 0n, false, 1_500_000_000n) }), NOW);
+    expect(walletTransitions(funded, lapsed, 'USD')).toEqual([
+      {
+        type: 'Normal',
+        reason: 'GrantLapsed',
+        message: 'expired grants lapsed and took back 1.50 USD of unspent credit; balance 8.50 USD',
+      },
+    ]);
+    expect(walletTransitions(lapsed, desiredWalletStatus(lapsed, facts({ state: state(10n * NANO, 1n, 0n, false, 1_500_000_000n) }), NOW))).toEqual([]);
+  });
+
+  it('reports the lapse of a status written before expiry existed', () => {
+    const { expired: _, ...older } = funded;
+    const lapsed = desiredWalletStatus(older, facts({ state: state(10n * NANO, 0n, 0n, false, 1n) }), NOW);
+    expect(walletTransitions(older, lapsed).map((transition) => transition.message)).toEqual([
+      'expired grants lapsed and took back 0.000000001 of unspent credit; balance 9.999999999',
+    ]);
+  });
+
   it('warns about a missing price plan once', () => {
     const problem = { reason: 'PricePlanNotFound', message: 'PricePlan "gold" not found in namespace "team"' };
     const broken = desiredWalletStatus(funded, facts({ problem }), NOW);
@@ -172,5 +207,41 @@ describe('isSignificantChange', () => {
     expect(isSignificantChange(base, desiredWalletStatus(base, facts({ state: state(10n * NANO, 9n * NANO) }), NOW))).toBe(true);
     expect(isSignificantChange(base, desiredWalletStatus(base, facts({ appliedGrants: ['g1', 'g2'] }), NOW))).toBe(true);
     expect(isSignificantChange(base, desiredWalletStatus(base, facts({ generation: 3 }), NOW))).toBe(true);
+  });
+
+  it('treats a lapse as significant', () => {
+    expect(isSignificantChange(base, desiredWalletStatus(base, facts({ state: state(10n * NANO, 0n, 0n, false, 1n) }), NOW))).toBe(true);
+  });
+});
+
+describe('nextExpiryDelayMs', () => {
+  const nowMs = Date.parse(NOW);
+  const wallet = (grants: Wallet['spec']['grants']): Wallet => ({
+    apiVersion: 'tollgate.dev/v1alpha1',
+    kind: 'Wallet',
+    metadata: { name: 'w', namespace: 'team' },
+    spec: { currency: 'USD', pricePlanRef: { name: 'standard' }, grants },
+  });
+
+  it('waits until a second after the earliest later expiry', () => {
+    const grants = [
+      { id: 'paid', amount: '5.00' },
+      { id: 'late', amount: '1.00', expiresAt: '2026-03-02T00:10:00Z' },
+      { id: 'early', amount: '1.00', expiresAt: '2026-03-02T00:00:30+00:00' },
+      { id: 'past', amount: '1.00', expiresAt: '2026-03-01T23:59:59Z' },
+    ];
+    expect(nextExpiryDelayMs(wallet(grants), ['paid', 'late', 'early', 'past'], nowMs)).toBe(31_000);
+    // A grant not applied yet does not count.
+    expect(nextExpiryDelayMs(wallet(grants), ['paid', 'late', 'past'], nowMs)).toBe(601_000);
+  });
+
+  it('returns undefined without a later expiry', () => {
+    expect(nextExpiryDelayMs(wallet([{ id: 'past', amount: '1.00', expiresAt: NOW }]), ['past'], nowMs)).toBeUndefined();
+    expect(nextExpiryDelayMs(wallet([{ id: 'paid', amount: '1.00' }]), ['paid'], nowMs)).toBeUndefined();
+  });
+
+  it('waits at most a day', () => {
+    const grants = [{ id: 'yearly', amount: '1.00', expiresAt: '2027-03-02T00:00:00Z' }];
+    expect(nextExpiryDelayMs(wallet(grants), ['yearly'], nowMs)).toBe(86_400_000);
   });
 });

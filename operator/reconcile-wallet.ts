@@ -3,23 +3,30 @@
  *
  * - adds the `tollgate.dev/ledger` finalizer, and on deletion closes the
  *   ledger account (its history stays) before removing the finalizer;
- * - credits each grant to the ledger once. The ledger is idempotent on the
- *   grant id, so a grant credited again after a crash is a no-op, and
- *   `status.appliedGrants` lets later passes skip the call;
- * - settles expired holds (`ledger.sweep`) and mirrors the ledger totals
- *   into the status with the Ready, LowBalance and Exhausted conditions;
- * - records Events when grants are applied and when conditions turn.
+ * - credits each grant to the ledger once, with its expiry. The ledger is
+ *   idempotent on the grant id, so a grant credited again after a crash is
+ *   a no-op, and `status.appliedGrants` lets later passes skip the call. A
+ *   grant whose expiry passed before it was applied is skipped with a
+ *   Warning Event;
+ * - settles expired holds and lapses expired grants (`ledger.sweep`), and
+ *   mirrors the ledger totals into the status with the Ready, LowBalance and
+ *   Exhausted conditions. It asks to be queued again shortly after the next
+ *   expiry of an applied grant, so a lapse shows without waiting for a resync;
+ * - records Events when grants are applied, when grants lapse with an
+ *   amount taken back, and when conditions turn.
  *
  * Status writes happen only when the status changed. A change of amounts
  * alone is written at most once per `statusIntervalMs` per wallet, so a busy
  * wallet does not turn every debit into an API write; the reconciler asks
- * to be queued again when the interval has passed.
+ * to be queued again when the interval has passed. A rise of the expired
+ * total is written at once, because it is rare and changes what the wallet
+ * can spend.
  */
 
 import type { Logger } from 'pino';
 import type { Condition } from '../src/api/common.ts';
 import type { Wallet } from '../src/api/wallet.ts';
-import { GrantTooLargeError, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
+import { GrantExpiredError, GrantTooLargeError, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { EventReason, targetOf, type EventRecorder } from './events.ts';
 import type { Informer } from './informer.ts';
@@ -44,6 +51,7 @@ export interface WalletStatus {
   reserved?: string;
   spent?: string;
   granted?: string;
+  expired?: string;
   appliedGrants?: string[];
   observedGeneration?: number;
   conditions?: Condition[];
@@ -114,6 +122,7 @@ export function desiredWalletStatus(previous: WalletStatus | undefined, facts: W
     reserved: formatAmount(state.reserved),
     spent: formatAmount(state.spent),
     granted: formatAmount(state.granted),
+    expired: formatAmount(state.expired),
     appliedGrants: facts.appliedGrants,
     observedGeneration: facts.generation,
     conditions: buildConditions(previous?.conditions, [ready, lowBalance, exhaustedCondition], facts.generation, now),
@@ -127,8 +136,11 @@ export interface WalletTransition {
   message: string;
 }
 
-/** Returns the Events for conditions that turned between two statuses. */
-export function walletTransitions(previous: WalletStatus | undefined, next: WalletStatus): WalletTransition[] {
+/**
+ * Returns the Events for conditions that turned between two statuses, and
+ * for a rise of the expired total. `currency` names the unit in messages.
+ */
+export function walletTransitions(previous: WalletStatus | undefined, next: WalletStatus, currency?: string): WalletTransition[] {
   const turned = (type: string, to: string): Condition | undefined => {
     const after = findCondition(next.conditions, type);
     const before = findCondition(previous?.conditions, type);
@@ -154,13 +166,52 @@ export function walletTransitions(previous: WalletStatus | undefined, next: Wall
   if (after?.status === 'False' && problem && before?.reason !== after.reason) {
     transitions.push({ type: 'Warning', reason: problem, message: after.message });
   }
+
+  const lapsed = expiredAmount(next) - expiredAmount(previous);
+  if (lapsed > 0n) {
+    const unit = currency ? ` ${currency}` : '';
+    transitions.push({
+      type: 'Normal',
+      reason: EventReason.GrantLapsed,
+      message: `expired grants lapsed and took back ${formatAmount(lapsed)}${unit} of unspent credit; balance ${next.balance ?? '0.00'}${unit}`,
+    });
+  }
   return transitions;
 }
 
-/** True when the statuses differ in more than amounts and messages: a condition's status or reason, the generation or the grants. */
+function expiredAmount(status: WalletStatus | undefined): bigint {
+  return status?.expired === undefined ? 0n : parseAmount(status.expired, 'status.expired');
+}
+
+/** Maximum requeue delay for a grant expiry, below the 2^31 - 1 ms (about 24.8 days) that a Node timer can wait. */
+const MAX_EXPIRY_REQUEUE_MS = 24 * 3_600_000;
+/** Time after a grant's expiry to reconcile again, so that a Redis server clock a little behind the operator's has passed it too. */
+const EXPIRY_REQUEUE_MARGIN_MS = 1_000;
+
+/**
+ * Returns the delay until shortly after the earliest expiry of an applied
+ * grant that is later than `nowMs`, at most MAX_EXPIRY_REQUEUE_MS, or
+ * undefined when no applied grant expires later.
+ */
+export function nextExpiryDelayMs(wallet: Wallet, appliedGrants: string[], nowMs: number): number | undefined {
+  let earliest: number | undefined;
+  for (const grant of wallet.spec.grants) {
+    if (grant.expiresAt === undefined || !appliedGrants.includes(grant.id)) continue;
+    const expiresAtMs = Date.parse(grant.expiresAt);
+    if (expiresAtMs > nowMs && (earliest === undefined || expiresAtMs < earliest)) earliest = expiresAtMs;
+  }
+  if (earliest === undefined) return undefined;
+  return Math.min(earliest - nowMs + EXPIRY_REQUEUE_MARGIN_MS, MAX_EXPIRY_REQUEUE_MS);
+}
+
+/**
+ * True when the statuses differ in more than amounts and messages: a
+ * condition's status or reason, the generation, the grants or the expired total.
+ */
 export function isSignificantChange(previous: WalletStatus | undefined, next: WalletStatus): boolean {
   if (!previous) return true;
   if (previous.observedGeneration !== next.observedGeneration) return true;
+  if (expiredAmount(previous) !== expiredAmount(next)) return true;
   if (!sameJson(previous.appliedGrants ?? [], next.appliedGrants ?? [])) return true;
   const shape = (status: WalletStatus) => (status.conditions ?? []).map(({ type, status: value, reason }) => ({ type, value, reason }));
   return !sameJson(shape(previous), shape(next));
@@ -241,7 +292,11 @@ export class WalletReconciler {
       problem,
     };
     const status = desiredWalletStatus(previous, facts, new Date().toISOString());
-    return this.#writeStatus(object, previous, status);
+    const written = await this.#writeStatus(object, previous, status, wallet?.spec.currency);
+
+    const expiryDelayMs = wallet ? nextExpiryDelayMs(wallet, appliedGrants, Date.now()) : undefined;
+    if (expiryDelayMs === undefined) return written;
+    return { requeueAfterMs: Math.min(expiryDelayMs, written?.requeueAfterMs ?? Number.POSITIVE_INFINITY) };
   }
 
   /** Credits the grants not yet applied; returns the applied grant ids and a problem for a grant the ledger rejected. */
@@ -260,20 +315,27 @@ export class WalletReconciler {
       if (applied.includes(grant.id)) continue;
       const reportKey = `${object.metadata.uid}/${grant.id}`;
 
-      // NOTE: the ledger has no grant expiry; a grant that expired before it was applied is skipped, and an applied one stays.
-      if (grant.expiresAt !== undefined && Date.parse(grant.expiresAt) <= Date.now()) {
-        if (!this.#reported.has(reportKey)) {
-          this.#reported.add(reportKey);
-          await events.record(targetOf(object), 'Warning', EventReason.GrantExpired, `grant "${grant.id}" expired at ${grant.expiresAt} before it was applied; it was skipped`);
-        }
+      // A grant that expired before it was applied is skipped. The ledger checks the expiry again by its own clock.
+      const expiresAtMs = grant.expiresAt === undefined ? undefined : Date.parse(grant.expiresAt);
+      const skipExpired = async () => {
+        if (this.#reported.has(reportKey)) return;
+        this.#reported.add(reportKey);
+        await events.record(targetOf(object), 'Warning', EventReason.GrantExpired, `grant "${grant.id}" expired at ${grant.expiresAt} before it was applied; it was skipped`);
+      };
+      if (expiresAtMs !== undefined && expiresAtMs <= Date.now()) {
+        await skipExpired();
         continue;
       }
 
       const amount = parseAmount(grant.amount, `grant "${grant.id}" amount`);
       let result;
       try {
-        result = await ledger.credit(key, grant.id, amount, grant.reason);
+        result = await ledger.credit(key, grant.id, amount, { reason: grant.reason, expiresAtMs });
       } catch (error) {
+        if (error instanceof GrantExpiredError) {
+          await skipExpired();
+          continue;
+        }
         if (!(error instanceof GrantTooLargeError)) throw error;
         problem ??= { reason: EventReason.GrantRejected, message: error.message };
         if (!this.#reported.has(reportKey)) {
@@ -286,7 +348,8 @@ export class WalletReconciler {
       applied.push(grant.id);
       if (!result.replayed) {
         const reason = grant.reason ? ` (${grant.reason})` : '';
-        const message = `applied grant "${grant.id}" of ${formatAmount(amount)} ${wallet.spec.currency}${reason}; balance ${formatAmount(result.balance)} ${wallet.spec.currency}`;
+        const expiry = grant.expiresAt ? `, expiring at ${grant.expiresAt}` : '';
+        const message = `applied grant "${grant.id}" of ${formatAmount(amount)} ${wallet.spec.currency}${reason}${expiry}; balance ${formatAmount(result.balance)} ${wallet.spec.currency}`;
         log.info({ wallet: `${key.namespace}/${key.name}`, grant: grant.id, amount: formatAmount(amount) }, 'applied a grant');
         await events.record(targetOf(object), 'Normal', EventReason.GrantApplied, message);
       }
@@ -318,7 +381,12 @@ export class WalletReconciler {
     return undefined;
   }
 
-  async #writeStatus(object: KubeObject, previous: WalletStatus | undefined, status: WalletStatus): Promise<ReconcileResult> {
+  async #writeStatus(
+    object: KubeObject,
+    previous: WalletStatus | undefined,
+    status: WalletStatus,
+    currency: string | undefined,
+  ): Promise<{ requeueAfterMs: number } | undefined> {
     const { clients, wallets, events, statusIntervalMs } = this.#options;
     const namespace = object.metadata.namespace ?? 'default';
     const id = `${namespace}/${object.metadata.name}`;
@@ -332,7 +400,7 @@ export class WalletReconciler {
     const updated = await patchStatus(clients, 'Wallet', namespace, object.metadata.name, status);
     wallets.update(updated);
     this.#lastWrite.set(id, Date.now());
-    for (const transition of walletTransitions(previous, status)) {
+    for (const transition of walletTransitions(previous, status, currency)) {
       await events.record(targetOf(object), transition.type, transition.reason, transition.message);
     }
     return undefined;

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { loadManifests, type ResourceSet } from '../src/config/manifests.ts';
 import { secretsResolver, type CredentialResolver } from '../src/config/snapshot.ts';
-import type { Ledger } from '../src/ledger/ledger.ts';
+import { GrantExpiredError, type Ledger } from '../src/ledger/ledger.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { parseAmount } from '../src/money/money.ts';
@@ -127,14 +127,25 @@ export async function startDev(options: DevOptions): Promise<DevServer> {
   };
 }
 
-/** Credits every grant of every wallet; the ledger ignores grants it has already applied. */
+/**
+ * Credits every grant of every wallet, with its expiry. The ledger ignores
+ * grants it has already applied. A grant that expired before it was applied
+ * is skipped with a warning, as the operator skips it.
+ */
 export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: Logger): Promise<void> {
   for (const wallet of resources.wallets) {
     const key = { namespace: wallet.metadata.namespace ?? 'default', name: wallet.metadata.name };
+    const walletId = `${key.namespace}/${key.name}`;
     for (const grant of wallet.spec.grants) {
-      const amount = parseAmount(grant.amount, `wallet ${key.namespace}/${key.name} grant ${grant.id}`);
-      const result = await ledger.credit(key, grant.id, amount, grant.reason);
-      if (!result.replayed) log.info({ wallet: `${key.namespace}/${key.name}`, grant: grant.id, amount: grant.amount }, 'grant applied');
+      const amount = parseAmount(grant.amount, `wallet ${walletId} grant ${grant.id}`);
+      const options = { reason: grant.reason, ...(grant.expiresAt === undefined ? {} : { expiresAtMs: Date.parse(grant.expiresAt) }) };
+      try {
+        const result = await ledger.credit(key, grant.id, amount, options);
+        if (!result.replayed) log.info({ wallet: walletId, grant: grant.id, amount: grant.amount, expiresAt: grant.expiresAt }, 'grant applied');
+      } catch (error) {
+        if (!(error instanceof GrantExpiredError)) throw error;
+        log.warn({ wallet: walletId, grant: grant.id, expiresAt: grant.expiresAt }, 'grant expired before it was applied; skipped');
+      }
     }
   }
 }

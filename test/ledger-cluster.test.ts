@@ -125,6 +125,7 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
       expect(await ledger.state(wallet)).toEqual({
         granted: 1000n,
         spent: 120n,
+        expired: 0n,
         reserved: 200n,
         balance: 880n,
         available: 680n,
@@ -132,7 +133,7 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
         holds: 1,
         closed: false,
       });
-      expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1000n, spent: 120n, entries: 2, problems: [] });
+      expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1000n, spent: 120n, expired: 0n, entries: 2, problems: [] });
       expect(await ledger.sweep(wallet, Date.now() + 3_600_000)).toEqual({ released: 0, charged: 1 });
       expect((await ledger.state(wallet)).spent).toBe(320n);
     }

@@ -41,6 +41,7 @@ export const WalletStatus = z.object({
   reserved: z.string().optional(),
   spent: z.string().optional(),
   granted: z.string().optional(),
+  expired: z.string().optional(),
   appliedGrants: z.array(z.string()).optional(),
   observedGeneration: z.number().int().optional(),
   conditions: z.array(Condition).optional(),

@@ -4,8 +4,8 @@ import { formatAmount } from '../money/money.ts';
 
 const LEDGER_USAGE = `Usage: tollgate ledger <state|verify> --redis URL --wallet NAMESPACE/NAME
 
-  state    Print the wallet's totals: granted, spent, reserved, balance, available
-  verify   Replay the wallet's entry stream and check that balance = grants - debits
+  state    Print the wallet's totals: granted, spent, expired, reserved, balance, available
+  verify   Replay the wallet's entry stream and check that balance = grants - debits - expired
 
 Exit status: 0 when verify finds the totals consistent, 1 when it does not, 2 on bad usage.`;
 
@@ -41,6 +41,7 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
           `wallet     ${values.wallet}${state.closed ? ' (closed)' : ''}`,
           `granted    ${formatAmount(state.granted, 9)}`,
           `spent      ${formatAmount(state.spent, 9)}`,
+          `expired    ${formatAmount(state.expired, 9)}`,
           `reserved   ${formatAmount(state.reserved, 9)} in ${state.holds} holds`,
           `balance    ${formatAmount(state.balance, 9)}`,
           `available  ${formatAmount(state.available, 9)}`,
@@ -51,9 +52,12 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     }
 
     const result = await ledger.verify(wallet);
-    console.log(`replayed ${result.entries} entries: granted ${formatAmount(result.granted, 9)}, spent ${formatAmount(result.spent, 9)}`);
+    console.log(
+      `replayed ${result.entries} entries: granted ${formatAmount(result.granted, 9)}, spent ${formatAmount(result.spent, 9)}, ` +
+        `expired ${formatAmount(result.expired, 9)}`,
+    );
     for (const problem of result.problems) console.log(`problem: ${problem}`);
-    console.log(result.ok ? 'ok: balance = grants - debits' : 'FAILED: the stored totals do not match the entry stream');
+    console.log(result.ok ? 'ok: balance = grants - debits - expired' : 'FAILED: the stored totals do not match the entry stream');
     return result.ok ? 0 : 1;
   } finally {
     await ledger.quit();

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { MAX_LEDGER_AMOUNT, parseAmount } from '../money/money.ts';
 import type { CommitEntry, HoldRequest, Ledger, ReserveResult, WalletKey } from './ledger.ts';
-import { GrantTooLargeError } from './ledger.ts';
+import { GrantExpiredError, GrantTooLargeError } from './ledger.ts';
 
 export interface LedgerFactoryOptions {
   /** Clock in epoch milliseconds; it decides at least the UTC day and month of the spend caps. */
@@ -32,6 +32,13 @@ function longHold(amount: bigint, overrides: Partial<HoldRequest> = {}): HoldReq
 
 function usage(charged: bigint, providerCost = 0n): CommitEntry {
   return { charged, providerCost, model: 'gpt-test', route: 'openai-main', tokens: { input: 10, output: 5 }, estimated: false };
+}
+
+const HOUR_MS = 3_600_000;
+
+/** Waits until the local clock, which the Redis server on this host shares, is past `epochMs`. */
+async function waitUntilPast(epochMs: number): Promise<void> {
+  while (Date.now() <= epochMs) await new Promise((resolve) => setTimeout(resolve, epochMs - Date.now() + 5));
 }
 
 function countStatuses(results: ReserveResult[]): Record<string, number> {
@@ -69,8 +76,8 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
       it('is idempotent on the grant id', async () => {
         const wallet = newWallet();
 
-        expect(await ledger.credit(wallet, 'g-1', 100n, 'welcome')).toEqual({ status: 'credited', replayed: false, balance: 100n });
-        expect(await ledger.credit(wallet, 'g-1', 100n, 'welcome')).toEqual({ status: 'credited', replayed: true, balance: 100n });
+        expect(await ledger.credit(wallet, 'g-1', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n });
+        expect(await ledger.credit(wallet, 'g-1', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: true, balance: 100n });
         // A reused grant id keeps its first amount.
         expect(await ledger.credit(wallet, 'g-1', 999n)).toEqual({ status: 'credited', replayed: true, balance: 100n });
         expect(await ledger.credit(wallet, 'g-2', 50n)).toEqual({ status: 'credited', replayed: false, balance: 150n });
@@ -568,6 +575,286 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
       });
     });
 
+    describe('grant expiry', () => {
+      /** Reserves and commits `amount` under `requestId`, and checks that both succeed. */
+      const spend = async (wallet: WalletKey, requestId: string, amount: bigint, charged = amount): Promise<void> => {
+        expect(await ledger.reserve(wallet, requestId, longHold(amount))).toMatchObject({ status: 'reserved', amount });
+        expect(await ledger.commit(wallet, requestId, usage(charged))).toMatchObject({ status: 'committed', charged });
+      };
+
+      it('lapses an unused grant in full', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        expect(await ledger.credit(wallet, 'promo', 300n, { reason: 'launch', expiresAtMs })).toEqual({
+          status: 'credited',
+          replayed: false,
+          balance: 1300n,
+        });
+
+        // The expiry is inclusive: a sweep one millisecond before it changes nothing.
+        expect(await ledger.sweep(wallet, expiresAtMs - 1)).toEqual({ released: 0, charged: 0 });
+        expect((await ledger.state(wallet)).balance).toBe(1300n);
+        expect(await ledger.sweep(wallet, expiresAtMs)).toEqual({ released: 0, charged: 0 });
+
+        expect(await ledger.state(wallet)).toEqual({
+          granted: 1300n,
+          spent: 0n,
+          expired: 300n,
+          reserved: 0n,
+          balance: 1000n,
+          available: 1000n,
+          providerCost: 0n,
+          holds: 0,
+          closed: false,
+        });
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1300n, spent: 0n, expired: 300n, entries: 3, problems: [] });
+
+        // A second sweep finds nothing left to lapse.
+        await ledger.sweep(wallet, expiresAtMs + HOUR_MS);
+        expect((await ledger.state(wallet)).expired).toBe(300n);
+        expect((await ledger.verify(wallet)).entries).toBe(3);
+      });
+
+      it('lapses only the rest of a partly spent grant', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'promo', 300n, { expiresAtMs });
+        // A charge above its hold counts in full.
+        await spend(wallet, 'a', 100n, 120n);
+
+        await ledger.sweep(wallet, expiresAtMs);
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(120n);
+        expect(state.expired).toBe(180n);
+        expect(state.balance).toBe(1000n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1300n, spent: 120n, expired: 180n, entries: 4, problems: [] });
+      });
+
+      it('spends expiring grants first, earliest expiry first', async () => {
+        const wallet = newWallet();
+        const earlyMs = Date.now() + HOUR_MS;
+        const lateMs = earlyMs + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'late', 200n, { expiresAtMs: lateMs });
+        await ledger.credit(wallet, 'early', 100n, { expiresAtMs: earlyMs });
+        // 250 uses all of "early" and 150 of "late"; the paid grant stays whole.
+        await spend(wallet, 'a', 200n);
+        await spend(wallet, 'b', 50n);
+
+        await ledger.sweep(wallet, earlyMs);
+        let state = await ledger.state(wallet);
+        expect(state.expired).toBe(0n);
+        expect(state.balance).toBe(1050n);
+
+        await ledger.sweep(wallet, lateMs);
+        state = await ledger.state(wallet);
+        expect(state.expired).toBe(50n);
+        expect(state.balance).toBe(1000n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1300n, spent: 250n, expired: 50n, entries: 7, problems: [] });
+      });
+
+      it('spends a new grant only after one that expires earlier', async () => {
+        const wallet = newWallet();
+        const earlyMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'first', 100n, { expiresAtMs: earlyMs + HOUR_MS });
+        // 60 is attributed to "first" before "second" exists.
+        await spend(wallet, 'a', 60n);
+        await ledger.credit(wallet, 'second', 100n, { expiresAtMs: earlyMs });
+        await ledger.credit(wallet, 'paid', 500n);
+        // "second" expires earlier, so it pays the next 70 in full.
+        await spend(wallet, 'b', 70n);
+
+        await ledger.sweep(wallet, earlyMs);
+        expect((await ledger.state(wallet)).expired).toBe(30n);
+        await ledger.sweep(wallet, earlyMs + HOUR_MS);
+        const state = await ledger.state(wallet);
+        expect(state.expired).toBe(70n);
+        expect(state.balance).toBe(500n);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
+      it('never takes back what an open hold promised', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 100n);
+        await ledger.credit(wallet, 'promo', 300n, { expiresAtMs });
+        // The hold outlives the sweep below.
+        expect(await ledger.reserve(wallet, 'held', longHold(250n))).toMatchObject({ status: 'reserved', amount: 250n });
+
+        // balance 400 - reserved 250 leaves 150 of the promo's 300 to take back.
+        await ledger.sweep(wallet, expiresAtMs);
+        let state = await ledger.state(wallet);
+        expect(state.expired).toBe(150n);
+        expect(state.balance).toBe(250n);
+        expect(state.reserved).toBe(250n);
+        expect(state.available).toBe(0n);
+
+        expect(await ledger.commit(wallet, 'held', usage(250n))).toEqual({ status: 'committed', charged: 250n, released: 0n, replayed: false });
+        state = await ledger.state(wallet);
+        expect(state.balance).toBe(0n);
+        expect(state.spent).toBe(250n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 400n, spent: 250n, expired: 150n, entries: 4, problems: [] });
+      });
+
+      it('takes back nothing from an overdrawn wallet', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'promo', 100n, { expiresAtMs });
+        // A commit without a hold may overdraw the wallet.
+        await ledger.commit(wallet, 'unreserved', usage(150n));
+        await ledger.sweep(wallet, expiresAtMs);
+
+        const state = await ledger.state(wallet);
+        expect(state.expired).toBe(0n);
+        expect(state.balance).toBe(-50n);
+        expect((await ledger.verify(wallet)).entries).toBe(3);
+      });
+
+      it('rejects a hold only a lapsed grant funds', async () => {
+        const wallet = newWallet();
+        // Reserve reads the ledger's clock, so this grant really expires half a second from now.
+        const expiresAtMs = Date.now() + 500;
+        await ledger.credit(wallet, 'paid', 100n);
+        await ledger.credit(wallet, 'promo', 1000n, { expiresAtMs });
+        await spend(wallet, 'before', 400n);
+        await waitUntilPast(expiresAtMs);
+
+        // No sweep ran: state reads the grant as live, and the reserve lapses it before its funds check.
+        expect((await ledger.state(wallet)).available).toBe(700n);
+        expect(await ledger.reserve(wallet, 'after', fixedHold(101n))).toEqual({ status: 'insufficient_funds', available: 100n, required: 101n });
+        expect(await ledger.reserve(wallet, 'fits', fixedHold(100n))).toEqual({ status: 'reserved', amount: 100n, units: 0, replayed: false });
+
+        const state = await ledger.state(wallet);
+        expect(state.expired).toBe(600n);
+        expect(state.balance).toBe(100n);
+        expect(state.available).toBe(0n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1100n, spent: 400n, expired: 600n, entries: 4, problems: [] });
+      });
+
+      it('lapses on a sweep by the ledger clock', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + 500;
+        await ledger.credit(wallet, 'promo', 80n, { expiresAtMs });
+        await waitUntilPast(expiresAtMs);
+
+        expect(await ledger.sweep(wallet)).toEqual({ released: 0, charged: 0 });
+        const state = await ledger.state(wallet);
+        expect(state.expired).toBe(80n);
+        expect(state.balance).toBe(0n);
+      });
+
+      it('replays an expiring grant by its id', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        expect(await ledger.credit(wallet, 'promo', 300n, { expiresAtMs })).toEqual({ status: 'credited', replayed: false, balance: 300n });
+        // A replay keeps the first amount and expiry.
+        expect(await ledger.credit(wallet, 'promo', 999n, { expiresAtMs: expiresAtMs + HOUR_MS })).toEqual({
+          status: 'credited',
+          replayed: true,
+          balance: 300n,
+        });
+        expect(await ledger.credit(wallet, 'promo', 300n)).toEqual({ status: 'credited', replayed: true, balance: 300n });
+
+        await ledger.sweep(wallet, expiresAtMs);
+        expect((await ledger.state(wallet)).expired).toBe(300n);
+        // After the lapse, and even with an expiry in the past, the id still replays.
+        expect(await ledger.credit(wallet, 'promo', 300n, { expiresAtMs: Date.now() - HOUR_MS })).toEqual({
+          status: 'credited',
+          replayed: true,
+          balance: 0n,
+        });
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 300n, spent: 0n, expired: 300n, entries: 2, problems: [] });
+      });
+
+      it('attributes expire-charges and their corrections', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'promo', 100n, { expiresAtMs });
+        await ledger.reserve(wallet, 'answered', fixedHold(80n));
+        await ledger.markAnswered(wallet, 'answered');
+
+        // The sweep charges the expired hold at 80 before it lapses the promo, so 20 is taken back.
+        expect(await ledger.sweep(wallet, expiresAtMs)).toEqual({ released: 0, charged: 1 });
+        let state = await ledger.state(wallet);
+        expect(state.spent).toBe(80n);
+        expect(state.expired).toBe(20n);
+        expect(state.balance).toBe(1000n);
+
+        // A late commit lowers the charge to 30; the 50 returned are funds without expiry.
+        await ledger.commit(wallet, 'answered', usage(30n));
+        state = await ledger.state(wallet);
+        expect(state.spent).toBe(30n);
+        expect(state.balance).toBe(1050n);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
+      it('nets a correction against charges not yet attributed', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'promo', 100n, { expiresAtMs });
+        await ledger.reserve(wallet, 'answered', fixedHold(80n));
+        await ledger.markAnswered(wallet, 'answered');
+
+        // The hold expires long before the promo; the late commit lowers its charge from 80 to 30.
+        expect(await ledger.sweep(wallet, expiresAtMs - HOUR_MS + 120_000)).toEqual({ released: 0, charged: 1 });
+        await ledger.commit(wallet, 'answered', usage(30n));
+        await ledger.sweep(wallet, expiresAtMs);
+
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(30n);
+        expect(state.expired).toBe(70n);
+        expect(state.balance).toBe(1000n);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
+      it('lapses a grant of 2^53 exactly', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'promo', MAX_LEDGER_AMOUNT, { expiresAtMs });
+        await spend(wallet, 'a', 1n);
+        await ledger.sweep(wallet, expiresAtMs);
+
+        const state = await ledger.state(wallet);
+        expect(state.expired).toBe(MAX_LEDGER_AMOUNT - 1n);
+        expect(state.balance).toBe(0n);
+        expect(await ledger.verify(wallet)).toEqual({
+          ok: true,
+          granted: MAX_LEDGER_AMOUNT,
+          spent: 1n,
+          expired: 9007199254740991n,
+          entries: 3,
+          problems: [],
+        });
+      });
+
+      it('rejects a grant whose expiry has passed', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() - 1000;
+
+        const error = await ledger.credit(wallet, 'stale', 100n, { expiresAtMs }).catch((caught: unknown) => caught);
+        expect(error).toBeInstanceOf(GrantExpiredError);
+        expect((error as GrantExpiredError).grantId).toBe('stale');
+        expect((error as GrantExpiredError).expiresAtMs).toBe(expiresAtMs);
+        expect((error as Error).message).toContain(`grant "stale" to wallet ${wallet.namespace}/${wallet.name} expires at ${new Date(expiresAtMs).toISOString()}`);
+        expect(await ledger.state(wallet)).toMatchObject({ granted: 0n, balance: 0n });
+        expect((await ledger.verify(wallet)).entries).toBe(0);
+
+        await expect(ledger.credit(wallet, 'fraction', 100n, { expiresAtMs: Date.now() + 0.5 })).rejects.toThrow(RangeError);
+        await expect(ledger.credit(wallet, 'negative', 100n, { expiresAtMs: -1 })).rejects.toThrow(RangeError);
+      });
+
+      it('keeps a grant without expiry forever', async () => {
+        const wallet = newWallet();
+        expect(await ledger.credit(wallet, 'g', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n });
+        await ledger.sweep(wallet, Date.now() + 100 * 365 * 24 * HOUR_MS);
+        expect((await ledger.state(wallet)).balance).toBe(100n);
+      });
+    });
+
     describe('verify', () => {
       it('matches the stored totals after mixed operations', async () => {
         const wallet = newWallet();
@@ -580,7 +867,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         await ledger.reserve(wallet, 'c', fixedHold(usd('0.25')));
 
         const verify = await ledger.verify(wallet);
-        expect(verify).toEqual({ ok: true, granted: 3_250_000_000n, spent: 333_333_333n, entries: 3, problems: [] });
+        expect(verify).toEqual({ ok: true, granted: 3_250_000_000n, spent: 333_333_333n, expired: 0n, entries: 3, problems: [] });
         expect((await ledger.state(wallet)).reserved).toBe(250_000_000n);
       });
 
@@ -589,6 +876,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(await ledger.state(wallet)).toEqual({
           granted: 0n,
           spent: 0n,
+          expired: 0n,
           reserved: 0n,
           balance: 0n,
           available: 0n,
@@ -596,7 +884,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           holds: 0,
           closed: false,
         });
-        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 0n, spent: 0n, entries: 0, problems: [] });
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 0n, spent: 0n, expired: 0n, entries: 0, problems: [] });
       });
     });
 

@@ -59,7 +59,7 @@ describe('RedisLedger on a real redis-server', () => {
 
   it('writes stream entries with decimal amounts', async () => {
     const wallet = { namespace: 'stream', name: 'entries' };
-    await ledger.credit(wallet, 'g-1', 10_000_000_000n, 'trial');
+    await ledger.credit(wallet, 'g-1', 10_000_000_000n, { reason: 'trial' });
     await ledger.reserve(wallet, 'req-1', hold(4_000_000n));
     await ledger.commit(wallet, 'req-1', {
       charged: 120n,

@@ -10,6 +10,31 @@
  * held amount by the sweeper because the upstream answered). Settled states
  * are kept per request id without expiry, so that a late retry of any
  * operation gets the first result instead of a second debit.
+ *
+ * Grant expiry. A grant credited with `expiresAtMs` is an expiring grant
+ * and keeps a remaining amount, which starts at its amount. Committed
+ * charges (commit, and the sweeper's expire-charge) go first to the live
+ * expiring grants and lower their remaining amounts, earliest expiry first
+ * and equal expiries by grant id in byte order. Only the rest goes to funds
+ * without expiry, so a promotional credit is used before a paid top-up.
+ * When its expiry is at or before the ledger's clock (the Redis server's
+ * clock for the Redis ledger), a grant lapses: the ledger takes back
+ * `min(remaining, max(0, balance - reserved))`, adds it to `expired`, appends
+ * an `expire` entry and drops the grant from the live set. So a lapse never
+ * takes funds that an open hold has promised, and a hold placed before the
+ * expiry can still be committed in full. Reserve applies its wallet's due
+ * lapses before its funds check, so a lapsed grant never funds a new hold,
+ * and `sweep` applies them too. Both settle expired holds first. `state`
+ * never changes anything, so it can show a grant as live after its expiry
+ * until the next reserve or sweep.
+ *
+ * The ledgers attribute charges lazily, when they credit an expiring grant or
+ * apply lapses, and attribute the net change of `spent` since the last time.
+ * The live grants change only at those steps, and filling the grants in
+ * order is additive, so the result equals attributing each charge when it
+ * happens. The exception is a late commit that lowers an expire-charge: it
+ * first offsets charges not yet attributed, and anything left over becomes
+ * funds without expiry.
  */
 
 import { MAX_LEDGER_AMOUNT } from '../money/money.ts';
@@ -96,14 +121,23 @@ export type ReleaseResult = { status: 'released'; amount: bigint } | { status: '
 
 export type CreditResult = { status: 'credited'; replayed: boolean; balance: bigint };
 
+export interface CreditOptions {
+  /** Reason for the grant, recorded in its stream entry. */
+  reason?: string;
+  /** Expiry of the grant in epoch milliseconds; a grant without it never lapses. */
+  expiresAtMs?: number;
+}
+
 export interface WalletState {
-  /** Sum of all grants. */
+  /** Sum of all grants, including those that lapsed. */
   granted: bigint;
   /** Sum of all committed charges. */
   spent: bigint;
+  /** Sum taken back from expiring grants when they lapsed. */
+  expired: bigint;
   /** Sum of all open holds. */
   reserved: bigint;
-  /** granted - spent. */
+  /** granted - spent - expired. */
   balance: bigint;
   /** balance - reserved: what a new request may hold. */
   available: bigint;
@@ -121,11 +155,20 @@ export interface SweepResult {
 export interface Ledger {
   /**
    * Adds a grant; idempotent on `grantId` (a repeated id keeps its first
-   * amount and returns replayed). Throws GrantTooLargeError when the grant or
+   * amount and expiry and returns replayed, also after the grant lapsed).
+   * With `options.expiresAtMs` the grant is an expiring grant (see the top
+   * of this file).
+   * Checks run in this order: replay, expiry, total. Throws
+   * GrantExpiredError, and changes nothing, when a new grant's expiry is at
+   * or before the ledger's clock, and GrantTooLargeError when the grant or
    * the wallet's granted total would exceed MAX_LEDGER_AMOUNT.
    */
-  credit(wallet: WalletKey, grantId: string, amount: bigint, reason?: string): Promise<CreditResult>;
-  /** Places a hold if the wallet can afford it; idempotent on `requestId` with the same fingerprint. */
+  credit(wallet: WalletKey, grantId: string, amount: bigint, options?: CreditOptions): Promise<CreditResult>;
+  /**
+   * Places a hold if the wallet can afford it; idempotent on `requestId` with
+   * the same fingerprint. It first settles expired holds, and it lapses the
+   * wallet's due grants after the closed check and before the limit and funds checks.
+   */
   reserve(wallet: WalletKey, requestId: string, hold: HoldRequest): Promise<ReserveResult>;
   /** Records that the upstream answered, so an expired hold is charged rather than released. */
   markAnswered(wallet: WalletKey, requestId: string): Promise<void>;
@@ -136,18 +179,20 @@ export interface Ledger {
   /**
    * Settles holds whose expiry is at or before `nowMs` (default: the ledger's
    * clock, which is the Redis server's clock for the Redis ledger): released,
-   * or charged at the held amount if answered. Reserve also settles up to
+   * or charged at the held amount if answered. Then lapses the grants whose
+   * expiry is at or before `nowMs`. Reserve also settles up to
    * EXPIRED_HOLDS_SETTLED_PER_RESERVE expired holds of its wallet.
    */
   sweep(wallet: WalletKey, nowMs?: number): Promise<SweepResult>;
-  /** Reads the wallet's totals; an unknown wallet reads as all zeros. */
+  /** Reads the wallet's totals without settling or lapsing anything; an unknown wallet reads as all zeros. */
   state(wallet: WalletKey): Promise<WalletState>;
   /** Closes the wallet: no new holds; open holds can still be committed or released, and history stays. */
   close(wallet: WalletKey): Promise<void>;
   /**
-   * Recomputes the granted and spent totals from the entry stream and
-   * compares them, the provider cost, the grants and the open holds with the
-   * stored totals. Returns the recomputed totals; `problems` lists each mismatch.
+   * Recomputes the granted, spent and expired totals from the entry stream
+   * and compares them, the provider cost, the grants and the open holds with
+   * the stored totals, which proves balance = grants - debits - expired.
+   * Returns the recomputed totals; `problems` lists each mismatch.
    */
   verify(wallet: WalletKey): Promise<VerifyResult>;
   /** Releases the ledger's resources, such as a Redis connection it opened itself. */
@@ -160,6 +205,8 @@ export interface VerifyResult {
   granted: bigint;
   /** Sum of the debit and expire-charge entries in the stream. */
   spent: bigint;
+  /** Sum of the expire entries in the stream. */
+  expired: bigint;
   entries: number;
   problems: string[];
 }
@@ -172,6 +219,26 @@ export class LedgerUnavailableError extends Error {
 /** Raised when a grant would push a stored amount above MAX_LEDGER_AMOUNT. */
 export class GrantTooLargeError extends Error {
   override readonly name = 'GrantTooLargeError';
+}
+
+/** Raised when a new grant's expiry is at or before the ledger's clock; the ledger did not credit it. */
+export class GrantExpiredError extends Error {
+  override readonly name = 'GrantExpiredError';
+  readonly grantId: string;
+  readonly expiresAtMs: number;
+  /** The ledger's clock when it rejected the grant, in epoch milliseconds. */
+  readonly ledgerNowMs: number;
+
+  constructor(wallet: WalletKey, grantId: string, expiresAtMs: number, ledgerNowMs: number) {
+    super(
+      `grant "${grantId}" to wallet ${walletId(wallet)} expires at ${new Date(expiresAtMs).toISOString()}, ` +
+        `not after the ledger's clock (${new Date(ledgerNowMs).toISOString()}), so it was not credited; ` +
+        'give it a later expiry or leave it out',
+    );
+    this.grantId = grantId;
+    this.expiresAtMs = expiresAtMs;
+    this.ledgerNowMs = ledgerNowMs;
+  }
 }
 
 export function walletId(wallet: WalletKey): string {
@@ -259,6 +326,14 @@ export function validateGrant(wallet: WalletKey, grantId: string, amount: bigint
   }
 }
 
+/** Throws a RangeError unless the grant's expiry, when given, is a whole number of epoch milliseconds. */
+export function validateGrantExpiry(grantId: string, expiresAtMs: number | undefined): void {
+  if (expiresAtMs === undefined) return;
+  if (!Number.isSafeInteger(expiresAtMs) || expiresAtMs < 0) {
+    throw new RangeError(`invalid expiry ${expiresAtMs} of grant "${grantId}": it must be a non-negative integer of epoch milliseconds`);
+  }
+}
+
 /** Builds the error for a grant that fits alone but would push the wallet's granted total above the limit. */
 export function grantTotalTooLarge(wallet: WalletKey, grantId: string, amount: bigint, granted: bigint): GrantTooLargeError {
   return new GrantTooLargeError(
@@ -270,8 +345,8 @@ export function grantTotalTooLarge(wallet: WalletKey, grantId: string, amount: b
 
 /** Totals recomputed from the entry stream and the stored records, compared by `compareTotals`. */
 export interface LedgerTotals {
-  stored: { granted: bigint; spent: bigint; reserved: bigint; providerCost: bigint };
-  replayed: { granted: bigint; spent: bigint; providerCost: bigint; entries: number };
+  stored: { granted: bigint; spent: bigint; expired: bigint; reserved: bigint; providerCost: bigint };
+  replayed: { granted: bigint; spent: bigint; expired: bigint; providerCost: bigint; entries: number };
   /** Sum of the grants recorded by grant id. */
   grantsSum: bigint;
   /** Sum of the open holds. */
@@ -286,6 +361,7 @@ export function compareTotals(wallet: WalletKey, totals: LedgerTotals): VerifyRe
     ['stored granted', stored.granted, 'the sum of grant entries', replayed.granted],
     ['stored granted', stored.granted, 'the sum of recorded grants', totals.grantsSum],
     ['stored spent', stored.spent, 'the sum of debit entries', replayed.spent],
+    ['stored expired', stored.expired, 'the sum of expire entries', replayed.expired],
     ['stored provider cost', stored.providerCost, 'the sum of entry provider costs', replayed.providerCost],
     ['stored reserved', stored.reserved, 'the sum of open holds', totals.holdsSum],
   ];
@@ -301,6 +377,7 @@ export function compareTotals(wallet: WalletKey, totals: LedgerTotals): VerifyRe
     ok: problems.length === 0,
     granted: replayed.granted,
     spent: replayed.spent,
+    expired: replayed.expired,
     entries: replayed.entries,
     problems,
   };

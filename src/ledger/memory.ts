@@ -7,6 +7,7 @@
 import type {
   CommitEntry,
   CommitResult,
+  CreditOptions,
   CreditResult,
   HoldRequest,
   Ledger,
@@ -19,6 +20,7 @@ import type {
 } from './ledger.ts';
 import {
   EXPIRED_HOLDS_SETTLED_PER_RESERVE,
+  GrantExpiredError,
   compareTotals,
   grantTotalTooLarge,
   holdTtlMs,
@@ -26,6 +28,7 @@ import {
   periodFields,
   validateCommitEntry,
   validateGrant,
+  validateGrantExpiry,
   validateHoldRequest,
   walletId,
 } from './ledger.ts';
@@ -57,24 +60,35 @@ interface Settled {
 
 /**
  * One entry of the wallet's entry stream, with the fields of the Redis
- * stream. `amount` is the change to granted (grant) or to spent (debit,
- * expire-charge). It differs from `charged` only when a commit corrects an
- * expired hold that the sweeper charged at the held amount.
+ * stream. `amount` is the change to granted (grant), to spent (debit,
+ * expire-charge) or to expired (expire). It differs from `charged` only when
+ * a commit corrects an expired hold that the sweeper charged at the held amount.
  */
 interface LogEntry {
-  type: 'grant' | 'debit' | 'expire-charge';
+  type: 'grant' | 'debit' | 'expire-charge' | 'expire';
   /** Grant id or request id. */
   id: string;
   amount: bigint;
   charged: bigint;
   providerCost: bigint;
   reason?: string;
+  /** Expiry of an expiring grant, in epoch milliseconds. */
+  expiresAtMs?: number;
   usage?: Omit<CommitEntry, 'charged' | 'providerCost'>;
+}
+
+/** A live expiring grant. */
+interface ExpiringGrant {
+  id: string;
+  expiresAtMs: number;
+  /** Amount left after the charges attributed to the grant. */
+  remaining: bigint;
 }
 
 interface Account {
   granted: bigint;
   spent: bigint;
+  expired: bigint;
   reserved: bigint;
   providerCost: bigint;
   closed: boolean;
@@ -83,6 +97,10 @@ interface Account {
   holds: Map<string, Hold>;
   settled: Map<string, Settled>;
   grants: Map<string, bigint>;
+  /** Live expiring grants in order of expiry, then grant id in byte order. */
+  expiring: ExpiringGrant[];
+  /** The value of `spent` up to which charges are attributed to the expiring grants. */
+  attributed: bigint;
   log: LogEntry[];
 }
 
@@ -99,12 +117,18 @@ export class MemoryLedger implements Ledger {
     this.#now = options.now ?? Date.now;
   }
 
-  async credit(wallet: WalletKey, grantId: string, amount: bigint, reason?: string): Promise<CreditResult> {
+  async credit(wallet: WalletKey, grantId: string, amount: bigint, options: CreditOptions = {}): Promise<CreditResult> {
+    const { reason, expiresAtMs } = options;
     validateGrant(wallet, grantId, amount);
+    validateGrantExpiry(grantId, expiresAtMs);
     const account = this.#account(wallet);
 
     if (account.grants.has(grantId)) {
-      return { status: 'credited', replayed: true, balance: account.granted - account.spent };
+      return { status: 'credited', replayed: true, balance: balanceOf(account) };
+    }
+    if (expiresAtMs !== undefined) {
+      const nowMs = this.#now();
+      if (expiresAtMs <= nowMs) throw new GrantExpiredError(wallet, grantId, expiresAtMs, nowMs);
     }
     if (amount > MAX_LEDGER_AMOUNT - account.granted) {
       throw grantTotalTooLarge(wallet, grantId, amount, account.granted);
@@ -112,8 +136,15 @@ export class MemoryLedger implements Ledger {
 
     account.grants.set(grantId, amount);
     account.granted += amount;
-    account.log.push({ type: 'grant', id: grantId, amount, charged: 0n, providerCost: 0n, reason: reason ?? '' });
-    return { status: 'credited', replayed: false, balance: account.granted - account.spent };
+    const entry: LogEntry = { type: 'grant', id: grantId, amount, charged: 0n, providerCost: 0n, reason: reason ?? '' };
+    if (expiresAtMs !== undefined) {
+      entry.expiresAtMs = expiresAtMs;
+      // The live grants change here, so the charges so far go to the grants that were live while they happened.
+      attributeCharges(account);
+      insertExpiringGrant(account.expiring, { id: grantId, expiresAtMs, remaining: amount });
+    }
+    account.log.push(entry);
+    return { status: 'credited', replayed: false, balance: balanceOf(account) };
   }
 
   async reserve(wallet: WalletKey, requestId: string, hold: HoldRequest): Promise<ReserveResult> {
@@ -135,6 +166,7 @@ export class MemoryLedger implements Ledger {
       if (settled.state !== 'released') return { status: 'conflict', reason: 'already_settled' };
     }
     if (account.closed) return { status: 'wallet_closed' };
+    lapseGrants(account, nowMs);
 
     const periods = periodFields(nowMs);
     const admission = admit(account, hold, periods);
@@ -215,15 +247,20 @@ export class MemoryLedger implements Ledger {
   }
 
   async sweep(wallet: WalletKey, nowMs?: number): Promise<SweepResult> {
-    return settleExpired(this.#account(wallet), nowMs ?? this.#now(), Number.POSITIVE_INFINITY);
+    const account = this.#account(wallet);
+    const now = nowMs ?? this.#now();
+    const result = settleExpired(account, now, Number.POSITIVE_INFINITY);
+    lapseGrants(account, now);
+    return result;
   }
 
   async state(wallet: WalletKey): Promise<WalletState> {
     const account = this.#account(wallet);
-    const balance = account.granted - account.spent;
+    const balance = balanceOf(account);
     return {
       granted: account.granted,
       spent: account.spent,
+      expired: account.expired,
       reserved: account.reserved,
       balance,
       available: balance - account.reserved,
@@ -239,15 +276,22 @@ export class MemoryLedger implements Ledger {
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
     const account = this.#account(wallet);
-    const replayed = { granted: 0n, spent: 0n, providerCost: 0n, entries: account.log.length };
+    const replayed = { granted: 0n, spent: 0n, expired: 0n, providerCost: 0n, entries: account.log.length };
     for (const entry of account.log) {
       if (entry.type === 'grant') replayed.granted += entry.amount;
+      else if (entry.type === 'expire') replayed.expired += entry.amount;
       else replayed.spent += entry.amount;
       replayed.providerCost += entry.providerCost;
     }
 
     return compareTotals(wallet, {
-      stored: { granted: account.granted, spent: account.spent, reserved: account.reserved, providerCost: account.providerCost },
+      stored: {
+        granted: account.granted,
+        spent: account.spent,
+        expired: account.expired,
+        reserved: account.reserved,
+        providerCost: account.providerCost,
+      },
       replayed,
       grantsSum: sum(account.grants.values()),
       holdsSum: sum([...account.holds.values()].map((hold) => hold.amount)),
@@ -263,6 +307,7 @@ export class MemoryLedger implements Ledger {
       account = {
         granted: 0n,
         spent: 0n,
+        expired: 0n,
         reserved: 0n,
         providerCost: 0n,
         closed: false,
@@ -270,6 +315,8 @@ export class MemoryLedger implements Ledger {
         holds: new Map(),
         settled: new Map(),
         grants: new Map(),
+        expiring: [],
+        attributed: 0n,
         log: [],
       };
       this.#accounts.set(id, account);
@@ -309,7 +356,7 @@ function admit(account: Account, hold: HoldRequest, periods: { day: string; mont
     budgets.push(remaining);
   }
 
-  const available = account.granted - account.spent - account.reserved;
+  const available = balanceOf(account) - account.reserved;
   if (required > available) return reject({ status: 'insufficient_funds', available, required });
   budgets.push(available);
 
@@ -358,6 +405,59 @@ function byExpiryThenId([idA, holdA]: [string, Hold], [idB, holdB]: [string, Hol
   if (holdA.expiresAtMs !== holdB.expiresAtMs) return holdA.expiresAtMs - holdB.expiresAtMs;
   if (idA === idB) return 0;
   return idA < idB ? -1 : 1;
+}
+
+function balanceOf(account: Account): bigint {
+  return account.granted - account.spent - account.expired;
+}
+
+/**
+ * Attributes the charges since the last attribution (`spent - attributed`)
+ * to the live expiring grants, earliest expiry first. A negative difference,
+ * left by a late commit that lowered an expire-charge, lowers no grant.
+ */
+function attributeCharges(account: Account): void {
+  let pending = account.spent - account.attributed;
+  for (const grant of account.expiring) {
+    if (pending <= 0n) break;
+    const taken = grant.remaining < pending ? grant.remaining : pending;
+    grant.remaining -= taken;
+    pending -= taken;
+  }
+  account.attributed = account.spent;
+}
+
+/**
+ * Lapses the live grants whose expiry is at or before `nowMs`, earliest
+ * first, after attributing the charges so far. Each takes back what is left
+ * of it, but no more than the balance beyond the open holds.
+ */
+function lapseGrants(account: Account, nowMs: number): void {
+  const first = account.expiring[0];
+  if (first === undefined || first.expiresAtMs > nowMs) return;
+
+  attributeCharges(account);
+  while (account.expiring[0] !== undefined && account.expiring[0].expiresAtMs <= nowMs) {
+    const grant = account.expiring.shift()!;
+    const free = balanceOf(account) - account.reserved;
+    let takenBack = grant.remaining < free ? grant.remaining : free;
+    if (takenBack < 0n) takenBack = 0n;
+    account.expired += takenBack;
+    account.log.push({ type: 'expire', id: grant.id, amount: takenBack, charged: 0n, providerCost: 0n });
+  }
+}
+
+/** Inserts a grant into the live list, keeping the order of expiry, then grant id in byte order. */
+function insertExpiringGrant(expiring: ExpiringGrant[], grant: ExpiringGrant): void {
+  const index = expiring.findIndex(
+    (other) => other.expiresAtMs > grant.expiresAtMs || (other.expiresAtMs === grant.expiresAtMs && compareBytes(grant.id, other.id) < 0),
+  );
+  expiring.splice(index === -1 ? expiring.length : index, 0, grant);
+}
+
+/** Compares two strings by their UTF-8 bytes, the order Redis gives sorted-set members. */
+function compareBytes(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 }
 
 /** Adds `amount` to spent and appends a debit entry that records the request's full cost. */

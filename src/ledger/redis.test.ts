@@ -1,8 +1,8 @@
 /**
  * Checks of RedisLedger details that the contract tests cannot see, on a
  * real redis-server: the scripts' stored counters at the bound of exact
- * double arithmetic (2^53), the cache of wallet keys, and the batching of
- * writes.
+ * double arithmetic (2^53), the entries and commands of grant expiry, the
+ * cache of wallet keys, and the batching of writes.
  */
 
 import { readFileSync } from 'node:fs';
@@ -106,6 +106,109 @@ describe('period counters beyond 2^53', () => {
 
     await ledger.reserve(wallet, 'a', hold);
     expect(await client.hmget(accountKey, 'reserved', day, month)).toEqual(['7', '9007199254740992', '9007199254740993']);
+  });
+});
+
+describe('grant expiry', () => {
+  const hold: HoldRequest = { fixed: 100n, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'fp' };
+  const entry = { charged: 100n, providerCost: 60n, model: 'm', route: 'r', tokens: {}, estimated: false };
+  let ledger: RedisLedger;
+
+  beforeAll(() => {
+    ledger = new RedisLedger(client);
+  });
+
+  /** Returns the fields of the wallet's stream entries. */
+  async function entries(wallet: { namespace: string; name: string }): Promise<string[][]> {
+    return (await client.xrange(walletKeys(wallet)[4]!, '-', '+')).map(([, fields]) => fields);
+  }
+
+  it('writes grant and expire entries', async () => {
+    const wallet = { namespace: 'expiry', name: 'entries' };
+    const expiresAtMs = Date.now() + 3_600_000;
+    await ledger.credit(wallet, 'promo', 300n, { reason: 'launch', expiresAtMs });
+    await ledger.reserve(wallet, 'a', hold);
+    await ledger.commit(wallet, 'a', entry);
+    await ledger.sweep(wallet, expiresAtMs);
+
+    const all = await entries(wallet);
+    expect(all[0]).toEqual(['type', 'grant', 'id', 'promo', 'amount', '300', 'reason', 'launch', 'expiresAt', String(expiresAtMs)]);
+    expect(all[2]).toEqual(['type', 'expire', 'id', 'promo', 'amount', '200']);
+    expect(all).toHaveLength(3);
+    // No live expiring grant is left, so the account keeps none of their fields.
+    expect(await client.hmget(walletKeys(wallet)[0]!, 'expired', 'expiring', 'nextExpiry', 'attributed')).toEqual(['200', null, null, null]);
+  });
+
+  it('orders grants of equal expiry by the bytes of their ids', async () => {
+    const wallet = { namespace: 'expiry', name: 'ties' };
+    const expiresAtMs = Date.now() + 3_600_000;
+    // 'B' (0x42) sorts before 'a' (0x61) by bytes, but after it in a case-insensitive locale.
+    await ledger.credit(wallet, 'promo-a', 100n, { expiresAtMs });
+    await ledger.credit(wallet, 'promo-B', 100n, { expiresAtMs });
+    await ledger.credit(wallet, 'paid', 1000n);
+    await ledger.reserve(wallet, 'a', { ...hold, fixed: 150n });
+    await ledger.commit(wallet, 'a', { ...entry, charged: 150n });
+    await ledger.sweep(wallet, expiresAtMs);
+
+    const expires = (await entries(wallet)).filter((fields) => fields[1] === 'expire');
+    expect(expires).toEqual([
+      ['type', 'expire', 'id', 'promo-B', 'amount', '0'],
+      ['type', 'expire', 'id', 'promo-a', 'amount', '50'],
+    ]);
+  });
+
+  it('keeps ids with JSON special characters', async () => {
+    const wallet = { namespace: 'expiry', name: 'json' };
+    const expiresAtMs = Date.now() + 3_600_000;
+    const id = 'promo "quoted" \\ / ünïcode';
+    await ledger.credit(wallet, id, 40n, { expiresAtMs });
+    await ledger.sweep(wallet, expiresAtMs);
+
+    expect((await entries(wallet))[1]).toEqual(['type', 'expire', 'id', id, 'amount', '40']);
+  });
+
+  /** Returns the calls per command since the last CONFIG RESETSTAT, without the INFO and CONFIG calls of this test. */
+  async function commandCalls(): Promise<Record<string, number>> {
+    const calls: Record<string, number> = {};
+    for (const match of (await client.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) {
+      if (!/^(info|config)\b/.test(match[1]!)) calls[match[1]!] = Number(match[2]);
+    }
+    return calls;
+  }
+
+  /** Counts the Redis commands of one reserve and one commit, after a first pair has loaded the scripts. */
+  async function reserveAndCommitCalls(wallet: { namespace: string; name: string }): Promise<Record<string, number>> {
+    await ledger.reserve(wallet, 'warm-up', hold);
+    await ledger.commit(wallet, 'warm-up', entry);
+    await client.config('RESETSTAT');
+    await ledger.reserve(wallet, 'measured', hold);
+    await ledger.commit(wallet, 'measured', entry);
+    return commandCalls();
+  }
+
+  it('adds no command to reserve and commit before a grant is due', async () => {
+    const plain = { namespace: 'expiry', name: 'plain' };
+    const expiring = { namespace: 'expiry', name: 'live-grant' };
+    await ledger.credit(plain, 'paid', 1000n);
+    await ledger.credit(expiring, 'paid', 1000n);
+    await ledger.credit(expiring, 'promo', 1000n, { expiresAtMs: Date.now() + 3_600_000 });
+
+    // The commands of the two scripts before grant expiry existed.
+    const plainCalls = await reserveAndCommitCalls(plain);
+    expect(plainCalls).toEqual({
+      evalsha: 2,
+      time: 1,
+      zrangebyscore: 1,
+      hget: 3,
+      hmget: 1,
+      hset: 3,
+      zadd: 1,
+      hdel: 1,
+      zrem: 1,
+      hincrby: 3,
+      xadd: 1,
+    });
+    expect(await reserveAndCommitCalls(expiring)).toEqual(plainCalls);
   });
 });
 

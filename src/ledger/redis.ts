@@ -4,9 +4,11 @@
  * atomic on the server. All keys of a wallet share the hash tag
  * `{w:<namespace>/<name>}` and live on one shard of a Redis Cluster:
  *
- * - `:acct`   hash of totals (`granted`, `spent`, `reserved`, `providerCost`,
- *             `closed`) and the spend-cap counters `day:YYYY-MM-DD` and
- *             `month:YYYY-MM` (debited plus held within that UTC period)
+ * - `:acct`   hash of totals (`granted`, `spent`, `expired`, `reserved`,
+ *             `providerCost`, `closed`), the spend-cap counters
+ *             `day:YYYY-MM-DD` and `month:YYYY-MM` (debited plus held within
+ *             that UTC period), and while the wallet has live expiring grants,
+ *             `expiring`, `nextExpiry` and `attributed` (see lua/common.lua)
  * - `:holds`  hash of open holds by request id
  * - `:hexp`   sorted set of open request ids by expiry, in epoch milliseconds
  * - `:done`   hash of settled requests by request id, so that a retry gets the
@@ -15,11 +17,12 @@
  *             NOTE: `:done` and `:log` grow by one field and one entry per
  *             request, and nothing trims them yet.
  * - `:grants` hash of grant amounts by grant id
- * - `:log`    stream of entries (`grant`, `debit`, `expire-charge`), amounts as
- *             decimal integer strings; `tollgate ledger verify` replays it
+ * - `:log`    stream of entries (`grant`, `debit`, `expire-charge`, `expire`),
+ *             amounts as decimal integer strings; `tollgate ledger verify`
+ *             replays it
  *
- * Hold expiry uses the Redis server's clock, so sidecars with skewed clocks
- * agree. The spend-cap period is the caller's UTC day and month.
+ * Hold and grant expiry use the Redis server's clock, so sidecars with
+ * skewed clocks agree. The spend-cap period is the caller's UTC day and month.
  */
 
 import { readFileSync } from 'node:fs';
@@ -29,6 +32,7 @@ import type { RedisOptions } from 'ioredis';
 import type {
   CommitEntry,
   CommitResult,
+  CreditOptions,
   CreditResult,
   HoldRequest,
   Ledger,
@@ -41,6 +45,7 @@ import type {
 } from './ledger.ts';
 import {
   EXPIRED_HOLDS_SETTLED_PER_RESERVE,
+  GrantExpiredError,
   LedgerUnavailableError,
   compareTotals,
   grantTotalTooLarge,
@@ -48,6 +53,7 @@ import {
   periodFields,
   validateCommitEntry,
   validateGrant,
+  validateGrantExpiry,
   validateHoldRequest,
   walletId,
 } from './ledger.ts';
@@ -161,12 +167,21 @@ export class RedisLedger implements Ledger {
     this.#commands = this.#client as unknown as ScriptCommands;
   }
 
-  async credit(wallet: WalletKey, grantId: string, amount: bigint, reason?: string): Promise<CreditResult> {
+  async credit(wallet: WalletKey, grantId: string, amount: bigint, options: CreditOptions = {}): Promise<CreditResult> {
+    const { reason, expiresAtMs } = options;
     validateGrant(wallet, grantId, amount);
-    const reply = await this.#script(wallet, 'tollgateCredit', [grantId, amount.toString(), reason ?? '', MAX_LEDGER_AMOUNT.toString()]);
+    validateGrantExpiry(grantId, expiresAtMs);
+    const reply = await this.#script(wallet, 'tollgateCredit', [
+      grantId,
+      amount.toString(),
+      reason ?? '',
+      MAX_LEDGER_AMOUNT.toString(),
+      expiresAtMs === undefined ? '' : String(expiresAtMs),
+    ]);
 
     const [status, value] = reply as [string, string];
     if (status === 'too_large') throw grantTotalTooLarge(wallet, grantId, amount, BigInt(value));
+    if (status === 'expired') throw new GrantExpiredError(wallet, grantId, expiresAtMs!, Number(value));
     return { status: 'credited', replayed: status === 'replayed', balance: BigInt(value) };
   }
 
@@ -233,12 +248,14 @@ export class RedisLedger implements Ledger {
   }
 
   async state(wallet: WalletKey): Promise<WalletState> {
-    const reply = (await this.#script(wallet, 'tollgateState', [])) as [string, string, string, string, string, number];
+    const reply = (await this.#script(wallet, 'tollgateState', [])) as [string, string, string, string, string, number, string];
     const [granted, spent, reserved, providerCost] = reply.slice(0, 4).map((value) => BigInt(value as string)) as [bigint, bigint, bigint, bigint];
-    const balance = granted - spent;
+    const expired = BigInt(reply[6]);
+    const balance = granted - spent - expired;
     return {
       granted,
       spent,
+      expired,
       reserved,
       balance,
       available: balance - reserved,
@@ -256,10 +273,10 @@ export class RedisLedger implements Ledger {
   async verify(wallet: WalletKey): Promise<VerifyResult> {
     const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [])) as [string[], string[], string[], string];
     const [totals, grantAmounts, packedHolds, lastEntryId] = snapshot;
-    const [granted, spent, reserved, providerCost] = totals.map((value) => BigInt(value)) as [bigint, bigint, bigint, bigint];
+    const [granted, spent, reserved, providerCost, expired] = totals.map((value) => BigInt(value)) as [bigint, bigint, bigint, bigint, bigint];
 
     return compareTotals(wallet, {
-      stored: { granted, spent, reserved, providerCost },
+      stored: { granted, spent, expired, reserved, providerCost },
       replayed: await this.#replayLog(wallet, lastEntryId),
       grantsSum: grantAmounts.reduce((total, value) => total + BigInt(value), 0n),
       // A packed hold starts with its amount, followed by '|'.
@@ -275,7 +292,7 @@ export class RedisLedger implements Ledger {
 
   /** Sums the stream entries up to and including `lastEntryId`, in batches. */
   async #replayLog(wallet: WalletKey, lastEntryId: string) {
-    const replayed = { granted: 0n, spent: 0n, providerCost: 0n, entries: 0 };
+    const replayed = { granted: 0n, spent: 0n, expired: 0n, providerCost: 0n, entries: 0 };
     if (lastEntryId === '') return replayed;
 
     const logKey = cachedWalletKeys(wallet)[4]!;
@@ -287,7 +304,9 @@ export class RedisLedger implements Ledger {
         for (let i = 0; i + 1 < flat.length; i += 2) fields.set(flat[i]!, flat[i + 1]!);
 
         const amount = BigInt(fields.get('amount') ?? '0');
-        if (fields.get('type') === 'grant') replayed.granted += amount;
+        const type = fields.get('type');
+        if (type === 'grant') replayed.granted += amount;
+        else if (type === 'expire') replayed.expired += amount;
         else replayed.spent += amount;
         replayed.providerCost += BigInt(fields.get('providerCost') ?? '0');
         replayed.entries += 1;

@@ -126,3 +126,73 @@ local function settle_expired(now, limit)
   end
   return released, charged, #ids
 end
+
+-- Expiring grants. The account hash keeps the wallet's live expiring grants
+-- in the field `expiring`, a JSON array of {grant id, expiry in epoch ms,
+-- remaining amount}, all strings, in order of expiry, then grant id in byte
+-- order. It also keeps the earliest expiry in `nextExpiry`, which reserve
+-- reads with its other account fields, and in `attributed` the value of
+-- `spent` up to which charges are attributed to the grants. A wallet without
+-- live expiring grants has none of the three fields.
+-- NOTE: credit, sweep and a lapse decode and rewrite the whole JSON field, so
+-- their cost grows with the number of live expiring grants of the wallet.
+--
+-- Only credit, sweep and a reserve with a due grant need these helpers, so
+-- one function builds them on demand, and other calls pay for one closure
+-- instead of three. Returns attribute_charges, write_expiring, lapse_grants.
+local function grant_expiry_helpers()
+  -- Attributes the charges since the last attribution (`spent - attributed`)
+  -- to the grants, earliest expiry first, lowering their remaining amounts.
+  -- A negative difference, left by a late commit that lowered an
+  -- expire-charge, lowers no grant.
+  local function attribute_charges(grants, spent, attributed)
+    local pending = spent - attributed
+    for _, grant in ipairs(grants) do
+      if pending <= 0 then return end
+      local remaining = tonumber(grant[3])
+      local taken = math.min(remaining, pending)
+      grant[3] = amount_string(remaining - taken)
+      pending = pending - taken
+    end
+  end
+
+  -- Stores the live grants with their earliest expiry, and records that the
+  -- charges up to `spent` are attributed.
+  local function write_expiring(grants, spent)
+    if #grants == 0 then
+      redis.call('HDEL', ACCT, 'expiring', 'nextExpiry', 'attributed')
+    else
+      redis.call('HSET', ACCT, 'expiring', cjson.encode(grants), 'nextExpiry', grants[1][2], 'attributed', amount_string(spent))
+    end
+  end
+
+  -- Lapses the grants whose expiry is at or before `now`, earliest first,
+  -- after attributing the charges so far. Each takes back what is left of
+  -- it, but no more than the balance beyond the open holds, and appends an
+  -- `expire` entry. The caller passes the current totals. Returns the new
+  -- expired total.
+  local function lapse_grants(now, granted, spent, expired, reserved)
+    local fields = redis.call('HMGET', ACCT, 'expiring', 'attributed')
+    local grants = fields[1] and cjson.decode(fields[1]) or {}
+    attribute_charges(grants, spent, to_amount(fields[2]))
+
+    local lapsed = 0
+    for _, grant in ipairs(grants) do
+      if tonumber(grant[2]) > now then break end
+      local free = granted - spent - expired - reserved
+      if free < 0 then free = 0 end
+      local taken_back = math.min(tonumber(grant[3]), free)
+      expired = expired + taken_back
+      append_entry({ 'type', 'expire', 'id', grant[1], 'amount', amount_string(taken_back) })
+      lapsed = lapsed + 1
+    end
+
+    local live = {}
+    for i = lapsed + 1, #grants do live[#live + 1] = grants[i] end
+    redis.call('HSET', ACCT, 'expired', amount_string(expired))
+    write_expiring(live, spent)
+    return expired
+  end
+
+  return attribute_charges, write_expiring, lapse_grants
+end

@@ -1,12 +1,19 @@
--- Adds a grant, once per grant id.
--- ARGV: grantId, amount, reason, maximum granted total (2^53).
--- Returns {'credited' | 'replayed', balance} or {'too_large', granted}.
-local id, amount = ARGV[1], tonumber(ARGV[2])
-local totals = redis.call('HMGET', ACCT, 'granted', 'spent')
-local granted, spent = to_amount(totals[1]), to_amount(totals[2])
+-- Adds a grant, once per grant id. An expiring grant also joins the wallet's
+-- live expiring grants (see common.lua).
+-- ARGV: grantId, amount, reason, maximum granted total (2^53), expiry in
+--       epoch ms ('' for a grant that never expires).
+-- Returns {'credited' | 'replayed', balance}, {'too_large', granted} or
+-- {'expired', server time in ms} for an expiry at or before the server's clock.
+local id, amount, expires = ARGV[1], tonumber(ARGV[2]), ARGV[5]
+local totals = redis.call('HMGET', ACCT, 'granted', 'spent', 'expired')
+local granted, spent, expired = to_amount(totals[1]), to_amount(totals[2]), to_amount(totals[3])
 
 if redis.call('HEXISTS', GRANTS, id) == 1 then
-  return { 'replayed', amount_string(granted - spent) }
+  return { 'replayed', amount_string(granted - spent - expired) }
+end
+if expires ~= '' then
+  local now = server_time_ms()
+  if tonumber(expires) <= now then return { 'expired', amount_string(now) } end
 end
 -- Compared as a difference, because granted + amount may exceed 2^53 and round.
 if amount > tonumber(ARGV[4]) - granted then
@@ -15,5 +22,38 @@ end
 
 redis.call('HSET', GRANTS, id, ARGV[2])
 add('granted', amount)
-append_entry({ 'type', 'grant', 'id', id, 'amount', ARGV[2], 'reason', ARGV[3] })
-return { 'credited', amount_string(granted + amount - spent) }
+if expires == '' then
+  append_entry({ 'type', 'grant', 'id', id, 'amount', ARGV[2], 'reason', ARGV[3] })
+else
+  append_entry({ 'type', 'grant', 'id', id, 'amount', ARGV[2], 'reason', ARGV[3], 'expiresAt', expires })
+
+  -- The live grants change here, so the charges so far go to the grants
+  -- that were live while they happened.
+  local attribute_charges, write_expiring = grant_expiry_helpers()
+  local fields = redis.call('HMGET', ACCT, 'expiring', 'attributed')
+  local grants = fields[1] and cjson.decode(fields[1]) or {}
+  attribute_charges(grants, spent, to_amount(fields[2]))
+
+  -- Keeps the order of expiry, then grant id in byte order, which Lua's `<`
+  -- on strings does not give because it follows the server's locale.
+  local expiry = tonumber(expires)
+  local function before(other)
+    local other_expiry = tonumber(other[2])
+    if expiry ~= other_expiry then return expiry < other_expiry end
+    for i = 1, math.min(#id, #other[1]) do
+      local mine, theirs = string.byte(id, i), string.byte(other[1], i)
+      if mine ~= theirs then return mine < theirs end
+    end
+    return #id < #other[1]
+  end
+  local position = #grants + 1
+  for i, other in ipairs(grants) do
+    if before(other) then
+      position = i
+      break
+    end
+  end
+  table.insert(grants, position, { id, expires, ARGV[2] })
+  write_expiring(grants, spent)
+end
+return { 'credited', amount_string(granted + amount - spent - expired) }

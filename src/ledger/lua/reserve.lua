@@ -23,8 +23,15 @@ if done then
 end
 
 -- One HMGET reads every account field that the checks and the update use.
-local acct = redis.call('HMGET', ACCT, 'closed', 'granted', 'spent', 'reserved', day, month)
+-- A wallet without live expiring grants has no `nextExpiry`, so for it the
+-- grant expiry costs no command.
+local acct = redis.call('HMGET', ACCT, 'closed', 'granted', 'spent', 'reserved', day, month, 'expired', 'nextExpiry')
 if acct[1] == '1' then return { 'wallet_closed' } end
+local expired = to_amount(acct[7])
+if acct[8] and tonumber(acct[8]) <= now then
+  local _, _, lapse_grants = grant_expiry_helpers()
+  expired = lapse_grants(now, to_amount(acct[2]), to_amount(acct[3]), expired, to_amount(acct[4]))
+end
 
 -- The caller checked that the minimum hold is at most 2^53, so it is exact.
 local required = fixed + per_unit * min_units
@@ -58,7 +65,7 @@ local rejection = check_cap('dailyCap', ARGV[11], acct[5]) or check_cap('monthly
 if rejection then return rejection end
 
 local old_reserved = to_amount(acct[4])
-local available = to_amount(acct[2]) - to_amount(acct[3]) - old_reserved
+local available = to_amount(acct[2]) - to_amount(acct[3]) - expired - old_reserved
 if required > available then
   return { 'insufficient_funds', amount_string(available), amount_string(required) }
 end

@@ -1,8 +1,8 @@
 -- Reads what verify compares, in one step: the stored totals, the grant
 -- amounts, the packed open holds and the id of the last stream entry, so that
 -- verify replays exactly the entries that the totals include.
-local totals = redis.call('HMGET', ACCT, 'granted', 'spent', 'reserved', 'providerCost')
-for i = 1, 4 do totals[i] = totals[i] or '0' end
+local totals = redis.call('HMGET', ACCT, 'granted', 'spent', 'reserved', 'providerCost', 'expired')
+for i = 1, 5 do totals[i] = totals[i] or '0' end
 local last = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)
 local last_id = ''
 if #last > 0 then last_id = last[1][1] end

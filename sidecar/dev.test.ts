@@ -1,0 +1,57 @@
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import { addManifest, emptyResourceSet } from '../src/config/manifests.ts';
+import { MemoryLedger } from '../src/ledger/memory.ts';
+import { applyGrants } from './dev.ts';
+
+const HOUR_MS = 3_600_000;
+
+/** Returns a logger that keeps each line it writes, as parsed JSON. */
+function recordingLogger(): { log: pino.Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { log, lines };
+}
+
+function walletWithGrants(grants: Record<string, unknown>[]) {
+  const set = emptyResourceSet();
+  addManifest(
+    set,
+    {
+      apiVersion: 'tollgate.dev/v1alpha1',
+      kind: 'Wallet',
+      metadata: { name: 'team-a', namespace: 'shop' },
+      spec: { currency: 'USD', pricePlanRef: { name: 'standard' }, grants },
+    },
+    'test',
+  );
+  return set;
+}
+
+describe('applyGrants', () => {
+  it('credits grants with their expiry', async () => {
+    const ledger = new MemoryLedger();
+    const expiresAt = new Date(Date.now() + HOUR_MS).toISOString();
+    const { log } = recordingLogger();
+    await applyGrants(ledger, walletWithGrants([{ id: 'paid', amount: '5' }, { id: 'promo', amount: '2', expiresAt }]), log);
+
+    const wallet = { namespace: 'shop', name: 'team-a' };
+    expect((await ledger.state(wallet)).balance).toBe(7_000_000_000n);
+    await ledger.sweep(wallet, Date.parse(expiresAt));
+    const after = await ledger.state(wallet);
+    expect(after.expired).toBe(2_000_000_000n);
+    expect(after.balance).toBe(5_000_000_000n);
+  });
+
+  it('skips a grant that expired before it was applied', async () => {
+    const ledger = new MemoryLedger();
+    const { log, lines } = recordingLogger();
+    await applyGrants(ledger, walletWithGrants([{ id: 'stale', amount: '3', expiresAt: '2020-01-01T00:00:00Z' }, { id: 'paid', amount: '1' }]), log);
+
+    expect((await ledger.state({ namespace: 'shop', name: 'team-a' })).granted).toBe(1_000_000_000n);
+    const warnings = lines.filter((line) => line['level'] === 40);
+    expect(warnings.map((line) => [line['msg'], line['grant'], line['expiresAt']])).toEqual([
+      ['grant expired before it was applied; skipped', 'stale', '2020-01-01T00:00:00Z'],
+    ]);
+  });
+});
