@@ -195,7 +195,7 @@ export class Proxy {
     }
     const text = raw.toString('utf8');
     const parsed = parseJsonObject(text);
-    const info = inspect(adapter, upstreamPath, parsed);
+    const info = inspect(adapter, upstreamPath, parsed, route);
     // Attributes are set when the span starts, because samplers read them only then.
     const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, {
       kind: SpanKind.CLIENT,
@@ -683,9 +683,9 @@ function parseJsonObject(text: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function inspect(adapter: ProviderAdapter, path: string, body: Record<string, unknown>): RequestInfo {
+function inspect(adapter: ProviderAdapter, path: string, body: Record<string, unknown>, route: CompiledRoute): RequestInfo {
   try {
-    return adapter.inspect(path, body);
+    return adapter.inspect(path, body, route);
   } catch (error) {
     if (error instanceof InvalidRequestError) throw new ProxyError(error.status, error.code, error.message);
     throw error;

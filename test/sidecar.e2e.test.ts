@@ -38,14 +38,6 @@ spec:
   models: [claude-sonnet-4-5]
 ---
 apiVersion: tollgate.dev/v1alpha1
-kind: ProviderRoute
-metadata: { name: azure }
-spec:
-  protocol: azure-openai
-  baseURL: SIMULATOR_URL
-  models: [gpt-4o-mini]
----
-apiVersion: tollgate.dev/v1alpha1
 kind: PricePlan
 metadata: { name: e2e }
 spec:
@@ -551,14 +543,6 @@ describe('bad input', () => {
       () => postJson('/openai/v1/images/generations', { model: 'gpt-4o-mini', prompt: 'a cat' }, { 'x-tollgate-wallet': 'bad' }),
       404,
       'unsupported endpoint /v1/images/generations',
-    );
-  });
-
-  it('rejects a protocol without an adapter', async () => {
-    await expectNothingDebited(
-      () => postJson('/azure/openai/deployments/x/chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
-      501,
-      'provider route "azure" cannot be served: no adapter for protocol "azure-openai"',
     );
   });
 

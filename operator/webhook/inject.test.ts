@@ -70,6 +70,12 @@ const ANTHROPIC = route('anthropic', {
   baseURL: 'https://api.anthropic.com',
   credentialSecretRef: { name: 'anthropic-credentials', key: 'token' },
 });
+const AZURE = route('azure', {
+  protocol: 'azure-openai',
+  baseURL: 'https://shop.openai.azure.com',
+  credentialSecretRef: { name: 'azure-credentials' },
+  deployments: [{ name: 'prod-mini', model: 'gpt-4o-mini' }],
+});
 
 function context(overrides: Partial<InjectionContext> = {}): InjectionContext {
   return {
@@ -369,6 +375,42 @@ describe('injectSidecar app environment', () => {
     expect(paths.some((path) => path.startsWith('/spec/containers/'))).toBe(false);
   });
 
+  it('points the AzureOpenAI client at the sidecar', () => {
+    const patched = applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ routes: [AZURE] })).patch);
+
+    expect(patched.spec?.containers[0]?.env).toEqual([
+      { name: 'AZURE_OPENAI_ENDPOINT', value: 'http://127.0.0.1:8787/azure' },
+      { name: 'AZURE_OPENAI_API_KEY', value: API_KEY_PLACEHOLDER },
+      { name: 'OPENAI_API_VERSION', value: '2024-10-21' },
+    ]);
+    expect(sidecarOf(patched).volumeMounts).toContainEqual({
+      name: 'tollgate-cred-azure-credentials',
+      mountPath: '/var/run/tollgate/credentials/azure-credentials',
+      readOnly: true,
+    });
+  });
+
+  it('keeps the azure variables a container sets', () => {
+    const pod = labelledPod({
+      containers: [
+        {
+          name: 'app',
+          env: [
+            { name: 'OPENAI_API_VERSION', value: '2025-04-01-preview' },
+            { name: 'AZURE_OPENAI_API_KEY', valueFrom: { secretKeyRef: { name: 'own-key', key: 'key' } } },
+          ],
+        },
+      ],
+    });
+    const patched = applyPatch(pod, injectSidecar(pod, context({ routes: [AZURE] })).patch);
+
+    expect(patched.spec?.containers[0]?.env).toEqual([
+      { name: 'OPENAI_API_VERSION', value: '2025-04-01-preview' },
+      { name: 'AZURE_OPENAI_API_KEY', valueFrom: { secretKeyRef: { name: 'own-key', key: 'key' } } },
+      { name: 'AZURE_OPENAI_ENDPOINT', value: 'http://127.0.0.1:8787/azure' },
+    ]);
+  });
+
   it('sets no app variables without routes', () => {
     const result = injectSidecar(labelledPod(), context({ routes: [] }));
     const patched = applyPatch(labelledPod(), result.patch);
@@ -414,15 +456,26 @@ describe('sdkEnvironment', () => {
 
   it('covers gemini and azure', () => {
     const gemini = route('gemini', { protocol: 'gemini', baseURL: 'https://generativelanguage.googleapis.com' });
-    const azure = route('azure', { protocol: 'azure-openai', baseURL: 'https://shop.openai.azure.com' });
 
-    expect(sdkEnvironment([azure, gemini])).toEqual([
+    expect(sdkEnvironment([AZURE, gemini])).toEqual([
       { name: 'GEMINI_BASE_URL', value: 'http://127.0.0.1:8787/gemini' },
       { name: 'GOOGLE_GEMINI_BASE_URL', value: 'http://127.0.0.1:8787/gemini' },
       { name: 'AZURE_OPENAI_ENDPOINT', value: 'http://127.0.0.1:8787/azure' },
       { name: 'GEMINI_API_KEY', value: API_KEY_PLACEHOLDER },
       { name: 'AZURE_OPENAI_API_KEY', value: API_KEY_PLACEHOLDER },
+      { name: 'OPENAI_API_VERSION', value: '2024-10-21' },
     ]);
+  });
+
+  it('prefers the conventional azure prefix', () => {
+    const conventional = route('primary', {
+      protocol: 'azure-openai',
+      baseURL: 'https://shop.openai.azure.com',
+      pathPrefix: '/azure-openai',
+      deployments: [{ name: 'chat', model: 'gpt-4o-mini' }],
+    });
+
+    expect(sdkEnvironment([AZURE, conventional])[0]).toEqual({ name: 'AZURE_OPENAI_ENDPOINT', value: 'http://127.0.0.1:8787/azure-openai' });
   });
 });
 

@@ -31,6 +31,12 @@ export const SIDECAR_URL = `http://${SIDECAR_HOST}:${SIDECAR_PORT}`;
 export const CREDENTIALS_DIR = '/var/run/tollgate/credentials';
 /** Value of API key variables set for SDKs that refuse to start without one; the sidecar adds the real key. */
 export const API_KEY_PLACEHOLDER = 'tollgate-sidecar-holds-the-key';
+/**
+ * OPENAI_API_VERSION set for the `AzureOpenAI` client, whose constructor throws without an
+ * API version: 2024-10-21, a generally available Azure OpenAI data-plane version. The
+ * sidecar forwards whichever version a request carries.
+ */
+export const AZURE_OPENAI_API_VERSION = '2024-10-21';
 
 /** Reasons of the Events recorded for each admission decision. */
 export const InjectionEventReason = {
@@ -358,6 +364,8 @@ interface SdkFamily {
   conventionalPrefix: string;
   urlVariables: readonly string[];
   keyVariable: string;
+  /** Other variables the SDK needs to start, with the values to set. */
+  settings?: readonly V1EnvVar[];
   /** URL path the SDK expects after the host when the route's base URL has none. */
   sdkBasePath: (route: ProviderRoute) => string;
 }
@@ -388,23 +396,29 @@ const SDK_FAMILIES: readonly SdkFamily[] = [
     sdkBasePath: () => '',
   },
   {
+    // The AzureOpenAI client of the `openai` package appends /openai/deployments/... to the
+    // endpoint. NOTE: that client prefers OPENAI_BASE_URL over AZURE_OPENAI_ENDPOINT, so in a
+    // pod that also has an openai route it must be given baseURL: `${AZURE_OPENAI_ENDPOINT}/openai`.
     protocols: ['azure-openai'],
     conventionalPrefix: '/azure-openai',
     urlVariables: ['AZURE_OPENAI_ENDPOINT'],
     keyVariable: 'AZURE_OPENAI_API_KEY',
+    settings: [{ name: 'OPENAI_API_VERSION', value: AZURE_OPENAI_API_VERSION }],
     sdkBasePath: () => '',
   },
 ];
 
 /**
  * Returns the variables that point provider SDKs at the sidecar: base URLs, then API
- * key placeholders. When several routes speak one SDK's protocol, the variables point
- * at one of them, chosen by protocol, then conventional prefix, then name. The other
- * routes stay reachable under their own prefixes.
+ * key placeholders, then other settings the SDKs need (OPENAI_API_VERSION). When
+ * several routes speak one SDK's protocol, the variables point at one of them, chosen
+ * by protocol, then conventional prefix, then name. The other routes stay reachable
+ * under their own prefixes.
  */
 export function sdkEnvironment(routes: readonly ProviderRoute[]): V1EnvVar[] {
   const baseUrls: V1EnvVar[] = [];
   const keys: V1EnvVar[] = [];
+  const settings: V1EnvVar[] = [];
   for (const family of SDK_FAMILIES) {
     const route = preferredRoute(routes, family);
     if (route === undefined) {
@@ -413,8 +427,9 @@ export function sdkEnvironment(routes: readonly ProviderRoute[]): V1EnvVar[] {
     const url = SIDECAR_URL + routePrefix(route) + family.sdkBasePath(route);
     baseUrls.push(...family.urlVariables.map((name) => ({ name, value: url })));
     keys.push({ name: family.keyVariable, value: API_KEY_PLACEHOLDER });
+    settings.push(...(family.settings ?? []));
   }
-  return [...baseUrls, ...keys];
+  return [...baseUrls, ...keys, ...settings];
 }
 
 function preferredRoute(routes: readonly ProviderRoute[], family: SdkFamily): ProviderRoute | undefined {

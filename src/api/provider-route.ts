@@ -1,30 +1,98 @@
 import { z } from 'zod';
-import { API_GROUP_VERSION, Condition, ModelId, ObjectMeta, RatesByModel } from './common.ts';
+import { API_GROUP_VERSION, Condition, MAX_PRICED_MODELS, ModelId, ObjectMeta, RatesByModel } from './common.ts';
 
 export const Protocol = z.enum(['openai', 'anthropic', 'gemini', 'azure-openai', 'openai-compatible']);
 
-export const ProviderRouteSpec = z.object({
-  protocol: Protocol,
-  baseURL: z.url({ message: 'must be an absolute http(s) URL such as "https://api.openai.com"' }),
-  pathPrefix: z
+/**
+ * Maximum number of deployments that one azure-openai route lists. The API server
+ * bounds the estimated cost of the CEL rule that compares every deployment with every
+ * model, and 32 deployments with MAX_PRICED_MODELS models fit that budget. Spread more
+ * deployments over several routes.
+ */
+export const MAX_DEPLOYMENTS = 32;
+
+/** Azure OpenAI deployment names: letters, digits, `.`, `_` and `-`, at most 64 characters. */
+const DEPLOYMENT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** A dated snapshot suffix, `-YYYY-MM-DD`, as the CEL rule on spec checks it (digits only, no calendar check). */
+const DATED_SUFFIX = /^-[0-9]{4}-[0-9]{2}-[0-9]{2}$/;
+
+export const AzureDeployment = z.object({
+  name: z
     .string()
-    .regex(/^\/[a-z0-9-]+$/, { message: 'must be one path segment such as "/openai"' })
-    .optional()
-    .describe('Path prefix the sidecar serves this route under; defaults to "/<route name>".'),
-  credentialSecretRef: z
-    .object({ name: z.string().min(1), key: z.string().min(1).default('apiKey') })
-    .optional()
-    .describe('Secret holding the provider credential; mounted into the sidecar only.'),
-  models: z.array(ModelId).min(1).describe('Model ids served; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too.'),
-  costs: RatesByModel.default({}).describe('What the platform pays the provider, per model.'),
-  timeouts: z
-    .object({
-      connectSeconds: z.number().positive().default(10),
-      requestSeconds: z.number().positive().default(600),
-    })
-    .default({ connectSeconds: 10, requestSeconds: 600 }),
+    .regex(DEPLOYMENT_NAME, { message: 'must be an Azure deployment name: 1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit' })
+    .describe('Deployment name, as requests carry it in /openai/deployments/{name}/... or in the "model" field of /openai/v1 requests.'),
+  model: ModelId.describe('Base model the deployment runs, such as "gpt-4o"; prices, provider costs and spec.models apply to it.'),
 });
+export type AzureDeployment = z.infer<typeof AzureDeployment>;
+
+export const ProviderRouteSpec = z
+  .object({
+    protocol: Protocol,
+    baseURL: z
+      .url({ message: 'must be an absolute http(s) URL such as "https://api.openai.com"' })
+      .describe('Upstream URL. For azure-openai, the resource endpoint such as "https://my-resource.openai.azure.com", without "/openai".'),
+    pathPrefix: z
+      .string()
+      .regex(/^\/[a-z0-9-]+$/, { message: 'must be one path segment such as "/openai"' })
+      .optional()
+      .describe('Path prefix the sidecar serves this route under; defaults to "/<route name>".'),
+    credentialSecretRef: z
+      .object({ name: z.string().min(1), key: z.string().min(1).default('apiKey') })
+      .optional()
+      .describe('Secret holding the provider credential; mounted into the sidecar only.'),
+    // Bounded because a CEL rule on spec compares every deployment with every model.
+    models: z
+      .array(ModelId)
+      .min(1)
+      .max(MAX_PRICED_MODELS)
+      .describe('Model ids served; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too.'),
+    deployments: z
+      .array(AzureDeployment)
+      .max(MAX_DEPLOYMENTS)
+      .optional()
+      .describe('Azure OpenAI deployments of an azure-openai route, each with its base model; required for that protocol and forbidden for the others.'),
+    costs: RatesByModel.default({}).describe('What the platform pays the provider, per model.'),
+    timeouts: z
+      .object({
+        connectSeconds: z.number().positive().default(10),
+        requestSeconds: z.number().positive().default(600),
+      })
+      .default({ connectSeconds: 10, requestSeconds: 600 }),
+  })
+  .superRefine((spec, context) => {
+    for (const message of deploymentProblems(spec)) context.addIssue({ code: 'custom', path: ['deployments'], message });
+  });
 export type ProviderRouteSpec = z.infer<typeof ProviderRouteSpec>;
+
+/**
+ * The deployment rules, as the CEL rules on the CRD's spec state them:
+ * an azure-openai route lists at least one deployment, other protocols list
+ * none, names are unique, and each base model is served by spec.models.
+ */
+export const DEPLOYMENT_MESSAGES = {
+  required:
+    'protocol "azure-openai" needs at least one deployment: list each deployment with the base model it runs, such as {name: prod-gpt-4o, model: gpt-4o}',
+  forbidden: 'only protocol "azure-openai" uses deployments; remove the field, because the other protocols name the model in each request',
+  duplicate: 'deployment names must be unique within a route',
+  unserved: 'every deployment\'s model must be listed in spec.models, exactly or as a dated snapshot "<id>-YYYY-MM-DD" of a listed id',
+} as const;
+
+function deploymentProblems(spec: { protocol: string; models: string[]; deployments?: AzureDeployment[] | undefined }): string[] {
+  const deployments = spec.deployments ?? [];
+  if (spec.protocol !== 'azure-openai') return deployments.length > 0 ? [DEPLOYMENT_MESSAGES.forbidden] : [];
+  if (deployments.length === 0) return [DEPLOYMENT_MESSAGES.required];
+
+  const problems: string[] = [];
+  const names = new Set(deployments.map((deployment) => deployment.name));
+  if (names.size !== deployments.length) problems.push(DEPLOYMENT_MESSAGES.duplicate);
+  if (!deployments.every((deployment) => servedBy(deployment.model, spec.models))) problems.push(DEPLOYMENT_MESSAGES.unserved);
+  return problems;
+}
+
+function servedBy(model: string, models: readonly string[]): boolean {
+  return models.some((listed) => model === listed || (model.startsWith(`${listed}-`) && DATED_SUFFIX.test(model.slice(listed.length))));
+}
 
 export const ProviderRouteStatus = z.object({
   observedGeneration: z.number().int().optional(),

@@ -22,6 +22,8 @@ export interface CompiledRoute {
   origin: string;
   basePath: string;
   credential: string | undefined;
+  /** Azure deployment names with the base model each runs; empty for the other protocols. */
+  deployments: ReadonlyMap<string, string>;
   connectTimeoutMs: number;
   requestTimeoutMs: number;
   resource: ProviderRoute;
@@ -85,6 +87,7 @@ export class Snapshot {
       origin: url.origin,
       basePath: url.pathname.replace(/\/+$/, ''),
       credential,
+      deployments: new Map((route.spec.deployments ?? []).map((deployment) => [deployment.name, deployment.model])),
       connectTimeoutMs: route.spec.timeouts.connectSeconds * 1000,
       requestTimeoutMs: route.spec.timeouts.requestSeconds * 1000,
       resource: route,

@@ -59,6 +59,14 @@ export interface StreamMeter {
   result(): { usage: Usage; complete: boolean };
 }
 
+/** Settings of the route a request arrived on that an adapter needs to read the request. */
+export interface RouteContext {
+  /** Name of the ProviderRoute, for error messages. */
+  readonly name: string;
+  /** Azure deployment names with the base model each runs; empty for the other protocols. */
+  readonly deployments: ReadonlyMap<string, string>;
+}
+
 export interface ErrorDetails {
   status: number;
   /** Short machine-readable code, for example `insufficient_funds` or `unknown_model`. */
@@ -68,8 +76,12 @@ export interface ErrorDetails {
 
 export interface ProviderAdapter {
   readonly protocol: Protocol;
-  /** Reads model, stream flag and output limit; throws InvalidRequestError with a clear message. */
-  inspect(path: string, body: Record<string, unknown>): RequestInfo;
+  /**
+   * Reads model, stream flag and output limit; throws InvalidRequestError with a clear message.
+   * `model` is the model that rates apply to: for Azure, the base model of the
+   * deployment the request names, looked up in `route`.
+   */
+  inspect(path: string, body: Record<string, unknown>, route?: RouteContext): RequestInfo;
   /**
    * Returns the body to forward: output limit set where needed, stream usage
    * requested. It does not modify the body passed in, and does not throw, so
@@ -89,7 +101,7 @@ export interface ProviderAdapter {
   errorBody(error: ErrorDetails): Record<string, unknown>;
   /**
    * Headers that carry the credential upstream. The client's own credential
-   * headers (`authorization`, `x-api-key`) must be dropped before adding these.
+   * headers (`authorization`, `x-api-key`, `api-key`) must be dropped before adding these.
    */
   credentialHeaders(credential: string): Record<string, string>;
   /** Headers the upstream requires, sent only where the client did not send them (Anthropic's `anthropic-version`). */

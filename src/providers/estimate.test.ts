@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { countTextTokens, estimatePromptTokens, estimateTokensFromText, StreamedTextCounter } from './estimate.ts';
-import { adapterFor, UnsupportedProtocolError } from './index.ts';
+import { adapterFor, supportsProtocol, UnsupportedProtocolError, type Protocol } from './index.ts';
 
 const WORDS = ['alpha', 'delta', 'echo', 'hotel', 'india', 'uniform', 'river', 'stone'];
 
@@ -84,10 +84,16 @@ describe('adapterFor', () => {
     expect(adapterFor('openai-compatible').protocol).toBe('openai-compatible');
     expect(adapterFor('anthropic').protocol).toBe('anthropic');
     expect(adapterFor('gemini').protocol).toBe('gemini');
+    expect(adapterFor('azure-openai').protocol).toBe('azure-openai');
   });
 
   it('rejects a protocol without an adapter', () => {
-    expect(() => adapterFor('azure-openai')).toThrow(UnsupportedProtocolError);
-    expect(() => adapterFor('azure-openai')).toThrow(/no adapter for protocol "azure-openai"/);
+    // A value outside the Protocol type, as a resource written for a newer version could carry.
+    const unknown = 'bedrock' as Protocol;
+    expect(supportsProtocol(unknown)).toBe(false);
+    expect(() => adapterFor(unknown)).toThrow(UnsupportedProtocolError);
+    expect(() => adapterFor(unknown)).toThrow(
+      'no adapter for protocol "bedrock": supported protocols are openai, openai-compatible, anthropic, gemini, azure-openai',
+    );
   });
 });

@@ -1,5 +1,6 @@
 import type { Protocol, ProviderAdapter } from './adapter.ts';
 import { AnthropicAdapter } from './anthropic.ts';
+import { AzureOpenAIAdapter } from './azure.ts';
 import { GeminiAdapter } from './gemini.ts';
 import { OpenAIAdapter } from './openai.ts';
 
@@ -13,6 +14,7 @@ const ADAPTERS: ReadonlyMap<Protocol, ProviderAdapter> = new Map<Protocol, Provi
   ['openai-compatible', new OpenAIAdapter('openai-compatible')],
   ['anthropic', new AnthropicAdapter()],
   ['gemini', new GeminiAdapter()],
+  ['azure-openai', new AzureOpenAIAdapter()],
 ]);
 
 export class UnsupportedProtocolError extends Error {

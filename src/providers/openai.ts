@@ -48,9 +48,7 @@ export class OpenAIAdapter implements ProviderAdapter {
 
   inspect(path: string, body: Record<string, unknown>): RequestInfo {
     const endpoint = pathOnly(path);
-    if (endpoint.endsWith('/embeddings')) {
-      return { model: requireModel(body), stream: false, maxOutputTokens: undefined, clientWantsStreamUsage: false, operation: 'embeddings' };
-    }
+    if (endpoint.endsWith('/embeddings')) return readOpenAIRequest('embeddings', requireModel(body), body);
     if (!endpoint.endsWith('/chat/completions')) {
       throw new InvalidRequestError(
         `unsupported endpoint ${endpoint}: this route meters only /v1/chat/completions and /v1/embeddings`,
@@ -58,21 +56,7 @@ export class OpenAIAdapter implements ProviderAdapter {
         'unsupported_endpoint',
       );
     }
-
-    const model = requireModel(body);
-    const stream = readFlag(body, 'stream');
-    const choices = readPositiveInteger(body, 'n') ?? 1;
-    const limit = maxOf(readPositiveInteger(body, 'max_completion_tokens'), readPositiveInteger(body, 'max_tokens'));
-    const options = body['stream_options'];
-
-    return {
-      model,
-      stream,
-      // Each of the n choices may use the whole limit.
-      maxOutputTokens: limit === undefined ? undefined : limit * choices,
-      clientWantsStreamUsage: stream && isRecord(options) && options['include_usage'] === true,
-      operation: 'chat',
-    };
+    return readOpenAIRequest('chat', requireModel(body), body);
   }
 
   prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
@@ -127,6 +111,31 @@ export class OpenAIAdapter implements ProviderAdapter {
   credentialHeaders(credential: string): Record<string, string> {
     return { authorization: `Bearer ${credential}` };
   }
+}
+
+/**
+ * Reads the stream flag and output limit of a Chat Completions or Embeddings
+ * body. The caller supplies the model, because Azure names it by deployment
+ * rather than in the body.
+ */
+export function readOpenAIRequest(operation: 'chat' | 'embeddings', model: string, body: Record<string, unknown>): RequestInfo {
+  if (operation === 'embeddings') {
+    return { model, stream: false, maxOutputTokens: undefined, clientWantsStreamUsage: false, operation };
+  }
+
+  const stream = readFlag(body, 'stream');
+  const choices = readPositiveInteger(body, 'n') ?? 1;
+  const limit = maxOf(readPositiveInteger(body, 'max_completion_tokens'), readPositiveInteger(body, 'max_tokens'));
+  const options = body['stream_options'];
+
+  return {
+    model,
+    stream,
+    // Each of the n choices may use the whole limit.
+    maxOutputTokens: limit === undefined ? undefined : limit * choices,
+    clientWantsStreamUsage: stream && isRecord(options) && options['include_usage'] === true,
+    operation,
+  };
 }
 
 /**

@@ -1,9 +1,10 @@
 /**
  * A provider simulator for tests, benchmarks and local mode: a plain HTTP
- * server that serves OpenAI Chat Completions and Embeddings, Anthropic
- * Messages, and Gemini generateContent, streamGenerateContent (alt=sse),
- * embedContent and batchEmbedContents requests, JSON and streamed, with
- * deterministic text and usage.
+ * server that serves OpenAI Chat Completions and Embeddings, the same on
+ * Azure OpenAI's deployment and v1 paths, Anthropic Messages, and Gemini
+ * generateContent, streamGenerateContent (alt=sse), embedContent and
+ * batchEmbedContents requests, JSON and streamed, with deterministic text
+ * and usage.
  *
  * Requests steer it through headers:
  * - `x-sim-usage`: JSON of the exact usage object to report, in the provider's shape

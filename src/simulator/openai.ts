@@ -50,7 +50,8 @@ export const embeddingsEndpoint: SimEndpoint = {
   respond: respondToEmbeddings,
 };
 
-function respondToChat(body: Record<string, unknown>, controls: Controls, id: string): SimResponse {
+/** Builds a chat completion, JSON or streamed, for a body whose `model` is set. */
+export function respondToChat(body: Record<string, unknown>, controls: Controls, id: string): SimResponse {
   const model = body['model'];
   if (typeof model !== 'string' || model.length === 0) return invalidRequest(openaiProvider, 'you must provide a model parameter', id);
   if (!Array.isArray(body['messages'])) return invalidRequest(openaiProvider, "missing required parameter: 'messages'", id);
@@ -158,7 +159,8 @@ function chatUsage(promptTokens: number, completionTokens: number): Record<strin
   };
 }
 
-function respondToEmbeddings(body: Record<string, unknown>, controls: Controls, id: string): SimResponse {
+/** Builds an embeddings response for a body whose `model` is set. */
+export function respondToEmbeddings(body: Record<string, unknown>, controls: Controls, id: string): SimResponse {
   const model = body['model'];
   if (typeof model !== 'string' || model.length === 0) return invalidRequest(openaiProvider, 'you must provide a model parameter', id);
   const inputs = embeddingInputs(body['input']);

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { messagesEndpoint } from './anthropic.ts';
+import { azureProvider, createAzureEndpoints, isAzurePath } from './azure.ts';
 import { InvalidControlError, readControls, type Controls } from './controls.ts';
 import { geminiEndpointFor, geminiProvider, isGeminiPath } from './gemini.ts';
 import { chatCompletionsEndpoint, embeddingsEndpoint, openaiProvider } from './openai.ts';
@@ -17,6 +18,12 @@ export interface SimulatorOptions {
    * accepted. A request without one is rejected either way.
    */
   expectedKey?: string;
+  /**
+   * Azure OpenAI deployments served, by name, with the model each runs. A
+   * request for another deployment gets Azure's 404 DeploymentNotFound. When
+   * unset, every deployment is served.
+   */
+  azureDeployments?: Readonly<Record<string, string>>;
 }
 
 export interface SimulatorStats {
@@ -35,6 +42,8 @@ export interface SimulatorStats {
   lastCredential: string | undefined;
   /** Headers of the latest authorized request, with credential values replaced by `<redacted>`. */
   lastHeaders: Record<string, string> | undefined;
+  /** Path and query string of the latest authorized request, as received. */
+  lastUrl: string | undefined;
 }
 
 export interface Simulator {
@@ -58,14 +67,20 @@ function emptyStats(): SimulatorStats {
     lastRequest: undefined,
     lastCredential: undefined,
     lastHeaders: undefined,
+    lastUrl: undefined,
   };
 }
 
 /** Counters of every simulator started in this process, for `stats()` in index.ts. */
 export const processStats: SimulatorStats = emptyStats();
 
-/** Finds the endpoint by path suffix, so any base path prefix works (`/v1`, `/openai/v1`). */
-function endpointFor(path: string): SimEndpoint | undefined {
+/**
+ * Finds the endpoint by path suffix, so any base path prefix works (`/v1`,
+ * `/api/v1`). Azure's `/openai/deployments/{deployment}/...` and
+ * `/openai/v1/...` paths go to the Azure endpoints.
+ */
+function endpointFor(path: string, azure: ReturnType<typeof createAzureEndpoints>): SimEndpoint | undefined {
+  if (isAzurePath(path)) return path.endsWith('/embeddings') ? azure.embeddings : azure.chat;
   if (path.endsWith('/chat/completions')) return chatCompletionsEndpoint;
   if (path.endsWith('/embeddings')) return embeddingsEndpoint;
   if (path.endsWith('/v1/messages')) return messagesEndpoint;
@@ -73,10 +88,11 @@ function endpointFor(path: string): SimEndpoint | undefined {
   return undefined;
 }
 
-/** Starts a provider simulator that speaks the OpenAI, Anthropic and Gemini wire formats. */
+/** Starts a provider simulator that speaks the OpenAI, Azure OpenAI, Anthropic and Gemini wire formats. */
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   let stats = emptyStats();
   let sequence = 0;
+  const azure = createAzureEndpoints(options.azureDeployments);
 
   const server = createServer((request, response) => {
     const id = `sim${(++sequence).toString().padStart(8, '0')}`;
@@ -96,11 +112,11 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     // Joined as text, so a path that starts with // stays a path.
     const url = new URL(`http://simulator${request.url ?? '/'}`);
     const path = url.pathname;
-    const endpoint = endpointFor(path);
+    const endpoint = endpointFor(path, azure);
     count(stats, endpoint);
     count(processStats, endpoint);
 
-    const provider = endpoint?.provider ?? (isGeminiPath(path) ? geminiProvider : openaiProvider);
+    const provider = endpoint?.provider ?? fallbackProvider(path);
     if (endpoint === undefined || request.method !== 'POST') {
       await readBody(request);
       return sendJson(response, 404, provider, provider.errorBody(404, `no simulated endpoint for ${request.method} ${path}`, id), id);
@@ -173,6 +189,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   };
 }
 
+/** Returns the provider whose format an unknown path's 404 uses. */
+function fallbackProvider(path: string): SimProvider {
+  if (isGeminiPath(path)) return geminiProvider;
+  return path.startsWith('/openai/') || path.includes('/openai/deployments/') ? azureProvider : openaiProvider;
+}
+
 function count(stats: SimulatorStats, endpoint: SimEndpoint | undefined): void {
   stats.requests++;
   stats.byEndpoint[endpoint?.name ?? 'other']++;
@@ -187,6 +209,7 @@ function record(stats: SimulatorStats, request: IncomingMessage, body: Record<st
   stats.lastRequest = body;
   stats.lastCredential = credential;
   stats.lastHeaders = headers;
+  stats.lastUrl = request.url;
 }
 
 /** Reads the whole request body, or returns undefined when it exceeds MAX_BODY_BYTES. */
