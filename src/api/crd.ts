@@ -202,7 +202,7 @@ export const RESOURCE_KINDS: ResourceKind[] = [
     specDescription: 'Currency, price plan, grants and spending limits of the wallet.',
     statusDescription: 'Ledger state of the wallet as the operator last observed it; amounts are decimal strings.',
     printerColumns: [
-      { name: 'Balance', type: 'string', jsonPath: '.status.balance', description: 'Granted minus spent.' },
+      { name: 'Balance', type: 'string', jsonPath: '.status.balance', description: 'Granted minus spent and expired.' },
       { name: 'Reserved', type: 'string', jsonPath: '.status.reserved', description: 'Held by calls in flight.' },
       { name: 'Plan', type: 'string', jsonPath: '.spec.pricePlanRef.name' },
       READY_COLUMN,
