@@ -5,10 +5,12 @@
  */
 
 import {
+  AdmissionregistrationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
+  KubernetesObjectApi,
   PatchStrategy,
   Watch,
   setHeaderOptions,
@@ -61,6 +63,10 @@ export interface KubeClients {
   coordination: CoordinationV1Api;
   custom: CustomObjectsApi;
   watch: Watch;
+  /** Client for the webhook's MutatingWebhookConfiguration. */
+  admission: AdmissionregistrationV1Api;
+  /** Client for objects of any kind, such as the owners of a Pod. */
+  objects: KubernetesObjectApi;
 }
 
 export interface KubeConfigOptions {
@@ -93,6 +99,8 @@ export function createKubeClients(kubeConfig: KubeConfig): KubeClients {
     coordination: kubeConfig.makeApiClient(CoordinationV1Api),
     custom: kubeConfig.makeApiClient(CustomObjectsApi),
     watch: new Watch(kubeConfig),
+    admission: kubeConfig.makeApiClient(AdmissionregistrationV1Api),
+    objects: KubernetesObjectApi.makeApiClient(kubeConfig),
   };
 }
 

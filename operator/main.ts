@@ -15,7 +15,7 @@ import { RedisLedger } from '../src/ledger/redis.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
 import { Informer, type InformerEvent } from './informer.ts';
-import { createKubeClients, loadKubeConfig, objectKey, parseObjectKey, RESOURCE_KINDS, type KubeObject, type ResourceKind } from './kube.ts';
+import { createKubeClients, loadKubeConfig, objectKey, parseObjectKey, RESOURCE_KINDS, type KubeClients, type KubeObject, type ResourceKind } from './kube.ts';
 import { LeaderElector } from './leader.ts';
 import { createOperatorMetrics, type OperatorMetrics } from './metrics.ts';
 import { WorkQueue, runWorkers, type ReconcileResult } from './queue.ts';
@@ -286,7 +286,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
   try {
     for (const informer of Object.values(informers)) informer.start();
     http = await startOperatorHttpServer({ host: config.httpHost, port: config.httpPort, snapshots, registry: metrics.registry, log });
-    if (config.webhook) webhook = await startWebhookServer(config, metrics, log);
+    if (config.webhook) webhook = await startWebhookServer(config, clients, metrics, log);
     elector.start();
   } catch (error) {
     for (const informer of Object.values(informers)) informer.stop();
@@ -316,18 +316,15 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
   };
 }
 
-/**
- * Starts the admission webhook.
- * NOTE: the webhook builds its own Kubernetes clients from the kubeconfig path.
- */
-async function startWebhookServer(config: OperatorConfig, metrics: OperatorMetrics, log: Logger): Promise<WebhookServer> {
+/** Starts the admission webhook, on the operator's own API clients. */
+async function startWebhookServer(config: OperatorConfig, clients: KubeClients, metrics: OperatorMetrics, log: Logger): Promise<WebhookServer> {
   if (!config.sidecarImage) {
     throw new ConfigurationError('missing sidecar image: pass --sidecar-image or set TOLLGATE_SIDECAR_IMAGE, or turn the webhook off with --no-webhook');
   }
   return startWebhook({
     port: config.webhookPort,
     host: config.webhookHost,
-    ...(config.kubeconfig ? { kubeconfigPath: config.kubeconfig } : {}),
+    clients,
     namespace: config.namespace,
     serviceName: config.webhookService,
     webhookConfigName: config.webhookConfiguration,

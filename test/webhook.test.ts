@@ -31,7 +31,7 @@ import {
   serviceDnsNames,
   splitPemCertificates,
 } from '../operator/webhook/certs.ts';
-import { createWebhookClients } from '../operator/webhook/clients.ts';
+import { createKubeClients, loadKubeConfig } from '../operator/kube.ts';
 import { startWebhook, type WebhookServer } from '../operator/webhook/server.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
 
@@ -555,7 +555,7 @@ describe('webhook certificate Secret', () => {
   const hosts = { dnsNames: serviceDnsNames('tollgate-webhook', 'certs'), ipAddresses: [] };
 
   it('has one winner when replicas race to create it', async () => {
-    const clients = createWebhookClients(apiServer.kubeconfigPath);
+    const clients = createKubeClients(loadKubeConfig({ kubeconfig: apiServer.kubeconfigPath }));
     const ensure = () => ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'race-tls', hosts, log });
     const results = await Promise.all([ensure(), ensure(), ensure()]);
     const secret = await core.readNamespacedSecret({ name: 'race-tls', namespace: 'certs' });
@@ -565,7 +565,7 @@ describe('webhook certificate Secret', () => {
   });
 
   it('is reused while valid', async () => {
-    const clients = createWebhookClients(apiServer.kubeconfigPath);
+    const clients = createKubeClients(loadKubeConfig({ kubeconfig: apiServer.kubeconfigPath }));
     const first = await ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'race-tls', hosts, log });
     const second = await ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'race-tls', hosts, log });
 
@@ -573,7 +573,7 @@ describe('webhook certificate Secret', () => {
   });
 
   it('is rotated near expiry, keeping the old CA', async () => {
-    const clients = createWebhookClients(apiServer.kubeconfigPath);
+    const clients = createKubeClients(loadKubeConfig({ kubeconfig: apiServer.kubeconfigPath }));
     const old = await ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'short-tls', hosts, validityDays: 10, log });
     const rotate = () => ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'short-tls', hosts, rotateBeforeDays: 30, log });
     const [rotated, racer] = await Promise.all([rotate(), rotate()]);
@@ -587,7 +587,7 @@ describe('webhook certificate Secret', () => {
   });
 
   it('is rotated when a host is missing', async () => {
-    const clients = createWebhookClients(apiServer.kubeconfigPath);
+    const clients = createKubeClients(loadKubeConfig({ kubeconfig: apiServer.kubeconfigPath }));
     const before = await ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'race-tls', hosts, log });
     const wider = { dnsNames: hosts.dnsNames, ipAddresses: ['127.0.0.1'] };
     const after = await ensureWebhookCertificate({ clients, namespace: 'certs', secretName: 'race-tls', hosts: wider, log });
@@ -597,14 +597,14 @@ describe('webhook certificate Secret', () => {
   });
 
   it('reports a missing configuration', async () => {
-    const clients = createWebhookClients(apiServer.kubeconfigPath);
+    const clients = createKubeClients(loadKubeConfig({ kubeconfig: apiServer.kubeconfigPath }));
     const result = await patchWebhookCaBundle({ clients, webhookConfigName: 'does-not-exist', caBundlePem: 'pem', log });
 
     expect(result).toBe('not-found');
   });
 
   it('leaves a matching caBundle alone', async () => {
-    const clients = createWebhookClients(apiServer.kubeconfigPath);
+    const clients = createKubeClients(loadKubeConfig({ kubeconfig: apiServer.kubeconfigPath }));
     await admission.createMutatingWebhookConfiguration({ body: webhookConfiguration('ca-only', 1, 'tollgate.dev/never-set') });
     const first = await patchWebhookCaBundle({ clients, webhookConfigName: 'ca-only', caBundlePem: 'bundle', log });
     const second = await patchWebhookCaBundle({ clients, webhookConfigName: 'ca-only', caBundlePem: 'bundle', log });

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PatchStrategy, setHeaderOptions, type V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { apiErrorMessage, apiStatusCode, type WebhookClients } from './clients.ts';
+import { describeKubeError, statusCodeOf, type KubeClients } from '../kube.ts';
 import type { JsonPatchOp } from './inject.ts';
 
 const execFileAsync = promisify(execFile);
@@ -203,7 +203,7 @@ function currentCaWhileValid(bundle: string, now: Date): string {
 // The shared Secret
 
 export interface EnsureCertificateOptions {
-  clients: Pick<WebhookClients, 'core'>;
+  clients: Pick<KubeClients, 'core'>;
   namespace: string;
   secretName?: string;
   hosts: CertificateHosts;
@@ -257,8 +257,8 @@ export async function ensureWebhookCertificate(options: EnsureCertificateOptions
       }
       return next;
     } catch (error) {
-      if (apiStatusCode(error) !== 409) {
-        throw new Error(`failed to write Secret ${options.namespace}/${secretName}: ${apiErrorMessage(error)}`, { cause: error });
+      if (statusCodeOf(error) !== 409) {
+        throw new Error(`failed to write Secret ${options.namespace}/${secretName}: ${describeKubeError(error)}`, { cause: error });
       }
       // Another replica wrote the Secret first; the next pass reads its certificate.
       options.log.info({ ...where, attempt }, 'another replica wrote the webhook certificate first; reading it');
@@ -275,7 +275,7 @@ export async function ensureWebhookCertificate(options: EnsureCertificateOptions
  * The CA bundle is empty when the Secret has no ca.crt.
  */
 export async function readWebhookCertificate(
-  clients: Pick<WebhookClients, 'core'>,
+  clients: Pick<KubeClients, 'core'>,
   namespace: string,
   secretName = WEBHOOK_TLS_SECRET_NAME,
 ): Promise<WebhookCertificate> {
@@ -296,17 +296,17 @@ export async function readWebhookCertificate(
 }
 
 async function readSecretOrUndefined(
-  clients: Pick<WebhookClients, 'core'>,
+  clients: Pick<KubeClients, 'core'>,
   namespace: string,
   name: string,
 ): Promise<V1Secret | undefined> {
   try {
     return await clients.core.readNamespacedSecret({ name, namespace });
   } catch (error) {
-    if (apiStatusCode(error) === 404) {
+    if (statusCodeOf(error) === 404) {
       return undefined;
     }
-    throw new Error(`failed to read Secret ${namespace}/${name}: ${apiErrorMessage(error)}`, { cause: error });
+    throw new Error(`failed to read Secret ${namespace}/${name}: ${describeKubeError(error)}`, { cause: error });
   }
 }
 
@@ -354,7 +354,7 @@ export type CaBundlePatchResult = 'patched' | 'unchanged' | 'not-found';
  * the chart may create it after the operator starts; the caller retries later.
  */
 export async function patchWebhookCaBundle(options: {
-  clients: Pick<WebhookClients, 'admission'>;
+  clients: Pick<KubeClients, 'admission'>;
   webhookConfigName: string;
   caBundlePem: string;
   log: Logger;
@@ -368,11 +368,11 @@ export async function patchWebhookCaBundle(options: {
     try {
       configuration = await admission.readMutatingWebhookConfiguration({ name });
     } catch (error) {
-      if (apiStatusCode(error) === 404) {
+      if (statusCodeOf(error) === 404) {
         options.log.warn({ webhookConfiguration: name }, 'MutatingWebhookConfiguration not found; its caBundle will be set when it exists');
         return 'not-found';
       }
-      throw new Error(`failed to read MutatingWebhookConfiguration ${name}: ${apiErrorMessage(error)}`, { cause: error });
+      throw new Error(`failed to read MutatingWebhookConfiguration ${name}: ${describeKubeError(error)}`, { cause: error });
     }
 
     const patch = caBundlePatch(configuration.metadata?.resourceVersion ?? '', configuration.webhooks ?? [], caBundle);
@@ -384,10 +384,10 @@ export async function patchWebhookCaBundle(options: {
       options.log.info({ webhookConfiguration: name, webhooks: patch.length - 1 }, 'patched the webhook caBundle');
       return 'patched';
     } catch (error) {
-      const status = apiStatusCode(error);
+      const status = statusCodeOf(error);
       // 409 and 422 are what a failed `test` of the resourceVersion returns: read again.
       if (status !== 409 && status !== 422) {
-        throw new Error(`failed to patch the caBundle of MutatingWebhookConfiguration ${name}: ${apiErrorMessage(error)}`, { cause: error });
+        throw new Error(`failed to patch the caBundle of MutatingWebhookConfiguration ${name}: ${describeKubeError(error)}`, { cause: error });
       }
       options.log.info({ webhookConfiguration: name, attempt, status }, 'MutatingWebhookConfiguration changed while patching; retrying');
     }

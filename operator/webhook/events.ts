@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import type { CoreV1Event, V1ObjectReference, V1OwnerReference, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { apiErrorMessage, type WebhookClients } from './clients.ts';
+import { describeKubeError, type KubeClients } from '../kube.ts';
 
 /** Owners above the Pod that are followed, such as ReplicaSet then Deployment. */
 const MAX_OWNER_DEPTH = 2;
@@ -17,7 +17,7 @@ const MAX_NAME_PREFIX_LENGTH = 200;
 export type EventType = 'Normal' | 'Warning';
 
 export interface EventRecorderOptions {
-  clients: Pick<WebhookClients, 'core' | 'objects'>;
+  clients: Pick<KubeClients, 'core' | 'objects'>;
   log: Logger;
   component: string;
 }
@@ -89,7 +89,7 @@ export class EventRecorder {
         });
         owner = controllerOf(object.metadata?.ownerReferences);
       } catch (error) {
-        this.options.log.debug({ owner: target, error: apiErrorMessage(error) }, 'cannot read the owner; recording the Event on it');
+        this.options.log.debug({ owner: target, error: describeKubeError(error) }, 'cannot read the owner; recording the Event on it');
         break;
       }
       if (owner === undefined) {

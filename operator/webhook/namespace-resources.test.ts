@@ -14,7 +14,7 @@ function clientsListing(items: Record<string, unknown[]>, delayMs = 0) {
       return { items: items[plural] ?? [] };
     },
   } as unknown as CustomObjectsApi;
-  return { customObjects };
+  return { custom: customObjects };
 }
 
 const VALID_ROUTE = {

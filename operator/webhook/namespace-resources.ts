@@ -3,7 +3,7 @@
 
 import { API_GROUP, API_VERSION } from '../../src/api/common.ts';
 import { ProviderRoute } from '../../src/api/provider-route.ts';
-import { apiErrorMessage, apiStatusCode, type WebhookClients } from './clients.ts';
+import { describeKubeError, statusCodeOf, type KubeClients } from '../kube.ts';
 import { compareStrings, type WalletRef } from './inject.ts';
 
 export interface NamespaceResources {
@@ -28,7 +28,7 @@ interface ListedObject {
  * with a clear message before the API server's own webhook timeout expires.
  */
 export async function loadNamespaceResources(
-  clients: Pick<WebhookClients, 'customObjects'>,
+  clients: Pick<KubeClients, 'custom'>,
   namespace: string,
   timeoutMs: number,
 ): Promise<NamespaceResources> {
@@ -58,20 +58,20 @@ export async function loadNamespaceResources(
 }
 
 async function listCustomObjects(
-  clients: Pick<WebhookClients, 'customObjects'>,
+  clients: Pick<KubeClients, 'custom'>,
   namespace: string,
   plural: string,
   kindPlural: string,
 ): Promise<unknown[]> {
   try {
-    const list = (await clients.customObjects.listNamespacedCustomObject({ group: API_GROUP, version: API_VERSION, namespace, plural })) as {
+    const list = (await clients.custom.listNamespacedCustomObject({ group: API_GROUP, version: API_VERSION, namespace, plural })) as {
       items?: unknown[];
     };
     return list.items ?? [];
   } catch (error) {
-    const status = apiStatusCode(error);
+    const status = statusCodeOf(error);
     throw new ResourceLookupError(
-      `could not list ${kindPlural} (${plural}.${API_GROUP}) in namespace "${namespace}": ${apiErrorMessage(error)}` +
+      `could not list ${kindPlural} (${plural}.${API_GROUP}) in namespace "${namespace}": ${describeKubeError(error)}` +
         (status === undefined ? '' : ` (HTTP ${status})`),
       { cause: error },
     );

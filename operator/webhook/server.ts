@@ -31,7 +31,7 @@ import {
   WEBHOOK_TLS_SECRET_NAME,
   type WebhookCertificate,
 } from './certs.ts';
-import { createWebhookClients, type WebhookClients } from './clients.ts';
+import { createKubeClients, loadKubeConfig, type KubeClients } from '../kube.ts';
 import { describePod, EventRecorder } from './events.ts';
 import { checkInjectionNeeded, injectSidecar, InjectionEventReason, type InjectionResult } from './inject.ts';
 import { loadNamespaceResources, ResourceLookupError } from './namespace-resources.ts';
@@ -48,7 +48,9 @@ export interface WebhookOptions {
   port: number;
   /** Listen address; default 0.0.0.0. A specific IP is also added to the self-managed certificate. */
   host?: string;
-  /** Kubeconfig file; without it the default chain applies (KUBECONFIG, ~/.kube/config, in-cluster). */
+  /** The operator's API clients; without them the webhook builds its own from `kubeconfigPath`. */
+  clients?: KubeClients;
+  /** Kubeconfig file, read only when `clients` is absent. Without it, loadKubeConfig uses the in-cluster service account or the default lookup. */
   kubeconfigPath?: string;
   /** Namespace of the operator, its webhook Service and the TLS Secret. */
   namespace: string;
@@ -84,7 +86,7 @@ export interface WebhookServer {
 /** Starts the webhook server after loading (or creating) its certificate and patching the caBundle. */
 export async function startWebhook(options: WebhookOptions): Promise<WebhookServer> {
   const log = options.log.child({ component: 'webhook' });
-  const clients = createWebhookClients(options.kubeconfigPath);
+  const clients = options.clients ?? createKubeClients(loadKubeConfig({ kubeconfig: options.kubeconfigPath }));
   const certificates = new CertificateKeeper(clients, options, log);
   const certificate = await certificates.load();
 
@@ -130,12 +132,12 @@ export async function startWebhook(options: WebhookOptions): Promise<WebhookServ
 
 class AdmissionHandler {
   readonly events: EventRecorder;
-  private readonly clients: WebhookClients;
+  private readonly clients: KubeClients;
   private readonly options: WebhookOptions;
   private readonly log: Logger;
   private readonly decisions: Counter<'decision'>;
 
-  constructor(clients: WebhookClients, options: WebhookOptions, log: Logger) {
+  constructor(clients: KubeClients, options: WebhookOptions, log: Logger) {
     this.clients = clients;
     this.options = options;
     this.log = log;
@@ -291,14 +293,14 @@ function sendJson(response: ServerResponse, status: number, body: unknown): void
 /** Loads the serving certificate, re-checks it periodically and reports a changed one through `onChange`. */
 class CertificateKeeper {
   onChange: (certificate: WebhookCertificate) => void = () => {};
-  private readonly clients: WebhookClients;
+  private readonly clients: KubeClients;
   private readonly options: WebhookOptions;
   private readonly log: Logger;
   private current: WebhookCertificate | undefined;
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
 
-  constructor(clients: WebhookClients, options: WebhookOptions, log: Logger) {
+  constructor(clients: KubeClients, options: WebhookOptions, log: Logger) {
     this.clients = clients;
     this.options = options;
     this.log = log;
