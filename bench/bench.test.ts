@@ -8,7 +8,8 @@ import { overspendOf } from './overspend.ts';
 import { categoryOf, summarizeProfile } from './profile.ts';
 import { addedAt, compareWithPeers, RESULTS_END, RESULTS_START, writeResults, type RunResults } from './report.ts';
 import { percentile } from './streaming.ts';
-import type { AttackResult } from './vegeta.ts';
+import { metricValue } from './processes.ts';
+import { csvTimings, slowRequests, type AttackResult } from './vegeta.ts';
 import { NANO_PER_INPUT_TOKEN, NANO_PER_OUTPUT_TOKEN, overspendRequest } from './workload.ts';
 
 let dir: string;
@@ -148,6 +149,7 @@ const result = (p50: number, p99: number, rate = 500): AttackResult => ({
   latencyMs: { mean: p50, p50, p90: p99, p99, max: p99 },
   statusCodes: { '200': 100 },
   errors: [],
+  slow: { thresholdMs: 10, windowMs: 100, count: 0, windows: 0, largestWindow: 0 },
 });
 
 describe('addedAt', () => {
@@ -194,5 +196,56 @@ describe('compareWithPeers', () => {
   it('leaves it undecided when neither kept up', () => {
     const comparison = compareWithPeers(results(result(200.5, 400, 400), undefined), 500);
     expect(comparison).toEqual({ measured: 'tollgate +200.00 ms / +398.00 ms (did not keep up: sent 400 rps); portkey not run', met: undefined });
+  });
+});
+
+describe('csvTimings', () => {
+  it('reads send time and latency of each row', () => {
+    const csv = [
+      '1796431116000000000,200,1500000,52,310,"",e30=,,0,POST,http://127.0.0.1:1/v1,',
+      '1796431116000500000,0,10000000000,0,0,"Post ""http://127.0.0.1:1/v1"": timeout",,,1,POST,http://127.0.0.1:1/v1,',
+      '',
+    ].join('\n');
+    expect(csvTimings(csv)).toEqual([
+      { sentNs: 1796431116000000000, latencyNs: 1_500_000 },
+      { sentNs: 1796431116000500000, latencyNs: 10_000_000_000 },
+    ]);
+  });
+});
+
+describe('slowRequests', () => {
+  const ms = 1e6;
+  it('groups slow requests by send window', () => {
+    const timings = [
+      { sentNs: 1_000 * ms, latencyNs: 2 * ms },
+      { sentNs: 1_010 * ms, latencyNs: 40 * ms },
+      { sentNs: 1_090 * ms, latencyNs: 11 * ms },
+      { sentNs: 1_100 * ms, latencyNs: 10 * ms },
+      { sentNs: 1_350 * ms, latencyNs: 25 * ms },
+    ];
+    expect(slowRequests(timings, 10, 100)).toEqual({ thresholdMs: 10, windowMs: 100, count: 3, windows: 2, largestWindow: 2 });
+  });
+
+  it('counts nothing without slow requests', () => {
+    expect(slowRequests([{ sentNs: 5 * ms, latencyNs: ms }], 10, 100)).toEqual({ thresholdMs: 10, windowMs: 100, count: 0, windows: 0, largestWindow: 0 });
+  });
+});
+
+describe('metricValue', () => {
+  const text = [
+    '# HELP tollgate_sidecar_nodejs_eventloop_lag_max_seconds The maximum recorded event loop delay.',
+    '# TYPE tollgate_sidecar_nodejs_eventloop_lag_max_seconds gauge',
+    'tollgate_sidecar_nodejs_eventloop_lag_max_seconds 0.012345',
+    'tollgate_sidecar_nodejs_eventloop_lag_max_seconds_total 3',
+  ].join('\n');
+
+  it('reads an unlabelled sample', () => {
+    expect(metricValue(text, 'tollgate_sidecar_nodejs_eventloop_lag_max_seconds')).toBe(0.012345);
+  });
+
+  it('rejects a missing sample', () => {
+    expect(() => metricValue(text, 'tollgate_sidecar_nodejs_eventloop_lag_p99_seconds')).toThrow(
+      'the metrics have no sample "tollgate_sidecar_nodejs_eventloop_lag_p99_seconds"',
+    );
   });
 });

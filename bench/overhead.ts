@@ -22,6 +22,8 @@ export interface LoadRun {
   machineBusy?: number;
   /** Share of all the machine's CPU time used by processes outside the benchmark during the run, from 0 to 1. */
   outsideBusy?: number;
+  /** Maximum event-loop delay of the target's process during the run, in milliseconds, for targets that report it. */
+  eventLoopDelayMaxMs?: number;
   /** Reason the run was skipped. */
   skipped?: string;
 }
@@ -53,6 +55,14 @@ export interface TargetProbe {
   rss?(): number;
   /** VmHWM in bytes, when the target is one process. */
   peak?(): number;
+  /** The target's event-loop delay, for a Node process that exports it. */
+  eventLoopDelay?: EventLoopDelayProbe;
+}
+
+/** Reads the largest event-loop delay since the last reading. */
+export interface EventLoopDelayProbe {
+  /** Returns the largest delay since the previous call, in milliseconds, and starts a new interval. */
+  takeMaxMs(): Promise<number>;
 }
 
 const MEMORY_SAMPLE_MS = 250;
@@ -116,7 +126,9 @@ async function measuredAttack(target: HttpTarget, options: AttackOptions, workDi
   const redisBefore = probe.redisCpuSeconds?.();
   const machineBefore = machineCpuTimes();
   const benchmarkBefore = benchmarkCpuSeconds();
+  await probe.eventLoopDelay?.takeMaxMs();
   const result = await attack(target, options, workDir, label);
+  const eventLoopDelayMaxMs = await probe.eventLoopDelay?.takeMaxMs();
   const machineAfter = machineCpuTimes();
   const benchmark = benchmarkCpuSeconds() - benchmarkBefore;
   const elapsed = machineAfter.total - machineBefore.total;
@@ -130,6 +142,7 @@ async function measuredAttack(target: HttpTarget, options: AttackOptions, workDi
     redisCpuPerRequestUs: redisBefore === undefined ? undefined : perRequestUs(probe.redisCpuSeconds!() - redisBefore),
     machineBusy: busy / elapsed,
     outsideBusy: Math.max(0, busy - benchmark) / elapsed,
+    ...(eventLoopDelayMaxMs === undefined ? {} : { eventLoopDelayMaxMs }),
   };
 }
 

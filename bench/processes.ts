@@ -7,6 +7,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import type { EventLoopDelayProbe } from './overhead.ts';
 import { launch } from './peers/process.ts';
 
 /** The repository root, so that commands run from any working directory. */
@@ -222,4 +223,29 @@ export function benchmarkCpuSeconds(): number {
     if (ancestor === process.pid) total += seconds;
   }
   return total;
+}
+
+/** Name of the sidecar's largest event-loop delay since the last scrape (prom-client's default metrics). */
+const SIDECAR_EVENT_LOOP_MAX = 'tollgate_sidecar_nodejs_eventloop_lag_max_seconds';
+
+/**
+ * Reads the largest event-loop delay of a sidecar from its /metrics. The
+ * sidecar's metrics library measures the delay with monitorEventLoopDelay
+ * and starts a new interval on every scrape.
+ */
+export function sidecarEventLoopDelay(sidecarUrl: string): EventLoopDelayProbe {
+  return {
+    async takeMaxMs() {
+      const response = await fetch(`${sidecarUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
+      if (!response.ok) throw new Error(`GET ${sidecarUrl}/metrics failed with status ${response.status}`);
+      return metricValue(await response.text(), SIDECAR_EVENT_LOOP_MAX) * 1000;
+    },
+  };
+}
+
+/** Returns the value of an unlabelled sample in Prometheus text format; throws when the text has none. */
+export function metricValue(text: string, name: string): number {
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${name} `));
+  if (line === undefined) throw new Error(`the metrics have no sample "${name}"`);
+  return Number(line.slice(name.length + 1).split(' ')[0]);
 }

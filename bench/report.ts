@@ -11,7 +11,7 @@ import type { OverspendResult } from './overspend.ts';
 import type { BenchPlan } from './plan.ts';
 import { profileMarkdown, type ProfileSummary } from './profile.ts';
 import type { StreamResult } from './streaming.ts';
-import type { AttackResult } from './vegeta.ts';
+import { SLOW_THRESHOLD_MS, SLOW_WINDOW_MS, type AttackResult } from './vegeta.ts';
 
 export interface ProfileRun {
   rate: number;
@@ -182,6 +182,7 @@ function overheadSection(results: RunResults): string {
   if (results.loads.length === 0) return '';
   const { plan } = results;
   const fixedRows: string[] = [];
+  const tailRows: string[] = [];
   const saturationRows: string[] = [];
   const directSaturation = runOf(results, 'direct', 0);
   for (const load of results.loads) {
@@ -198,6 +199,8 @@ function overheadSection(results: RunResults): string {
         );
         continue;
       }
+      const tail = tailRow(load.target, run);
+      if (tail !== undefined) tailRows.push(tail);
       const added = load.target === 'direct' ? undefined : addedAt(results, load.target, run.rate);
       fixedRows.push(
         `| ${load.target} | ${run.rate} | ${result.rate.toFixed(0)} | ${percent(result.success)} | ${ms(result.latencyMs.p50)} | ${ms(result.latencyMs.p99)} | ${added ? signedMs(added.p50) : '–'} | ${added ? signedMs(added.p99) : '–'} | ${costColumns(run)} | ${statusSummary(result)} |`,
@@ -215,6 +218,7 @@ function overheadSection(results: RunResults): string {
     '| target | rate (rps) | sent (rps) | success | p50 | p99 | added p50 | added p99 | CPU per request | Redis CPU per request | machine CPU busy (outside the benchmark) | statuses |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
     ...fixedRows,
+    ...tailTable(tailRows),
     '',
     `Saturation: vegeta \`-rate=0 -max-workers=${plan.saturationWorkers}\` for ${plan.saturationSeconds} s.`,
     '',
@@ -222,6 +226,32 @@ function overheadSection(results: RunResults): string {
     '|---|---:|---:|---:|---:|---:|---:|---:|---|',
     ...saturationRows,
   ].join('\n');
+}
+
+/**
+ * Renders where a fixed-rate run's slow requests came from: how many windows
+ * of send time they fall in, and the sidecar's longest event-loop delay.
+ * Runs recorded before these fields existed render no row.
+ */
+function tailRow(target: string, run: LoadRun): string | undefined {
+  const slow = run.result?.slow;
+  if (slow === undefined) return undefined;
+  const delay = run.eventLoopDelayMaxMs === undefined ? '–' : ms(run.eventLoopDelayMaxMs);
+  const share = run.result!.requests > 0 ? ` (${percent(slow.count / run.result!.requests)})` : '';
+  return `| ${target} | ${run.rate} | ${ms(run.result!.latencyMs.p99)} | ${slow.count}${share} | ${slow.windows} | ${slow.largestWindow} | ${delay} |`;
+}
+
+function tailTable(rows: string[]): string[] {
+  if (rows.length === 0) return [];
+  return [
+    '',
+    `Where the slowest requests come from: the requests slower than ${SLOW_THRESHOLD_MS} ms, the ${SLOW_WINDOW_MS} ms windows of send time they fall in, the most in one window, and the longest event-loop delay of the sidecar process during the run (from its \`/metrics\`). ` +
+      'Slow requests in a few crowded windows mean pauses that held up every request in flight. The same count spread over many windows means steady queueing.',
+    '',
+    `| target | rate (rps) | p99 | requests over ${SLOW_THRESHOLD_MS} ms | windows | most in one window | sidecar event-loop delay, max |`,
+    '|---|---:|---:|---:|---:|---:|---:|',
+    ...rows,
+  ];
 }
 
 function statusSummary(result: AttackResult): string {

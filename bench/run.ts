@@ -28,6 +28,7 @@ import {
   processCpuTimes,
   processMemory,
   redisServerPid,
+  sidecarEventLoopDelay,
   REPO_ROOT,
   startSimulatorProcess,
   startTollgate,
@@ -294,6 +295,7 @@ async function measureTollgate(context: Context, ledger: 'redis' | 'memory'): Pr
       cpuSeconds: () => processCpuSeconds(sidecar.pid),
       rss: () => processMemory(sidecar.pid).rss,
       peak: () => processMemory(sidecar.pid).hwm,
+      eventLoopDelay: sidecarEventLoopDelay(sidecar.url),
     };
     if (ledger === 'redis') probe.redisCpuSeconds = () => processCpuSeconds(context.redisPid);
     await measureTarget(context, chatTarget(name, url, {}, MODEL), { name, url, headers: {}, model: MODEL }, probe);

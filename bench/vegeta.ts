@@ -42,7 +42,25 @@ export interface AttackResult {
   statusCodes: Record<string, number>;
   /** Distinct error messages, such as timeouts or refused connections. */
   errors: string[];
+  /** The slowest requests, grouped by when they were sent. */
+  slow: SlowRequests;
 }
+
+/** Requests slower than a threshold, and how many windows of send time they fall in. */
+export interface SlowRequests {
+  thresholdMs: number;
+  windowMs: number;
+  count: number;
+  /** Distinct windows that hold at least one slow request. */
+  windows: number;
+  /** The largest number of slow requests in one window. */
+  largestWindow: number;
+}
+
+/** Latency above which a request counts as slow in `AttackResult.slow`. */
+export const SLOW_THRESHOLD_MS = 10;
+/** Length of the send-time windows that slow requests are grouped by. */
+export const SLOW_WINDOW_MS = 100;
 
 /** Finds the vegeta binary: $VEGETA, then the benchmark's cache, then PATH. */
 export function vegetaBinary(): string {
@@ -77,7 +95,50 @@ export async function attack(target: HttpTarget, options: AttackOptions, workDir
     `-output=${resultsFile}`,
   ]);
   const report = JSON.parse(await run(vegetaBinary(), ['report', '-type=json', resultsFile])) as VegetaReport;
-  return fromReport(report);
+  const csv = await run(vegetaBinary(), ['encode', '--to=csv', resultsFile]);
+  return { ...fromReport(report), slow: slowRequests(csvTimings(csv), SLOW_THRESHOLD_MS, SLOW_WINDOW_MS) };
+}
+
+/** When one request was sent, and how long its response took, both in nanoseconds. */
+export interface RequestTiming {
+  sentNs: number;
+  latencyNs: number;
+}
+
+/**
+ * Reads send times and latencies from `vegeta encode --to=csv`, whose rows
+ * start with the timestamp, the status code and the latency, all integers.
+ * Send times lose sub-microsecond precision as numbers, which windows of
+ * milliseconds do not notice.
+ */
+export function csvTimings(csv: string): RequestTiming[] {
+  const timings: RequestTiming[] = [];
+  for (const line of csv.split('\n')) {
+    const first = line.indexOf(',');
+    const second = line.indexOf(',', first + 1);
+    const third = line.indexOf(',', second + 1);
+    if (first <= 0 || third === -1) continue;
+    timings.push({ sentNs: Number(line.slice(0, first)), latencyNs: Number(line.slice(second + 1, third)) });
+  }
+  return timings;
+}
+
+/**
+ * Counts the requests slower than `thresholdMs` and the `windowMs` windows of
+ * send time they fall in. Slow requests spread over many windows point to
+ * steady queueing. A few crowded windows point to pauses that stalled
+ * everything in flight.
+ */
+export function slowRequests(timings: readonly RequestTiming[], thresholdMs: number, windowMs: number): SlowRequests {
+  const windows = new Map<number, number>();
+  let count = 0;
+  for (const timing of timings) {
+    if (timing.latencyNs <= thresholdMs * NS_PER_MS) continue;
+    count++;
+    const window = Math.floor(timing.sentNs / (windowMs * NS_PER_MS));
+    windows.set(window, (windows.get(window) ?? 0) + 1);
+  }
+  return { thresholdMs, windowMs, count, windows: windows.size, largestWindow: Math.max(0, ...windows.values()) };
 }
 
 interface VegetaReport {
@@ -92,7 +153,7 @@ interface VegetaReport {
 
 const NS_PER_MS = 1e6;
 
-function fromReport(report: VegetaReport): AttackResult {
+function fromReport(report: VegetaReport): Omit<AttackResult, 'slow'> {
   const ms = (ns: number) => ns / NS_PER_MS;
   return {
     requests: report.requests,
