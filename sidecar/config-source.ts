@@ -37,6 +37,9 @@ export function compileSnapshot(resources: ResourceSet, credentialOf: Credential
 /** Turns loaded resources into a snapshot; throws when they are inconsistent. */
 export type Compiler = (resources: ResourceSet) => Snapshot;
 
+/** Runs before a reloaded snapshot replaces the current one; a rejection keeps the current one. */
+export type BeforeReplace = (snapshot: Snapshot) => Promise<void>;
+
 /**
  * Reads manifests from a file or folder and reloads them when they change.
  * A change that fails to load or compile is logged and the previous
@@ -48,16 +51,18 @@ export class ManifestConfig extends StaticConfig {
   private readonly path: string;
   private readonly compile: Compiler;
   private readonly log: Logger;
+  private readonly beforeReplace: BeforeReplace | undefined;
 
-  static async load(path: string, compile: Compiler, log: Logger): Promise<ManifestConfig> {
-    return new ManifestConfig(path, compile(await loadManifests(path)), compile, log);
+  static async load(path: string, compile: Compiler, log: Logger, beforeReplace?: BeforeReplace): Promise<ManifestConfig> {
+    return new ManifestConfig(path, compile(await loadManifests(path)), compile, log, beforeReplace);
   }
 
-  private constructor(path: string, snapshot: Snapshot, compile: Compiler, log: Logger) {
+  private constructor(path: string, snapshot: Snapshot, compile: Compiler, log: Logger, beforeReplace: BeforeReplace | undefined) {
     super(snapshot);
     this.path = path;
     this.compile = compile;
     this.log = log;
+    this.beforeReplace = beforeReplace;
   }
 
   /** Starts watching the manifests; changes are applied about 200 ms after the last write. */
@@ -73,6 +78,7 @@ export class ManifestConfig extends StaticConfig {
     try {
       const snapshot = this.compile(await loadManifests(this.path));
       if (snapshot.version === this.current().version) return;
+      await this.beforeReplace?.(snapshot);
       this.replace(snapshot);
       this.log.info({ version: snapshot.version, path: this.path }, 'configuration reloaded');
     } catch (error) {

@@ -1,8 +1,11 @@
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { addManifest, emptyResourceSet } from '../src/config/manifests.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
-import { applyGrants } from './dev.ts';
+import { applyGrants, startDev } from './dev.ts';
 
 const HOUR_MS = 3_600_000;
 
@@ -53,5 +56,37 @@ describe('applyGrants', () => {
     expect(warnings.map((line) => [line['msg'], line['grant'], line['expiresAt']])).toEqual([
       ['grant expired before it was applied; skipped', 'stale', '2020-01-01T00:00:00Z'],
     ]);
+  });
+});
+
+describe('startDev', () => {
+  it('credits a grant added while it runs', async () => {
+    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
+    await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
+    const server = await startDev({
+      manifests,
+      host: '127.0.0.1',
+      port: 0,
+      redisUrl: undefined,
+      wallet: undefined,
+      env: {},
+      log: pino({ level: 'silent' }),
+      watch: false,
+    });
+    try {
+      const demo = { namespace: 'default', name: 'demo' };
+      expect((await server.ledger.state(demo)).granted).toBe(2_000_000n);
+
+      const file = path.join(manifests, 'wallets.yaml');
+      const wallets = await readFile(file, 'utf8');
+      const topUp = '    - id: welcome-credit\n      amount: "0.002"\n      reason: trial credit\n    - id: top-up-2\n      amount: "1.00"\n';
+      await writeFile(file, wallets.replace('    - id: welcome-credit\n      amount: "0.002"\n      reason: trial credit\n', topUp));
+      await server.config.reload();
+
+      expect((await server.ledger.state(demo)).granted).toBe(1_002_000_000n);
+    } finally {
+      await server.close();
+      await rm(manifests, { recursive: true, force: true });
+    }
   });
 });

@@ -55,6 +55,24 @@ const SIMULATOR_KEY = 'tollgate-simulator-key';
  * credential, neither in a Secret manifest nor in the environment.
  */
 export async function startDev(options: DevOptions): Promise<DevServer> {
+  // What startup has opened so far, closed in reverse when a later step fails, so that a
+  // failed start exits instead of leaving a simulator or a Redis connection running.
+  const opened: (() => Promise<void> | void)[] = [];
+  try {
+    return await startDevSteps(options, opened);
+  } catch (error) {
+    for (const close of opened.reverse()) {
+      try {
+        await close();
+      } catch (closeError) {
+        options.log.warn({ err: closeError }, 'failed to close a resource after a failed start');
+      }
+    }
+    throw error;
+  }
+}
+
+async function startDevSteps(options: DevOptions, opened: (() => Promise<void> | void)[]): Promise<DevServer> {
   const { log } = options;
   const simulated: string[] = [];
   let simulator: Awaited<ReturnType<typeof startSimulator>> | undefined;
@@ -67,6 +85,7 @@ export async function startDev(options: DevOptions): Promise<DevServer> {
   const initial = await loadManifests(options.manifests);
   if (initial.routes.some((route) => credentialOf(initial)(route) === undefined)) {
     simulator = await startSimulator({ host: '127.0.0.1', port: 0, expectedKey: SIMULATOR_KEY });
+    opened.push(() => simulator!.close());
   }
 
   // Routes without a credential are pointed at the simulator before the snapshot is compiled.
@@ -84,11 +103,15 @@ export async function startDev(options: DevOptions): Promise<DevServer> {
     }
     return compileSnapshot(resources, (route) => credentials.get(route));
   };
-  const config = await ManifestConfig.load(options.manifests, compile, log);
+  const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl) : new MemoryLedger();
+  opened.push(() => ledger.quit());
+  // Grants added to the manifests while it runs are credited before the new configuration serves.
+  const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) => applyGrants(ledger, snapshot.resources, log));
+  opened.push(() => config.close());
+  await applyGrants(ledger, config.current().resources, log);
 
   const stopTelemetry = await startTelemetry('tollgate-dev', log, options.env);
-  const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl) : new MemoryLedger();
-  await applyGrants(ledger, config.current().resources, log);
+  opened.push(stopTelemetry);
 
   const defaultWallet = qualify(options.wallet ?? onlyWallet(config.current().resources), 'default');
   const metrics = createSidecarMetrics();
@@ -98,6 +121,10 @@ export async function startDev(options: DevOptions): Promise<DevServer> {
     ...options.sidecar,
   };
   const sidecar = createSidecar(config, ledger, metrics, sidecarOptions, log);
+  opened.push(async () => {
+    await sidecar.app.close();
+    await sidecar.proxy.close();
+  });
   const address = await sidecar.app.listen({ host: options.host, port: options.port });
   if (options.watch) config.watch();
 

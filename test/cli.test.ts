@@ -3,6 +3,7 @@
  * redis-server for the ledger commands.
  */
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
@@ -14,13 +15,18 @@ import { startRedis, type RunningRedis } from './support/redis.ts';
 const run = promisify(execFile);
 const ROOT = path.join(import.meta.dirname, '..');
 
-async function tollgate(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Runs the command to its end; a run still going after `timeoutMs` is killed and reports the signal. */
+async function tollgate(args: string[], timeoutMs = 0): Promise<{ code: number; signal?: string; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, ['src/cli/main.ts', ...args], { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'warn' } });
+    const { stdout, stderr } = await run(process.execPath, ['src/cli/main.ts', ...args], {
+      cwd: ROOT,
+      env: { ...process.env, LOG_LEVEL: 'warn' },
+      timeout: timeoutMs,
+    });
     return { code: 0, stdout, stderr };
   } catch (error) {
-    const failure = error as { code: number; stdout: string; stderr: string };
-    return { code: failure.code, stdout: failure.stdout, stderr: failure.stderr };
+    const failure = error as { code: number; signal?: string; stdout: string; stderr: string };
+    return { code: failure.code, ...(failure.signal ? { signal: failure.signal } : {}), stdout: failure.stdout, stderr: failure.stderr };
   }
 }
 
@@ -81,6 +87,20 @@ describe('tollgate command', () => {
     const result = await tollgate(['dev', '--port', '99999']);
     expect(result.code).toBe(2);
     expect(result.stderr).toContain('invalid --port "99999"');
+  });
+
+  it('exits when dev cannot listen', async () => {
+    const busy = net.createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      const result = await tollgate(['dev', '--port', String(port)], 60_000);
+      expect(result.signal).toBeUndefined();
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain('EADDRINUSE');
+    } finally {
+      busy.close();
+    }
   });
 
   it('runs the demo to a refusal', async () => {
