@@ -83,7 +83,8 @@ export async function runDemo(args: string[]): Promise<number> {
         }
       } catch (error) {
         if (error instanceof OpenAI.APIError) {
-          console.log(`call ${call} refused: HTTP ${error.status}: ${error.message}`);
+          // The SDK's message starts with the status code, which the line already shows.
+          console.log(`call ${call} refused: HTTP ${error.status}: ${error.message.replace(/^\d{3} /, '')}`);
           break;
         }
         throw error;
@@ -91,7 +92,7 @@ export async function runDemo(args: string[]): Promise<number> {
       const after = await walletOf();
       const cost = BigInt(after.nano.spent) - before;
       charged += cost;
-      console.log(`call ${call} (${stream ? 'streamed' : 'plain'}): charged ${formatAmount(cost, 9)} USD, ${after.available} USD left`);
+      console.log(`call ${call} (${stream ? 'streamed' : 'plain'}): charged ${formatAmount(cost)} USD, ${after.available} USD left`);
     }
 
     const end = await walletOf();

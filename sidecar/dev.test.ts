@@ -84,6 +84,22 @@ describe('startDev', () => {
       await server.config.reload();
 
       expect((await server.ledger.state(demo)).granted).toBe(1_002_000_000n);
+
+      const response = await fetch(`${server.url}/tollgate/v1/wallets`);
+      const { wallets: views } = (await response.json()) as { wallets: Record<string, unknown>[] };
+      expect(views.find((view) => view['wallet'] === 'default/demo')).toEqual({
+        wallet: 'default/demo',
+        currency: 'USD',
+        granted: '1.002',
+        spent: '0.00',
+        expired: '0.00',
+        reserved: '0.00',
+        balance: '1.002',
+        available: '1.002',
+        providerCost: '0.00',
+        margin: '0.00',
+        nano: { balance: '1002000000', spent: '0', expired: '0', reserved: '0' },
+      });
     } finally {
       await server.close();
       await rm(manifests, { recursive: true, force: true });

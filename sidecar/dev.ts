@@ -22,7 +22,7 @@ export interface DevOptions {
   redisUrl: string | undefined;
   /** The wallet that pays when a request names none ("namespace/name" or "name"). */
   wallet: string | undefined;
-  /** Environment that may hold provider keys (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
+  /** Environment that may hold provider keys (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
   env: NodeJS.ProcessEnv;
   log: Logger;
   /** Whether to reload manifests when they change. */

@@ -333,11 +333,7 @@ export class Proxy {
         );
       case 'limit_exceeded':
         this.metrics.denials.inc({ route: route.name, reason: result.limit });
-        throw new ProxyError(
-          402,
-          'spend_limit_exceeded',
-          `wallet "${wallet.id}" would exceed its ${result.limit} limit: this request may cost up to ${formatAmount(result.required)} ${currency} and ${formatAmount(result.remaining)} ${currency} remains under the limit; wait for the next period or raise spec.limits`,
-        );
+        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, info.maxOutputTokens !== undefined));
       case 'conflict':
         this.metrics.denials.inc({ route: route.name, reason: 'request_id_conflict' });
         throw new ProxyError(
@@ -668,6 +664,29 @@ export class Proxy {
     res.writeHead(error.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   }
+}
+
+/** The Wallet spec field of each spend limit, and what the caller can do about it. */
+const SPEND_LIMITS = {
+  maxPerRequest: { field: 'spec.limits.maxPerRequest', wait: undefined },
+  dailyCap: { field: 'spec.limits.daily', wait: 'wait for the next UTC day' },
+  monthlyCap: { field: 'spec.limits.monthly', wait: 'wait for the next UTC month' },
+} as const;
+
+/** Builds the message of a refusal by a spend limit: the limit's field, the amounts, and the ways out. */
+function spendLimitMessage(
+  walletId: string,
+  result: Extract<ReserveResult, { status: 'limit_exceeded' }>,
+  currency: string,
+  clientSetOutputLimit: boolean,
+): string {
+  const { field, wait } = SPEND_LIMITS[result.limit];
+  const cost = `this request may cost up to ${formatAmount(result.required)} ${currency}`;
+  if (wait === undefined) {
+    const lower = clientSetOutputLimit ? 'lower the output limit or ' : '';
+    return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; ${lower}raise ${field}`;
+  }
+  return `wallet "${walletId}" would exceed its ${field} limit: ${cost} and ${formatAmount(result.remaining)} ${currency} remains under the limit; ${wait} or raise ${field}`;
 }
 
 function parseJsonObject(text: string): Record<string, unknown> {

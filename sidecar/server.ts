@@ -98,12 +98,13 @@ export function walletView(wallet: CompiledWallet, state: WalletState) {
     currency: wallet.currency,
     granted: formatAmount(state.granted),
     spent: formatAmount(state.spent),
+    expired: formatAmount(state.expired),
     reserved: formatAmount(state.reserved),
     balance: formatAmount(state.balance),
     available: formatAmount(state.available),
     providerCost: formatAmount(state.providerCost),
     margin: formatAmount(state.spent - state.providerCost),
-    nano: { balance: state.balance.toString(), spent: state.spent.toString(), reserved: state.reserved.toString() },
+    nano: { balance: state.balance.toString(), spent: state.spent.toString(), expired: state.expired.toString(), reserved: state.reserved.toString() },
   };
 }
 

@@ -67,6 +67,15 @@ spec:
   grants: [{ id: initial, amount: "${amount}" }]`;
   })
   .join('\n')}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: capped }
+spec:
+  currency: USD
+  pricePlanRef: { name: e2e }
+  grants: [{ id: initial, amount: "1.00" }]
+  limits: { maxPerRequest: "0.04", daily: "0.01" }
 `;
 
 const END_USER_MANIFESTS = `
@@ -421,6 +430,35 @@ describe('field cases', () => {
     }
     expect(statuses.get(200)).toBe(2500);
     expect(statuses.get(402)).toBe(1);
+  });
+});
+
+describe('spend limits', () => {
+  it('refuses a request over maxPerRequest', async () => {
+    const upstreamBefore = upstreamCount();
+    const body = { model: 'c10-model', messages: [{ role: 'user', content: 'cap' }], max_tokens: 1000 };
+    const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' });
+    expect(result.status).toBe(402);
+    const error = JSON.parse(result.text).error;
+    expect(error.code).toBe('spend_limit_exceeded');
+    expect(error.message).toBe(
+      'wallet "default/capped" allows at most 0.04 USD per request (spec.limits.maxPerRequest), and this request may cost up to 0.05 USD; ' +
+        'lower the output limit or raise spec.limits.maxPerRequest',
+    );
+    expect(upstreamCount()).toBe(upstreamBefore);
+  });
+
+  it('refuses the request past the daily limit', async () => {
+    const body = { model: 'fee-model', messages: [{ role: 'user', content: 'cap' }], max_tokens: 1 };
+    expect((await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' })).status).toBe(200);
+    expect((await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' })).status).toBe(200);
+    const third = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' });
+    expect(third.status).toBe(402);
+    expect(JSON.parse(third.text).error.message).toBe(
+      'wallet "default/capped" would exceed its spec.limits.daily limit: this request may cost up to 0.004 USD and 0.002 USD remains under the limit; ' +
+        'wait for the next UTC day or raise spec.limits.daily',
+    );
+    expect((await stack.ledger.state(walletKey('capped'))).spent).toBe(parseAmount('0.008'));
   });
 });
 

@@ -23,7 +23,8 @@ Options:
   --no-watch         Do not reload manifests when they change
 
 Routes without a provider key (in a Secret manifest or in OPENAI_API_KEY,
-ANTHROPIC_API_KEY) are served by the built-in provider simulator.`;
+AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY) are served by the
+built-in provider simulator.`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
