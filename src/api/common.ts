@@ -9,7 +9,12 @@ export const MAX_MONEY_LENGTH = 32;
 
 /** A non-negative money amount: decimal currency units ("12.50") or nano-units with an `n` suffix ("120n"). */
 export const Money = z
-  .string()
+  .string({
+    error: (issue) =>
+      issue.input === undefined
+        ? 'is required: a decimal string such as "12.50"'
+        : `must be a quoted decimal string such as "12.50", not the ${typeof issue.input} ${JSON.stringify(issue.input)} (YAML reads an unquoted 0.5 as a number)`,
+  })
   // Bounded so that the API server's cost estimate of CEL rules on amounts stays small.
   .max(MAX_MONEY_LENGTH, { message: `must be at most ${MAX_MONEY_LENGTH} characters` })
   .regex(/^(\d+(\.\d{1,9})?|\d+n)$/, {

@@ -5,7 +5,12 @@ export const Grant = z.object({
   id: z.string().min(1).max(128).regex(/^[A-Za-z0-9._:-]+$/, { message: 'must contain only letters, digits and . _ : -' }),
   amount: Money,
   reason: z.string().max(256).optional(),
-  expiresAt: z.iso.datetime({ offset: true }).optional(),
+  expiresAt: z.iso
+    .datetime({
+      offset: true,
+      error: (issue) => `must be an RFC 3339 time with a time zone, such as "2027-01-31T00:00:00Z", not ${JSON.stringify(issue.input)}`,
+    })
+    .optional(),
 });
 export type Grant = z.infer<typeof Grant>;
 
