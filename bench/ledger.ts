@@ -8,6 +8,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { EXPIRED_HOLDS_SETTLED_PER_RESERVE, periodFields, type CommitEntry, type HoldRequest, type WalletKey } from '../src/ledger/ledger.ts';
 import { RedisLedger, walletKeys } from '../src/ledger/redis.ts';
+import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { progress } from './progress.ts';
 
 export interface LedgerOptions {
@@ -147,6 +148,7 @@ function reserveCommand(sha: string): string[] {
     'req-__rand_int__', HOLD.fingerprint, HOLD.fixed.toString(), HOLD.perUnit.toString(),
     String(HOLD.minUnits), String(HOLD.maxUnits), String(HOLD.ttlSeconds * 1000),
     periods.day, periods.month, '', '', '', String(EXPIRED_HOLDS_SETTLED_PER_RESERVE),
+    String(DEFAULT_SETTLED_RETENTION_MS),
   ];
 }
 

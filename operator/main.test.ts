@@ -94,6 +94,29 @@ describe('parseOperatorArgs', () => {
     expect(() => parseOperatorArgs(['--redis', 'r', '--workers', '0'], {})).toThrow(ConfigurationError);
     expect(() => parseOperatorArgs(['--unknown'], {})).toThrow();
   });
+
+  it('reads the ledger retention and compaction settings', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})).toMatchObject({ settledRetentionMs: undefined, compactAfterMs: undefined });
+    expect(parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'r', TOLLGATE_LEDGER_RETENTION: '36h', TOLLGATE_LEDGER_COMPACT_AFTER: '90d' })).toMatchObject({
+      settledRetentionMs: 36 * 3_600_000,
+      compactAfterMs: 90 * 86_400_000,
+    });
+    expect(parseOperatorArgs(['--redis', 'r', '--ledger-retention', '2d', '--compact-after', '1d12h'], { TOLLGATE_LEDGER_RETENTION: '36h' })).toMatchObject({
+      settledRetentionMs: 2 * 86_400_000,
+      compactAfterMs: 36 * 3_600_000,
+    });
+  });
+
+  it('rejects a retention below an hour and an invalid duration', () => {
+    expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-retention', '30m'], {})).toThrow(
+      'invalid retention of settled records 30m: it must be a whole number of milliseconds of at least 1h',
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-retention', '30m'], {})).toThrow(ConfigurationError);
+    expect(() => parseOperatorArgs(['--redis', 'r', '--compact-after', 'ninety days'], {})).toThrow(
+      'invalid TOLLGATE_LEDGER_COMPACT_AFTER / flag value "ninety days": use a duration such as 7d, 36h, 90m or 45s (units ms, s, m, h, d)',
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--compact-after', '0d'], {})).toThrow(ConfigurationError);
+  });
 });
 
 describe('parseListen', () => {

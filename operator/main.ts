@@ -12,6 +12,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { RedisLedger } from '../src/ledger/redis.ts';
+import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
 import { Informer, type InformerEvent } from './informer.ts';
@@ -36,6 +37,12 @@ Options:
   --namespace NS             Namespace of the operator and its Lease [TOLLGATE_NAMESPACE] (default: the Pod's namespace, else "default")
   --watch-namespace NS       Watch Tollgate resources in this namespace only [TOLLGATE_WATCH_NAMESPACE] (default: all namespaces)
   --redis URL                Redis ledger URL, redis://host:port [TOLLGATE_REDIS_URL] (required)
+  --ledger-retention DURATION  How long the ledger keeps settled requests, so that a retried request
+                             gets its first result, such as 7d or 36h; at least 1h [TOLLGATE_LEDGER_RETENTION]
+                             (default: 7d). Give the sidecars the same value.
+  --compact-after DURATION   At each resync, fold each wallet's ledger entries older than this, such as
+                             90d, into its checkpoint and delete them from Redis [TOLLGATE_LEDGER_COMPACT_AFTER]
+                             (default: off). Export the entries first to keep them.
   --http-listen HOST:PORT    Snapshot, /metrics and health server [TOLLGATE_HTTP_LISTEN] (default: 0.0.0.0:8080)
   --webhook-listen HOST:PORT Admission webhook server [TOLLGATE_WEBHOOK_LISTEN] (default: 0.0.0.0:9443)
   --no-webhook               Do not serve the admission webhook [TOLLGATE_WEBHOOK=false]
@@ -63,6 +70,10 @@ export interface OperatorConfig {
   namespace: string;
   watchNamespace: string | undefined;
   redisUrl: string;
+  /** How long the ledger keeps settled records, in milliseconds; the ledger's default when undefined. */
+  settledRetentionMs?: number | undefined;
+  /** Age in milliseconds beyond which the resync compacts a wallet's entries; no compaction when undefined. */
+  compactAfterMs?: number | undefined;
   httpHost: string;
   httpPort: number;
   webhook: boolean;
@@ -105,6 +116,8 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       namespace: { type: 'string' },
       'watch-namespace': { type: 'string' },
       redis: { type: 'string' },
+      'ledger-retention': { type: 'string' },
+      'compact-after': { type: 'string' },
       'http-listen': { type: 'string' },
       'webhook-listen': { type: 'string' },
       'no-webhook': { type: 'boolean' },
@@ -141,6 +154,21 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
 
   const redisUrl = pick(values.redis, 'TOLLGATE_REDIS_URL');
   if (!redisUrl) throw new ConfigurationError('missing Redis URL: pass --redis redis://host:port or set TOLLGATE_REDIS_URL');
+  const duration = (flag: string | undefined, variable: string, check?: (ms: number) => void): number | undefined => {
+    const text = pick(flag, variable);
+    if (text === undefined) return undefined;
+    try {
+      const ms = parseDurationMs(text, `${variable} / flag value`);
+      check?.(ms);
+      return ms;
+    } catch (error) {
+      throw new ConfigurationError((error as Error).message, { cause: error });
+    }
+  };
+  const settledRetentionMs = duration(values['ledger-retention'], 'TOLLGATE_LEDGER_RETENTION', validateSettledRetention);
+  const compactAfterMs = duration(values['compact-after'], 'TOLLGATE_LEDGER_COMPACT_AFTER', (ms) => {
+    if (ms <= 0) throw new RangeError(`invalid TOLLGATE_LEDGER_COMPACT_AFTER / flag value ${ms} ms: use a positive duration such as 90d`);
+  });
   const http = parseListen(pick(values['http-listen'], 'TOLLGATE_HTTP_LISTEN') ?? '0.0.0.0:8080', '--http-listen');
   const webhook = parseListen(pick(values['webhook-listen'], 'TOLLGATE_WEBHOOK_LISTEN') ?? '0.0.0.0:9443', '--webhook-listen');
   const namespace = pick(values.namespace, 'TOLLGATE_NAMESPACE') ?? podNamespace() ?? 'default';
@@ -161,6 +189,8 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     namespace,
     watchNamespace: pick(values['watch-namespace'], 'TOLLGATE_WATCH_NAMESPACE'),
     redisUrl,
+    settledRetentionMs,
+    compactAfterMs,
     httpHost: http.host,
     httpPort: http.port,
     webhook: !(values['no-webhook'] ?? env['TOLLGATE_WEBHOOK'] === 'false'),
@@ -236,7 +266,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
   const log = options.log.child({ identity: config.identity });
   const clients = createKubeClients(loadKubeConfig({ kubeconfig: config.kubeconfig }));
   const metrics = createOperatorMetrics({ defaultMetrics: options.defaultMetrics ?? true });
-  const ledger = new RedisLedger(config.redisUrl);
+  const ledger = new RedisLedger(config.redisUrl, { settledRetentionMs: config.settledRetentionMs });
   const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });
 
   const informers = {} as Record<ResourceKind, Informer>;
@@ -263,6 +293,8 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
       metrics,
       log,
       statusIntervalMs: config.statusIntervalMs,
+      compactAfterMs: config.compactAfterMs,
+      compactIntervalMs: config.resyncMs,
     }),
     PricePlan: new PlanReconciler({ clients, plans: informers.PricePlan, routes: informers.ProviderRoute, events, log }),
     ProviderRoute: new RouteReconciler({ clients, routes: informers.ProviderRoute, events, log, secretRecheckMs: config.secretRecheckMs }),
@@ -294,7 +326,16 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
     await ledger.quit();
     throw error;
   }
-  log.info({ namespace: config.namespace, lease: config.leaseName, watchNamespace: config.watchNamespace ?? 'all' }, 'operator started');
+  log.info(
+    {
+      namespace: config.namespace,
+      lease: config.leaseName,
+      watchNamespace: config.watchNamespace ?? 'all',
+      ledgerRetention: formatDuration(config.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS),
+      compactAfter: config.compactAfterMs === undefined ? 'off' : formatDuration(config.compactAfterMs),
+    },
+    'operator started',
+  );
 
   let stopping: Promise<void> | undefined;
   return {
@@ -332,6 +373,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     sidecarImage: config.sidecarImage,
     configUrl: config.configUrl,
     redisUrl: config.redisUrl,
+    ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
     log,
     registry: metrics.registry,
     ...(config.webhookSecret ? { tlsSecretName: config.webhookSecret } : {}),

@@ -1,7 +1,11 @@
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { Wallet } from '../src/api/wallet.ts';
-import type { WalletState } from '../src/ledger/ledger.ts';
+import type { Ledger, WalletState } from '../src/ledger/ledger.ts';
+import { MemoryLedger } from '../src/ledger/memory.ts';
 import {
+  LedgerCompactor,
   desiredWalletStatus,
   isSignificantChange,
   nextExpiryDelayMs,
@@ -243,5 +247,57 @@ describe('nextExpiryDelayMs', () => {
   it('waits at most a day', () => {
     const grants = [{ id: 'yearly', amount: '1.00', expiresAt: '2027-03-02T00:00:00Z' }];
     expect(nextExpiryDelayMs(wallet(grants), ['yearly'], nowMs)).toBe(86_400_000);
+  });
+});
+
+describe('LedgerCompactor', () => {
+  const DAY_MS = 86_400_000;
+  const wallet = { namespace: 'team', name: 'archive' };
+
+  /** Returns a logger that keeps each record it writes. */
+  function recordingLogger(): { log: pino.Logger; records: Array<Record<string, unknown>> } {
+    const records: Array<Record<string, unknown>> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        records.push(JSON.parse(chunk.toString('utf8')) as Record<string, unknown>);
+        done();
+      },
+    });
+    return { log: pino(sink), records };
+  }
+
+  it('compacts entries older than the age once per interval', async () => {
+    const clock = { ms: Date.UTC(2026, 0, 1) };
+    const ledger = new MemoryLedger({ now: () => clock.ms });
+    const { log, records } = recordingLogger();
+    const compactor = new LedgerCompactor({ ledger, log, compactAfterMs: 30 * DAY_MS, intervalMs: 15 * DAY_MS });
+    await ledger.credit(wallet, 'first', 100n);
+    clock.ms += 20 * DAY_MS;
+    await ledger.credit(wallet, 'second', 50n);
+
+    // On day 40 only the first entry is older than 30 days.
+    clock.ms += 20 * DAY_MS;
+    expect(await compactor.compactIfDue(wallet, clock.ms)).toBe(1);
+    expect(records.map((record) => [record['msg'], record['wallet'], record['folded'], record['checkpointEntries']])).toEqual([
+      ['compacted ledger entries into the checkpoint', 'team/archive', 1, 1],
+    ]);
+
+    // On day 51 the second entry is older than 30 days too, but the last compaction was 11 days ago.
+    clock.ms += 11 * DAY_MS;
+    expect(await compactor.compactIfDue(wallet, clock.ms)).toBe(0);
+    clock.ms += 4 * DAY_MS;
+    expect(await compactor.compactIfDue(wallet, clock.ms)).toBe(1);
+    expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 150n, entries: 2, checkpoint: { entries: 2 } });
+  });
+
+  it('logs a failed compaction and goes on', async () => {
+    const { log, records } = recordingLogger();
+    const failing = { compact: async () => Promise.reject(new Error('READONLY replica')) } as unknown as Ledger;
+    const compactor = new LedgerCompactor({ ledger: failing, log, compactAfterMs: DAY_MS, intervalMs: 0 });
+
+    expect(await compactor.compactIfDue(wallet, Date.now())).toBe(0);
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ level: 50, wallet: 'team/archive', msg: 'ledger compaction failed; it runs again after the next interval' });
+    expect((records[0]!['err'] as { message: string }).message).toBe('READONLY replica');
   });
 });

@@ -13,7 +13,11 @@
  *   Exhausted conditions. It asks to be queued again shortly after the next
  *   expiry of an applied grant, so a lapse shows without waiting for a resync;
  * - records Events when grants are applied, when grants lapse with an
- *   amount taken back, and when conditions turn.
+ *   amount taken back, and when conditions turn;
+ * - when `compactAfterMs` is set, folds the wallet's ledger entries older
+ *   than that into the ledger's checkpoint, at most once per
+ *   `compactIntervalMs` (the resync interval). The entries are then gone
+ *   from Redis; only their totals stay.
  *
  * Status writes happen only when the status changed. A change of amounts
  * alone is written at most once per `statusIntervalMs` per wallet, so a busy
@@ -26,7 +30,7 @@
 import type { Logger } from 'pino';
 import type { Condition } from '../src/api/common.ts';
 import type { Wallet } from '../src/api/wallet.ts';
-import { GrantExpiredError, GrantTooLargeError, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
+import { GrantExpiredError, GrantTooLargeError, walletId, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { EventReason, targetOf, type EventRecorder } from './events.ts';
 import type { Informer } from './informer.ts';
@@ -227,6 +231,64 @@ export interface WalletReconcilerOptions {
   log: Logger;
   /** Minimum time between two status writes of one wallet that change only amounts, in milliseconds. */
   statusIntervalMs: number;
+  /** Age in milliseconds beyond which a wallet's ledger entries are compacted; undefined turns compaction off. */
+  compactAfterMs?: number | undefined;
+  /** Minimum time between two compactions of one wallet, in milliseconds (default 0). */
+  compactIntervalMs?: number | undefined;
+}
+
+export interface LedgerCompactorOptions {
+  ledger: Ledger;
+  log: Logger;
+  /** Age in milliseconds beyond which entries are compacted. */
+  compactAfterMs: number;
+  /** Minimum time between two compactions of one wallet, in milliseconds. */
+  intervalMs: number;
+}
+
+/**
+ * Compacts wallets' ledger entries older than a fixed age, at most once per
+ * interval for each wallet, so that a busy reconcile loop adds one compact
+ * call per wallet and interval. A failure is logged and not raised, so that
+ * the status updates go on, and the next interval tries again.
+ */
+export class LedgerCompactor {
+  readonly #options: LedgerCompactorOptions;
+  /** When each wallet was last compacted, in epoch milliseconds. */
+  readonly #last = new Map<string, number>();
+
+  constructor(options: LedgerCompactorOptions) {
+    this.#options = options;
+  }
+
+  /** Compacts the wallet's entries older than `nowMs - compactAfterMs` unless it did within the interval; returns the entries folded. */
+  async compactIfDue(wallet: WalletKey, nowMs: number): Promise<number> {
+    const { ledger, log, compactAfterMs, intervalMs } = this.#options;
+    const id = walletId(wallet);
+    const last = this.#last.get(id);
+    if (last !== undefined && nowMs - last < intervalMs) return 0;
+    this.#last.set(id, nowMs);
+
+    const beforeMs = nowMs - compactAfterMs;
+    try {
+      const { folded, checkpoint } = await ledger.compact(wallet, beforeMs);
+      if (folded > 0) {
+        log.info(
+          { wallet: id, folded, before: new Date(beforeMs).toISOString(), checkpointEntries: checkpoint?.entries, lastId: checkpoint?.lastId },
+          'compacted ledger entries into the checkpoint',
+        );
+      }
+      return folded;
+    } catch (error) {
+      log.error({ err: error, wallet: id }, 'ledger compaction failed; it runs again after the next interval');
+      return 0;
+    }
+  }
+
+  /** Forgets a deleted wallet. */
+  forget(wallet: WalletKey): void {
+    this.#last.delete(walletId(wallet));
+  }
 }
 
 export class WalletReconciler {
@@ -235,9 +297,18 @@ export class WalletReconciler {
   readonly #lastWrite = new Map<string, number>();
   /** Grants already reported as rejected or expired, so each Warning is recorded once per process. */
   readonly #reported = new Set<string>();
+  readonly #compactor: LedgerCompactor | undefined;
 
   constructor(options: WalletReconcilerOptions) {
     this.#options = options;
+    if (options.compactAfterMs !== undefined) {
+      this.#compactor = new LedgerCompactor({
+        ledger: options.ledger,
+        log: options.log,
+        compactAfterMs: options.compactAfterMs,
+        intervalMs: options.compactIntervalMs ?? 0,
+      });
+    }
   }
 
   async reconcile(namespace: string, name: string): Promise<ReconcileResult> {
@@ -246,6 +317,7 @@ export class WalletReconciler {
     if (!object) {
       metrics.removeWallet(namespace, name);
       this.#lastWrite.delete(`${namespace}/${name}`);
+      this.#compactor?.forget({ namespace, name });
       return;
     }
     if (object.metadata.deletionTimestamp) {
@@ -293,6 +365,7 @@ export class WalletReconciler {
     };
     const status = desiredWalletStatus(previous, facts, new Date().toISOString());
     const written = await this.#writeStatus(object, previous, status, wallet?.spec.currency);
+    await this.#compactor?.compactIfDue(key, Date.now());
 
     const expiryDelayMs = wallet ? nextExpiryDelayMs(wallet, appliedGrants, Date.now()) : undefined;
     if (expiryDelayMs === undefined) return written;

@@ -22,6 +22,8 @@ export interface DevOptions {
   redisUrl: string | undefined;
   /** The wallet that pays when a request names none ("namespace/name" or "name"). */
   wallet: string | undefined;
+  /** How long the ledger keeps settled requests, in milliseconds; the ledger's default (7 days) when undefined. */
+  settledRetentionMs?: number | undefined;
   /** Environment that may hold provider keys (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
   env: NodeJS.ProcessEnv;
   log: Logger;
@@ -103,7 +105,8 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
     }
     return compileSnapshot(resources, (route) => credentials.get(route));
   };
-  const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl) : new MemoryLedger();
+  const ledgerOptions = options.settledRetentionMs === undefined ? {} : { settledRetentionMs: options.settledRetentionMs };
+  const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl, ledgerOptions) : new MemoryLedger(ledgerOptions);
   opened.push(() => ledger.quit());
   // Grants added to the manifests while it runs are credited before the new configuration serves.
   const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) => applyGrants(ledger, snapshot.resources, log));

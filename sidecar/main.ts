@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
+import { parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
@@ -31,6 +32,20 @@ function required(env: NodeJS.ProcessEnv, name: string): string {
   return value;
 }
 
+/**
+ * Returns the retention of settled records from TOLLGATE_LEDGER_RETENTION (a
+ * duration such as 7d), or the ledger's default when it is unset. The
+ * operator reads the same variable, and its webhook passes its own setting
+ * to the sidecars it injects, so both hold the same value.
+ */
+export function settledRetention(env: NodeJS.ProcessEnv): number | undefined {
+  const text = env.TOLLGATE_LEDGER_RETENTION;
+  if (!text) return undefined;
+  const retentionMs = parseDurationMs(text, 'TOLLGATE_LEDGER_RETENTION');
+  validateSettledRetention(retentionMs);
+  return retentionMs;
+}
+
 /** Runs the sidecar in a pod: configuration from the operator, the Redis ledger, credentials from files. */
 export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const log = createLogger('tollgate-sidecar');
@@ -41,7 +56,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const wallet = env.TOLLGATE_WALLET ? `${namespace}/${env.TOLLGATE_WALLET}` : undefined;
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
-  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'));
+  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs: settledRetention(env) });
   const metrics = createSidecarMetrics();
   const sidecar = createSidecar(
     config,

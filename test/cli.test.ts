@@ -83,6 +83,81 @@ describe('tollgate command', () => {
     expect(result.stderr).toContain('--wallet NAMESPACE/NAME');
   });
 
+  it('exports a wallet as NDJSON', async () => {
+    const exported = { namespace: 'team-a', name: 'export' };
+    const ledger = new RedisLedger(redis.url);
+    await ledger.credit(exported, 'grant-1', parseAmount('1.00'), { reason: 'trial' });
+    for (const id of ['r1', 'r2']) {
+      await ledger.commit(exported, id, { charged: 5n, providerCost: 4n, model: 'm', route: 'openai', tokens: { input: 2 }, estimated: false });
+    }
+    await ledger.quit();
+    const client = new Redis(redis.url);
+    const stream = await client.xrange('{w:team-a/export}:log', '-', '+');
+    await client.quit();
+
+    const all = await tollgate(['ledger', 'export', '--redis', redis.url, '--wallet', 'team-a/export', '--page-size', '2']);
+    expect(all.code).toBe(0);
+    const lines = all.stdout.trimEnd().split('\n').map((line) => JSON.parse(line) as { id: string; fields: Record<string, string> });
+    expect(lines.map(({ id, fields }) => [id, Object.entries(fields).flat()])).toEqual(stream);
+    expect(lines[1]).toEqual({
+      id: stream[1]![0],
+      fields: { type: 'debit', id: 'r1', amount: '5', charged: '5', providerCost: '4', model: 'm', route: 'openai', tokens: '{"input":2}', estimated: '0' },
+    });
+    expect(all.stderr).toContain(`exported 3 entries, ${stream[0]![0]} through ${stream[2]![0]}`);
+
+    const from = await tollgate(['ledger', 'export', '--redis', redis.url, '--wallet', 'team-a/export', '--from', stream[1]![0]]);
+    expect(from.stdout.trimEnd().split('\n').map((line) => (JSON.parse(line) as { id: string }).id)).toEqual([stream[1]![0], stream[2]![0]]);
+    const after = await tollgate(['ledger', 'export', '--redis', redis.url, '--wallet', 'team-a/export', '--after', stream[1]![0]]);
+    expect(after.stdout.trimEnd().split('\n').map((line) => (JSON.parse(line) as { id: string }).id)).toEqual([stream[2]![0]]);
+  });
+
+  it('compacts a wallet and verifies it', async () => {
+    const compacted = { namespace: 'team-a', name: 'compact' };
+    const ledger = new RedisLedger(redis.url);
+    await ledger.credit(compacted, 'grant-1', parseAmount('1.00'));
+    await ledger.commit(compacted, 'r1', { charged: parseAmount('0.25'), providerCost: parseAmount('0.20'), model: 'm', route: 'openai', tokens: {}, estimated: false });
+    await ledger.quit();
+    const args = ['--redis', redis.url, '--wallet', 'team-a/compact'];
+    const cutoff = new Date(Date.now() + 1000).toISOString();
+
+    const first = await tollgate(['ledger', 'compact', ...args, '--before', cutoff]);
+    expect(first.code).toBe(0);
+    expect(first.stdout).toContain(`folded 2 entries older than ${cutoff} into the checkpoint of wallet team-a/compact`);
+    expect(first.stdout).toMatch(/checkpoint: 2 entries through \d+-\d+: granted 1\.000000000, spent 0\.250000000, expired 0\.000000000, provider cost 0\.200000000/);
+
+    const again = await tollgate(['ledger', 'compact', ...args, '--before', '1h']);
+    expect(again.stdout).toContain('folded no entries: wallet team-a/compact has no entry older than');
+
+    const verify = await tollgate(['ledger', 'verify', ...args]);
+    expect(verify.code).toBe(0);
+    expect(verify.stdout).toMatch(/replayed 2 entries \(2 from the checkpoint through \d+-\d+, 0 from the stream\): granted 1\.000000000, spent 0\.250000000/);
+    expect(verify.stdout).toContain('ok: balance = grants - debits - expired');
+
+    const exported = await tollgate(['ledger', 'export', ...args]);
+    expect(exported.stdout).toBe('');
+    expect(exported.stderr).toContain('exported 0 entries');
+  });
+
+  it('rejects compact without --before', async () => {
+    const missing = await tollgate(['ledger', 'compact', '--redis', redis.url, '--wallet', 'team-a/cli']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('missing option: compact needs --before');
+
+    const invalid = await tollgate(['ledger', 'compact', '--redis', redis.url, '--wallet', 'team-a/cli', '--before', 'last week']);
+    expect(invalid.code).toBe(2);
+    expect(invalid.stderr).toContain('invalid --before "last week": use an age such as 30d or a time such as 2025-06-01T00:00:00Z');
+
+    const misplaced = await tollgate(['ledger', 'verify', '--redis', redis.url, '--wallet', 'team-a/cli', '--from', '1-0']);
+    expect(misplaced.code).toBe(2);
+    expect(misplaced.stderr).toContain('invalid option for verify: --from applies to export only');
+  });
+
+  it('rejects a dev retention below an hour', async () => {
+    const result = await tollgate(['dev', '--ledger-retention', '30m']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('invalid retention of settled records 30m: it must be a whole number of milliseconds of at least 1h');
+  });
+
   it('rejects an invalid dev port', async () => {
     const result = await tollgate(['dev', '--port', '99999']);
     expect(result.code).toBe(2);

@@ -194,6 +194,7 @@ describe('helm template', () => {
       TOLLGATE_POD_NAME: { fieldRef: { fieldPath: 'metadata.name' } },
       LOG_LEVEL: 'info',
       TOLLGATE_REDIS_URL: 'redis://redis:6379/0',
+      TOLLGATE_LEDGER_RETENTION: '7d',
       TOLLGATE_WEBHOOK_LISTEN: '0.0.0.0:9443',
       TOLLGATE_HTTP_LISTEN: '0.0.0.0:8080',
       TOLLGATE_LEASE_NAME: 'tollgate',
@@ -213,6 +214,16 @@ describe('helm template', () => {
       find(await template(['ledger.existingSecret.name=redis-auth', 'ledger.existingSecret.key=url']), 'Deployment', 'tollgate'),
     );
     expect(env['TOLLGATE_REDIS_URL']).toEqual({ secretKeyRef: { name: 'redis-auth', key: 'url' } });
+  });
+
+  it('passes the ledger retention and compaction settings', async () => {
+    const env = envOf(find(await template(['ledger.settledRetention=36h', 'ledger.compactAfter=90d']), 'Deployment', 'tollgate'));
+    expect(env['TOLLGATE_LEDGER_RETENTION']).toBe('36h');
+    expect(env['TOLLGATE_LEDGER_COMPACT_AFTER']).toBe('90d');
+
+    const invalid = await helm(['template', RELEASE, CHART, '--set', 'ledger.compactAfter=90 days']);
+    expect(invalid.code).toBe(1);
+    expect(invalid.stderr).toContain("at '/ledger/compactAfter': '90 days' does not match pattern");
   });
 
   it('fails without a Redis URL', async () => {

@@ -264,6 +264,14 @@ describe('injectSidecar sidecar container', () => {
     ]);
   });
 
+  it('passes the ledger retention when set', () => {
+    const withRetention = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ settledRetentionMs: 36 * 3_600_000 })).patch));
+    expect(withRetention.env?.find((variable) => variable.name === 'TOLLGATE_LEDGER_RETENTION')).toEqual({
+      name: 'TOLLGATE_LEDGER_RETENTION',
+      value: '129600000ms',
+    });
+  });
+
   it('probes /readyz on the admin port', () => {
     const httpGet = { path: '/readyz', port: 9464 };
 

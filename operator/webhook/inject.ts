@@ -64,6 +64,8 @@ export interface InjectionContext {
   /** Base URL of the operator's snapshot server; the sidecar appends `/v1/snapshot/<namespace>`. */
   configUrl: string;
   redisUrl: string;
+  /** Retention of the ledger's settled records, in milliseconds; the sidecar's default when undefined. */
+  settledRetentionMs?: number;
   /** Validated ProviderRoutes of the pod's namespace. */
   routes: readonly ProviderRoute[];
   /** Wallets of the pod's namespace. */
@@ -250,6 +252,8 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     { name: 'TOLLGATE_CONFIG_URL', value: context.configUrl },
     // NOTE: a password in the Redis URL is readable by anyone who can read the pod spec.
     { name: 'TOLLGATE_REDIS_URL', value: context.redisUrl },
+    // The operator's ledger and the sidecars must keep settled records equally long.
+    ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
     { name: 'TOLLGATE_CREDENTIALS_DIR', value: CREDENTIALS_DIR },
     { name: 'TOLLGATE_LISTEN', value: `${SIDECAR_HOST}:${SIDECAR_PORT}` },
     { name: 'TOLLGATE_ADMIN_LISTEN', value: `0.0.0.0:${SIDECAR_ADMIN_PORT}` },

@@ -64,6 +64,8 @@ export interface WebhookOptions {
   /** Base URL of the operator's snapshot server, for the sidecar's TOLLGATE_CONFIG_URL. */
   configUrl: string;
   redisUrl: string;
+  /** Retention of the ledger's settled records that injected sidecars get, in milliseconds. */
+  settledRetentionMs?: number;
   log: Logger;
   /** Registry for tollgate_injections_total; prom-client's default registry when absent. */
   registry?: Registry;
@@ -209,6 +211,7 @@ class AdmissionHandler {
       sidecarImage: this.options.sidecarImage,
       configUrl: this.options.configUrl,
       redisUrl: this.options.redisUrl,
+      ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
       routes: resources.routes,
       wallets: resources.wallets,
       ...(this.options.sidecarImagePullPolicy === undefined ? {} : { imagePullPolicy: this.options.sidecarImagePullPolicy }),

@@ -1,13 +1,40 @@
+import { once } from 'node:events';
 import { parseArgs } from 'node:util';
+import type { Checkpoint, EntriesOptions, Ledger, WalletKey } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
+import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
 
-const LEDGER_USAGE = `Usage: tollgate ledger <state|verify> --redis URL --wallet NAMESPACE/NAME
+const LEDGER_USAGE = `Usage: tollgate ledger <command> --redis URL --wallet NAMESPACE/NAME [options]
 
-  state    Print the wallet's totals: granted, spent, expired, reserved, balance, available
-  verify   Replay the wallet's entry stream and check that balance = grants - debits - expired
+Commands:
+  state     Print the wallet's totals: granted, spent, expired, reserved, balance, available
+  verify    Replay the wallet's checkpoint and entry stream and check that balance = grants - debits - expired
+  export    Write the wallet's stream entries to standard output as NDJSON, one
+            {"id": "<stream id>", "fields": {...}} object per line, oldest first
+  compact   Fold the entries older than --before into the wallet's checkpoint and
+            delete them from Redis. They cannot be read back afterwards: export them first.
 
-Exit status: 0 when verify finds the totals consistent, 1 when it does not, 2 on bad usage.`;
+Options:
+  --redis URL        Redis ledger URL (default: TOLLGATE_REDIS_URL)
+  --wallet NS/NAME   The wallet
+  --before WHEN      compact (required) and export: only entries older than WHEN, an age
+                     such as 30d or 12h, or a time such as 2025-06-01T00:00:00Z
+  --from ID          export: start at the entry with this stream id
+  --after ID         export: start after the entry with this stream id
+  --page-size N      export: entries read from Redis per round trip (default 1000)
+
+Exit status: 0 on success, 1 when verify finds the totals inconsistent or a command fails, 2 on bad usage.`;
+
+const COMMANDS = ['state', 'verify', 'export', 'compact'] as const;
+type Command = (typeof COMMANDS)[number];
+
+interface LedgerCommandOptions {
+  before: string | undefined;
+  from: string | undefined;
+  after: string | undefined;
+  pageSize: string | undefined;
+}
 
 /** Runs `tollgate ledger ...` and returns the process exit code. */
 export async function runLedgerCommand(args: string[]): Promise<number> {
@@ -17,11 +44,15 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     options: {
       redis: { type: 'string', default: process.env.TOLLGATE_REDIS_URL },
       wallet: { type: 'string' },
+      before: { type: 'string' },
+      from: { type: 'string' },
+      after: { type: 'string' },
+      'page-size': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   const [action] = positionals;
-  if (values.help || (action !== 'state' && action !== 'verify')) {
+  if (values.help || !COMMANDS.includes(action as Command)) {
     console.log(LEDGER_USAGE);
     return values.help ? 0 : 2;
   }
@@ -29,37 +60,132 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     console.error(`missing or invalid option: give --redis URL (or TOLLGATE_REDIS_URL) and --wallet NAMESPACE/NAME\n\n${LEDGER_USAGE}`);
     return 2;
   }
+  const options: LedgerCommandOptions = { before: values.before, from: values.from, after: values.after, pageSize: values['page-size'] };
+  const misuse = checkOptions(action as Command, options);
+  if (misuse) {
+    console.error(`${misuse}\n\n${LEDGER_USAGE}`);
+    return 2;
+  }
 
   const [namespace = '', name = ''] = values.wallet.split('/');
   const wallet = { namespace, name };
   const ledger = new RedisLedger(values.redis);
   try {
-    if (action === 'state') {
-      const state = await ledger.state(wallet);
-      console.log(
-        [
-          `wallet     ${values.wallet}${state.closed ? ' (closed)' : ''}`,
-          `granted    ${formatAmount(state.granted, 9)}`,
-          `spent      ${formatAmount(state.spent, 9)}`,
-          `expired    ${formatAmount(state.expired, 9)}`,
-          `reserved   ${formatAmount(state.reserved, 9)} in ${state.holds} holds`,
-          `balance    ${formatAmount(state.balance, 9)}`,
-          `available  ${formatAmount(state.available, 9)}`,
-          `margin     ${formatAmount(state.spent - state.providerCost, 9)}`,
-        ].join('\n'),
-      );
-      return 0;
+    switch (action as Command) {
+      case 'state':
+        return await printState(ledger, wallet);
+      case 'verify':
+        return await printVerify(ledger, wallet);
+      case 'export':
+        return await exportEntries(ledger, wallet, entriesOptions(options));
+      case 'compact':
+        return await compact(ledger, wallet, parseCutoffMs(options.before!, '--before', Date.now()));
     }
-
-    const result = await ledger.verify(wallet);
-    console.log(
-      `replayed ${result.entries} entries: granted ${formatAmount(result.granted, 9)}, spent ${formatAmount(result.spent, 9)}, ` +
-        `expired ${formatAmount(result.expired, 9)}`,
-    );
-    for (const problem of result.problems) console.log(`problem: ${problem}`);
-    console.log(result.ok ? 'ok: balance = grants - debits - expired' : 'FAILED: the stored totals do not match the entry stream');
-    return result.ok ? 0 : 1;
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    console.error(error.message);
+    return 2;
   } finally {
     await ledger.quit();
   }
+}
+
+/** Returns why the options do not fit the command, or undefined when they do. */
+function checkOptions(command: Command, options: LedgerCommandOptions): string | undefined {
+  if (command === 'compact' && options.before === undefined) {
+    return 'missing option: compact needs --before, an age such as 30d or a time such as 2025-06-01T00:00:00Z';
+  }
+  const exportOnly = (['from', 'after', 'pageSize'] as const).filter((option) => options[option] !== undefined);
+  if (command !== 'export' && exportOnly.length > 0) {
+    return `invalid option for ${command}: ${exportOnly.map((option) => (option === 'pageSize' ? '--page-size' : `--${option}`)).join(', ')} applies to export only`;
+  }
+  if (command !== 'export' && command !== 'compact' && options.before !== undefined) {
+    return `invalid option for ${command}: --before applies to export and compact only`;
+  }
+  if (options.from !== undefined && options.after !== undefined) return 'invalid options: give either --from or --after, not both';
+  return undefined;
+}
+
+function entriesOptions(options: LedgerCommandOptions): EntriesOptions {
+  const result: EntriesOptions = {};
+  if (options.from !== undefined) result.from = options.from;
+  if (options.after !== undefined) result.after = options.after;
+  if (options.before !== undefined) result.beforeMs = parseCutoffMs(options.before, '--before', Date.now());
+  if (options.pageSize !== undefined) {
+    const pageSize = Number(options.pageSize);
+    if (!Number.isSafeInteger(pageSize) || pageSize < 1) {
+      throw new RangeError(`invalid --page-size "${options.pageSize}": use a whole number of at least 1`);
+    }
+    result.pageSize = pageSize;
+  }
+  return result;
+}
+
+async function printState(ledger: Ledger, wallet: WalletKey): Promise<number> {
+  const state = await ledger.state(wallet);
+  console.log(
+    [
+      `wallet     ${wallet.namespace}/${wallet.name}${state.closed ? ' (closed)' : ''}`,
+      `granted    ${formatAmount(state.granted, 9)}`,
+      `spent      ${formatAmount(state.spent, 9)}`,
+      `expired    ${formatAmount(state.expired, 9)}`,
+      `reserved   ${formatAmount(state.reserved, 9)} in ${state.holds} holds`,
+      `balance    ${formatAmount(state.balance, 9)}`,
+      `available  ${formatAmount(state.available, 9)}`,
+      `margin     ${formatAmount(state.spent - state.providerCost, 9)}`,
+    ].join('\n'),
+  );
+  return 0;
+}
+
+async function printVerify(ledger: Ledger, wallet: WalletKey): Promise<number> {
+  const result = await ledger.verify(wallet);
+  const folded = result.checkpoint
+    ? ` (${result.checkpoint.entries} from the checkpoint through ${result.checkpoint.lastId}, ${result.entries - result.checkpoint.entries} from the stream)`
+    : '';
+  console.log(
+    `replayed ${result.entries} entries${folded}: granted ${formatAmount(result.granted, 9)}, spent ${formatAmount(result.spent, 9)}, ` +
+      `expired ${formatAmount(result.expired, 9)}`,
+  );
+  for (const problem of result.problems) console.log(`problem: ${problem}`);
+  console.log(result.ok ? 'ok: balance = grants - debits - expired' : 'FAILED: the stored totals do not match the entry stream');
+  return result.ok ? 0 : 1;
+}
+
+/**
+ * Writes the entries as NDJSON to standard output, a page at a time, and
+ * waits for the output to drain when it falls behind, so that memory stays
+ * bounded by one page. A summary goes to standard error.
+ */
+async function exportEntries(ledger: Ledger, wallet: WalletKey, options: EntriesOptions): Promise<number> {
+  let count = 0;
+  let first: string | undefined;
+  let last: string | undefined;
+  for await (const entry of ledger.entries(wallet, options)) {
+    if (!process.stdout.write(`${JSON.stringify(entry)}\n`)) await once(process.stdout, 'drain');
+    count += 1;
+    first ??= entry.id;
+    last = entry.id;
+  }
+  console.error(count === 0 ? 'exported 0 entries' : `exported ${count} entries, ${first} through ${last}`);
+  return 0;
+}
+
+async function compact(ledger: Ledger, wallet: WalletKey, beforeMs: number): Promise<number> {
+  const cutoff = new Date(beforeMs).toISOString();
+  const result = await ledger.compact(wallet, beforeMs);
+  console.log(
+    result.folded === 0
+      ? `folded no entries: wallet ${wallet.namespace}/${wallet.name} has no entry older than ${cutoff} in its stream`
+      : `folded ${result.folded} entries older than ${cutoff} into the checkpoint of wallet ${wallet.namespace}/${wallet.name} and deleted them from the stream`,
+  );
+  if (result.checkpoint) console.log(describeCheckpoint(result.checkpoint));
+  return 0;
+}
+
+function describeCheckpoint(checkpoint: Checkpoint): string {
+  return (
+    `checkpoint: ${checkpoint.entries} entries through ${checkpoint.lastId}: granted ${formatAmount(checkpoint.granted, 9)}, ` +
+    `spent ${formatAmount(checkpoint.spent, 9)}, expired ${formatAmount(checkpoint.expired, 9)}, provider cost ${formatAmount(checkpoint.providerCost, 9)}`
+  );
 }

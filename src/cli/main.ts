@@ -8,7 +8,7 @@ Commands:
   demo      Start local mode and make OpenAI SDK calls until the wallet runs out
   sidecar   Run the sidecar in a pod (configured by the environment the injector sets)
   operator  Run the Kubernetes operator and admission webhook
-  ledger    Inspect a Redis ledger: "tollgate ledger state|verify --redis URL --wallet NS/NAME"
+  ledger    Inspect, export or compact a Redis ledger: "tollgate ledger state|verify|export|compact --redis URL --wallet NS/NAME"
 
 Run "tollgate <command> --help" for the options of a command.`;
 
@@ -20,6 +20,9 @@ Options:
   --port PORT        Port to listen on (default: 8787)
   --redis URL        Use the Redis ledger at URL instead of the in-memory ledger
   --wallet NAME      Wallet that pays when a request names none, as NAMESPACE/NAME or NAME
+  --ledger-retention DURATION
+                     How long the ledger keeps settled requests, so that a retry
+                     gets the first result: 7d by default, at least 1h
   --no-watch         Do not reload manifests when they change
 
 Routes without a provider key (in a Secret manifest or in OPENAI_API_KEY,
@@ -69,6 +72,7 @@ async function dev(args: string[]): Promise<number> {
       port: { type: 'string', default: '8787' },
       redis: { type: 'string' },
       wallet: { type: 'string' },
+      'ledger-retention': { type: 'string' },
       'no-watch': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -82,6 +86,17 @@ async function dev(args: string[]): Promise<number> {
     console.error(`invalid --port "${values.port}": use a whole number from 0 to 65535`);
     return 2;
   }
+  let settledRetentionMs: number | undefined;
+  if (values['ledger-retention'] !== undefined) {
+    const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
+    try {
+      settledRetentionMs = parseDurationMs(values['ledger-retention'], '--ledger-retention');
+      validateSettledRetention(settledRetentionMs);
+    } catch (error) {
+      console.error((error as Error).message);
+      return 2;
+    }
+  }
 
   // The sidecar is the top of the dependency tree, so the command loads it lazily.
   const { startDev } = await import('../../sidecar/dev.ts');
@@ -93,6 +108,7 @@ async function dev(args: string[]): Promise<number> {
     port,
     redisUrl: values.redis,
     wallet: values.wallet,
+    settledRetentionMs,
     env: process.env,
     log,
     watch: !values['no-watch'],

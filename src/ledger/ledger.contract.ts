@@ -8,12 +8,17 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { MAX_LEDGER_AMOUNT, parseAmount } from '../money/money.ts';
-import type { CommitEntry, HoldRequest, Ledger, ReserveResult, WalletKey } from './ledger.ts';
+import type { CommitEntry, EntriesOptions, HoldRequest, Ledger, LedgerEntry, ReserveResult, WalletKey } from './ledger.ts';
 import { GrantExpiredError, GrantTooLargeError } from './ledger.ts';
 
 export interface LedgerFactoryOptions {
-  /** Clock in epoch milliseconds; it decides at least the UTC day and month of the spend caps. */
+  /**
+   * Clock in epoch milliseconds. It sets at least the UTC day and month of the
+   * spend caps, and the start of a record's retention at commit and release.
+   */
   now?: () => number;
+  /** How long settled records are kept, in milliseconds. */
+  settledRetentionMs?: number;
 }
 
 export type LedgerFactory = (options?: LedgerFactoryOptions) => Promise<Ledger>;
@@ -39,6 +44,15 @@ const HOUR_MS = 3_600_000;
 /** Waits until the local clock, which the Redis server on this host shares, is past `epochMs`. */
 async function waitUntilPast(epochMs: number): Promise<void> {
   while (Date.now() <= epochMs) await new Promise((resolve) => setTimeout(resolve, epochMs - Date.now() + 5));
+}
+
+/** Compares two stream ids, `<ms>-<sequence>`, and returns -1, 0 or 1. */
+function compareIds(a: string, b: string): number {
+  const [aMs, aSequence] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bMs, bSequence] = b.split('-').map(BigInt) as [bigint, bigint];
+  if (aMs !== bMs) return aMs < bMs ? -1 : 1;
+  if (aSequence !== bSequence) return aSequence < bSequence ? -1 : 1;
+  return 0;
 }
 
 function countStatuses(results: ReserveResult[]): Record<string, number> {
@@ -852,6 +866,292 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(await ledger.credit(wallet, 'g', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n });
         await ledger.sweep(wallet, Date.now() + 100 * 365 * 24 * HOUR_MS);
         expect((await ledger.state(wallet)).balance).toBe(100n);
+      });
+    });
+
+    describe('retention of settled records', () => {
+      const RETENTION_MS = 3 * HOUR_MS;
+
+      /** Runs `body` with a ledger whose clock is `clock.ms` and whose settled records are kept for RETENTION_MS. */
+      const withClock = async (startMs: number, body: (clocked: Ledger, clock: { ms: number }) => Promise<void>): Promise<void> => {
+        const clock = { ms: startMs };
+        const clocked = await makeLedger({ now: () => clock.ms, settledRetentionMs: RETENTION_MS });
+        try {
+          await body(clocked, clock);
+        } finally {
+          await clocked.quit();
+        }
+      };
+
+      it('replays within the window and forgets after it', async () => {
+        await withClock(Date.now(), async (clocked, clock) => {
+          const wallet = newWallet();
+          await clocked.credit(wallet, 'initial', 1000n);
+          const committedAt = clock.ms;
+          expect(await clocked.reserve(wallet, 'req', longHold(100n))).toMatchObject({ status: 'reserved', replayed: false });
+          expect(await clocked.commit(wallet, 'req', usage(60n))).toEqual({ status: 'committed', charged: 60n, released: 40n, replayed: false });
+
+          // One millisecond before the end of the window every retry still gets the first result.
+          expect(await clocked.sweep(wallet, committedAt + RETENTION_MS - 1)).toEqual({ released: 0, charged: 0 });
+          expect(await clocked.commit(wallet, 'req', usage(999n))).toEqual({ status: 'committed', charged: 60n, released: 40n, replayed: true });
+          expect(await clocked.reserve(wallet, 'req', longHold(100n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+          expect(await clocked.release(wallet, 'req')).toEqual({ status: 'already_committed' });
+
+          // At the end of the window the record is removed, and the id is new again.
+          expect(await clocked.sweep(wallet, committedAt + RETENTION_MS)).toEqual({ released: 0, charged: 0 });
+          expect(await clocked.release(wallet, 'req')).toEqual({ status: 'not_found' });
+          expect(await clocked.reserve(wallet, 'req', longHold(100n))).toEqual({ status: 'reserved', amount: 100n, units: 0, replayed: false });
+          expect(await clocked.commit(wallet, 'req', usage(60n))).toEqual({ status: 'committed', charged: 60n, released: 40n, replayed: false });
+
+          const state = await clocked.state(wallet);
+          expect(state.spent).toBe(120n);
+          expect(state.reserved).toBe(0n);
+          expect(await clocked.verify(wallet)).toEqual({ ok: true, granted: 1000n, spent: 120n, expired: 0n, entries: 3, problems: [] });
+        });
+      });
+
+      it('removes at most 16 due records per reserve', async () => {
+        // Records committed this long ago are past their window by an hour.
+        await withClock(Date.now() - RETENTION_MS - HOUR_MS, async (clocked, clock) => {
+          const wallet = newWallet();
+          await clocked.credit(wallet, 'initial', 10_000n);
+          const ids = Array.from({ length: 40 }, (_, i) => `r-${String(i).padStart(2, '0')}`);
+          // All holds first: a reserve also settles due members, and the commits make them due.
+          for (const id of ids) expect(await clocked.reserve(wallet, id, longHold(10n))).toMatchObject({ status: 'reserved' });
+          for (const id of ids) expect(await clocked.commit(wallet, id, usage(10n))).toMatchObject({ replayed: false });
+
+          // The records share one deadline, so the reserve removes the 16 first ids in byte order.
+          clock.ms = Date.now();
+          expect(await clocked.reserve(wallet, 'next', longHold(10n))).toMatchObject({ status: 'reserved', replayed: false });
+          const replays = [];
+          for (const id of ids) replays.push((await clocked.commit(wallet, id, usage(10n))) as { replayed: boolean });
+          expect(replays.filter((result) => !result.replayed).length).toBe(16);
+          expect(replays.slice(0, 16).every((result) => !result.replayed)).toBe(true);
+          expect(replays.slice(16).every((result) => result.replayed)).toBe(true);
+          expect((await clocked.state(wallet)).spent).toBe(560n);
+
+          // A sweep removes every due record, however many.
+          await clocked.sweep(wallet);
+          expect(await clocked.commit(wallet, 'r-16', usage(10n))).toMatchObject({ replayed: false });
+          expect(await clocked.commit(wallet, 'r-39', usage(10n))).toMatchObject({ replayed: false });
+          // The 16 ids committed again a moment ago are inside their new window.
+          expect(await clocked.commit(wallet, 'r-00', usage(10n))).toMatchObject({ replayed: true });
+          expect((await clocked.state(wallet)).spent).toBe(580n);
+          expect((await clocked.verify(wallet)).ok).toBe(true);
+        });
+      });
+
+      it('keeps the commit of a swept hold for a window', async () => {
+        await withClock(Date.now(), async (clocked, clock) => {
+          const wallet = newWallet();
+          await clocked.credit(wallet, 'initial', 1000n);
+          expect(await clocked.reserve(wallet, 'late', fixedHold(100n))).toMatchObject({ status: 'reserved' });
+
+          // The hold expires after a minute, and the sweeper releases it an hour later.
+          const sweptAt = clock.ms + HOUR_MS;
+          expect(await clocked.sweep(wallet, sweptAt)).toEqual({ released: 1, charged: 0 });
+          clock.ms = sweptAt;
+          expect(await clocked.commit(wallet, 'late', usage(80n))).toEqual({ status: 'committed', charged: 80n, released: 0n, replayed: false });
+
+          await clocked.sweep(wallet, sweptAt + RETENTION_MS - 1);
+          expect(await clocked.commit(wallet, 'late', usage(80n))).toEqual({ status: 'committed', charged: 80n, released: 0n, replayed: true });
+          expect((await clocked.state(wallet)).spent).toBe(80n);
+
+          // After the window a retry of the commit is a new request and is billed again.
+          await clocked.sweep(wallet, sweptAt + RETENTION_MS);
+          expect(await clocked.commit(wallet, 'late', usage(80n))).toEqual({ status: 'committed', charged: 80n, released: 0n, replayed: false });
+          expect((await clocked.state(wallet)).spent).toBe(160n);
+          expect((await clocked.verify(wallet)).ok).toBe(true);
+        });
+      });
+
+      it('counts the window of an expired hold from the sweep', async () => {
+        await withClock(Date.now(), async (clocked, clock) => {
+          const wallet = newWallet();
+          await clocked.credit(wallet, 'initial', 1000n);
+          await clocked.reserve(wallet, 'silent', fixedHold(100n));
+          const sweptAt = clock.ms + HOUR_MS;
+          expect(await clocked.sweep(wallet, sweptAt)).toEqual({ released: 1, charged: 0 });
+
+          await clocked.sweep(wallet, sweptAt + RETENTION_MS - 1);
+          expect(await clocked.reserve(wallet, 'silent', fixedHold(100n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+          await clocked.sweep(wallet, sweptAt + RETENTION_MS);
+          expect(await clocked.reserve(wallet, 'silent', fixedHold(100n))).toEqual({ status: 'reserved', amount: 100n, units: 0, replayed: false });
+          expect((await clocked.state(wallet)).reserved).toBe(100n);
+        });
+      });
+
+      it('forgets a released request after the window', async () => {
+        await withClock(Date.now(), async (clocked, clock) => {
+          const wallet = newWallet();
+          await clocked.credit(wallet, 'initial', 1000n);
+          await clocked.reserve(wallet, 'refused', longHold(100n));
+          const releasedAt = clock.ms;
+          expect(await clocked.release(wallet, 'refused')).toEqual({ status: 'released', amount: 100n });
+
+          await clocked.sweep(wallet, releasedAt + RETENTION_MS - 1);
+          expect(await clocked.commit(wallet, 'refused', usage(30n))).toEqual({ status: 'conflict', reason: 'released' });
+          expect(await clocked.release(wallet, 'refused')).toEqual({ status: 'released', amount: 100n });
+
+          // Without the record, a commit under the id is charged like one that was never reserved.
+          await clocked.sweep(wallet, releasedAt + RETENTION_MS);
+          expect(await clocked.release(wallet, 'refused')).toEqual({ status: 'not_found' });
+          expect(await clocked.commit(wallet, 'refused', usage(30n))).toEqual({ status: 'committed', charged: 30n, released: 0n, replayed: false });
+          expect((await clocked.state(wallet)).spent).toBe(30n);
+        });
+      });
+    });
+
+    describe('compaction', () => {
+      /** Returns every entry of the wallet's stream, read in pages of `pageSize`. */
+      const allEntries = async (wallet: WalletKey, options: EntriesOptions = {}): Promise<LedgerEntry[]> => {
+        const entries: LedgerEntry[] = [];
+        for await (const entry of ledger.entries(wallet, options)) entries.push(entry);
+        return entries;
+      };
+
+      it('folds part of a history and verifies the same totals', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n, { reason: 'top-up' });
+        await ledger.credit(wallet, 'promo', 300n, { expiresAtMs });
+        await ledger.reserve(wallet, 'a', longHold(200n));
+        await ledger.commit(wallet, 'a', usage(120n, 70n));
+        await ledger.reserve(wallet, 'b', fixedHold(100n));
+        await ledger.markAnswered(wallet, 'b');
+        expect(await ledger.sweep(wallet, Date.now() + 120_000)).toEqual({ released: 0, charged: 1 });
+        // A late commit lowers the expire-charge of 100 to 30: a debit entry of -70.
+        await ledger.commit(wallet, 'b', usage(30n, 20n));
+        const cutoff = Date.now();
+        await waitUntilPast(cutoff);
+
+        await ledger.sweep(wallet, expiresAtMs);
+        await ledger.commit(wallet, 'unreserved', usage(50n, 40n));
+        await ledger.reserve(wallet, 'open', longHold(25n));
+
+        const before = await ledger.verify(wallet);
+        const stateBefore = await ledger.state(wallet);
+        const entriesBefore = await allEntries(wallet);
+        expect(before).toEqual({ ok: true, granted: 1300n, spent: 200n, expired: 150n, entries: 7, problems: [] });
+        expect(entriesBefore.map((entry) => entry.fields['type'])).toEqual(['grant', 'grant', 'debit', 'expire-charge', 'debit', 'expire', 'debit']);
+
+        expect(await ledger.compact(wallet, cutoff + 1)).toEqual({
+          folded: 5,
+          checkpoint: { granted: 1300n, spent: 150n, expired: 0n, providerCost: 90n, entries: 5, lastId: entriesBefore[4]!.id },
+        });
+
+        expect(await ledger.entries(wallet)[Symbol.asyncIterator]().next()).toEqual({ done: false, value: entriesBefore[5] });
+        expect(await allEntries(wallet)).toEqual(entriesBefore.slice(5));
+        expect(await ledger.state(wallet)).toEqual(stateBefore);
+        const after = await ledger.verify(wallet);
+        expect(after).toEqual({
+          ...before,
+          checkpoint: { granted: 1300n, spent: 150n, expired: 0n, providerCost: 90n, entries: 5, lastId: entriesBefore[4]!.id },
+        });
+
+        // Later entries verify on top of the checkpoint.
+        await ledger.commit(wallet, 'open', usage(25n, 5n));
+        expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 1300n, spent: 225n, expired: 150n, entries: 8, problems: [] });
+      });
+
+      it('leaves an empty or compacted stream as it is', async () => {
+        const wallet = newWallet();
+        expect(await ledger.compact(wallet, Date.now() + 1)).toEqual({ folded: 0, checkpoint: undefined });
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 0n, spent: 0n, expired: 0n, entries: 0, problems: [] });
+
+        await ledger.credit(wallet, 'g', 100n);
+        const first = await ledger.compact(wallet, Date.now() + 1);
+        expect(first).toMatchObject({ folded: 1, checkpoint: { granted: 100n, spent: 0n, expired: 0n, providerCost: 0n, entries: 1 } });
+        expect(await ledger.compact(wallet, Date.now() + 1)).toEqual({ folded: 0, checkpoint: first.checkpoint });
+        // An earlier cutoff than the checkpoint's last entry folds nothing either.
+        expect(await ledger.compact(wallet, 0)).toEqual({ folded: 0, checkpoint: first.checkpoint });
+        expect(await allEntries(wallet)).toEqual([]);
+        expect(await ledger.verify(wallet)).toEqual({
+          ok: true,
+          granted: 100n,
+          spent: 0n,
+          expired: 0n,
+          entries: 1,
+          problems: [],
+          checkpoint: first.checkpoint,
+        });
+
+        // The stream goes on after the checkpoint.
+        await ledger.credit(wallet, 'g-2', 50n);
+        const [next] = await allEntries(wallet);
+        expect(next!.fields).toEqual({ type: 'grant', id: 'g-2', amount: '50', reason: '' });
+        expect(compareIds(next!.id, first.checkpoint!.lastId)).toBe(1);
+        expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 150n, entries: 2 });
+      });
+
+      it('folds a history of 2,501 entries', { timeout: 60_000 }, async () => {
+        const wallet = await fundedWallet(10_000n);
+        for (let i = 0; i < 2500; i += 1) await ledger.commit(wallet, `r-${i}`, usage(3n, 2n));
+
+        const result = await ledger.compact(wallet, Date.now() + 1);
+        expect(result).toMatchObject({ folded: 2501, checkpoint: { granted: 10_000n, spent: 7500n, expired: 0n, providerCost: 5000n, entries: 2501 } });
+        expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 10_000n, spent: 7500n, entries: 2501, problems: [] });
+      });
+
+      it('rejects an invalid cutoff', async () => {
+        await expect(ledger.compact(newWallet(), -1)).rejects.toThrow(RangeError);
+        await expect(ledger.compact(newWallet(), 1.5)).rejects.toThrow(RangeError);
+      });
+    });
+
+    describe('entries', () => {
+      const collect = async (wallet: WalletKey, options: EntriesOptions = {}): Promise<LedgerEntry[]> => {
+        const entries: LedgerEntry[] = [];
+        for await (const entry of ledger.entries(wallet, options)) entries.push(entry);
+        return entries;
+      };
+
+      it('yields every entry in order with its fields', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n, { reason: 'welcome' });
+        await ledger.credit(wallet, 'promo', 200n, { expiresAtMs });
+        await ledger.reserve(wallet, 'a', fixedHold(100n));
+        await ledger.commit(wallet, 'a', usage(40n, 25n));
+        await ledger.reserve(wallet, 'b', fixedHold(50n));
+        await ledger.markAnswered(wallet, 'b');
+        await ledger.sweep(wallet, Date.now() + 120_000);
+        // The charges of 90 came from the promo first, so its lapse takes back 110.
+        await ledger.sweep(wallet, expiresAtMs);
+
+        const entries = await collect(wallet, { pageSize: 2 });
+        expect(entries.map((entry) => entry.fields)).toEqual([
+          { type: 'grant', id: 'paid', amount: '1000', reason: 'welcome' },
+          { type: 'grant', id: 'promo', amount: '200', reason: '', expiresAt: String(expiresAtMs) },
+          {
+            type: 'debit', id: 'a', amount: '40', charged: '40', providerCost: '25',
+            model: 'gpt-test', route: 'openai-main', tokens: '{"input":10,"output":5}', estimated: '0',
+          },
+          { type: 'expire-charge', id: 'b', amount: '50', charged: '50', providerCost: '0' },
+          { type: 'expire', id: 'promo', amount: '110' },
+        ]);
+        expect(Object.keys(entries[2]!.fields)).toEqual(['type', 'id', 'amount', 'charged', 'providerCost', 'model', 'route', 'tokens', 'estimated']);
+        for (let i = 1; i < entries.length; i += 1) expect(compareIds(entries[i]!.id, entries[i - 1]!.id)).toBe(1);
+
+        // The entries sum to the totals that verify recomputes.
+        const sums = { grant: 0n, expire: 0n, spent: 0n };
+        for (const { fields } of entries) {
+          const kind = fields['type'] === 'grant' || fields['type'] === 'expire' ? fields['type'] : 'spent';
+          sums[kind] += BigInt(fields['amount']!);
+        }
+        const verify = await ledger.verify(wallet);
+        expect([sums.grant, sums.spent, sums.expire, entries.length]).toEqual([verify.granted, verify.spent, verify.expired, verify.entries]);
+
+        expect(await collect(wallet, { from: entries[2]!.id })).toEqual(entries.slice(2));
+        expect(await collect(wallet, { after: entries[2]!.id, pageSize: 1 })).toEqual(entries.slice(3));
+        expect(await collect(wallet, { after: entries[4]!.id })).toEqual([]);
+        expect(await collect(wallet, { beforeMs: 0 })).toEqual([]);
+      });
+
+      it('rejects invalid options', async () => {
+        const wallet = newWallet();
+        await expect(collect(wallet, { from: 'yesterday' })).rejects.toThrow(RangeError);
+        await expect(collect(wallet, { from: '1-0', after: '1-0' })).rejects.toThrow(RangeError);
       });
     });
 

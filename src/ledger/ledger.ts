@@ -7,9 +7,25 @@
  * Each request id moves through these states: held (after reserve), then
  * committed, released (by `release`), expired (released by the sweeper
  * because the upstream never answered) or expired-charged (charged at the
- * held amount by the sweeper because the upstream answered). Settled states
- * are kept per request id without expiry, so that a late retry of any
- * operation gets the first result instead of a second debit.
+ * held amount by the sweeper because the upstream answered). The settled
+ * state of a request id is kept for the ledger's retention window
+ * (`settledRetentionMs`, default DEFAULT_SETTLED_RETENTION_MS, at least
+ * MIN_SETTLED_RETENTION_MS), counted from the last time it changed: commit,
+ * release, or the sweeper settling an expired hold. Within the window a late
+ * retry of any operation gets the first result instead of a second debit.
+ * After it, the record is removed, and the id is unknown to the ledger: a
+ * commit debits it as a request that was never reserved, a release returns
+ * `not_found`, and a reserve places a new hold. Removal is lazy: a reserve
+ * removes up to EXPIRED_HOLDS_SETTLED_PER_RESERVE due records or expired
+ * holds of its wallet, earliest first, and `sweep` removes all that are due.
+ * Until then a record past its window still returns the first result.
+ *
+ * Entry stream and checkpoint. Every grant, debit, expire-charge and lapse
+ * appends an entry to the wallet's stream, which `verify` replays.
+ * `compact` folds the entries older than a given time into the wallet's
+ * checkpoint (the totals that verify compares, the count of folded entries
+ * and the id of the last one) and deletes them. Verify then starts from the
+ * checkpoint. Nothing compacts unless asked to.
  *
  * Grant expiry. A grant credited with `expiresAtMs` is an expiring grant
  * and keeps a remaining amount, which starts at its amount. Committed
@@ -152,6 +168,48 @@ export interface SweepResult {
   charged: number;
 }
 
+/** One entry of a wallet's entry stream, as `entries` yields it and `tollgate ledger export` writes it. */
+export interface LedgerEntry {
+  /** Stream id, `<epoch ms>-<sequence>`; it increases with every entry of the wallet. */
+  id: string;
+  /** The entry's fields in the order they were written; amounts are decimal integer strings. */
+  fields: Record<string, string>;
+}
+
+export interface EntriesOptions {
+  /** Stream id of the first entry to return. */
+  from?: string;
+  /** Stream id after which to start; the entry with this id is not returned. */
+  after?: string;
+  /** Returns only entries appended before this time, in epoch milliseconds. */
+  beforeMs?: number;
+  /** Entries read per round trip (XRANGE COUNT for Redis); default 1000. */
+  pageSize?: number;
+}
+
+/** The totals of the entries that compaction folded into a wallet's checkpoint. */
+export interface Checkpoint {
+  /** Sum of the folded grant entries. */
+  granted: bigint;
+  /** Sum of the folded debit and expire-charge entries. */
+  spent: bigint;
+  /** Sum of the folded expire entries. */
+  expired: bigint;
+  /** Sum of the provider costs of the folded entries. */
+  providerCost: bigint;
+  /** Number of folded entries. */
+  entries: number;
+  /** Stream id of the last folded entry. */
+  lastId: string;
+}
+
+export interface CompactResult {
+  /** Entries this call folded and deleted. */
+  folded: number;
+  /** The wallet's checkpoint after the call; undefined when no entry was ever folded. */
+  checkpoint: Checkpoint | undefined;
+}
+
 export interface Ledger {
   /**
    * Adds a grant; idempotent on `grantId` (a repeated id keeps its first
@@ -166,7 +224,9 @@ export interface Ledger {
   credit(wallet: WalletKey, grantId: string, amount: bigint, options?: CreditOptions): Promise<CreditResult>;
   /**
    * Places a hold if the wallet can afford it; idempotent on `requestId` with
-   * the same fingerprint. It first settles expired holds, and it lapses the
+   * the same fingerprint, while the request's settled record is kept. It
+   * first settles expired holds and removes records past their retention, up
+   * to EXPIRED_HOLDS_SETTLED_PER_RESERVE of both together, and it lapses the
    * wallet's due grants after the closed check and before the limit and funds checks.
    */
   reserve(wallet: WalletKey, requestId: string, hold: HoldRequest): Promise<ReserveResult>;
@@ -179,9 +239,10 @@ export interface Ledger {
   /**
    * Settles holds whose expiry is at or before `nowMs` (default: the ledger's
    * clock, which is the Redis server's clock for the Redis ledger): released,
-   * or charged at the held amount if answered. Then lapses the grants whose
-   * expiry is at or before `nowMs`. Reserve also settles up to
-   * EXPIRED_HOLDS_SETTLED_PER_RESERVE expired holds of its wallet.
+   * or charged at the held amount if answered. Removes the settled records
+   * whose retention ended at or before `nowMs`. Then lapses the grants whose
+   * expiry is at or before `nowMs`. The Redis ledger does this in scripts of
+   * at most 1,000 holds and records each, one after another.
    */
   sweep(wallet: WalletKey, nowMs?: number): Promise<SweepResult>;
   /** Reads the wallet's totals without settling or lapsing anything; an unknown wallet reads as all zeros. */
@@ -189,26 +250,40 @@ export interface Ledger {
   /** Closes the wallet: no new holds; open holds can still be committed or released, and history stays. */
   close(wallet: WalletKey): Promise<void>;
   /**
-   * Recomputes the granted, spent and expired totals from the entry stream
-   * and compares them, the provider cost, the grants and the open holds with
-   * the stored totals, which proves balance = grants - debits - expired.
-   * Returns the recomputed totals; `problems` lists each mismatch.
+   * Recomputes the granted, spent and expired totals from the checkpoint and
+   * the entry stream after it, and compares them, the provider cost, the
+   * grants and the open holds with the stored totals, which proves
+   * balance = grants - debits - expired. Returns the recomputed totals;
+   * `problems` lists each mismatch.
    */
   verify(wallet: WalletKey): Promise<VerifyResult>;
+  /**
+   * Folds the stream entries appended before `beforeMs` (epoch milliseconds,
+   * by the time in their stream ids) into the wallet's checkpoint and deletes
+   * them, oldest first, in chunks that are each atomic. The entries are gone
+   * from the ledger afterwards, so export them first to keep them. A stream
+   * with nothing older than `beforeMs` is left as it is.
+   */
+  compact(wallet: WalletKey, beforeMs: number): Promise<CompactResult>;
+  /** Yields the wallet's stream entries in order, reading a page at a time. */
+  entries(wallet: WalletKey, options?: EntriesOptions): AsyncIterable<LedgerEntry>;
   /** Releases the ledger's resources, such as a Redis connection it opened itself. */
   quit(): Promise<void>;
 }
 
 export interface VerifyResult {
   ok: boolean;
-  /** Sum of the grant entries in the stream. */
+  /** Sum of the grant entries, those folded into the checkpoint included. */
   granted: bigint;
-  /** Sum of the debit and expire-charge entries in the stream. */
+  /** Sum of the debit and expire-charge entries, those folded into the checkpoint included. */
   spent: bigint;
-  /** Sum of the expire entries in the stream. */
+  /** Sum of the expire entries, those folded into the checkpoint included. */
   expired: bigint;
+  /** Number of entries the totals cover: the folded ones and the ones replayed from the stream. */
   entries: number;
   problems: string[];
+  /** The checkpoint that the replay started from; absent when the wallet has none. */
+  checkpoint?: Checkpoint;
 }
 
 /** Raised when the ledger's store cannot be reached; the sidecar fails closed on it. */
@@ -248,7 +323,11 @@ export function walletId(wallet: WalletKey): string {
 // Helpers shared by the implementations, so that both validate input and
 // count periods the same way.
 
-/** How many expired holds of the wallet a reserve settles before it checks the funds. */
+/**
+ * How many expired holds and records past their retention, together, a
+ * reserve settles or removes before it checks the funds. More than one, so
+ * that the removals keep up with a wallet whose every request leaves a record.
+ */
 export const EXPIRED_HOLDS_SETTLED_PER_RESERVE = 16;
 
 /**
@@ -346,23 +425,61 @@ export function grantTotalTooLarge(wallet: WalletKey, grantId: string, amount: b
 /** Totals recomputed from the entry stream and the stored records, compared by `compareTotals`. */
 export interface LedgerTotals {
   stored: { granted: bigint; spent: bigint; expired: bigint; reserved: bigint; providerCost: bigint };
-  replayed: { granted: bigint; spent: bigint; expired: bigint; providerCost: bigint; entries: number };
+  /** Sums of the stream entries after the checkpoint (of all entries when there is none). */
+  replayed: ReplayedTotals;
+  checkpoint: Checkpoint | undefined;
   /** Sum of the grants recorded by grant id. */
   grantsSum: bigint;
   /** Sum of the open holds. */
   holdsSum: bigint;
 }
 
-/** Compares stored totals with the replayed ones and builds the verify result. */
+export interface ReplayedTotals {
+  granted: bigint;
+  spent: bigint;
+  expired: bigint;
+  providerCost: bigint;
+  entries: number;
+}
+
+/** Returns zero totals, to which `addEntry` adds. */
+export function emptyTotals(): ReplayedTotals {
+  return { granted: 0n, spent: 0n, expired: 0n, providerCost: 0n, entries: 0 };
+}
+
+/**
+ * Adds one stream entry to `totals`: a grant entry's amount to granted, an
+ * expire entry's to expired, and a debit's or expire-charge's to spent.
+ */
+export function addEntry(totals: ReplayedTotals, fields: Record<string, string>): void {
+  const amount = BigInt(fields['amount'] ?? '0');
+  const type = fields['type'];
+  if (type === 'grant') totals.granted += amount;
+  else if (type === 'expire') totals.expired += amount;
+  else totals.spent += amount;
+  totals.providerCost += BigInt(fields['providerCost'] ?? '0');
+  totals.entries += 1;
+}
+
+/** Compares stored totals with the checkpoint plus the replayed entries and builds the verify result. */
 export function compareTotals(wallet: WalletKey, totals: LedgerTotals): VerifyResult {
   const id = walletId(wallet);
-  const { stored, replayed } = totals;
+  const { stored, checkpoint } = totals;
+  const replayed = { ...totals.replayed };
+  if (checkpoint) {
+    replayed.granted += checkpoint.granted;
+    replayed.spent += checkpoint.spent;
+    replayed.expired += checkpoint.expired;
+    replayed.providerCost += checkpoint.providerCost;
+    replayed.entries += checkpoint.entries;
+  }
+  const folded = checkpoint ? ` (with the ${checkpoint.entries} entries folded into the checkpoint)` : '';
   const checks: Array<[string, bigint, string, bigint]> = [
-    ['stored granted', stored.granted, 'the sum of grant entries', replayed.granted],
+    ['stored granted', stored.granted, `the sum of grant entries${folded}`, replayed.granted],
     ['stored granted', stored.granted, 'the sum of recorded grants', totals.grantsSum],
-    ['stored spent', stored.spent, 'the sum of debit entries', replayed.spent],
-    ['stored expired', stored.expired, 'the sum of expire entries', replayed.expired],
-    ['stored provider cost', stored.providerCost, 'the sum of entry provider costs', replayed.providerCost],
+    ['stored spent', stored.spent, `the sum of debit entries${folded}`, replayed.spent],
+    ['stored expired', stored.expired, `the sum of expire entries${folded}`, replayed.expired],
+    ['stored provider cost', stored.providerCost, `the sum of entry provider costs${folded}`, replayed.providerCost],
     ['stored reserved', stored.reserved, 'the sum of open holds', totals.holdsSum],
   ];
 
@@ -373,7 +490,7 @@ export function compareTotals(wallet: WalletKey, totals: LedgerTotals): VerifyRe
     }
   }
 
-  return {
+  const result: VerifyResult = {
     ok: problems.length === 0,
     granted: replayed.granted,
     spent: replayed.spent,
@@ -381,6 +498,20 @@ export function compareTotals(wallet: WalletKey, totals: LedgerTotals): VerifyRe
     entries: replayed.entries,
     problems,
   };
+  if (checkpoint) result.checkpoint = checkpoint;
+  return result;
+}
+
+/** Throws a RangeError naming `option` unless `id` is a full stream id, `<epoch ms>-<sequence>`. */
+export function validateEntryId(option: string, id: string): void {
+  if (!/^\d+-\d+$/.test(id)) throw new RangeError(`invalid ${option} "${id}": use a full stream id such as 1718366400000-0`);
+}
+
+/** Throws a RangeError unless `beforeMs` is a whole number of epoch milliseconds. */
+export function validateCutoff(beforeMs: number): void {
+  if (!Number.isSafeInteger(beforeMs) || beforeMs < 0) {
+    throw new RangeError(`invalid cutoff ${beforeMs}: it must be a non-negative integer of epoch milliseconds`);
+  }
 }
 
 function checkAmount(field: string, amount: bigint): void {

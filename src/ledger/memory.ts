@@ -5,12 +5,16 @@
  */
 
 import type {
+  Checkpoint,
   CommitEntry,
   CommitResult,
+  CompactResult,
   CreditOptions,
   CreditResult,
+  EntriesOptions,
   HoldRequest,
   Ledger,
+  LedgerEntry,
   ReleaseResult,
   ReserveResult,
   SweepResult,
@@ -21,17 +25,23 @@ import type {
 import {
   EXPIRED_HOLDS_SETTLED_PER_RESERVE,
   GrantExpiredError,
+  addEntry,
   compareTotals,
+  emptyTotals,
   grantTotalTooLarge,
   holdTtlMs,
   minimumHold,
   periodFields,
   validateCommitEntry,
+  validateCutoff,
+  validateEntryId,
   validateGrant,
   validateGrantExpiry,
   validateHoldRequest,
   walletId,
 } from './ledger.ts';
+import { DueIndex, compareBytes } from './due-index.ts';
+import { DEFAULT_SETTLED_RETENTION_MS, validateSettledRetention } from './retention.ts';
 import { MAX_LEDGER_AMOUNT } from '../money/money.ts';
 
 interface Hold {
@@ -58,25 +68,6 @@ interface Settled {
   fingerprint: string;
 }
 
-/**
- * One entry of the wallet's entry stream, with the fields of the Redis
- * stream. `amount` is the change to granted (grant), to spent (debit,
- * expire-charge) or to expired (expire). It differs from `charged` only when
- * a commit corrects an expired hold that the sweeper charged at the held amount.
- */
-interface LogEntry {
-  type: 'grant' | 'debit' | 'expire-charge' | 'expire';
-  /** Grant id or request id. */
-  id: string;
-  amount: bigint;
-  charged: bigint;
-  providerCost: bigint;
-  reason?: string;
-  /** Expiry of an expiring grant, in epoch milliseconds. */
-  expiresAtMs?: number;
-  usage?: Omit<CommitEntry, 'charged' | 'providerCost'>;
-}
-
 /** A live expiring grant. */
 interface ExpiringGrant {
   id: string;
@@ -96,25 +87,42 @@ interface Account {
   periods: Map<string, bigint>;
   holds: Map<string, Hold>;
   settled: Map<string, Settled>;
+  /**
+   * Open holds by expiry and settled records by the end of their retention,
+   * like the Redis ledger's `:hexp`.
+   */
+  due: DueIndex;
   grants: Map<string, bigint>;
   /** Live expiring grants in order of expiry, then grant id in byte order. */
   expiring: ExpiringGrant[];
   /** The value of `spent` up to which charges are attributed to the expiring grants. */
   attributed: bigint;
-  log: LogEntry[];
+  /**
+   * The stream entries after the checkpoint, oldest first, with the same id
+   * scheme and the same fields, in the same order, as the Redis ledger's.
+   */
+  log: LedgerEntry[];
+  /** Time and sequence of the last entry's id, also after compaction removed it; -1 before the first. */
+  lastEntry: { ms: number; sequence: number };
+  checkpoint: Checkpoint | undefined;
 }
 
 export interface MemoryLedgerOptions {
-  /** Clock in epoch milliseconds, for hold expiry and the UTC day and month of the caps. */
+  /** Clock in epoch milliseconds, for hold expiry, retention, entry ids and the UTC day and month of the caps. */
   now?: () => number;
+  /** How long a settled record is kept, in milliseconds; as for RedisLedgerOptions. */
+  settledRetentionMs?: number;
 }
 
 export class MemoryLedger implements Ledger {
   readonly #accounts = new Map<string, Account>();
   readonly #now: () => number;
+  readonly #retentionMs: number;
 
   constructor(options: MemoryLedgerOptions = {}) {
     this.#now = options.now ?? Date.now;
+    this.#retentionMs = options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS;
+    validateSettledRetention(this.#retentionMs);
   }
 
   async credit(wallet: WalletKey, grantId: string, amount: bigint, options: CreditOptions = {}): Promise<CreditResult> {
@@ -136,14 +144,14 @@ export class MemoryLedger implements Ledger {
 
     account.grants.set(grantId, amount);
     account.granted += amount;
-    const entry: LogEntry = { type: 'grant', id: grantId, amount, charged: 0n, providerCost: 0n, reason: reason ?? '' };
+    const fields: Record<string, string> = { type: 'grant', id: grantId, amount: amount.toString(), reason: reason ?? '' };
     if (expiresAtMs !== undefined) {
-      entry.expiresAtMs = expiresAtMs;
+      fields['expiresAt'] = String(expiresAtMs);
       // The live grants change here, so the charges so far go to the grants that were live while they happened.
       attributeCharges(account);
       insertExpiringGrant(account.expiring, { id: grantId, expiresAtMs, remaining: amount });
     }
-    account.log.push(entry);
+    appendEntry(account, this.#now(), fields);
     return { status: 'credited', replayed: false, balance: balanceOf(account) };
   }
 
@@ -151,7 +159,7 @@ export class MemoryLedger implements Ledger {
     validateHoldRequest(requestId, hold);
     const account = this.#account(wallet);
     const nowMs = this.#now();
-    settleExpired(account, nowMs, EXPIRED_HOLDS_SETTLED_PER_RESERVE);
+    settleExpired(account, nowMs, EXPIRED_HOLDS_SETTLED_PER_RESERVE, this.#retentionMs, nowMs);
 
     const open = account.holds.get(requestId);
     if (open) {
@@ -166,21 +174,23 @@ export class MemoryLedger implements Ledger {
       if (settled.state !== 'released') return { status: 'conflict', reason: 'already_settled' };
     }
     if (account.closed) return { status: 'wallet_closed' };
-    lapseGrants(account, nowMs);
+    lapseGrants(account, nowMs, nowMs);
 
     const periods = periodFields(nowMs);
     const admission = admit(account, hold, periods);
     if (admission.status !== 'admitted') return admission.result;
 
+    const expiresAtMs = nowMs + holdTtlMs(hold);
     account.holds.set(requestId, {
       amount: admission.amount,
       units: admission.units,
-      expiresAtMs: nowMs + holdTtlMs(hold),
+      expiresAtMs,
       answered: false,
       day: periods.day,
       month: periods.month,
       fingerprint: hold.fingerprint,
     });
+    account.due.set(requestId, expiresAtMs);
     account.settled.delete(requestId);
     account.reserved += admission.amount;
     addToPeriods(account, periods.day, periods.month, admission.amount);
@@ -196,13 +206,15 @@ export class MemoryLedger implements Ledger {
     validateCommitEntry(requestId, entry);
     const account = this.#account(wallet);
     const { charged } = entry;
+    const nowMs = this.#now();
 
     const open = account.holds.get(requestId);
     if (open) {
       const released = open.amount > charged ? open.amount - charged : 0n;
       account.holds.delete(requestId);
+      account.due.set(requestId, nowMs + this.#retentionMs);
       account.reserved -= open.amount;
-      debit(account, requestId, charged, entry);
+      debit(account, requestId, charged, entry, nowMs);
       addToPeriods(account, open.day, open.month, charged - open.amount);
       account.settled.set(requestId, { state: 'committed', charged, released, day: open.day, month: open.month, fingerprint: open.fingerprint });
       return { status: 'committed', charged, released, replayed: false };
@@ -218,19 +230,22 @@ export class MemoryLedger implements Ledger {
     // released or charged it, or the request was never reserved. Debit the
     // difference to what was already charged for it.
     const alreadyCharged = settled?.state === 'expired_charged' ? settled.charged : 0n;
-    const { day, month } = settled ?? periodFields(this.#now());
-    debit(account, requestId, charged - alreadyCharged, entry);
+    const { day, month } = settled ?? periodFields(nowMs);
+    debit(account, requestId, charged - alreadyCharged, entry, nowMs);
     addToPeriods(account, day, month, charged - alreadyCharged);
     account.settled.set(requestId, { state: 'committed', charged, released: 0n, day, month, fingerprint: settled?.fingerprint ?? '' });
+    account.due.set(requestId, nowMs + this.#retentionMs);
     return { status: 'committed', charged, released: 0n, replayed: false };
   }
 
   async release(wallet: WalletKey, requestId: string): Promise<ReleaseResult> {
     const account = this.#account(wallet);
 
+    const deadline = this.#now() + this.#retentionMs;
     const open = account.holds.get(requestId);
     if (open) {
       account.holds.delete(requestId);
+      account.due.set(requestId, deadline);
       account.reserved -= open.amount;
       addToPeriods(account, open.day, open.month, -open.amount);
       account.settled.set(requestId, { state: 'released', charged: 0n, released: open.amount, day: open.day, month: open.month, fingerprint: open.fingerprint });
@@ -242,15 +257,19 @@ export class MemoryLedger implements Ledger {
     if (settled.state === 'committed' || settled.state === 'expired_charged') return { status: 'already_committed' };
     // The sweeper already returned this expired hold. Recording the release
     // makes a later commit a conflict and lets a retry reserve again.
-    settled.state = 'released';
+    if (settled.state === 'expired') {
+      settled.state = 'released';
+      account.due.set(requestId, deadline);
+    }
     return { status: 'released', amount: settled.released };
   }
 
   async sweep(wallet: WalletKey, nowMs?: number): Promise<SweepResult> {
     const account = this.#account(wallet);
-    const now = nowMs ?? this.#now();
-    const result = settleExpired(account, now, Number.POSITIVE_INFINITY);
-    lapseGrants(account, now);
+    const clockMs = this.#now();
+    const now = nowMs === undefined ? clockMs : Math.floor(nowMs);
+    const result = settleExpired(account, now, Number.POSITIVE_INFINITY, this.#retentionMs, clockMs);
+    lapseGrants(account, now, clockMs);
     return result;
   }
 
@@ -276,13 +295,8 @@ export class MemoryLedger implements Ledger {
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
     const account = this.#account(wallet);
-    const replayed = { granted: 0n, spent: 0n, expired: 0n, providerCost: 0n, entries: account.log.length };
-    for (const entry of account.log) {
-      if (entry.type === 'grant') replayed.granted += entry.amount;
-      else if (entry.type === 'expire') replayed.expired += entry.amount;
-      else replayed.spent += entry.amount;
-      replayed.providerCost += entry.providerCost;
-    }
+    const replayed = emptyTotals();
+    for (const entry of account.log) addEntry(replayed, entry.fields);
 
     return compareTotals(wallet, {
       stored: {
@@ -293,9 +307,51 @@ export class MemoryLedger implements Ledger {
         providerCost: account.providerCost,
       },
       replayed,
+      checkpoint: account.checkpoint === undefined ? undefined : { ...account.checkpoint },
       grantsSum: sum(account.grants.values()),
       holdsSum: sum([...account.holds.values()].map((hold) => hold.amount)),
     });
+  }
+
+  async compact(wallet: WalletKey, beforeMs: number): Promise<CompactResult> {
+    validateCutoff(beforeMs);
+    const account = this.#account(wallet);
+    let count = 0;
+    while (count < account.log.length && entryTimeMs(account.log[count]!.id) < beforeMs) count += 1;
+    if (count > 0) {
+      const totals = emptyTotals();
+      for (const entry of account.log.slice(0, count)) addEntry(totals, entry.fields);
+      const previous = account.checkpoint;
+      account.checkpoint = {
+        granted: (previous?.granted ?? 0n) + totals.granted,
+        spent: (previous?.spent ?? 0n) + totals.spent,
+        expired: (previous?.expired ?? 0n) + totals.expired,
+        providerCost: (previous?.providerCost ?? 0n) + totals.providerCost,
+        entries: (previous?.entries ?? 0) + totals.entries,
+        lastId: account.log[count - 1]!.id,
+      };
+      account.log.splice(0, count);
+    }
+    return { folded: count, checkpoint: account.checkpoint === undefined ? undefined : { ...account.checkpoint } };
+  }
+
+  async *entries(wallet: WalletKey, options: EntriesOptions = {}): AsyncIterable<LedgerEntry> {
+    const { from, after, beforeMs } = options;
+    if (from !== undefined && after !== undefined) throw new RangeError('invalid entries options: give either from or after, not both');
+    if (from !== undefined) validateEntryId('from', from);
+    if (after !== undefined) validateEntryId('after', after);
+    if (beforeMs !== undefined) validateCutoff(beforeMs);
+    const account = this.#account(wallet);
+
+    // Compaction may remove entries between two yields, so each step finds
+    // the next entry by id, with a binary search over the increasing ids.
+    let index = from !== undefined ? firstEntryAfter(account.log, from, true) : after !== undefined ? firstEntryAfter(account.log, after, false) : 0;
+    for (;;) {
+      const next = account.log[index];
+      if (next === undefined || (beforeMs !== undefined && entryTimeMs(next.id) >= beforeMs)) return;
+      yield { id: next.id, fields: { ...next.fields } };
+      index = firstEntryAfter(account.log, next.id, false);
+    }
   }
 
   async quit(): Promise<void> {}
@@ -314,10 +370,13 @@ export class MemoryLedger implements Ledger {
         periods: new Map(),
         holds: new Map(),
         settled: new Map(),
+        due: new DueIndex(),
         grants: new Map(),
         expiring: [],
         attributed: 0n,
         log: [],
+        lastEntry: { ms: -1, sequence: -1 },
+        checkpoint: undefined,
       };
       this.#accounts.set(id, account);
     }
@@ -373,22 +432,31 @@ function reject(result: ReserveResult): Admission {
   return { status: 'rejected', result };
 }
 
-/** Settles up to `limit` holds whose expiry is at or before `nowMs`, earliest first. */
-function settleExpired(account: Account, nowMs: number, limit: number): SweepResult {
-  const expired = [...account.holds.entries()]
-    .filter(([, hold]) => hold.expiresAtMs <= nowMs)
-    .sort(byExpiryThenId)
-    .slice(0, limit);
-
+/**
+ * Settles up to `limit` members of the due index whose score is at or before
+ * `nowMs`, lowest first. A member with an open hold is an expired hold, which
+ * is settled and kept as a record until `nowMs + retentionMs`. A member
+ * without one is a record whose retention ended, which is removed.
+ * `clockMs` is the ledger's clock, for the ids of the entries.
+ */
+function settleExpired(account: Account, nowMs: number, limit: number, retentionMs: number, clockMs: number): SweepResult {
   const result: SweepResult = { released: 0, charged: 0 };
-  for (const [requestId, hold] of expired) {
+  for (const requestId of account.due.takeDue(nowMs, limit)) {
+    const hold = account.holds.get(requestId);
+    if (!hold) {
+      account.settled.delete(requestId);
+      continue;
+    }
+
     account.holds.delete(requestId);
+    account.due.set(requestId, nowMs + retentionMs);
     account.reserved -= hold.amount;
     const settled = { charged: 0n, released: 0n, day: hold.day, month: hold.month, fingerprint: hold.fingerprint };
 
     if (hold.answered) {
       account.spent += hold.amount;
-      account.log.push({ type: 'expire-charge', id: requestId, amount: hold.amount, charged: hold.amount, providerCost: 0n });
+      const amount = hold.amount.toString();
+      appendEntry(account, clockMs, { type: 'expire-charge', id: requestId, amount, charged: amount, providerCost: '0' });
       account.settled.set(requestId, { ...settled, state: 'expired_charged', charged: hold.amount });
       result.charged += 1;
     } else {
@@ -400,11 +468,44 @@ function settleExpired(account: Account, nowMs: number, limit: number): SweepRes
   return result;
 }
 
-/** Orders holds like the Redis sorted set by expiry: by score, then by member. */
-function byExpiryThenId([idA, holdA]: [string, Hold], [idB, holdB]: [string, Hold]): number {
-  if (holdA.expiresAtMs !== holdB.expiresAtMs) return holdA.expiresAtMs - holdB.expiresAtMs;
-  if (idA === idB) return 0;
-  return idA < idB ? -1 : 1;
+/**
+ * Appends an entry with the next stream id, `<ms>-<sequence>`, the way Redis
+ * assigns them: the clock's time, but never before the last entry's time,
+ * and a sequence that counts up within one millisecond.
+ */
+function appendEntry(account: Account, clockMs: number, fields: Record<string, string>): void {
+  const last = account.lastEntry;
+  const ms = Math.max(Math.floor(clockMs), last.ms);
+  const sequence = ms === last.ms ? last.sequence + 1 : 0;
+  account.lastEntry = { ms, sequence };
+  account.log.push({ id: `${ms}-${sequence}`, fields });
+}
+
+/** Returns the time part of a stream id, in epoch milliseconds. */
+function entryTimeMs(id: string): number {
+  return Number(id.slice(0, id.indexOf('-')));
+}
+
+/** Returns the index of the first entry whose id is after `id`, or at it when `inclusive`. */
+function firstEntryAfter(log: LedgerEntry[], id: string, inclusive: boolean): number {
+  let low = 0;
+  let high = log.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    const order = compareEntryIds(log[middle]!.id, id);
+    if (order > 0 || (inclusive && order === 0)) high = middle;
+    else low = middle + 1;
+  }
+  return low;
+}
+
+/** Compares two full stream ids by time, then sequence. */
+function compareEntryIds(a: string, b: string): number {
+  const [aMs, aSequence] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bMs, bSequence] = b.split('-').map(BigInt) as [bigint, bigint];
+  if (aMs !== bMs) return aMs < bMs ? -1 : 1;
+  if (aSequence !== bSequence) return aSequence < bSequence ? -1 : 1;
+  return 0;
 }
 
 function balanceOf(account: Account): bigint {
@@ -430,9 +531,10 @@ function attributeCharges(account: Account): void {
 /**
  * Lapses the live grants whose expiry is at or before `nowMs`, earliest
  * first, after attributing the charges so far. Each takes back what is left
- * of it, but no more than the balance beyond the open holds.
+ * of it, but no more than the balance beyond the open holds. `clockMs` is the
+ * ledger's clock, for the ids of the entries.
  */
-function lapseGrants(account: Account, nowMs: number): void {
+function lapseGrants(account: Account, nowMs: number, clockMs: number): void {
   const first = account.expiring[0];
   if (first === undefined || first.expiresAtMs > nowMs) return;
 
@@ -443,7 +545,7 @@ function lapseGrants(account: Account, nowMs: number): void {
     let takenBack = grant.remaining < free ? grant.remaining : free;
     if (takenBack < 0n) takenBack = 0n;
     account.expired += takenBack;
-    account.log.push({ type: 'expire', id: grant.id, amount: takenBack, charged: 0n, providerCost: 0n });
+    appendEntry(account, clockMs, { type: 'expire', id: grant.id, amount: takenBack.toString() });
   }
 }
 
@@ -455,17 +557,21 @@ function insertExpiringGrant(expiring: ExpiringGrant[], grant: ExpiringGrant): v
   expiring.splice(index === -1 ? expiring.length : index, 0, grant);
 }
 
-/** Compares two strings by their UTF-8 bytes, the order Redis gives sorted-set members. */
-function compareBytes(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
-}
-
 /** Adds `amount` to spent and appends a debit entry that records the request's full cost. */
-function debit(account: Account, requestId: string, amount: bigint, entry: CommitEntry): void {
-  const { charged, providerCost, ...usage } = entry;
+function debit(account: Account, requestId: string, amount: bigint, entry: CommitEntry, clockMs: number): void {
   account.spent += amount;
-  account.providerCost += providerCost;
-  account.log.push({ type: 'debit', id: requestId, amount, charged, providerCost, usage: { ...usage, tokens: { ...usage.tokens } } });
+  account.providerCost += entry.providerCost;
+  appendEntry(account, clockMs, {
+    type: 'debit',
+    id: requestId,
+    amount: amount.toString(),
+    charged: entry.charged.toString(),
+    providerCost: entry.providerCost.toString(),
+    model: entry.model,
+    route: entry.route,
+    tokens: JSON.stringify(entry.tokens),
+    estimated: entry.estimated ? '1' : '0',
+  });
 }
 
 function addToPeriods(account: Account, day: string, month: string, delta: bigint): void {

@@ -193,7 +193,9 @@ describe('grant expiry', () => {
     await ledger.credit(expiring, 'paid', 1000n);
     await ledger.credit(expiring, 'promo', 1000n, { expiresAtMs: Date.now() + 3_600_000 });
 
-    // The commands of the two scripts before grant expiry existed.
+    // The commands of the two scripts without grant expiry. The commit moves
+    // the request id in the expiry index to the end of its record's
+    // retention (a ZADD) where it used to remove it (a ZREM).
     const plainCalls = await reserveAndCommitCalls(plain);
     expect(plainCalls).toEqual({
       evalsha: 2,
@@ -202,9 +204,8 @@ describe('grant expiry', () => {
       hget: 3,
       hmget: 1,
       hset: 3,
-      zadd: 1,
+      zadd: 2,
       hdel: 1,
-      zrem: 1,
       hincrby: 3,
       xadd: 1,
     });
@@ -259,5 +260,245 @@ describe('write batching', () => {
     } finally {
       await own.quit();
     }
+  });
+});
+
+/** Returns the scripts run since the last CONFIG RESETSTAT: EVALSHA calls, and EVAL calls that loaded a script. */
+async function scriptCalls(): Promise<number> {
+  const stats = await client.info('commandstats');
+  const calls = (command: string) => Number(new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0);
+  return calls('evalsha') + calls('eval');
+}
+
+describe('retention of settled records', () => {
+  const RETENTION_MS = 3_600_000;
+  const hold: HoldRequest = { fixed: 10n, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 30 * 86_400, fingerprint: '' };
+  const entry = { charged: 10n, providerCost: 5n, model: 'm', route: 'r', tokens: {}, estimated: false };
+
+
+  it('indexes each record at the end of its window', async () => {
+    const clock = Date.UTC(2030, 0, 1);
+    const deadline = String(clock + RETENTION_MS);
+    const ledger = new RedisLedger(client, { now: () => clock, settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'index' };
+    const [, , hexp, done] = walletKeys(wallet);
+    await ledger.credit(wallet, 'g', 1000n);
+    await ledger.reserve(wallet, 'committed', hold);
+    await ledger.commit(wallet, 'committed', entry);
+    await ledger.commit(wallet, 'unreserved', entry);
+    await ledger.reserve(wallet, 'released', { ...hold, fingerprint: 'fp' });
+    await ledger.release(wallet, 'released');
+    await ledger.reserve(wallet, 'open', hold);
+
+    // The open hold sorts first: it expires in 30 days, and the records at the end of their window in 2030.
+    const open = await client.zscore(hexp!, 'open');
+    expect(await client.zrange(hexp!, 0, -1, 'WITHSCORES')).toEqual(['open', open, 'committed', deadline, 'released', deadline, 'unreserved', deadline]);
+    const { day, month } = periodFields(clock);
+    // The records keep the format of earlier versions; the window is in the index only.
+    expect(await client.hgetall(done!)).toEqual({
+      committed: `committed|10|0|${day}|${month}|`,
+      unreserved: `committed|10|0|${day}|${month}|`,
+      released: `released|0|10|${day}|${month}|fp`,
+    });
+  });
+
+  it('removes 1,000 records per sweep script', async () => {
+    // Committed a day ago with a window of an hour, so every record is due.
+    const clock = Date.now() - 86_400_000;
+    const ledger = new RedisLedger(client, { now: () => clock, settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'sweep-batches' };
+    const [, , hexp, done] = walletKeys(wallet);
+    await ledger.credit(wallet, 'g', 100_000n);
+    for (let i = 0; i < 2500; i += 1) await ledger.commit(wallet, `r-${i}`, entry);
+    expect(await client.hlen(done!)).toBe(2500);
+
+    await client.config('RESETSTAT');
+    expect(await ledger.sweep(wallet)).toEqual({ released: 0, charged: 0 });
+    // Two full scripts of 1,000 and one of 500, which found the index drained.
+    expect(await scriptCalls()).toBe(3);
+    expect(await client.hlen(done!)).toBe(0);
+    expect(await client.exists(hexp!)).toBe(0);
+    expect((await ledger.verify(wallet)).ok).toBe(true);
+  });
+
+  it('removes 16 records per reserve', async () => {
+    const clock = Date.now() - 86_400_000;
+    const ledger = new RedisLedger(client, { now: () => clock, settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'reserve-batches' };
+    const [, , hexp, done] = walletKeys(wallet);
+    await ledger.credit(wallet, 'g', 100_000n);
+    for (let i = 0; i < 40; i += 1) await ledger.commit(wallet, `r-${i}`, entry);
+
+    await ledger.reserve(wallet, 'next', hold);
+    expect(await client.hlen(done!)).toBe(24);
+    // The 24 records left, and the new hold.
+    expect(await client.zcard(hexp!)).toBe(25);
+    // Equal deadlines sort by id in byte order: r-0, r-1, r-10 ... r-19, r-2, r-20 ...
+    expect(await client.zrange(hexp!, 0, 0)).toEqual(['r-23']);
+    await ledger.reserve(wallet, 'after-next', hold);
+    expect(await client.hlen(done!)).toBe(8);
+  });
+
+  it('moves the deadline of a record written again', async () => {
+    const clock = { ms: Date.now() };
+    const ledger = new RedisLedger(client, { now: () => clock.ms, settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'rewritten' };
+    const [, , hexp, done] = walletKeys(wallet);
+    await ledger.credit(wallet, 'g', 1000n);
+    await ledger.reserve(wallet, 'req', { ...hold, ttlSeconds: 60 });
+    const sweptAt = clock.ms + 120_000;
+    await ledger.sweep(wallet, sweptAt);
+    expect(await client.zscore(hexp!, 'req')).toBe(String(sweptAt + RETENTION_MS));
+
+    clock.ms = sweptAt + 60_000;
+    await ledger.commit(wallet, 'req', entry);
+    expect(await client.zscore(hexp!, 'req')).toBe(String(clock.ms + RETENTION_MS));
+    await ledger.sweep(wallet, sweptAt + RETENTION_MS);
+    expect(await client.hexists(done!, 'req')).toBe(1);
+    await ledger.sweep(wallet, clock.ms + RETENTION_MS);
+    expect(await client.hexists(done!, 'req')).toBe(0);
+  });
+
+  it('indexes records written without a retention', async () => {
+    const ledger = new RedisLedger(client, { settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'legacy' };
+    const [account, , hexp, done] = walletKeys(wallet);
+    await ledger.credit(wallet, 'g', 1000n);
+    await ledger.commit(wallet, 'indexed', entry);
+    const indexed = await client.zscore(hexp!, 'indexed');
+    // A record as an earlier ledger version left it: no member in the expiry index.
+    await client.hset(done!, 'legacy', 'committed|10|0|day:2024-01-01|month:2024-01|');
+
+    const sweptAt = Date.now() + 60_000;
+    await ledger.sweep(wallet, sweptAt);
+    expect(await client.zscore(hexp!, 'legacy')).toBe(String(sweptAt + RETENTION_MS));
+    expect(await client.zscore(hexp!, 'indexed')).toBe(indexed);
+    expect(await client.hmget(account!, 'doneIndexed', 'doneScan')).toEqual(['1', null]);
+
+    // A retry replays the legacy record within its window, and is new after it.
+    expect(await ledger.commit(wallet, 'legacy', entry)).toEqual({ status: 'committed', charged: 10n, released: 0n, replayed: true });
+    await ledger.sweep(wallet, sweptAt + RETENTION_MS);
+    expect(await client.hlen(done!)).toBe(0);
+    expect(await ledger.commit(wallet, 'legacy', entry)).toEqual({ status: 'committed', charged: 10n, released: 0n, replayed: false });
+  });
+
+  it('scans a large legacy hash over several sweeps', async () => {
+    const ledger = new RedisLedger(client, { settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'legacy-large' };
+    const [account, , hexp, done] = walletKeys(wallet);
+    const records: string[] = [];
+    for (let i = 0; i < 3000; i += 1) records.push(`legacy-${i}`, 'committed|10|0|day:2024-01-01|month:2024-01|');
+    await client.hset(done!, ...records);
+
+    let sweeps = 0;
+    while ((await client.hget(account!, 'doneIndexed')) !== '1' && sweeps < 100) {
+      await ledger.sweep(wallet);
+      sweeps += 1;
+    }
+    // HSCAN returns about COUNT fields per call, so 3,000 take a few sweeps.
+    expect(sweeps).toBeGreaterThan(1);
+    expect(await client.zcard(hexp!)).toBe(3000);
+  });
+
+  it('rejects a window shorter than an hour', () => {
+    expect(() => new RedisLedger(client, { settledRetentionMs: RETENTION_MS - 1 })).toThrow(
+      'invalid retention of settled records 3599999ms: it must be a whole number of milliseconds of at least 1h',
+    );
+  });
+});
+
+describe('compaction', () => {
+  const entry = { charged: 3n, providerCost: 2n, model: 'm', route: 'r', tokens: {}, estimated: false };
+
+  it('folds 500 entries per script into the checkpoint hash', async () => {
+    const ledger = new RedisLedger(client);
+    const wallet = { namespace: 'compaction', name: 'chunks' };
+    const log = walletKeys(wallet)[4]!;
+    await ledger.credit(wallet, 'g', 10_000n);
+    for (let i = 0; i < 2499; i += 1) await ledger.commit(wallet, `r-${i}`, entry);
+    const lastId = (await client.xrevrange(log, '+', '-', 'COUNT', 1))[0]![0];
+
+    await client.config('RESETSTAT');
+    expect(await ledger.compact(wallet, Date.now() + 1)).toEqual({
+      folded: 2500,
+      checkpoint: { granted: 10_000n, spent: 7497n, expired: 0n, providerCost: 4998n, entries: 2500, lastId },
+    });
+    // Five full scripts of 500, and a sixth that finds nothing left.
+    expect(await scriptCalls()).toBe(6);
+    expect(await client.hgetall('{w:compaction/chunks}:checkpoint')).toEqual({
+      granted: '10000',
+      spent: '7497',
+      providerCost: '4998',
+      entries: '2500',
+      lastId,
+    });
+    // The stream key stays, empty, so that new ids keep growing after the checkpoint.
+    expect(await client.xlen(log)).toBe(0);
+    expect(await client.exists(log)).toBe(1);
+  });
+
+  it('creates no key for a wallet without entries', async () => {
+    const ledger = new RedisLedger(client);
+    const wallet = { namespace: 'compaction', name: 'empty' };
+    expect(await ledger.compact(wallet, Date.now())).toEqual({ folded: 0, checkpoint: undefined });
+    expect(await client.keys('{w:compaction/empty}*')).toEqual([]);
+  });
+
+  it('folds sums beyond 2^53 exactly', async () => {
+    const ledger = new RedisLedger(client);
+    const wallet = { namespace: 'compaction', name: 'large-sums' };
+    const max = 9_007_199_254_740_992n;
+    // Commits without holds may take the spent total past 2^53, where doubles round.
+    for (const id of ['a', 'b', 'c']) await ledger.commit(wallet, id, { ...entry, charged: max, providerCost: max });
+    await ledger.commit(wallet, 'd', { ...entry, charged: 1n, providerCost: 1n });
+
+    const result = await ledger.compact(wallet, Date.now() + 1);
+    expect(result.checkpoint).toMatchObject({ spent: 27_021_597_764_222_977n, providerCost: 27_021_597_764_222_977n, entries: 4 });
+    expect((await ledger.state(wallet)).spent).toBe(27_021_597_764_222_977n);
+    expect(await ledger.verify(wallet)).toMatchObject({ ok: true, spent: 27_021_597_764_222_977n, entries: 4 });
+  });
+
+  it('restarts verify after a concurrent compaction', async () => {
+    const own = new Redis(redis.url);
+    const ledger = new RedisLedger(own);
+    const other = new RedisLedger(client);
+    const wallet = { namespace: 'compaction', name: 'concurrent' };
+    try {
+      await ledger.credit(wallet, 'g', 10_000n);
+      for (let i = 0; i < 10; i += 1) await ledger.commit(wallet, `r-${i}`, entry);
+
+      // The first page that verify reads runs a compaction of everything before it returns.
+      const xrange = own.xrange.bind(own) as (...args: unknown[]) => Promise<unknown>;
+      let compactions = 0;
+      (own as unknown as { xrange: unknown }).xrange = async (...args: unknown[]) => {
+        if (compactions === 0) {
+          compactions += 1;
+          await other.compact(wallet, Date.now() + 1);
+        }
+        return xrange(...args);
+      };
+
+      expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 10_000n, spent: 30n, entries: 11, problems: [] });
+      expect(compactions).toBe(1);
+    } finally {
+      await own.quit();
+    }
+  });
+});
+
+describe('entries', () => {
+  it('match the stream, page by page', async () => {
+    const ledger = new RedisLedger(client);
+    const wallet = { namespace: 'entries', name: 'pages' };
+    await ledger.credit(wallet, 'g', 1000n, { reason: 'trial' });
+    for (let i = 0; i < 6; i += 1) await ledger.commit(wallet, `r-${i}`, { charged: 1n, providerCost: 1n, model: 'm', route: 'r', tokens: { input: i }, estimated: i % 2 === 0 });
+
+    await client.config('RESETSTAT');
+    const entries = [];
+    for await (const each of ledger.entries(wallet, { pageSize: 3 })) entries.push(each);
+    // Seven entries in pages of three: 3, 3, then 1, which ends the read.
+    expect(/^cmdstat_xrange:calls=(\d+)/m.exec(await client.info('commandstats'))?.[1]).toBe('3');
+    const stream = await client.xrange(walletKeys(wallet)[4]!, '-', '+');
+    expect(entries.map(({ id, fields }) => [id, Object.entries(fields).flat()])).toEqual(stream);
   });
 });

@@ -10,16 +10,22 @@
  *             that UTC period), and while the wallet has live expiring grants,
  *             `expiring`, `nextExpiry` and `attributed` (see lua/common.lua)
  * - `:holds`  hash of open holds by request id
- * - `:hexp`   sorted set of open request ids by expiry, in epoch milliseconds
+ * - `:hexp`   sorted set of open request ids by expiry, in epoch milliseconds.
+ *             Once a request settles, its id stays in `:hexp` with the end of
+ *             its record's retention as the score, so the one index serves
+ *             both: due members are expired holds or records to remove.
  * - `:done`   hash of settled requests by request id, so that a retry gets the
- *             first result. It has no TTL, because a retry arriving after a
- *             TTL would be billed again.
- *             NOTE: `:done` and `:log` grow by one field and one entry per
- *             request, and nothing trims them yet.
+ *             first result, kept for the retention window. The hash has no
+ *             TTL of its own; reserve and sweep remove due records through
+ *             `:hexp` (see lua/common.lua, settle_expired).
  * - `:grants` hash of grant amounts by grant id
  * - `:log`    stream of entries (`grant`, `debit`, `expire-charge`, `expire`),
  *             amounts as decimal integer strings; `tollgate ledger verify`
- *             replays it
+ *             replays it. It grows by one entry per request until `compact`
+ *             folds old entries into `:checkpoint`.
+ * - `:checkpoint` hash of the totals of the folded entries (see
+ *             lua/compact.lua). Only compaction creates it, and only the
+ *             compact and snapshot scripts receive it.
  *
  * Hold and grant expiry use the Redis server's clock, so sidecars with
  * skewed clocks agree. The spend-cap period is the caller's UTC day and month.
@@ -30,12 +36,16 @@ import { Redis, Cluster, ReplyError } from 'ioredis';
 import type { RedisOptions } from 'ioredis';
 
 import type {
+  Checkpoint,
   CommitEntry,
   CommitResult,
+  CompactResult,
   CreditOptions,
   CreditResult,
+  EntriesOptions,
   HoldRequest,
   Ledger,
+  LedgerEntry,
   ReleaseResult,
   ReserveResult,
   SweepResult,
@@ -47,16 +57,21 @@ import {
   EXPIRED_HOLDS_SETTLED_PER_RESERVE,
   GrantExpiredError,
   LedgerUnavailableError,
+  addEntry,
   compareTotals,
+  emptyTotals,
   grantTotalTooLarge,
   holdTtlMs,
   periodFields,
   validateCommitEntry,
+  validateCutoff,
+  validateEntryId,
   validateGrant,
   validateGrantExpiry,
   validateHoldRequest,
   walletId,
 } from './ledger.ts';
+import { DEFAULT_SETTLED_RETENTION_MS, validateSettledRetention } from './retention.ts';
 import { MAX_LEDGER_AMOUNT } from '../money/money.ts';
 
 /** The Lua scripts in ./lua, by ioredis command name. Each gets common.lua in front. */
@@ -69,6 +84,7 @@ const SCRIPTS = {
   tollgateSweep: 'sweep.lua',
   tollgateState: 'state.lua',
   tollgateSnapshot: 'snapshot.lua',
+  tollgateCompact: 'compact.lua',
 } as const;
 
 type ScriptCommand = keyof typeof SCRIPTS;
@@ -81,13 +97,26 @@ const OPERATIONS = Object.fromEntries(
 
 const READ_ONLY_SCRIPTS = new Set<ScriptCommand>(['tollgateState', 'tollgateSnapshot']);
 
+/** The scripts that also receive the wallet's checkpoint key, as KEYS[7]. */
+const CHECKPOINT_SCRIPTS = new Set<ScriptCommand>(['tollgateSnapshot', 'tollgateCompact']);
+
 /** The suffixes of a wallet's keys, in the order every script receives them. */
 const KEY_SUFFIXES = ['acct', 'holds', 'hexp', 'done', 'log', 'grants'] as const;
 
-/** How many expired holds one sweep script settles before the next round trip. */
+/** How many due members of the expiry index (expired holds and records to remove) one sweep script handles before the next round trip. */
 const SWEEP_BATCH = 1000;
 /** How many stream entries verify reads per round trip. */
 const VERIFY_BATCH = 1000;
+/**
+ * How many stream entries one compact script folds, which bounds the time it
+ * blocks Redis: about 2 ms for 500 debit entries on Redis 7.0 (see
+ * docs/ledger.md), as long as a sweep script of 1,000 records.
+ */
+const COMPACT_BATCH = 500;
+/** How many stream entries `entries` reads per round trip by default. */
+const ENTRIES_PAGE = 1000;
+/** How often verify starts again when a compaction moved the checkpoint while it replayed. */
+const VERIFY_ATTEMPTS = 3;
 
 /**
  * Error replies that mean the server cannot serve now (loading, failing
@@ -110,8 +139,20 @@ function loadScripts(): Record<ScriptCommand, string> {
 }
 
 export interface RedisLedgerOptions {
-  /** Clock in epoch milliseconds for the UTC day and month of the spend caps. Hold expiry uses the server's clock. */
+  /**
+   * Clock in epoch milliseconds for the UTC day and month of the spend caps,
+   * and for the start of a settled record's retention at commit and release.
+   * Hold expiry, and the retention of holds that reserve or sweep settles,
+   * use the server's clock.
+   */
   now?: () => number;
+  /**
+   * How long a settled record is kept, in milliseconds, counted from its last
+   * change; default DEFAULT_SETTLED_RETENTION_MS (7 days), at least
+   * MIN_SETTLED_RETENTION_MS (1 hour). Every process that writes to the same
+   * ledger should use the same value (see ledger.ts).
+   */
+  settledRetentionMs?: number;
   /**
    * Options for the connection the ledger opens when given a URL. The
    * defaults fail a command after one reconnection attempt
@@ -138,6 +179,8 @@ export class RedisLedger implements Ledger {
   readonly #commands: ScriptCommands;
   readonly #ownsClient: boolean;
   readonly #now: () => number;
+  readonly #retentionMs: number;
+  readonly #retentionText: string;
   /** Whether the connection's socket is corked until the check phase. */
   #corked = false;
   /** Set once the server's Lua is known to print amounts exactly (see #checkIntegerFormat). */
@@ -150,6 +193,10 @@ export class RedisLedger implements Ledger {
    * its own connection.
    */
   constructor(client: Redis | Cluster | string, options: RedisLedgerOptions = {}) {
+    this.#retentionMs = options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS;
+    validateSettledRetention(this.#retentionMs);
+    this.#retentionText = String(this.#retentionMs);
+
     if (typeof client === 'string') {
       const owned = new Redis(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
       watchConnection(owned, options.logger);
@@ -162,7 +209,8 @@ export class RedisLedger implements Ledger {
     this.#now = options.now ?? Date.now;
 
     for (const [command, lua] of Object.entries(loadScripts()) as Array<[ScriptCommand, string]>) {
-      this.#client.defineCommand(command, { lua, numberOfKeys: KEY_SUFFIXES.length, readOnly: READ_ONLY_SCRIPTS.has(command) });
+      const numberOfKeys = KEY_SUFFIXES.length + (CHECKPOINT_SCRIPTS.has(command) ? 1 : 0);
+      this.#client.defineCommand(command, { lua, numberOfKeys, readOnly: READ_ONLY_SCRIPTS.has(command) });
     }
     this.#commands = this.#client as unknown as ScriptCommands;
   }
@@ -203,6 +251,7 @@ export class RedisLedger implements Ledger {
       limits.dailyCap?.toString() ?? '',
       limits.monthlyCap?.toString() ?? '',
       String(EXPIRED_HOLDS_SETTLED_PER_RESERVE),
+      this.#retentionText,
     ]);
     return parseReserveReply(reply as string[]);
   }
@@ -213,7 +262,8 @@ export class RedisLedger implements Ledger {
 
   async commit(wallet: WalletKey, requestId: string, entry: CommitEntry): Promise<CommitResult> {
     validateCommitEntry(requestId, entry);
-    const periods = periodFields(this.#now());
+    const nowMs = this.#now();
+    const periods = periodFields(nowMs);
     const reply = (await this.#script(wallet, 'tollgateCommit', [
       requestId,
       entry.charged.toString(),
@@ -224,6 +274,7 @@ export class RedisLedger implements Ledger {
       entry.estimated ? '1' : '0',
       periods.day,
       periods.month,
+      String(nowMs + this.#retentionMs),
     ])) as string[];
 
     if (reply[0] === 'conflict') return { status: 'conflict', reason: 'released' };
@@ -231,7 +282,7 @@ export class RedisLedger implements Ledger {
   }
 
   async release(wallet: WalletKey, requestId: string): Promise<ReleaseResult> {
-    const reply = (await this.#script(wallet, 'tollgateRelease', [requestId])) as string[];
+    const reply = (await this.#script(wallet, 'tollgateRelease', [requestId, String(this.#now() + this.#retentionMs)])) as string[];
     if (reply[0] === 'released') return { status: 'released', amount: BigInt(reply[1]!) };
     return { status: reply[0] as 'not_found' | 'already_committed' };
   }
@@ -240,10 +291,11 @@ export class RedisLedger implements Ledger {
     const result: SweepResult = { released: 0, charged: 0 };
     const now = nowMs === undefined ? '' : String(Math.floor(nowMs));
     for (;;) {
-      const [released, charged, seen] = (await this.#script(wallet, 'tollgateSweep', [now, String(SWEEP_BATCH)])) as number[];
-      result.released += released!;
-      result.charged += charged!;
-      if (seen! < SWEEP_BATCH) return result;
+      const reply = (await this.#script(wallet, 'tollgateSweep', [now, String(SWEEP_BATCH), this.#retentionText])) as number[];
+      const [released, charged, , seen] = reply as [number, number, number, number];
+      result.released += released;
+      result.charged += charged;
+      if (seen < SWEEP_BATCH) return result;
     }
   }
 
@@ -271,17 +323,57 @@ export class RedisLedger implements Ledger {
   }
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
-    const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [])) as [string[], string[], string[], string];
-    const [totals, grantAmounts, packedHolds, lastEntryId] = snapshot;
-    const [granted, spent, reserved, providerCost, expired] = totals.map((value) => BigInt(value)) as [bigint, bigint, bigint, bigint, bigint];
+    for (let attempt = 1; ; attempt++) {
+      const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [], checkpointKeys(wallet))) as [string[], string[], string[], string, string[]];
+      const [totals, grantAmounts, packedHolds, lastEntryId, checkpointFields] = snapshot;
+      const [granted, spent, reserved, providerCost, expired] = totals.map((value) => BigInt(value)) as [bigint, bigint, bigint, bigint, bigint];
+      const checkpoint = parseCheckpoint(checkpointFields);
+      const replayed = await this.#replayLog(wallet, checkpoint?.lastId, lastEntryId);
 
-    return compareTotals(wallet, {
-      stored: { granted, spent, expired, reserved, providerCost },
-      replayed: await this.#replayLog(wallet, lastEntryId),
-      grantsSum: grantAmounts.reduce((total, value) => total + BigInt(value), 0n),
-      // A packed hold starts with its amount, followed by '|'.
-      holdsSum: packedHolds.reduce((total, packed) => total + BigInt(packed.slice(0, packed.indexOf('|'))), 0n),
-    });
+      // A compaction that ran during the replay deleted entries that the
+      // checkpoint read above does not include, so the sums would miss them.
+      const checkpointKey = checkpointKeys(wallet)[KEY_SUFFIXES.length]!;
+      const checkpointNow = (await this.#call(wallet, 'verify', () => this.#client.hget(checkpointKey, 'lastId'))) ?? undefined;
+      if (checkpointNow !== checkpoint?.lastId) {
+        if (attempt < VERIFY_ATTEMPTS) continue;
+        throw new Error(
+          `verify of wallet ${walletId(wallet)} failed: a compaction moved its checkpoint during each of ${VERIFY_ATTEMPTS} attempts; ` +
+            'run verify again when no compaction runs',
+        );
+      }
+
+      return compareTotals(wallet, {
+        stored: { granted, spent, expired, reserved, providerCost },
+        replayed,
+        checkpoint,
+        grantsSum: grantAmounts.reduce((total, value) => total + BigInt(value), 0n),
+        // A packed hold starts with its amount, followed by '|'.
+        holdsSum: packedHolds.reduce((total, packed) => total + BigInt(packed.slice(0, packed.indexOf('|'))), 0n),
+      });
+    }
+  }
+
+  async compact(wallet: WalletKey, beforeMs: number): Promise<CompactResult> {
+    validateCutoff(beforeMs);
+    const keys = checkpointKeys(wallet);
+    let folded = 0;
+    for (;;) {
+      const reply = (await this.#script(wallet, 'tollgateCompact', [lastIdBefore(beforeMs), String(COMPACT_BATCH)], keys)) as [number, ...string[]];
+      folded += reply[0];
+      if (reply[0] < COMPACT_BATCH) return { folded, checkpoint: parseCheckpoint(reply.slice(1) as string[]) };
+    }
+  }
+
+  async *entries(wallet: WalletKey, options: EntriesOptions = {}): AsyncIterable<LedgerEntry> {
+    const { start, end, pageSize } = entryRange(options);
+    const logKey = cachedWalletKeys(wallet)[4]!;
+    let from = start;
+    for (;;) {
+      const page = await this.#call(wallet, 'entries', () => this.#client.xrange(logKey, from, end, 'COUNT', pageSize));
+      for (const [id, flat] of page) yield { id, fields: fieldsOf(flat) };
+      if (page.length < pageSize) return;
+      from = `(${page[page.length - 1]![0]}`;
+    }
   }
 
   async quit(): Promise<void> {
@@ -290,35 +382,24 @@ export class RedisLedger implements Ledger {
     else this.#client.disconnect();
   }
 
-  /** Sums the stream entries up to and including `lastEntryId`, in batches. */
-  async #replayLog(wallet: WalletKey, lastEntryId: string) {
-    const replayed = { granted: 0n, spent: 0n, expired: 0n, providerCost: 0n, entries: 0 };
+  /** Sums the stream entries after `afterId` (from the start when undefined) up to and including `lastEntryId`, in batches. */
+  async #replayLog(wallet: WalletKey, afterId: string | undefined, lastEntryId: string) {
+    const replayed = emptyTotals();
     if (lastEntryId === '') return replayed;
 
     const logKey = cachedWalletKeys(wallet)[4]!;
-    let start = '-';
+    let start = afterId === undefined ? '-' : `(${afterId}`;
     for (;;) {
       const batch = await this.#call(wallet, 'verify', () => this.#client.xrange(logKey, start, lastEntryId, 'COUNT', VERIFY_BATCH));
-      for (const [, flat] of batch) {
-        const fields = new Map<string, string>();
-        for (let i = 0; i + 1 < flat.length; i += 2) fields.set(flat[i]!, flat[i + 1]!);
-
-        const amount = BigInt(fields.get('amount') ?? '0');
-        const type = fields.get('type');
-        if (type === 'grant') replayed.granted += amount;
-        else if (type === 'expire') replayed.expired += amount;
-        else replayed.spent += amount;
-        replayed.providerCost += BigInt(fields.get('providerCost') ?? '0');
-        replayed.entries += 1;
-      }
+      for (const [, flat] of batch) addEntry(replayed, fieldsOf(flat));
       if (batch.length < VERIFY_BATCH) return replayed;
       start = `(${batch[batch.length - 1]![0]}`;
     }
   }
 
-  #script(wallet: WalletKey, command: ScriptCommand, args: string[]): Promise<unknown> {
-    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet).then(() => this.#script(wallet, command, args));
-    const keys = cachedWalletKeys(wallet);
+  /** Runs a script on the wallet's keys; scripts in CHECKPOINT_SCRIPTS need `keys` from checkpointKeys. */
+  #script(wallet: WalletKey, command: ScriptCommand, args: string[], keys: readonly string[] = cachedWalletKeys(wallet)): Promise<unknown> {
+    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet).then(() => this.#script(wallet, command, args, keys));
     this.#batchWrites();
     return this.#call(wallet, OPERATIONS[command], () => this.#commands[command](...keys, ...args));
   }
@@ -422,6 +503,51 @@ function cachedWalletKeys(wallet: WalletKey): readonly string[] {
   const keys = walletKeys(wallet);
   keyCache.set(wallet, { namespace: wallet.namespace, name: wallet.name, keys });
   return keys;
+}
+
+/** Returns the wallet's keys followed by its checkpoint key, for the scripts in CHECKPOINT_SCRIPTS. */
+function checkpointKeys(wallet: WalletKey): string[] {
+  const keys = [...cachedWalletKeys(wallet)];
+  keys.push(keys[0]!.replace(/:acct$/, ':checkpoint'));
+  return keys;
+}
+
+/** Parses the checkpoint fields as the scripts return them (granted, spent, expired, providerCost, entries, lastId). */
+function parseCheckpoint(fields: string[]): Checkpoint | undefined {
+  const [granted, spent, expired, providerCost, entries, lastId] = fields;
+  if (!lastId) return undefined;
+  const amount = (text: string | undefined) => BigInt(text || '0');
+  return { granted: amount(granted), spent: amount(spent), expired: amount(expired), providerCost: amount(providerCost), entries: Number(entries || '0'), lastId };
+}
+
+/**
+ * Returns the largest stream id whose time is before `beforeMs`, as an
+ * inclusive XRANGE end. Redis never assigns 0-0, so for 0 the range is empty.
+ */
+function lastIdBefore(beforeMs: number): string {
+  return beforeMs === 0 ? '0-0' : `${beforeMs - 1}-18446744073709551615`;
+}
+
+/** Turns a stream entry's flat field list into an object, keeping the order. */
+function fieldsOf(flat: string[]): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+  return fields;
+}
+
+/** Returns the XRANGE bounds and page size for `entries`, after checking the options. */
+function entryRange(options: EntriesOptions): { start: string; end: string; pageSize: number } {
+  const { from, after, beforeMs, pageSize = ENTRIES_PAGE } = options;
+  if (from !== undefined && after !== undefined) throw new RangeError('invalid entries options: give either from or after, not both');
+  if (from !== undefined) validateEntryId('from', from);
+  if (after !== undefined) validateEntryId('after', after);
+  if (beforeMs !== undefined) validateCutoff(beforeMs);
+  if (!Number.isSafeInteger(pageSize) || pageSize < 1) throw new RangeError(`invalid pageSize ${pageSize}: use a whole number of at least 1`);
+  return {
+    start: after !== undefined ? `(${after}` : (from ?? '-'),
+    end: beforeMs !== undefined ? lastIdBefore(beforeMs) : '+',
+    pageSize,
+  };
 }
 
 function parseReserveReply(reply: string[]): ReserveResult {

@@ -1,7 +1,8 @@
 -- Debits the actual cost of a request, returns the rest of its hold and
 -- appends a debit entry.
 -- ARGV: requestId, charged, providerCost, model, route, tokens (JSON),
---       estimated ('1' or '0'), day field, month field (used when no hold is open).
+--       estimated ('1' or '0'), day field, month field (used when no hold is
+--       open), end of the settled record's retention (epoch ms).
 -- The amounts are canonical decimal strings (as BigInt's toString writes
 -- them), so the script passes them on to HINCRBY and the entry unchanged.
 --
@@ -24,7 +25,7 @@ local open = read_hold(id)
 if open then
   local released = open.amount - charged
   if released < 0 then released = 0 end
-  remove_hold(id, open)
+  settle_hold(id, open, ARGV[10])
   debit(charged, ARGV[2])
   add_to_periods(open.day, open.month, charged - open.amount)
   write_done(id, {
@@ -52,4 +53,5 @@ local delta = charged - already_charged
 debit(delta, amount_string(delta))
 add_to_periods(day, month, delta)
 write_done(id, { state = 'committed', charged = charged, released = 0, day = day, month = month, fingerprint = fingerprint })
+redis.call('ZADD', HEXP, ARGV[10], id)
 return { 'committed', ARGV[2], '0', '0' }

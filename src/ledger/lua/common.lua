@@ -1,7 +1,8 @@
 -- Helpers shared by every ledger script; the loader puts this file in front
 -- of each script. Every script receives the same six keys of one wallet, in
--- this order. The keys share one hash tag, so a script runs on one shard of
--- a Redis Cluster.
+-- this order, and the scripts that read the checkpoint also get its key as
+-- KEYS[7]. The keys share one hash tag, so a script runs on one shard of a
+-- Redis Cluster.
 --
 -- Redis runs this file on every call. Each helper it defines, and each local
 -- that a helper captures, costs server time on every call. So the file
@@ -68,14 +69,19 @@ local function write_hold(id, amount, units, expires, answered, day, month, fing
 end
 
 -- Deletes an open hold and returns its amount to the wallet's available funds.
-local function remove_hold(id, hold)
+-- The request id stays in the expiry index with the score `deadline` (a
+-- decimal string of epoch ms), the end of the retention of the settled
+-- record that the caller writes. Moving the member is one command, as
+-- removing it was.
+local function settle_hold(id, hold, deadline)
   redis.call('HDEL', HOLDS, id)
-  redis.call('ZREM', HEXP, id)
+  redis.call('ZADD', HEXP, deadline, id)
   add('reserved', -hold.amount, '-' .. hold.amount_text)
 end
 
 -- A settled request is stored as state|charged|released|day|month|fingerprint,
--- where state is committed, released, expired or expired_charged.
+-- where state is committed, released, expired or expired_charged. Its id
+-- stays in the expiry index until the end of its retention.
 local function read_done(id)
   local packed = redis.call('HGET', DONE, id)
   if not packed then return nil end
@@ -97,16 +103,22 @@ local function append_entry(fields)
   redis.call('XADD', LOG, '*', unpack(fields))
 end
 
--- Settles up to `limit` holds whose expiry is at or before `now`, earliest
--- first: charged at the held amount when the upstream answered, else released.
--- Returns the counts released and charged, and how many expiry entries it read.
-local function settle_expired(now, limit)
+-- Settles up to `limit` members of the expiry index whose score is at or
+-- before `now`, lowest score first. A member with an open hold is an expired
+-- hold: it is charged at the held amount when the upstream answered, else
+-- released, and its record is kept until `now + retention` (ms). A member
+-- without an open hold is a settled record whose retention ended: the record
+-- and the member are removed.
+-- Returns the counts released, charged and removed, and how many members it read.
+local function settle_expired(now, limit, retention)
   local ids = redis.call('ZRANGEBYSCORE', HEXP, '-inf', amount_string(now), 'LIMIT', '0', limit)
-  local released, charged = 0, 0
+  local released, charged, removed = 0, 0, 0
+  if #ids == 0 then return 0, 0, 0, 0 end
+  local deadline = amount_string(now + tonumber(retention))
   for _, id in ipairs(ids) do
     local hold = read_hold(id)
     if hold then
-      remove_hold(id, hold)
+      settle_hold(id, hold, deadline)
       local done = { charged = 0, released = 0, day = hold.day, month = hold.month, fingerprint = hold.fingerprint }
       if hold.answered then
         add('spent', hold.amount, hold.amount_text)
@@ -121,10 +133,12 @@ local function settle_expired(now, limit)
       end
       write_done(id, done)
     else
+      redis.call('HDEL', DONE, id)
       redis.call('ZREM', HEXP, id)
+      removed = removed + 1
     end
   end
-  return released, charged, #ids
+  return released, charged, removed, #ids
 end
 
 -- Expiring grants. The account hash keeps the wallet's live expiring grants

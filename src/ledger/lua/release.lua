@@ -1,10 +1,10 @@
 -- Returns the whole hold of a request that the upstream did not serve.
--- ARGV: requestId.
+-- ARGV: requestId, end of the settled record's retention (epoch ms).
 local id = ARGV[1]
 
 local open = read_hold(id)
 if open then
-  remove_hold(id, open)
+  settle_hold(id, open, ARGV[2])
   add_to_periods(open.day, open.month, -open.amount)
   write_done(id, {
     state = 'released', charged = 0, released = open.amount,
@@ -21,5 +21,6 @@ if done.state == 'expired' then
   -- later commit a conflict and lets a retry reserve under the same id.
   done.state = 'released'
   write_done(id, done)
+  redis.call('ZADD', HEXP, ARGV[2], id)
 end
 return { 'released', amount_string(done.released) }

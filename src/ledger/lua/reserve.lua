@@ -1,7 +1,8 @@
 -- Places a hold if the wallet can afford it and the limits allow it.
 -- ARGV: requestId, fingerprint, fixed, perUnit, minUnits, maxUnits, ttlMs,
 --       day field, month field, maxPerRequest, dailyCap, monthlyCap (the
---       last three '' when unset), how many expired holds to settle first.
+--       last three '' when unset), how many due members of the expiry
+--       index to settle first, retention of settled records in ms.
 local id, fingerprint = ARGV[1], ARGV[2]
 local fixed, per_unit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local min_units, max_units = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -9,7 +10,7 @@ local ttl_ms = tonumber(ARGV[7])
 local day, month = ARGV[8], ARGV[9]
 
 local now = server_time_ms()
-settle_expired(now, ARGV[13])
+settle_expired(now, ARGV[13], ARGV[14])
 
 local open = read_hold(id)
 if open then
@@ -85,7 +86,8 @@ local amount_text, units_text, expires_text = amount_string(amount), amount_stri
 
 write_hold(id, amount_text, units_text, expires_text, false, day, month, fingerprint)
 redis.call('ZADD', HEXP, expires_text, id)
--- Only a released request has a record here, and the new hold reuses its id.
+-- Only a released request has a record here, and the new hold reuses its
+-- id. The ZADD above moved the id's index entry to the hold's expiry.
 if done then redis.call('HDEL', DONE, id) end
 
 -- One HSET of the new totals measured cheaper on Redis 7.0 than a HINCRBY per field.
