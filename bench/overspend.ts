@@ -123,7 +123,7 @@ export async function tollgateOverspend(setup: OverspendSetup): Promise<Overspen
     const [namespace, name] = OVERSPEND_WALLET.split('/') as [string, string];
     const state = await ledger.state({ namespace, name });
     const verified = await ledger.verify({ namespace, name });
-    const replay = verified.ok ? 'found balance = grants − debits' : `found problems: ${verified.problems.join('; ')}`;
+    const replay = verified.ok ? 'found balance = grants − debits − expired' : `found problems: ${verified.problems.join('; ')}`;
     return {
       gateway: 'tollgate',
       processes: scenario.sidecars,
