@@ -178,6 +178,18 @@ describe('tollgate command', () => {
     }
   });
 
+  it('exits when dev cannot reach Redis', async () => {
+    const closed = net.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as net.AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+
+    const result = await tollgate(['dev', '--port', '0', '--redis', `redis://127.0.0.1:${port}`], 60_000);
+    expect(result.signal).toBeUndefined();
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(`127.0.0.1:${port}`);
+  });
+
   it('runs the demo to a refusal', async () => {
     const result = await tollgate(['demo']);
     expect(result.code).toBe(0);

@@ -140,7 +140,10 @@ describe('RedisLedger without a server', () => {
 
       const error = await ledger.reserve(wallet, 'req', hold(10n)).catch((caught: unknown) => caught);
       expect(error).toBeInstanceOf(LedgerUnavailableError);
-      expect((error as Error).message).toContain('ledger reserve for wallet outage/w failed because Redis is unavailable');
+      const { port } = new URL(server.url);
+      expect((error as Error).message).toContain(`ledger reserve for wallet outage/w failed because Redis at 127.0.0.1:${port} is unavailable: `);
+      expect((error as Error).message).toMatch(/[^.]\. Check that Redis is running and reachable there\.$/);
+      expect((error as Error).message).not.toContain('maxRetriesPerRequest');
       expect((error as Error).cause).toBeInstanceOf(Error);
       expect(warnings).toEqual(['ledger lost its Redis connection; ledger operations fail until it reconnects']);
     } finally {

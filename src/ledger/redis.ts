@@ -423,7 +423,7 @@ export class RedisLedger implements Ledger {
       },
       (error: unknown) => {
         this.#formatCheck = undefined;
-        throw asLedgerError(error, 'check', wallet);
+        throw asLedgerError(error, 'check', wallet, this.#address());
       },
     );
     return this.#formatCheck;
@@ -452,8 +452,17 @@ export class RedisLedger implements Ledger {
     try {
       return await run();
     } catch (error) {
-      throw asLedgerError(error, operation, wallet);
+      throw asLedgerError(error, operation, wallet, this.#address());
     }
+  }
+
+  /** Names the Redis server for error messages: host and port, never the URL, which may hold a password. */
+  #address(): string {
+    if (this.#client instanceof Redis) {
+      const { host, port, path } = this.#client.options;
+      return path ? `Redis at ${path}` : `Redis at ${host ?? 'localhost'}:${port ?? 6379}`;
+    }
+    return 'the Redis Cluster';
   }
 }
 
@@ -576,14 +585,16 @@ function parseReserveReply(reply: string[]): ReserveResult {
  * Wraps connection failures, timeouts and "server cannot serve now" replies
  * in LedgerUnavailableError; other errors (script or argument bugs) pass through.
  */
-function asLedgerError(error: unknown, operation: string, wallet: WalletKey): unknown {
+function asLedgerError(error: unknown, operation: string, wallet: WalletKey, address: string): unknown {
   const isReply = error instanceof ReplyError;
   const message = error instanceof Error ? error.message : String(error);
   if (isReply && !UNAVAILABLE_REPLY.test(message)) return error;
 
+  // ioredis's advice to tune its retry option is for library users, not for whoever runs Tollgate.
+  const reason = message.replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '').replace(/\.+$/, '');
   return new LedgerUnavailableError(
-    `ledger ${operation} for wallet ${walletId(wallet)} failed because Redis is unavailable: ${message}. ` +
-      'Check that Redis is running and reachable at the configured URL.',
+    `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} is unavailable: ${reason}. ` +
+      'Check that Redis is running and reachable there.',
     { cause: error },
   );
 }
