@@ -80,7 +80,13 @@ describe('tollgate command', () => {
   it('rejects a wallet without a namespace', async () => {
     const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'cli']);
     expect(result.code).toBe(2);
-    expect(result.stderr).toContain('--wallet NAMESPACE/NAME');
+    expect(result.stderr).toContain('invalid --wallet "cli": name the wallet as NAMESPACE/NAME, such as default/cli');
+  });
+
+  it('names an unknown ledger command', async () => {
+    const result = await tollgate(['ledger', 'stat', '--redis', redis.url, '--wallet', 'team-a/cli']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('unknown command "stat": use one of state, verify, export, compact');
   });
 
   it('exports a wallet as NDJSON', async () => {

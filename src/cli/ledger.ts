@@ -52,12 +52,22 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     },
   });
   const [action] = positionals;
-  if (values.help || !COMMANDS.includes(action as Command)) {
+  if (values.help) {
     console.log(LEDGER_USAGE);
-    return values.help ? 0 : 2;
+    return 0;
   }
-  if (!values.redis || !values.wallet || !values.wallet.includes('/')) {
-    console.error(`missing or invalid option: give --redis URL (or TOLLGATE_REDIS_URL) and --wallet NAMESPACE/NAME\n\n${LEDGER_USAGE}`);
+  if (!COMMANDS.includes(action as Command)) {
+    const problem = action === undefined ? 'missing command' : `unknown command "${action}"`;
+    console.error(`${problem}: use one of ${COMMANDS.join(', ')}\n\n${LEDGER_USAGE}`);
+    return 2;
+  }
+  if (!values.redis) {
+    console.error(`missing option: give --redis URL or set TOLLGATE_REDIS_URL\n\n${LEDGER_USAGE}`);
+    return 2;
+  }
+  if (!values.wallet || !/^[^/]+\/[^/]+$/.test(values.wallet)) {
+    const given = values.wallet === undefined ? 'missing --wallet' : `invalid --wallet "${values.wallet}"`;
+    console.error(`${given}: name the wallet as NAMESPACE/NAME, such as default/${values.wallet ?? 'demo'}\n\n${LEDGER_USAGE}`);
     return 2;
   }
   const options: LedgerCommandOptions = { before: values.before, from: values.from, after: values.after, pageSize: values['page-size'] };
