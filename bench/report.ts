@@ -245,7 +245,8 @@ function tailTable(rows: string[]): string[] {
   if (rows.length === 0) return [];
   return [
     '',
-    `Where the slowest requests come from: the requests slower than ${SLOW_THRESHOLD_MS} ms, the ${SLOW_WINDOW_MS} ms windows of send time they fall in, the most in one window, and the longest event-loop delay of the sidecar process during the run (from its \`/metrics\`). ` +
+    `Where the slowest requests come from. For each run: the requests slower than ${SLOW_THRESHOLD_MS} ms, the ${SLOW_WINDOW_MS} ms windows of send time they fall in, and the most in one window. ` +
+      'The last column is the longest event-loop delay of the sidecar process during the run, from its `/metrics`. ' +
       'Slow requests in a few crowded windows mean pauses that held up every request in flight. The same count spread over many windows means steady queueing.',
     '',
     `| target | rate (rps) | p99 | requests over ${SLOW_THRESHOLD_MS} ms | windows | most in one window | sidecar event-loop delay, max |`,

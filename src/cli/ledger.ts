@@ -66,8 +66,8 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     return 2;
   }
   if (!values.wallet || !/^[^/]+\/[^/]+$/.test(values.wallet)) {
-    const given = values.wallet === undefined ? 'missing --wallet' : `invalid --wallet "${values.wallet}"`;
-    console.error(`${given}: name the wallet as NAMESPACE/NAME, such as default/${values.wallet ?? 'demo'}\n\n${LEDGER_USAGE}`);
+    const walletProblem = values.wallet === undefined ? 'missing --wallet' : `invalid --wallet "${values.wallet}"`;
+    console.error(`${walletProblem}: name the wallet as NAMESPACE/NAME, such as default/${values.wallet ?? 'demo'}\n\n${LEDGER_USAGE}`);
     return 2;
   }
   const options: LedgerCommandOptions = { before: values.before, from: values.from, after: values.after, pageSize: values['page-size'] };

@@ -590,7 +590,7 @@ function asLedgerError(error: unknown, operation: string, wallet: WalletKey, add
   const message = error instanceof Error ? error.message : String(error);
   if (isReply && !UNAVAILABLE_REPLY.test(message)) return error;
 
-  // ioredis's advice to tune its retry option is for library users, not for whoever runs Tollgate.
+  // ioredis's advice to tune its retry option is meant for library users, not for Tollgate's operators, so it is dropped.
   const reason = message.replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '').replace(/\.+$/, '');
   return new LedgerUnavailableError(
     `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} is unavailable: ${reason}. ` +
