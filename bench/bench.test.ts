@@ -164,6 +164,16 @@ describe('addedAt', () => {
     expect(addedAt(results, 'tollgate', 2000)).toBeUndefined();
     expect(addedAt(results, 'portkey', 500)).toBeUndefined();
   });
+
+  it('prefers the paired baseline', () => {
+    const results = {
+      loads: [
+        { target: 'direct', runs: [{ rate: 500, result: result(0.5, 2) }] },
+        { target: 'tollgate', runs: [{ rate: 500, result: result(1.25, 3.5), baselineLatencyMs: { p50: 0.25, p99: 3 } }] },
+      ],
+    } as unknown as RunResults;
+    expect(addedAt(results, 'tollgate', 500)).toEqual({ p50: 1, p99: 0.5 });
+  });
 });
 
 describe('compareWithPeers', () => {

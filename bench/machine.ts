@@ -18,6 +18,8 @@ export interface Machine {
   loadAverage: number[];
   /** Git commit of the repository, with `+changes` when the working tree differs from it. */
   commit: string;
+  /** The speed check's time when the run started; left out by runs recorded before it existed. */
+  speedCheckMs?: number;
 }
 
 export function describeMachine(): Machine {
@@ -29,7 +31,28 @@ export function describeMachine(): Machine {
     kernel: `${os.type()} ${os.release()}`,
     loadAverage: os.loadavg(),
     commit: gitCommit(),
+    speedCheckMs: speedCheckMs(),
   };
+}
+
+/**
+ * Times a fixed single-threaded loop, the median of three, in milliseconds.
+ * A virtual machine that shares its host runs at a speed that drifts: up to
+ * twice as slow at times on the machine this benchmark was written on. The
+ * check at the start and at the end of a run shows whether its results are
+ * comparable with another run's.
+ */
+export function speedCheckMs(): number {
+  const times: number[] = [];
+  for (let round = 0; round < 3; round++) {
+    const started = performance.now();
+    let sum = 0;
+    for (let i = 0; i < 100_000_000; i++) sum += i % 7;
+    // Using the sum keeps the loop from being optimized away.
+    if (sum !== 299_999_995) throw new Error(`the speed check computed ${sum}`);
+    times.push(performance.now() - started);
+  }
+  return times.sort((a, b) => a - b)[1]!;
 }
 
 function gitCommit(): string {

@@ -14,6 +14,12 @@ export interface LoadRun {
   rate: number;
   /** Undefined when the run was skipped. */
   result?: AttackResult;
+  /**
+   * Latency of direct calls to the upstream at the same rate, sent just
+   * before this run, so that the added latency compares runs minutes apart
+   * on a machine whose speed drifts.
+   */
+  baselineLatencyMs?: { p50: number; p99: number };
   /** CPU time that the target's processes used per request sent, in microseconds. */
   cpuPerRequestUs?: number;
   /** CPU time that the target's Redis server used per request sent, in microseconds, for targets that use Redis. */
@@ -71,16 +77,17 @@ const SETTLE_MS = 2000;
 
 /**
  * Warms the target up, then runs it at each fixed rate of the plan and at
- * saturation, and samples its memory meanwhile.
+ * saturation, and samples its memory meanwhile. With a `baseline`, each fixed
+ * rate run is preceded by direct calls at the same rate.
  */
-export async function measureLoad(target: HttpTarget, plan: BenchPlan, workDir: string, probe: TargetProbe): Promise<TargetLoad> {
+export async function measureLoad(target: HttpTarget, plan: BenchPlan, workDir: string, probe: TargetProbe, baseline?: HttpTarget): Promise<TargetLoad> {
   const idle = probe.rss?.();
   progress(`${target.name}: warm-up at ${plan.rates[0]} rps for ${plan.warmupSeconds} s`);
   await attack(target, fixedRate(plan, plan.rates[0]!, plan.warmupSeconds), workDir, 'warmup');
   await settle(target, plan.recoverySeconds);
 
   const sampler = probe.rss ? sampleMemory(probe.rss) : undefined;
-  const runs = await runFixedRates(target, plan, workDir, probe);
+  const runs = await runFixedRates(target, plan, workDir, probe, baseline);
   progress(`${target.name}: saturation with ${plan.saturationWorkers} concurrent requests for ${plan.saturationSeconds} s`);
   const saturation = { rate: 0, seconds: plan.saturationSeconds, maxWorkers: plan.saturationWorkers, timeoutSeconds: plan.requestTimeoutSeconds };
   runs.push(await measuredAttack(target, saturation, workDir, 'saturation', probe));
@@ -97,7 +104,7 @@ function fixedRate(plan: BenchPlan, rate: number, seconds: number): AttackOption
 }
 
 /** Runs the plan's fixed rates, lowest first; after a rate that the target cannot keep up with, the higher ones are skipped. */
-async function runFixedRates(target: HttpTarget, plan: BenchPlan, workDir: string, probe: TargetProbe): Promise<LoadRun[]> {
+async function runFixedRates(target: HttpTarget, plan: BenchPlan, workDir: string, probe: TargetProbe, baseline: HttpTarget | undefined): Promise<LoadRun[]> {
   const runs: LoadRun[] = [];
   let overloadedAt: number | undefined;
   for (const rate of [...plan.rates].sort((a, b) => a - b)) {
@@ -107,8 +114,16 @@ async function runFixedRates(target: HttpTarget, plan: BenchPlan, workDir: strin
       continue;
     }
 
+    let baselineLatencyMs: LoadRun['baselineLatencyMs'];
+    if (baseline !== undefined) {
+      progress(`${target.name}: direct calls at ${rate} rps for ${plan.rateSeconds} s, as the baseline of the next run`);
+      const direct = await attack(baseline, fixedRate(plan, rate, plan.rateSeconds), workDir, `${target.name}-baseline-${rate}`);
+      baselineLatencyMs = { p50: direct.latencyMs.p50, p99: direct.latencyMs.p99 };
+      await sleep(SETTLE_MS);
+    }
     progress(`${target.name}: ${rate} rps for ${plan.rateSeconds} s`);
     const run = await measuredAttack(target, fixedRate(plan, rate, plan.rateSeconds), workDir, `rate-${rate}`, probe);
+    if (baselineLatencyMs !== undefined) run.baselineLatencyMs = baselineLatencyMs;
     runs.push(run);
     const result = run.result!;
     if (!keptUp(result, rate)) {

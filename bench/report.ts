@@ -37,6 +37,8 @@ export interface RunResults {
   failures: string[];
   durationSeconds: number;
   loadAverageAtEnd: number[];
+  /** The speed check's time when the run ended; left out by runs recorded before it existed. */
+  speedCheckMsAtEnd?: number;
 }
 
 export const RESULTS_START = '<!-- bench:results:start -->';
@@ -93,6 +95,9 @@ function machineSection(results: RunResults): string {
     `| memory | ${(machine.memoryBytes / 2 ** 30).toFixed(1)} GiB |`,
     `| kernel | ${machine.kernel} |`,
     `| load average (1, 5, 15 min) | ${load(machine.loadAverage)} at the start, ${load(results.loadAverageAtEnd)} at the end |`,
+    ...(machine.speedCheckMs === undefined
+      ? []
+      : [`| speed check (a fixed JavaScript loop; lower is faster) | ${machine.speedCheckMs.toFixed(0)} ms at the start, ${results.speedCheckMsAtEnd?.toFixed(0) ?? '–'} ms at the end |`]),
     ...Object.entries(results.versions).map(([name, version]) => `| ${name} | ${version} |`),
     '',
     `The load generator, the upstream simulator, the proxy under test and redis-server share these ${machine.cpus} CPUs, so every number below includes their contention.`,
@@ -161,12 +166,16 @@ function goalRow(what: string, goal: string, measured: string, met: boolean | un
   return `| ${what} | ${goal} | ${measured} | ${verdict} |`;
 }
 
-/** Tollgate's or a peer's latency minus the direct call's, at the same fixed rate. */
+/**
+ * Tollgate's or a peer's latency minus the direct call's at the same fixed
+ * rate: the direct calls sent just before the run, or, for runs recorded
+ * without that baseline, the direct target's own run.
+ */
 export function addedAt(results: RunResults, target: string, rate: number): { p50: number; p99: number } | undefined {
   const run = runOf(results, target, rate);
-  const direct = runOf(results, 'direct', rate);
-  if (!run?.result || !direct?.result) return undefined;
-  return { p50: run.result.latencyMs.p50 - direct.result.latencyMs.p50, p99: run.result.latencyMs.p99 - direct.result.latencyMs.p99 };
+  const direct = run?.baselineLatencyMs ?? runOf(results, 'direct', rate)?.result?.latencyMs;
+  if (!run?.result || !direct) return undefined;
+  return { p50: run.result.latencyMs.p50 - direct.p50, p99: run.result.latencyMs.p99 - direct.p99 };
 }
 
 function runOf(results: RunResults, target: string, rate: number): LoadRun | undefined {
@@ -189,7 +198,7 @@ function overheadSection(results: RunResults): string {
     for (const run of load.runs) {
       const { result } = run;
       if (result === undefined) {
-        fixedRows.push(`| ${load.target} | ${run.rate} | not run: ${run.skipped} | | | | | | | | | |`);
+        fixedRows.push(`| ${load.target} | ${run.rate} | not run: ${run.skipped} | | | | | | | | | | |`);
         continue;
       }
       if (run.rate === 0) {
@@ -203,7 +212,7 @@ function overheadSection(results: RunResults): string {
       if (tail !== undefined) tailRows.push(tail);
       const added = load.target === 'direct' ? undefined : addedAt(results, load.target, run.rate);
       fixedRows.push(
-        `| ${load.target} | ${run.rate} | ${result.rate.toFixed(0)} | ${percent(result.success)} | ${ms(result.latencyMs.p50)} | ${ms(result.latencyMs.p99)} | ${added ? signedMs(added.p50) : '–'} | ${added ? signedMs(added.p99) : '–'} | ${costColumns(run)} | ${statusSummary(result)} |`,
+        `| ${load.target} | ${run.rate} | ${result.rate.toFixed(0)} | ${percent(result.success)} | ${ms(result.latencyMs.p50)} | ${ms(result.latencyMs.p99)} | ${baselineCell(run)} | ${added ? signedMs(added.p50) : '–'} | ${added ? signedMs(added.p99) : '–'} | ${costColumns(run)} | ${statusSummary(result)} |`,
       );
     }
   }
@@ -211,12 +220,12 @@ function overheadSection(results: RunResults): string {
     '### 1. Proxy overhead (non-streamed chat completion)',
     '',
     `Open-loop load from vegeta: ${plan.rateSeconds} s per fixed rate after a ${plan.warmupSeconds} s warm-up, at most ${plan.fixedRateMaxWorkers} requests in flight, requests time out after ${plan.requestTimeoutSeconds} s. ` +
-      '"Added" is the target\'s percentile minus the direct call\'s at the same rate. "CPU per request" is the CPU time of the target\'s processes (for direct, the simulator\'s) divided by the requests sent; ' +
+      'Before each fixed-rate run of a gateway, direct calls at the same rate run for as long ("direct before"), and "added" is the gateway\'s percentile minus theirs, so that a machine whose speed drifts during the benchmark skews no comparison. "CPU per request" is the CPU time of the target\'s processes (for direct, the simulator\'s) divided by the requests sent; ' +
       '"Redis CPU per request" is the same for the Redis server of Tollgate\'s ledger and LiteLLM\'s counters. "Machine CPU busy" is the busy share of all CPUs during the run (/proc/stat), ' +
       'and in brackets the share used by processes that are not part of the benchmark: where it is high, other work slowed the run.',
     '',
-    '| target | rate (rps) | sent (rps) | success | p50 | p99 | added p50 | added p99 | CPU per request | Redis CPU per request | machine CPU busy (outside the benchmark) | statuses |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+    '| target | rate (rps) | sent (rps) | success | p50 | p99 | direct before: p50 / p99 | added p50 | added p99 | CPU per request | Redis CPU per request | machine CPU busy (outside the benchmark) | statuses |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
     ...fixedRows,
     ...tailTable(tailRows),
     '',
@@ -226,6 +235,12 @@ function overheadSection(results: RunResults): string {
     '|---|---:|---:|---:|---:|---:|---:|---:|---|',
     ...saturationRows,
   ].join('\n');
+}
+
+/** Formats the paired direct baseline of a run, or a dash for direct itself and for runs recorded without one. */
+function baselineCell(run: LoadRun): string {
+  const baseline = run.baselineLatencyMs;
+  return baseline === undefined ? '–' : `${baseline.p50.toFixed(2)} / ${ms(baseline.p99)}`;
 }
 
 /**

@@ -14,7 +14,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startRedis, type RunningRedis } from '../test/support/redis.ts';
-import { describeMachine, describeVersions } from './machine.ts';
+import { describeMachine, describeVersions, speedCheckMs } from './machine.ts';
 import { measureLedger } from './ledger.ts';
 import { measureLoad, type TargetProbe } from './overhead.ts';
 import { litellmOverspend, tollgateOverspend } from './overspend.ts';
@@ -155,6 +155,7 @@ async function main(): Promise<number> {
   await runSections(options, workDir, results);
   results.durationSeconds = (performance.now() - started) / 1000;
   results.loadAverageAtEnd = os.loadavg();
+  results.speedCheckMsAtEnd = speedCheckMs();
 
   await publish(options, workDir, results);
   return results.failures.length === 0 ? 0 : 1;
@@ -262,17 +263,22 @@ function chatTarget(name: string, url: string, headers: Record<string, string>, 
   return { name, url, headers, body: chatBody(model) };
 }
 
+/** Measures a target's load runs and streaming; every target but direct itself gets direct calls as a paired baseline. */
 async function measureTarget(context: Context, http: HttpTarget, stream: StreamTarget, probe: TargetProbe): Promise<void> {
   const { plan, results } = context;
-  results.loads.push(await measureLoad(http, plan, context.workDir, probe));
+  const baseline = http.name === 'direct' ? undefined : directTarget(context);
+  results.loads.push(await measureLoad(http, plan, context.workDir, probe, baseline));
   results.streams.push(await measureStreaming(stream, { chunks: plan.streamChunks, runs: plan.streamRuns, warmupRuns: plan.streamWarmupRuns }));
 }
 
+function directTarget(context: Context): HttpTarget {
+  return chatTarget('direct', `${context.simulator.url}/v1/chat/completions`, { authorization: `Bearer ${UPSTREAM_KEY}` }, MODEL);
+}
+
 async function measureDirect(context: Context): Promise<void> {
-  const url = `${context.simulator.url}/v1/chat/completions`;
-  const headers = { authorization: `Bearer ${UPSTREAM_KEY}` };
+  const http = directTarget(context);
   const probe = { cpuSeconds: () => processCpuSeconds(context.simulator.pid) };
-  await measureTarget(context, chatTarget('direct', url, headers, MODEL), { name: 'direct', url, headers, model: MODEL }, probe);
+  await measureTarget(context, http, { name: 'direct', url: http.url, headers: http.headers, model: MODEL }, probe);
 }
 
 /**
