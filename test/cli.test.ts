@@ -60,6 +60,81 @@ describe('tollgate command', () => {
     expect(result.stdout).toContain('spent      0.750000000');
     expect(result.stdout).toContain('balance    1.750000000');
     expect(result.stdout).toContain('margin     0.150000000');
+    expect(result.stderr).toBe('');
+  });
+
+  it('warns on a wallet without records', async () => {
+    const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'team-a/cil']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe(
+      [
+        'wallet     team-a/cil',
+        'granted    0.000000000',
+        'spent      0.000000000',
+        'expired    0.000000000',
+        'reserved   0.000000000 in 0 holds',
+        'balance    0.000000000',
+        'available  0.000000000',
+        'margin     0.000000000',
+        '',
+      ].join('\n'),
+    );
+    expect(result.stderr).toBe(
+      'warning: wallet team-a/cil has no records in this Redis ledger, so all its totals are zero. ' +
+        "Check the namespace and name, and that the Redis URL points at the ledger's Redis.\n",
+    );
+  });
+
+  it('does not warn on a zero wallet with records', async () => {
+    const zero = { namespace: 'team-a', name: 'zero' };
+    const ledger = new RedisLedger(redis.url);
+    await ledger.credit(zero, 'grant-0', 0n);
+    await ledger.quit();
+
+    const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'team-a/zero']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('balance    0.000000000');
+    expect(result.stderr).toBe('');
+  });
+
+  it('does not warn on a wallet with only a checkpoint', async () => {
+    const client = new Redis(redis.url);
+    await client.hset('{w:team-a/checkpoint-only}:checkpoint', 'entries', '0', 'lastId', '1-0');
+    await client.quit();
+
+    const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'team-a/checkpoint-only']);
+    expect(result.code).toBe(0);
+    expect(result.stderr).toBe('');
+  });
+
+  it('fails when the key check is not permitted', async () => {
+    const client = new Redis(redis.url);
+    await client.acl('SETUSER', 'no-exists', 'on', '>s3cret-pass', '~*', '+@all', '-exists');
+    await client.quit();
+    const { port } = new URL(redis.url);
+
+    const result = await tollgate(['ledger', 'state', '--redis', `redis://no-exists:s3cret-pass@127.0.0.1:${port}`, '--wallet', 'team-a/acl']);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toContain('balance    0.000000000');
+    // Redis 7.0.15 replies "NOPERM this user has no permissions ...", and other versions may word the user part differently.
+    expect(result.stderr).toMatch(/^tollgate: failed to check whether wallet team-a\/acl has records in Redis: NOPERM [^\n]+ has no permissions to run the 'exists' command\n$/);
+    expect(result.stderr).not.toContain('s3cret-pass');
+  });
+
+  it('names the refused address when Redis is down', async () => {
+    const closed = net.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as net.AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+
+    const result = await tollgate(['ledger', 'state', '--redis', `redis://127.0.0.1:${port}`, '--wallet', 'team-a/cli'], 60_000);
+    expect(result.signal).toBeUndefined();
+    expect(result.code).toBe(1);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toBe(
+      `tollgate: ledger state for wallet team-a/cli failed because Redis at 127.0.0.1:${port} is unavailable: ` +
+        `connect ECONNREFUSED 127.0.0.1:${port}. Check that Redis is running and reachable there.\n`,
+    );
   });
 
   it('verifies a consistent wallet', async () => {

@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { parseArgs } from 'node:util';
-import type { Checkpoint, EntriesOptions, Ledger, WalletKey } from '../ledger/ledger.ts';
+import type { Checkpoint, EntriesOptions, Ledger, WalletKey, WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
@@ -131,7 +131,12 @@ function entriesOptions(options: LedgerCommandOptions): EntriesOptions {
   return result;
 }
 
-async function printState(ledger: Ledger, wallet: WalletKey): Promise<number> {
+/**
+ * Prints the wallet's totals. A wallet without any key in Redis also gets a
+ * warning on standard error, because its all-zero totals look the same as
+ * those of an empty wallet, and a mistyped name is the likelier cause.
+ */
+async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<number> {
   const state = await ledger.state(wallet);
   console.log(
     [
@@ -145,7 +150,28 @@ async function printState(ledger: Ledger, wallet: WalletKey): Promise<number> {
       `margin     ${formatAmount(state.spent - state.providerCost, 9)}`,
     ].join('\n'),
   );
+
+  // Any nonzero total proves that the wallet has keys, so only an all-zero state needs the extra check.
+  if (isZeroState(state) && !(await hasRecords(ledger, wallet))) {
+    console.error(
+      `warning: wallet ${wallet.namespace}/${wallet.name} has no records in this Redis ledger, so all its totals are zero. ` +
+        "Check the namespace and name, and that the Redis URL points at the ledger's Redis.",
+    );
+  }
   return 0;
+}
+
+async function hasRecords(ledger: RedisLedger, wallet: WalletKey): Promise<boolean> {
+  try {
+    return await ledger.hasRecords(wallet);
+  } catch (error) {
+    throw new Error(`failed to check whether wallet ${wallet.namespace}/${wallet.name} has records in Redis: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+function isZeroState(state: WalletState): boolean {
+  const amounts = [state.granted, state.spent, state.expired, state.reserved, state.providerCost];
+  return amounts.every((amount) => amount === 0n) && state.holds === 0 && !state.closed;
 }
 
 async function printVerify(ledger: Ledger, wallet: WalletKey): Promise<number> {

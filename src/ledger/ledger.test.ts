@@ -1,13 +1,15 @@
+import net from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { findFreePort } from '../../test/support/processes.ts';
 import { startRedis } from '../../test/support/redis.ts';
 import type { RunningRedis } from '../../test/support/redis.ts';
 import { describeLedgerContract } from './ledger.contract.ts';
 import type { HoldRequest, ReserveResult } from './ledger.ts';
 import { LedgerUnavailableError } from './ledger.ts';
 import { MemoryLedger } from './memory.ts';
-import { RedisLedger, walletKeys } from './redis.ts';
+import { RedisLedger, describeConnectionError, walletKeys } from './redis.ts';
 
 let redis: RunningRedis;
 
@@ -127,6 +129,67 @@ describe('RedisLedger on a real redis-server', () => {
   });
 });
 
+/** Returns the error a ledger call raised, or fails the test when the call succeeded. */
+async function failure(call: Promise<unknown>): Promise<Error> {
+  const outcome = await call.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  if (!(outcome instanceof Error)) throw new Error(`expected the ledger call to fail, but it returned or raised ${String(outcome)}`);
+  return outcome;
+}
+
+/** Returns the ledger's error message for an outage of the Redis server at 127.0.0.1:`port`. */
+function outageMessage(operation: string, wallet: string, port: number, reason: string): string {
+  return `ledger ${operation} for wallet ${wallet} failed because Redis at 127.0.0.1:${port} is unavailable: ${reason}. Check that Redis is running and reachable there.`;
+}
+
+/**
+ * A TCP relay on a loopback port to a Redis server, which a test can close
+ * and open again on the same port to cut and restore the connection without
+ * restarting Redis.
+ */
+class Relay {
+  readonly #targetPort: number;
+  readonly #sockets = new Set<net.Socket>();
+  #server: net.Server | undefined;
+  port = 0;
+
+  constructor(targetPort: number) {
+    this.#targetPort = targetPort;
+  }
+
+  /** Listens on `port` (0 picks a free one the first time) and forwards each connection to the target. */
+  async open(): Promise<void> {
+    const server = net.createServer((client) => {
+      const upstream = net.connect(this.#targetPort, '127.0.0.1');
+      for (const socket of [client, upstream]) {
+        this.#sockets.add(socket);
+        socket.on('close', () => this.#sockets.delete(socket));
+        socket.on('error', () => {
+          client.destroy();
+          upstream.destroy();
+        });
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, '127.0.0.1', resolve);
+    });
+    this.port = (server.address() as net.AddressInfo).port;
+    this.#server = server;
+  }
+
+  /** Stops listening and drops every relayed connection. */
+  async close(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    for (const socket of this.#sockets) socket.destroy();
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
 describe('RedisLedger without a server', () => {
   it('raises LedgerUnavailableError after Redis stops', { timeout: 30_000 }, async () => {
     const server = await startRedis();
@@ -138,17 +201,117 @@ describe('RedisLedger without a server', () => {
       await ledger.credit(wallet, 'g', 1000n);
       await server.stop();
 
-      const error = await ledger.reserve(wallet, 'req', hold(10n)).catch((caught: unknown) => caught);
+      const error = await failure(ledger.reserve(wallet, 'req', hold(10n)));
       expect(error).toBeInstanceOf(LedgerUnavailableError);
-      const { port } = new URL(server.url);
-      expect((error as Error).message).toContain(`ledger reserve for wallet outage/w failed because Redis at 127.0.0.1:${port} is unavailable: `);
-      expect((error as Error).message).toMatch(/[^.]\. Check that Redis is running and reachable there\.$/);
-      expect((error as Error).message).not.toContain('maxRetriesPerRequest');
-      expect((error as Error).cause).toBeInstanceOf(Error);
+      expect(error.message).toBe(outageMessage('reserve', 'outage/w', server.port, `connect ECONNREFUSED 127.0.0.1:${server.port}`));
+      expect(error.cause).toBeInstanceOf(Error);
+      expect((error.cause as Error).message).toContain('Reached the max retries per request limit (which is 1)');
       expect(warnings).toEqual(['ledger lost its Redis connection; ledger operations fail until it reconnects']);
     } finally {
       await ledger.quit();
       await server.stop();
     }
+  });
+
+  it('names refusal on first connection', { timeout: 30_000 }, async () => {
+    const port = await findFreePort();
+    const ledger = new RedisLedger(`redis://127.0.0.1:${port}`);
+    try {
+      // The first calls also run the ledger's one-time check of the server's
+      // Lua, and each error names its own wallet and operation.
+      const [credit, state] = await Promise.all([
+        failure(ledger.credit({ namespace: 'never', name: 'a' }, 'g', 1n)),
+        failure(ledger.state({ namespace: 'never', name: 'b' })),
+      ]);
+      const refused = `connect ECONNREFUSED 127.0.0.1:${port}`;
+      expect(credit).toBeInstanceOf(LedgerUnavailableError);
+      expect(credit.message).toBe(outageMessage('credit', 'never/a', port, refused));
+      expect(state).toBeInstanceOf(LedgerUnavailableError);
+      expect(state.message).toBe(outageMessage('state', 'never/b', port, refused));
+    } finally {
+      await ledger.quit();
+    }
+  });
+
+  it('keeps no password in the message', { timeout: 30_000 }, async () => {
+    const port = await findFreePort();
+    const ledger = new RedisLedger(`redis://ledger:s3cret-pass@127.0.0.1:${port}/0`);
+    try {
+      const error = await failure(ledger.state({ namespace: 'secret', name: 'w' }));
+      expect(error.message).toBe(outageMessage('state', 'secret/w', port, `connect ECONNREFUSED 127.0.0.1:${port}`));
+      expect(error.message).not.toContain('s3cret-pass');
+    } finally {
+      await ledger.quit();
+    }
+  });
+
+  it('forgets the connection error after reconnecting', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const relay = new Relay(server.port);
+    const logged: string[] = [];
+    const logger = { warn: (_details: object, message: string) => logged.push(message), info: (_details: object, message: string) => logged.push(message) };
+    const wallet = { namespace: 'outage', name: 'relayed' };
+    let ledger: RedisLedger | undefined;
+    try {
+      await relay.open();
+      ledger = new RedisLedger(`redis://127.0.0.1:${relay.port}`, { logger });
+      await ledger.credit(wallet, 'g', 1000n);
+
+      await relay.close();
+      const cut = await failure(ledger.state(wallet));
+      expect(cut.message).toBe(outageMessage('state', 'outage/relayed', relay.port, `connect ECONNREFUSED 127.0.0.1:${relay.port}`));
+
+      // ioredis keeps reconnecting with a growing delay, so calls may still
+      // fail until a reconnection attempt succeeds.
+      await relay.open();
+      let state = await ledger.state(wallet).catch(() => undefined);
+      for (let attempt = 0; state === undefined && attempt < 20; attempt += 1) state = await ledger.state(wallet).catch(() => undefined);
+      expect(state?.granted).toBe(1000n);
+      expect(logged).toEqual(['ledger lost its Redis connection; ledger operations fail until it reconnects', 'ledger reconnected to Redis']);
+
+      // After quit the client fails calls without a connection error, so the
+      // message falls back to the client's own reason.
+      await ledger.quit();
+      const closed = await failure(ledger.state(wallet));
+      expect(closed.message).toBe(outageMessage('state', 'outage/relayed', relay.port, 'Connection is closed'));
+    } finally {
+      await ledger?.quit();
+      await relay.close();
+      await server.stop();
+    }
+  });
+});
+
+describe('describeConnectionError', () => {
+  it('joins the errors of an AggregateError', async () => {
+    const port = await findFreePort();
+    // Node tries both addresses of a host name (autoSelectFamily) and fails
+    // with one AggregateError, whose own message is empty. The lookup
+    // returns the two loopback addresses, so no DNS server is asked.
+    const socket = net.connect({
+      host: 'two-addresses',
+      port,
+      autoSelectFamily: true,
+      lookup: (_host, _options, callback) => {
+        (callback as (error: null, addresses: Array<{ address: string; family: number }>) => void)(null, [
+          { address: '127.0.0.1', family: 4 },
+          { address: '::1', family: 6 },
+        ]);
+      },
+    });
+    const error = await new Promise<Error>((resolve) => socket.once('error', resolve));
+
+    expect(error).toBeInstanceOf(AggregateError);
+    expect(error.message).toBe('');
+    expect(describeConnectionError(error)).toBe(`connect ECONNREFUSED 127.0.0.1:${port}, connect ECONNREFUSED ::1:${port}`);
+  });
+
+  it('keeps a plain message', () => {
+    expect(describeConnectionError(new Error('getaddrinfo ENOTFOUND redis.tollgate'))).toBe('getaddrinfo ENOTFOUND redis.tollgate');
+  });
+
+  it('falls back to the error code', () => {
+    const error = Object.assign(new AggregateError([], ''), { code: 'ECONNREFUSED' });
+    expect(describeConnectionError(error)).toBe('ECONNREFUSED');
   });
 });

@@ -181,11 +181,13 @@ export class RedisLedger implements Ledger {
   readonly #now: () => number;
   readonly #retentionMs: number;
   readonly #retentionText: string;
+  /** The state of the connection that the ledger opened from a URL, or undefined for a caller's client, on which the ledger does not listen. */
+  readonly #connection: WatchedConnection | undefined;
   /** Whether the connection's socket is corked until the check phase. */
   #corked = false;
   /** Set once the server's Lua is known to print amounts exactly (see #checkIntegerFormat). */
   #formatChecked = false;
-  #formatCheck: Promise<void> | undefined;
+  #formatCheck: Promise<unknown> | undefined;
 
   /**
    * Takes an ioredis client (Redis or Cluster), which the caller keeps
@@ -199,12 +201,13 @@ export class RedisLedger implements Ledger {
 
     if (typeof client === 'string') {
       const owned = new Redis(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
-      watchConnection(owned, options.logger);
+      this.#connection = watchConnection(owned, options.logger);
       this.#client = owned;
       this.#ownsClient = true;
     } else {
       this.#client = client;
       this.#ownsClient = false;
+      this.#connection = undefined;
     }
     this.#now = options.now ?? Date.now;
 
@@ -317,6 +320,17 @@ export class RedisLedger implements Ledger {
     };
   }
 
+  /**
+   * Returns whether Redis holds any key of the wallet, its checkpoint
+   * included. A wallet without keys has all-zero totals, like an empty one,
+   * so tools use this to tell a mistyped name from an unused wallet.
+   */
+  async hasRecords(wallet: WalletKey): Promise<boolean> {
+    // All of a wallet's keys share its hash tag, so one EXISTS covers them, on a Cluster too.
+    const count = await this.#call(wallet, 'state', () => this.#client.exists(...checkpointKeys(wallet)));
+    return count > 0;
+  }
+
   async close(wallet: WalletKey): Promise<void> {
     const [accountKey] = cachedWalletKeys(wallet);
     await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, 'closed', '1'));
@@ -399,34 +413,33 @@ export class RedisLedger implements Ledger {
 
   /** Runs a script on the wallet's keys; scripts in CHECKPOINT_SCRIPTS need `keys` from checkpointKeys. */
   #script(wallet: WalletKey, command: ScriptCommand, args: string[], keys: readonly string[] = cachedWalletKeys(wallet)): Promise<unknown> {
-    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet).then(() => this.#script(wallet, command, args, keys));
+    const operation = OPERATIONS[command];
+    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet, operation).then(() => this.#script(wallet, command, args, keys));
     this.#batchWrites();
-    return this.#call(wallet, OPERATIONS[command], () => this.#commands[command](...keys, ...args));
+    return this.#call(wallet, operation, () => this.#commands[command](...keys, ...args));
   }
 
   /**
    * Checks once that the server's Lua prints 2^53 exactly with '%d'. The
    * scripts print amounts that way, and Lua 5.1 converts through a C long,
-   * which a 32-bit Redis build would truncate. A connection failure lets the
-   * next call check again; a wrong result fails every call.
+   * which a 32-bit Redis build would truncate. Concurrent calls share one
+   * EVAL, and each caller's error names its own wallet and operation. A
+   * connection failure lets the next call check again, and a wrong result
+   * fails every call.
    */
-  #checkIntegerFormat(wallet: WalletKey): Promise<void> {
-    this.#formatCheck ??= this.#client.eval("return string.format('%d', 2^53)", 0).then(
-      (printed) => {
-        if (printed !== String(2 ** 53)) {
-          throw new Error(
-            `the Redis server's Lua printed 2^53 as "${String(printed)}" instead of ${2 ** 53}, so it would store wrong amounts; ` +
-              'run the ledger on a 64-bit Redis build',
-          );
-        }
-        this.#formatChecked = true;
-      },
-      (error: unknown) => {
-        this.#formatCheck = undefined;
-        throw asLedgerError(error, 'check', wallet, this.#address());
-      },
-    );
-    return this.#formatCheck;
+  async #checkIntegerFormat(wallet: WalletKey, operation: string): Promise<void> {
+    const check = (this.#formatCheck ??= this.#client.eval("return string.format('%d', 2^53)", 0).catch((error: unknown) => {
+      this.#formatCheck = undefined;
+      throw error;
+    }));
+    const printed = await this.#call(wallet, operation, () => check);
+    if (printed !== String(2 ** 53)) {
+      throw new Error(
+        `the Redis server's Lua printed 2^53 as "${String(printed)}" instead of ${2 ** 53}, so it would store wrong amounts; ` +
+          'run the ledger on a 64-bit Redis build',
+      );
+    }
+    this.#formatChecked = true;
   }
 
   /**
@@ -452,7 +465,7 @@ export class RedisLedger implements Ledger {
     try {
       return await run();
     } catch (error) {
-      throw asLedgerError(error, operation, wallet, this.#address());
+      throw asLedgerError(error, operation, wallet, this.#address(), this.#connection?.lastError);
     }
   }
 
@@ -466,23 +479,53 @@ export class RedisLedger implements Ledger {
   }
 }
 
+/** The state of a connection that watchConnection listens on. */
+interface WatchedConnection {
+  /**
+   * The message of the most recent connection error, such as "connect
+   * ECONNREFUSED 127.0.0.1:6379", kept from the error until the connection is
+   * ready again and undefined otherwise.
+   */
+  lastError: string | undefined;
+}
+
 /**
  * Logs the first connection error after each loss of the connection and the
- * reconnection. The listener also keeps ioredis from printing every retry's
- * error to the console; callers see failures as LedgerUnavailableError.
+ * reconnection, and keeps the most recent error for the messages of the
+ * calls that fail meanwhile. The listener also keeps ioredis from printing
+ * every retry's error to the console. Callers see failures as
+ * LedgerUnavailableError.
  */
-function watchConnection(client: Redis, logger: ConnectionLogger | undefined): void {
-  let failing = false;
+function watchConnection(client: Redis, logger: ConnectionLogger | undefined): WatchedConnection {
+  const connection: WatchedConnection = { lastError: undefined };
   client.on('error', (error: Error) => {
+    const failing = connection.lastError !== undefined;
+    connection.lastError = describeConnectionError(error);
     if (failing) return;
-    failing = true;
     logger?.warn({ err: error }, 'ledger lost its Redis connection; ledger operations fail until it reconnects');
   });
   client.on('ready', () => {
-    if (!failing) return;
-    failing = false;
+    if (connection.lastError === undefined) return;
+    connection.lastError = undefined;
     logger?.info({}, 'ledger reconnected to Redis');
   });
+  return connection;
+}
+
+/**
+ * Returns the message of a connection error. Node's connect with
+ * autoSelectFamily fails with an AggregateError whose own message is empty
+ * when every address of a host name fails, so then the result joins the
+ * messages of its inner errors.
+ */
+export function describeConnectionError(error: Error): string {
+  if (error.message !== '') return error.message;
+  if (error instanceof AggregateError) {
+    const messages = error.errors.map((inner: unknown) => (inner instanceof Error ? inner.message : String(inner))).filter((message) => message !== '');
+    if (messages.length > 0) return messages.join(', ');
+  }
+  const code = (error as NodeJS.ErrnoException).code;
+  return code ?? error.name;
 }
 
 /** Returns the wallet's keys in the order the scripts expect (KEY_SUFFIXES). */
@@ -583,15 +626,19 @@ function parseReserveReply(reply: string[]): ReserveResult {
 
 /**
  * Wraps connection failures, timeouts and "server cannot serve now" replies
- * in LedgerUnavailableError; other errors (script or argument bugs) pass through.
+ * in LedgerUnavailableError, and returns other errors (script or argument
+ * bugs) unchanged. `connectionError` is the most recent error of a connection that is
+ * down. It replaces the client's own reason, such as "Reached the max retries
+ * per request limit", which does not say why the connection failed.
  */
-function asLedgerError(error: unknown, operation: string, wallet: WalletKey, address: string): unknown {
+function asLedgerError(error: unknown, operation: string, wallet: WalletKey, address: string, connectionError: string | undefined): unknown {
   const isReply = error instanceof ReplyError;
   const message = error instanceof Error ? error.message : String(error);
   if (isReply && !UNAVAILABLE_REPLY.test(message)) return error;
 
   // ioredis's advice to tune its retry option is meant for library users, not for Tollgate's operators, so it is dropped.
-  const reason = message.replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '').replace(/\.+$/, '');
+  const clientReason = message.replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '');
+  const reason = (!isReply && connectionError !== undefined ? connectionError : clientReason).replace(/\.+$/, '');
   return new LedgerUnavailableError(
     `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} is unavailable: ${reason}. ` +
       'Check that Redis is running and reachable there.',
