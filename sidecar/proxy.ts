@@ -35,18 +35,36 @@ export interface ProxyOptions {
   walletLabel: boolean;
 }
 
+/** Values of the reason label of tollgate_denials_total: the error code, except that spend limits name the limit. */
+export type DenialReason =
+  | 'insufficient_funds'
+  | 'max_per_request'
+  | 'daily_limit'
+  | 'monthly_limit'
+  | 'wallet_closed'
+  | 'wallet_not_allowed'
+  | 'unknown_model'
+  | 'request_id_conflict';
+
+export interface ProxyErrorOptions extends ErrorOptions {
+  /** Set when policy denies the request, so that it is counted as denied. */
+  denialReason?: DenialReason;
+}
+
 /** An error returned in the provider's own format, with nothing forwarded and nothing debited. */
 export class ProxyError extends Error {
   override readonly name = 'ProxyError';
   readonly status: number;
   readonly code: string;
-  /** The requested model, once the request was read far enough to know it. */
+  readonly denialReason: DenialReason | undefined;
+  /** The requested model, once it was priced. Before pricing it is whatever the client sent. */
   model: string | undefined;
 
-  constructor(status: number, code: string, message: string, options?: ErrorOptions) {
+  constructor(status: number, code: string, message: string, options?: ProxyErrorOptions) {
     super(message, options);
     this.status = status;
     this.code = code;
+    this.denialReason = options?.denialReason;
   }
 }
 
@@ -208,11 +226,13 @@ export class Proxy {
       },
     });
 
+    let priced = false;
     try {
       const snapshot = this.config.current();
       const wallet = this.walletFor(snapshot, request.headers);
       if (span.isRecording()) span.setAttribute('tollgate.wallet', wallet.id);
       const price = this.priceFor(snapshot, wallet, route, info.model);
+      priced = true;
 
       // Holds use a bound on prompt tokens; usage the upstream leaves out is billed on an estimate instead.
       const promptBound = estimatePromptTokens(raw.length);
@@ -223,7 +243,7 @@ export class Proxy {
       const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
       const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
       const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      const units = this.checkReserve(result, wallet, route, info, requestId);
+      const units = this.checkReserve(result, wallet, info, requestId);
 
       const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
       const body = JSON.stringify(adapter.prepare(parsed, info, changes));
@@ -243,30 +263,39 @@ export class Proxy {
         span,
       };
     } catch (error) {
-      if (error instanceof ProxyError) error.model = info.model;
+      // Only a priced model is a safe metric label, because before pricing a client could add series by sending made-up names.
+      if (error instanceof ProxyError && priced) error.model = info.model;
       endSpanWithError(span, error);
       throw error;
     }
   }
 
-  /** Counts a request that was not forwarded: denied (funds, limits, wallet), invalid, or failed in the ledger. */
+  /**
+   * Counts a request that was not forwarded, once in tollgate_requests_total.
+   * A request denied by policy is counted as denied there and once more in
+   * tollgate_denials_total under its reason, so both counters agree.
+   */
   private countRejected(route: CompiledRoute, error: unknown): void {
     let outcome = 'internal_error';
     if (error instanceof ProxyError) {
-      if (error.code === 'ledger_unavailable') outcome = 'ledger_error';
-      else if (error.status === 402 || error.status === 403) outcome = 'denied';
+      if (error.denialReason !== undefined) outcome = 'denied';
+      else if (error.code === 'ledger_unavailable') outcome = 'ledger_error';
       else if (error.status < 500) outcome = 'invalid';
     }
-    // An invalid request's model is whatever the client sent; labelling by it would let clients add series at will.
-    const model = error instanceof ProxyError && error.model !== undefined && outcome !== 'invalid' ? error.model : 'unknown';
+    const model = error instanceof ProxyError && error.model !== undefined ? error.model : 'unknown';
     this.metrics.requests.inc({ route: route.name, model, outcome });
+    if (error instanceof ProxyError && error.denialReason !== undefined) {
+      this.metrics.denials.inc({ route: route.name, reason: error.denialReason });
+    }
   }
 
   private walletFor(snapshot: Snapshot, headers: IncomingHttpHeaders): CompiledWallet {
     try {
       return resolveWallet(snapshot, headers, this.options.walletPolicy);
     } catch (error) {
-      if (error instanceof WalletResolutionError) throw new ProxyError(error.status, 'wallet_not_allowed', error.message);
+      if (error instanceof WalletResolutionError) {
+        throw new ProxyError(error.status, 'wallet_not_allowed', error.message, { denialReason: 'wallet_not_allowed' });
+      }
       throw error;
     }
   }
@@ -276,8 +305,7 @@ export class Proxy {
       return snapshot.pricerFor(wallet, route).priceOf(model, Date.now());
     } catch (error) {
       if (error instanceof UnknownModelError) {
-        this.metrics.denials.inc({ route: route.name, reason: 'unknown_model' });
-        throw new ProxyError(400, 'unknown_model', error.message);
+        throw new ProxyError(400, 'unknown_model', error.message, { denialReason: 'unknown_model' });
       }
       throw error;
     }
@@ -319,33 +347,33 @@ export class Proxy {
     return rates;
   }
 
-  private checkReserve(result: ReserveResult, wallet: CompiledWallet, route: CompiledRoute, info: RequestInfo, requestId: string): number {
+  private checkReserve(result: ReserveResult, wallet: CompiledWallet, info: RequestInfo, requestId: string): number {
     const currency = wallet.currency;
     switch (result.status) {
       case 'reserved':
         return result.units;
       case 'insufficient_funds':
-        this.metrics.denials.inc({ route: route.name, reason: 'insufficient_funds' });
         throw new ProxyError(
           402,
           'insufficient_funds',
           `wallet "${wallet.id}" is out of funds: this request may cost up to ${formatAmount(result.required)} ${currency} but only ${formatAmount(result.available)} ${currency} is available; top up the wallet${info.maxOutputTokens !== undefined ? ' or lower the output limit' : ''}`,
+          { denialReason: 'insufficient_funds' },
         );
       case 'limit_exceeded':
-        this.metrics.denials.inc({ route: route.name, reason: result.limit });
-        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, info.maxOutputTokens !== undefined));
+        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, info.maxOutputTokens !== undefined), {
+          denialReason: SPEND_LIMITS[result.limit].denialReason,
+        });
       case 'conflict':
-        this.metrics.denials.inc({ route: route.name, reason: 'request_id_conflict' });
         throw new ProxyError(
           400,
           'request_id_conflict',
           result.reason === 'already_settled'
             ? `request id "${requestId}" was already served and billed; send a new Idempotency-Key to make another call`
             : `request id "${requestId}" was already used for a different request body; send a new Idempotency-Key`,
+          { denialReason: 'request_id_conflict' },
         );
       case 'wallet_closed':
-        this.metrics.denials.inc({ route: route.name, reason: 'wallet_closed' });
-        throw new ProxyError(403, 'wallet_closed', `wallet "${wallet.id}" is closed and accepts no new requests`);
+        throw new ProxyError(403, 'wallet_closed', `wallet "${wallet.id}" is closed and accepts no new requests`, { denialReason: 'wallet_closed' });
     }
   }
 
@@ -666,12 +694,14 @@ export class Proxy {
   }
 }
 
-/** The Wallet spec field of each spend limit, and what the caller can do about it. */
-const SPEND_LIMITS = {
-  maxPerRequest: { field: 'spec.limits.maxPerRequest', wait: undefined },
-  dailyCap: { field: 'spec.limits.daily', wait: 'wait for the next UTC day' },
-  monthlyCap: { field: 'spec.limits.monthly', wait: 'wait for the next UTC month' },
-} as const;
+type SpendLimit = Extract<ReserveResult, { status: 'limit_exceeded' }>['limit'];
+
+/** The Wallet spec field of each spend limit, what the caller can do about it, and its denial reason label. */
+const SPEND_LIMITS: Record<SpendLimit, { field: string; wait: string | undefined; denialReason: DenialReason }> = {
+  maxPerRequest: { field: 'spec.limits.maxPerRequest', wait: undefined, denialReason: 'max_per_request' },
+  dailyCap: { field: 'spec.limits.daily', wait: 'wait for the next UTC day', denialReason: 'daily_limit' },
+  monthlyCap: { field: 'spec.limits.monthly', wait: 'wait for the next UTC month', denialReason: 'monthly_limit' },
+};
 
 /** Builds the message of a refusal by a spend limit: the limit's field, the amounts, and the ways out. */
 function spendLimitMessage(

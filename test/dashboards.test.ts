@@ -95,7 +95,23 @@ spec:
   grants: [{ id: initial, amount: "${amount}" }]`,
   )
   .join('\n')}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: capped, namespace: ${NAMESPACE} }
+spec:
+  currency: USD
+  pricePlanRef: { name: dashboards }
+  grants: [{ id: initial, amount: "1.00" }]
+  limits: { maxPerRequest: "0.01" }
 `;
+
+/** What one round of sendRound adds to tollgate_requests_total, by outcome. */
+const ROUND_OUTCOMES = { admitted: 7, denied: 6, upstream_error: 1 };
+/** What one round of sendRound adds to tollgate_denials_total, by reason. The counts add up to the denied outcome. */
+const ROUND_DENIALS = { insufficient_funds: 2, max_per_request: 1, request_id_conflict: 1, unknown_model: 1, wallet_not_allowed: 1 };
+/** Requests per round, of every outcome. */
+const ROUND_REQUESTS = ROUND_OUTCOMES.admitted + ROUND_OUTCOMES.denied + ROUND_OUTCOMES.upstream_error;
 
 // ---------------------------------------------------------------------------
 // Dashboards: panels, targets and template variables
@@ -249,6 +265,10 @@ let operatorServer: http.Server;
 let redisAdmin: Redis;
 let walletSync: NodeJS.Timeout | undefined;
 let walletSyncError: unknown;
+/** Rounds of sendRound that generateTraffic sent. */
+let rounds = 0;
+/** Timestamp in ms of the scrape taken after the first round, before any other traffic. */
+let baselineScrapeMs = 0;
 const variablesByFile = new Map<string, Map<string, string>>();
 
 function walletKey(name: string): WalletKey {
@@ -332,11 +352,13 @@ async function serveRegistry(registry: Registry): Promise<http.Server> {
 }
 
 /**
- * Sends one round of every kind of call the dashboards count. These are
- * admitted plain and streamed calls on both protocols, a call without usage
- * (billed on an estimate) and a paid call that drains a wallet. Then come
- * denials for insufficient funds on both protocols, an unknown model and an
- * upstream error.
+ * Sends one round of every kind of call the dashboards count, as ROUND_OUTCOMES
+ * and ROUND_DENIALS list them. These are admitted plain and streamed calls on
+ * both protocols, a call without usage (billed on an estimate), a paid call
+ * that drains a wallet and a call with an Idempotency-Key. Then come denials
+ * for insufficient funds on both protocols, an unknown model, a per-request
+ * spend limit, a wallet that does not exist and the reused Idempotency-Key
+ * with another body, and last an upstream error.
  */
 async function sendRound(round: number): Promise<void> {
   const messages = [{ role: 'user' as const, content: `round ${round}` }];
@@ -371,6 +393,21 @@ async function sendRound(round: number): Promise<void> {
   const unknown = await postJson('/openai/v1/chat/completions', { model: 'gpt-unpriced', messages }, { 'x-tollgate-wallet': `${NAMESPACE}/main` });
   expect(unknown.status).toBe(400);
   expect(unknown.text).toContain('gpt-unpriced');
+
+  // 100,000 output tokens at 0.72 USD per million alone may cost 0.072 USD, over the wallet's limit of 0.01 USD per request.
+  const overLimit = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 100_000 }, { 'x-tollgate-wallet': `${NAMESPACE}/capped` });
+  expect(overLimit.status).toBe(402);
+  expect(JSON.parse(overLimit.text).error.code).toBe('spend_limit_exceeded');
+
+  const noWallet = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 16 }, { 'x-tollgate-wallet': `${NAMESPACE}/nobody` });
+  expect(noWallet.status).toBe(403);
+  expect(JSON.parse(noWallet.text).error.code).toBe('wallet_not_allowed');
+
+  const idempotent = { 'x-tollgate-wallet': `${NAMESPACE}/main`, 'idempotency-key': `round-${round}` };
+  expect((await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 16 }, idempotent)).status).toBe(200);
+  const reused = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 17 }, idempotent);
+  expect(reused.status).toBe(400);
+  expect(JSON.parse(reused.text).error.code).toBe('request_id_conflict');
 
   const upstreamError = openaiFor('main').chat.completions.create({ model: 'gpt-4o-mini', messages, max_tokens: 16 }, { headers: { 'x-sim-status': '500' } });
   expect(await failureStatus(upstreamError)).toBe(500);
@@ -407,6 +444,28 @@ async function provokeCommitFailure(): Promise<void> {
   expect((await stack.ledger.state(wallet)).reserved).toBeGreaterThan(reservedBefore);
 }
 
+/**
+ * Waits for a scrape that shows exactly `requests` requests and returns its
+ * timestamp in ms. The caller sends nothing meanwhile, so that scrape's samples
+ * show the state before any later traffic.
+ */
+async function waitForScrapeOf(requests: number): Promise<number> {
+  for (let polls = 0; polls < 100; polls++) {
+    const [total] = await prometheus.query('sum(tollgate_requests_total)');
+    if (total !== undefined && Number(total.value) === requests) {
+      const [stamp] = await prometheus.query('max(timestamp(tollgate_requests_total))');
+      return Math.round(Number(stamp!.value) * 1000);
+    }
+    await sleep(100);
+  }
+  throw new Error(`Prometheus did not scrape sum(tollgate_requests_total) = ${requests} within 10 s`);
+}
+
+/**
+ * Sends rounds for TRAFFIC_MS with the commit failures in between. After the
+ * first round, which creates every series of the request and denial counters,
+ * it pauses for a baseline scrape.
+ */
 async function generateTraffic(): Promise<void> {
   const started = Date.now();
   let commitFailures = 0;
@@ -417,6 +476,8 @@ async function generateTraffic(): Promise<void> {
       commitFailures++;
     }
     await sendRound(round);
+    rounds++;
+    if (round === 0) baselineScrapeMs = await waitForScrapeOf(ROUND_REQUESTS + commitFailures);
     await sleep(ROUND_PAUSE_MS);
   }
   expect(commitFailures).toBe(COMMIT_FAILURE_AT_MS.length);
@@ -496,6 +557,34 @@ async function valueOf(file: string, panel: string): Promise<number> {
   return Number(samples[0]!.value);
 }
 
+/** Runs a query and returns its values keyed by the values of the given labels, joined with "/". */
+async function valuesBy(expression: string, labels: string[]): Promise<Record<string, number>> {
+  const samples = await prometheus.query(expression);
+  return Object.fromEntries(samples.map((sample) => [labels.map((label) => sample.metric[label] ?? '').join('/'), Number(sample.value)]));
+}
+
+/**
+ * Runs a panel's query over the window from the baseline scrape to the latest
+ * scrape, evaluated at the latest scrape's timestamp. Prometheus 2 range
+ * selectors include both ends, so with samples exactly at both ends increase()
+ * returns the exact difference without extrapolation.
+ * NOTE: Prometheus 3 range selectors exclude their start, which would make increase() extrapolate.
+ */
+async function valueOverTraffic(file: string, panel: string): Promise<number> {
+  const query = findQuery(file, panel);
+  const [stamp] = await prometheus.query('max(timestamp(tollgate_requests_total))');
+  const endMs = Math.round(Number(stamp!.value) * 1000);
+  const variables = new Map(variablesByFile.get(query.file));
+  variables.set('__range', `${endMs - baselineScrapeMs}ms`);
+  const expression = substitute(query.expr, variables, `${query.file}: panel "${query.panel}"`);
+
+  const url = `${prometheus.url}/api/v1/query?query=${encodeURIComponent(expression)}&time=${(endMs / 1000).toFixed(3)}`;
+  const body = (await (await fetch(url, { signal: AbortSignal.timeout(10_000) })).json()) as { status: string; error?: string; data: { result: Array<{ value: [number, string] }> } };
+  expect(body.status, `${expression}: ${body.error ?? ''}`).toBe('success');
+  expect(body.data.result, `${file}, panel "${panel}": ${expression}`).toHaveLength(1);
+  return Number(body.data.result[0]!.value[1]);
+}
+
 describe('dashboard files', () => {
   it('contain queries in every panel', () => {
     expect(DASHBOARDS.map((dashboard) => dashboard.file)).toEqual(['enforcement.json', 'margins.json', 'wallets.json']);
@@ -522,12 +611,13 @@ for (const dashboard of DASHBOARDS) {
 
 describe('dashboard series', () => {
   it('count the wallets and the exhausted one', async () => {
-    expect(await valueOf('wallets.json', 'Wallets')).toBe(4);
+    expect(await valueOf('wallets.json', 'Wallets')).toBe(5);
     expect(await valueOf('wallets.json', 'Exhausted wallets')).toBe(1);
   });
 
   it('keep the wallet namespace of the gauges', async () => {
     expect(await labelsOf('wallets.json', 'Balance ($currency)', ['namespace', 'wallet', 'currency'])).toEqual([
+      `${NAMESPACE}/capped/USD`,
       `${NAMESPACE}/drain/USD`,
       `${NAMESPACE}/empty/USD`,
       `${NAMESPACE}/main/USD`,
@@ -540,8 +630,51 @@ describe('dashboard series', () => {
   });
 
   it('split denials by reason', async () => {
-    expect(await labelsOf('enforcement.json', 'Denials per second by reason', ['reason'])).toEqual(['insufficient_funds', 'unknown_model']);
+    expect(await labelsOf('enforcement.json', 'Denials per second by reason', ['reason'])).toEqual([
+      'insufficient_funds',
+      'max_per_request',
+      'request_id_conflict',
+      'unknown_model',
+      'wallet_not_allowed',
+    ]);
     expect(await labelsOf('enforcement.json', 'Requests billed on estimated usage', ['reason'])).toEqual(['missing_usage']);
+  });
+
+  it('count each denial once by reason', async () => {
+    expect(await valuesBy('sum by (reason) (tollgate_denials_total)', ['reason'])).toEqual({
+      insufficient_funds: ROUND_DENIALS.insufficient_funds * rounds,
+      max_per_request: ROUND_DENIALS.max_per_request * rounds,
+      request_id_conflict: ROUND_DENIALS.request_id_conflict * rounds,
+      unknown_model: ROUND_DENIALS.unknown_model * rounds,
+      wallet_not_allowed: ROUND_DENIALS.wallet_not_allowed * rounds,
+    });
+  });
+
+  it('count every request once by outcome', async () => {
+    expect(await valuesBy('sum by (outcome) (tollgate_requests_total)', ['outcome'])).toEqual({
+      admitted: ROUND_OUTCOMES.admitted * rounds + COMMIT_FAILURE_AT_MS.length,
+      denied: ROUND_OUTCOMES.denied * rounds,
+      upstream_error: ROUND_OUTCOMES.upstream_error * rounds,
+    });
+  });
+
+  it('label denials by priced models only', async () => {
+    // An unpriced model and a missing wallet are denied before pricing, so their model label is "unknown", not the name the client sent.
+    expect(await valuesBy('sum by (route, model) (tollgate_requests_total{outcome="denied"})', ['route', 'model'])).toEqual({
+      'anthropic/claude-sonnet-4-5': rounds,
+      'openai/gpt-4o-mini': 3 * rounds,
+      'openai/unknown': 2 * rounds,
+    });
+  });
+
+  it('compute the denial rate over all requests', async () => {
+    // The window starts at the baseline scrape after round 0, so it contains the later rounds and both commit failures.
+    const admitted = ROUND_OUTCOMES.admitted * (rounds - 1) + COMMIT_FAILURE_AT_MS.length;
+    const denied = ROUND_OUTCOMES.denied * (rounds - 1);
+    const requests = ROUND_REQUESTS * (rounds - 1) + COMMIT_FAILURE_AT_MS.length;
+    expect(await valueOverTraffic('enforcement.json', 'Admitted')).toBe(admitted);
+    expect(await valueOverTraffic('enforcement.json', 'Denied')).toBe(denied);
+    expect(await valueOverTraffic('enforcement.json', 'Denied (%)')).toBe((100 * denied) / requests);
   });
 
   it('time every ledger operation', async () => {

@@ -76,6 +76,15 @@ spec:
   pricePlanRef: { name: e2e }
   grants: [{ id: initial, amount: "1.00" }]
   limits: { maxPerRequest: "0.04", daily: "0.01" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: capped-monthly }
+spec:
+  currency: USD
+  pricePlanRef: { name: e2e }
+  grants: [{ id: initial, amount: "1.00" }]
+  limits: { monthly: "0.005" }
 `;
 
 const END_USER_MANIFESTS = `
@@ -155,6 +164,36 @@ function postRawPath(path: string, body: unknown, headers: Record<string, string
 
 function upstreamCount(): number {
   return stack.simulator.stats().requests;
+}
+
+/** Reads one series from the sidecar's /metrics, with labels in the metric's label order. A series not created yet reads 0. */
+async function metricValue(name: string, labels: Record<string, string>): Promise<number> {
+  const text = await (await fetch(`${stack.url}/metrics`)).text();
+  const prefix = `${name}{${Object.entries(labels)
+    .map(([label, value]) => `${label}="${value}"`)
+    .join(',')}} `;
+  const line = text.split('\n').find((candidate) => candidate.startsWith(prefix));
+  return line === undefined ? 0 : Number(line.slice(prefix.length));
+}
+
+/**
+ * Runs a call on the openai route that the sidecar must deny, and checks that
+ * it was counted once: as a denial with `reason`, and as a denied request with
+ * the `model` label, never as an invalid one.
+ */
+async function countedDenial<T>(reason: string, model: string, call: () => Promise<T>): Promise<T> {
+  const read = async () => ({
+    denials: await metricValue('tollgate_denials_total', { route: 'openai', reason }),
+    denied: await metricValue('tollgate_requests_total', { route: 'openai', model, outcome: 'denied' }),
+    invalid: await metricValue('tollgate_requests_total', { route: 'openai', model: 'unknown', outcome: 'invalid' }),
+  });
+  const before = await read();
+  const result = await call();
+  const after = await read();
+  expect(after.denials - before.denials).toBe(1);
+  expect(after.denied - before.denied).toBe(1);
+  expect(after.invalid - before.invalid).toBe(0);
+  return result;
 }
 
 beforeAll(async () => {
@@ -437,7 +476,7 @@ describe('spend limits', () => {
   it('refuses a request over maxPerRequest', async () => {
     const upstreamBefore = upstreamCount();
     const body = { model: 'c10-model', messages: [{ role: 'user', content: 'cap' }], max_tokens: 1000 };
-    const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' });
+    const result = await countedDenial('max_per_request', 'c10-model', () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' }));
     expect(result.status).toBe(402);
     const error = JSON.parse(result.text).error;
     expect(error.code).toBe('spend_limit_exceeded');
@@ -452,13 +491,27 @@ describe('spend limits', () => {
     const body = { model: 'fee-model', messages: [{ role: 'user', content: 'cap' }], max_tokens: 1 };
     expect((await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' })).status).toBe(200);
     expect((await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' })).status).toBe(200);
-    const third = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' });
+    const third = await countedDenial('daily_limit', 'fee-model', () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' }));
     expect(third.status).toBe(402);
     expect(JSON.parse(third.text).error.message).toBe(
       'wallet "default/capped" would exceed its spec.limits.daily limit: this request may cost up to 0.004 USD and 0.002 USD remains under the limit; ' +
         'wait for the next UTC day or raise spec.limits.daily',
     );
     expect((await stack.ledger.state(walletKey('capped'))).spent).toBe(parseAmount('0.008'));
+  });
+
+  it('refuses the request past the monthly limit', async () => {
+    const body = { model: 'fee-model', messages: [{ role: 'user', content: 'cap' }], max_tokens: 1 };
+    expect((await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped-monthly' })).status).toBe(200);
+    const second = await countedDenial('monthly_limit', 'fee-model', () =>
+      postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped-monthly' }),
+    );
+    expect(second.status).toBe(402);
+    expect(JSON.parse(second.text).error.message).toBe(
+      'wallet "default/capped-monthly" would exceed its spec.limits.monthly limit: this request may cost up to 0.004 USD and 0.001 USD remains under the limit; ' +
+        'wait for the next UTC month or raise spec.limits.monthly',
+    );
+    expect((await stack.ledger.state(walletKey('capped-monthly'))).spent).toBe(parseAmount('0.004'));
   });
 });
 
@@ -501,7 +554,9 @@ describe('request ids and end users', () => {
   it('rejects a reused id with another body', async () => {
     const headers = { 'x-tollgate-wallet': 'main', 'idempotency-key': 'retry-c8-3' };
     expect((await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'a' }], max_tokens: 5 }, headers)).status).toBe(200);
-    const other = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'b' }], max_tokens: 5 }, headers);
+    const other = await countedDenial('request_id_conflict', 'gpt-4o-mini', () =>
+      postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'b' }], max_tokens: 5 }, headers),
+    );
     expect(other.status).toBe(400);
     expect(JSON.parse(other.text).error.message).toContain('was already used for a different request body');
   });
@@ -519,10 +574,13 @@ describe('request ids and end users', () => {
     expect(alice.spent).toBe(parseAmount(String(result.headers['x-tollgate-charged'])));
     expect((await stack.ledger.state(walletKey('platform'))).spent).toBe(0n);
 
-    const refused = await postJson(
-      '/openai/v1/chat/completions',
-      { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'end user' }], max_tokens: 5 },
-      { 'x-tollgate-wallet': 'main', 'x-tollgate-end-user': 'alice' },
+    // The wallet is resolved before the model is priced, so the model label is "unknown".
+    const refused = await countedDenial('wallet_not_allowed', 'unknown', () =>
+      postJson(
+        '/openai/v1/chat/completions',
+        { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'end user' }], max_tokens: 5 },
+        { 'x-tollgate-wallet': 'main', 'x-tollgate-end-user': 'alice' },
+      ),
     );
     expect(refused.status).toBe(403);
     expect(JSON.parse(refused.text).error.message).toContain('does not allow end-user wallets');
@@ -586,7 +644,10 @@ describe('bad input', () => {
 
   it('rejects an unknown model naming it', async () => {
     await expectNothingDebited(
-      () => postJson('/openai/v1/chat/completions', { model: 'gpt-5.6-sol', messages: [{ role: 'user', content: 'hi' }] }, { 'x-tollgate-wallet': 'bad' }),
+      () =>
+        countedDenial('unknown_model', 'unknown', () =>
+          postJson('/openai/v1/chat/completions', { model: 'gpt-5.6-sol', messages: [{ role: 'user', content: 'hi' }] }, { 'x-tollgate-wallet': 'bad' }),
+        ),
       400,
       'model "gpt-5.6-sol"',
     );

@@ -32,7 +32,9 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     registry,
     requests: new Counter({
       name: 'tollgate_requests_total',
-      help: 'Model requests handled by the sidecar, by outcome (admitted, denied, invalid, upstream_error, ledger_error, internal_error).',
+      help:
+        'Model requests on a provider route, each counted once, by outcome: admitted, denied, invalid, upstream_error, ledger_error or internal_error. ' +
+        'Not counted: GET and HEAD, which pass through unmetered, and requests rejected before metering, such as a body over the size limit, an unsafe path or an unsupported protocol.',
       labelNames: ['route', 'model', 'outcome'],
       registers,
     }),
@@ -56,7 +58,10 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     }),
     denials: new Counter({
       name: 'tollgate_denials_total',
-      help: 'Requests rejected before reaching the provider, by reason.',
+      help:
+        'Requests denied by policy before reaching the provider, by reason: insufficient_funds, max_per_request, daily_limit, monthly_limit, ' +
+        'wallet_closed, wallet_not_allowed, unknown_model or request_id_conflict. Each is also counted once in tollgate_requests_total with outcome "denied", ' +
+        'so the denial rate is sum(tollgate_denials_total) / sum(tollgate_requests_total).',
       labelNames: ['route', 'reason'],
       registers,
     }),
