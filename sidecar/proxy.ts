@@ -46,6 +46,25 @@ export type DenialReason =
   | 'unknown_model'
   | 'request_id_conflict';
 
+/**
+ * Values of the outcome label of tollgate_requests_total. Each request on a
+ * proxy route is counted once, under one of them:
+ * - admitted: reserved, forwarded and billed, including responses cut short
+ * - denied: rejected by policy, and also counted in tollgate_denials_total
+ * - invalid: any other client error (4xx) that the sidecar returned itself
+ * - upstream_error: the provider returned an error status, could not be
+ *   reached, or cut a pass-through response
+ * - ledger_error: the ledger was unavailable, so nothing was forwarded
+ * - internal_error: any other 5xx that the sidecar returned itself
+ * - passthrough: a GET or HEAD, such as a models list, forwarded without billing
+ */
+export type RequestOutcome = 'admitted' | 'denied' | 'invalid' | 'upstream_error' | 'ledger_error' | 'internal_error' | 'passthrough';
+
+/** Route label of requests whose path matches no route. Kubernetes accepts no object name with parentheses, so no ProviderRoute in a cluster has it. */
+export const NO_ROUTE = '(none)';
+/** Model label of requests whose model was not priced, so that clients cannot add series by sending made-up names. */
+export const UNKNOWN_MODEL = 'unknown';
+
 export interface ProxyErrorOptions extends ErrorOptions {
   /** Set when policy denies the request, so that it is counted as denied. */
   denialReason?: DenialReason;
@@ -107,6 +126,8 @@ interface Admitted {
   body: string;
   startedNs: bigint;
   span: Span;
+  /** Set once the request is counted in tollgate_requests_total, so that a later failure does not count it again. */
+  counted: boolean;
 }
 
 interface Settlement {
@@ -160,6 +181,12 @@ export class Proxy {
     return [...this.config.current().routes.keys()].join(', ') || '(none configured)';
   }
 
+  /**
+   * Serves one request on a proxy route and counts it once. An error thrown
+   * from here goes to the server's error handler, which sends the error
+   * response and counts the request with countRejected. A response sent here
+   * after hijacking is counted here.
+   */
   async handle(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const startedNs = process.hrtime.bigint();
     const matched = this.routeFor(request.url);
@@ -173,23 +200,18 @@ export class Proxy {
     const adapter = this.adapterOf(route);
 
     if (request.method === 'GET' || request.method === 'HEAD') {
-      await this.passThrough(request, reply, route, upstreamPath);
+      await this.passThrough(request, reply, route, adapter, upstreamPath);
       return;
     }
 
-    let admitted: Admitted;
-    try {
-      admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
-    } catch (error) {
-      this.countRejected(route, error);
-      throw error;
-    }
+    const admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
     try {
       await this.forward(request, reply, admitted, upstreamPath);
     } catch (error) {
       // The response is hijacked by now, so fastify's error handler cannot send it.
       this.log.error({ err: error, requestId: admitted.requestId }, 'forwarding failed');
       await this.releaseQuietly(admitted, 'internal_error');
+      if (!admitted.counted) this.count(admitted, 'internal_error');
       this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
     }
   }
@@ -246,6 +268,8 @@ export class Proxy {
       const units = this.checkReserve(result, wallet, info, requestId);
 
       const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
+      // The body is serialized again even when nothing changed, so that the upstream reads the fields that were
+      // priced: a client's bytes could repeat a key ("max_tokens" twice) that another JSON parser resolves differently.
       const body = JSON.stringify(adapter.prepare(parsed, info, changes));
 
       return {
@@ -261,6 +285,7 @@ export class Proxy {
         body,
         startedNs,
         span,
+        counted: false,
       };
     } catch (error) {
       // Only a priced model is a safe metric label, because before pricing a client could add series by sending made-up names.
@@ -271,21 +296,17 @@ export class Proxy {
   }
 
   /**
-   * Counts a request that was not forwarded, once in tollgate_requests_total.
-   * A request denied by policy is counted as denied there and once more in
-   * tollgate_denials_total under its reason, so both counters agree.
+   * Counts a request that got an error response before anything was
+   * forwarded, once in tollgate_requests_total, under NO_ROUTE when its path
+   * matched no route. A request denied by policy is counted as denied there
+   * and once more in tollgate_denials_total under its reason, so both
+   * counters agree.
    */
-  private countRejected(route: CompiledRoute, error: unknown): void {
-    let outcome = 'internal_error';
-    if (error instanceof ProxyError) {
-      if (error.denialReason !== undefined) outcome = 'denied';
-      else if (error.code === 'ledger_unavailable') outcome = 'ledger_error';
-      else if (error.status < 500) outcome = 'invalid';
-    }
-    const model = error instanceof ProxyError && error.model !== undefined ? error.model : 'unknown';
-    this.metrics.requests.inc({ route: route.name, model, outcome });
-    if (error instanceof ProxyError && error.denialReason !== undefined) {
-      this.metrics.denials.inc({ route: route.name, reason: error.denialReason });
+  countRejected(route: CompiledRoute | undefined, error: ProxyError): void {
+    const routeLabel = route?.name ?? NO_ROUTE;
+    this.metrics.requests.inc({ route: routeLabel, model: error.model ?? UNKNOWN_MODEL, outcome: outcomeOf(error) });
+    if (error.denialReason !== undefined) {
+      this.metrics.denials.inc({ route: routeLabel, reason: error.denialReason });
     }
   }
 
@@ -635,7 +656,8 @@ export class Proxy {
     this.telemetry.operationDuration.record(seconds(process.hrtime.bigint() - admitted.startedNs), attributes);
   }
 
-  private count(admitted: Admitted, outcome: string): void {
+  private count(admitted: Admitted, outcome: RequestOutcome): void {
+    admitted.counted = true;
     this.metrics.requests.inc({ route: admitted.route.name, model: admitted.info.model, outcome });
   }
 
@@ -661,16 +683,23 @@ export class Proxy {
     }
   }
 
-  private async passThrough(request: FastifyRequest, reply: FastifyReply, route: CompiledRoute, upstreamPath: string): Promise<void> {
-    const adapter = adapterFor(route.protocol);
+  /** Forwards a GET or HEAD request, such as a models list, without metering or billing it. */
+  private async passThrough(request: FastifyRequest, reply: FastifyReply, route: CompiledRoute, adapter: ProviderAdapter, upstreamPath: string): Promise<void> {
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(request.headers)) {
       if (value === undefined || DROPPED_REQUEST_HEADERS.has(name) || name.startsWith('x-tollgate-')) continue;
       headers[name] = Array.isArray(value) ? value.join(', ') : value;
     }
     if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
-    const upstream = await this.agent.request({ origin: route.origin, path: withoutKeyParameter(upstreamPath), method: request.method as 'GET', headers });
+    let upstream: Dispatcher.ResponseData;
+    try {
+      upstream = await this.agent.request({ origin: route.origin, path: withoutKeyParameter(upstreamPath), method: request.method as 'GET', headers });
+    } catch (error) {
+      throw new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}`, { cause: error });
+    }
+
     reply.hijack();
+    let outcome: RequestOutcome = upstream.statusCode < 400 ? 'passthrough' : 'upstream_error';
     try {
       reply.raw.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
       for await (const chunk of upstream.body) reply.raw.write(chunk);
@@ -679,7 +708,9 @@ export class Proxy {
       // The status line is out, so the client learns of the cut only by the connection closing.
       this.log.warn({ err: error, url: request.url, route: route.name }, 'pass-through response was cut; closing the client connection');
       reply.raw.destroy();
+      outcome = 'upstream_error';
     }
+    this.metrics.requests.inc({ route: route.name, model: UNKNOWN_MODEL, outcome });
   }
 
   /** Writes a provider-format error on a hijacked response. */
@@ -717,6 +748,13 @@ function spendLimitMessage(
     return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; ${lower}raise ${field}`;
   }
   return `wallet "${walletId}" would exceed its ${field} limit: ${cost} and ${formatAmount(result.remaining)} ${currency} remains under the limit; ${wait} or raise ${field}`;
+}
+
+function outcomeOf(error: ProxyError): RequestOutcome {
+  if (error.denialReason !== undefined) return 'denied';
+  if (error.code === 'ledger_unavailable') return 'ledger_error';
+  if (error.code === 'upstream_unreachable') return 'upstream_error';
+  return error.status < 500 ? 'invalid' : 'internal_error';
 }
 
 function parseJsonObject(text: string): Record<string, unknown> {

@@ -1,7 +1,7 @@
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import type { CompiledWallet } from '../src/config/snapshot.ts';
+import type { CompiledRoute, CompiledWallet } from '../src/config/snapshot.ts';
 import type { Ledger, WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
 import { adapterFor, supportsProtocol } from '../src/providers/index.ts';
@@ -28,15 +28,32 @@ export interface Sidecar {
   proxy: Proxy;
 }
 
-/** Builds the sidecar's HTTP server: the proxy on every route prefix, plus health and metrics. */
+/** URL pattern of the proxy's catch-all route. */
+const PROXY_ROUTE_URL = '/*';
+
+/**
+ * Builds the sidecar's HTTP server: the proxy on every route prefix, plus
+ * health and metrics. Every request that is not for health, metrics or the
+ * wallet list is counted once in tollgate_requests_total, including those
+ * rejected here before the proxy's handler runs.
+ */
 export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: SidecarOptions, log: Logger): Sidecar {
+  const proxy = new Proxy(config, ledger, metrics, options, log);
+  const toLoggedProxyError = (error: FastifyError, request: FastifyRequest): ProxyError => {
+    const proxyError = toProxyError(error, options.bodyLimit);
+    if (proxyError.status >= 500) log.error({ err: error, url: request.url }, 'request failed');
+    return proxyError;
+  };
+
   // No fastify logger: it would build a child logger for every request. The
   // proxy logs one line per settled request itself, and errors below.
+  // NOTE: while the server closes, fastify responds to new requests with 503 itself, and those are not counted.
   const app = Fastify({
     bodyLimit: options.bodyLimit,
     return503OnClosing: true,
+    // Errors fastify raises before routing, such as a malformed percent-encoding in the path.
+    frameworkErrors: (error, request, reply) => rejectProxyRequest(reply, proxy, request.url, toLoggedProxyError(error, request)),
   });
-  const proxy = new Proxy(config, ledger, metrics, options, log);
 
   // Bodies stay raw, because the proxy needs their exact bytes and returns parse errors in the provider's format.
   app.removeAllContentTypeParsers();
@@ -50,18 +67,20 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
 
   app.route({
     method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
-    url: '/*',
+    url: PROXY_ROUTE_URL,
     handler: (request, reply) => proxy.handle(request, reply),
   });
 
   app.setNotFoundHandler((request, reply) => {
-    sendProxyError(reply, proxy, request.url, new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url}"; use one of the prefixes: ${proxy.knownPrefixes()}`));
+    rejectProxyRequest(reply, proxy, request.url, new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url}"; use one of the prefixes: ${proxy.knownPrefixes()}`));
   });
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
-    const proxyError = toProxyError(error, options.bodyLimit);
-    if (proxyError.status >= 500) log.error({ err: error, url: request.url }, 'request failed');
-    sendProxyError(reply, proxy, request.url, proxyError);
+    const proxyError = toLoggedProxyError(error, request);
+    // Failures of the health, metrics and wallet routes are not model requests, so they get an error response but are not counted.
+    const routeUrl = request.routeOptions.url;
+    if (routeUrl === undefined || routeUrl === PROXY_ROUTE_URL) rejectProxyRequest(reply, proxy, request.url, proxyError);
+    else sendProxyError(reply, undefined, proxyError);
   });
 
   return { app, proxy };
@@ -119,9 +138,15 @@ function toProxyError(error: FastifyError, bodyLimit: number): ProxyError {
   return new ProxyError(500, 'internal_error', `the sidecar failed to handle the request: ${error.message}`, { cause: error });
 }
 
-function sendProxyError(reply: FastifyReply, proxy: Proxy, url: string, error: ProxyError): void {
-  const matched = proxy.routeFor(url);
-  const protocol = matched?.route.protocol ?? 'openai';
+/** Counts a proxy request that gets an error response, then sends that error in the format of the route its path matches. */
+function rejectProxyRequest(reply: FastifyReply, proxy: Proxy, url: string, error: ProxyError): void {
+  const route = proxy.routeFor(url)?.route;
+  proxy.countRejected(route, error);
+  sendProxyError(reply, route, error);
+}
+
+function sendProxyError(reply: FastifyReply, route: CompiledRoute | undefined, error: ProxyError): void {
+  const protocol = route?.protocol ?? 'openai';
   // A protocol without an adapter gets its error in OpenAI's format, the one most clients read.
   const adapter = supportsProtocol(protocol) ? adapterFor(protocol) : adapterFor('openai');
   const body = adapter.errorBody({ status: error.status, code: error.code, message: error.message });

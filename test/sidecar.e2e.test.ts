@@ -5,10 +5,13 @@
  */
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
-import { request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CompiledRoute } from '../src/config/snapshot.ts';
 import { parseAmount } from '../src/money/money.ts';
+import { findFreePort } from './support/processes.ts';
 import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
 
 const MANIFESTS = `
@@ -148,18 +151,22 @@ async function postJson(path: string, body: unknown, headers: Record<string, str
   return { status: response.statusCode, headers: response.headers, text };
 }
 
-/** Posts with node:http, which sends the path byte for byte; undici resolves dot segments first. */
-function postRawPath(path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
+/** Sends a request through node:http, which sends the path byte for byte, unlike undici, which resolves dot segments first. */
+function sendRaw(method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; text: string }> {
   const { hostname, port } = new URL(stack.url);
   return new Promise((resolve, reject) => {
-    const outgoing = httpRequest({ host: hostname, port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (response) => {
+    const outgoing = httpRequest({ host: hostname, port, path, method, headers }, (response) => {
       let text = '';
       response.on('data', (chunk: Buffer) => (text += chunk.toString()));
       response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
     });
     outgoing.on('error', reject);
-    outgoing.end(JSON.stringify(body));
+    outgoing.end(body);
   });
+}
+
+function postRawPath(path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
+  return sendRaw('POST', path, { 'content-type': 'application/json', ...headers }, JSON.stringify(body));
 }
 
 function upstreamCount(): number {
@@ -193,6 +200,35 @@ async function countedDenial<T>(reason: string, model: string, call: () => Promi
   expect(after.denials - before.denials).toBe(1);
   expect(after.denied - before.denied).toBe(1);
   expect(after.invalid - before.invalid).toBe(0);
+  return result;
+}
+
+/** Reads every series of tollgate_requests_total and tollgate_denials_total from /metrics, keyed by name and labels. */
+async function requestCounters(): Promise<Record<string, number>> {
+  const text = await (await fetch(`${stack.url}/metrics`)).text();
+  const counters: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('tollgate_requests_total{') && !line.startsWith('tollgate_denials_total{')) continue;
+    const space = line.lastIndexOf(' ');
+    counters[line.slice(0, space)] = Number(line.slice(space + 1));
+  }
+  return counters;
+}
+
+function requestSeries(route: string, model: string, outcome: string): string {
+  return `tollgate_requests_total{route="${route}",model="${model}",outcome="${outcome}"}`;
+}
+
+/**
+ * Runs a call and checks that it added exactly 1 to the tollgate_requests_total
+ * series `series` and changed no other series of that counter or of
+ * tollgate_denials_total.
+ */
+async function countedOnce<T>(series: string, call: () => Promise<T>): Promise<T> {
+  const before = await requestCounters();
+  const result = await call();
+  const after = await requestCounters();
+  expect(after).toEqual({ ...before, [series]: (before[series] ?? 0) + 1 });
   return result;
 }
 
@@ -662,6 +698,161 @@ describe('bad input', () => {
   });
 });
 
+/** The models list that the stand-in upstream of the "models" route returns. */
+const MODELS_LIST = JSON.stringify({ object: 'list', data: [{ id: 'gpt-4o-mini', object: 'model', owned_by: 'openai' }] });
+
+/** Starts a loopback server that serves GET and HEAD /v1/models, which the provider simulator lacks, and returns 404 for anything else. */
+async function startModelsServer(): Promise<Server> {
+  const server = createServer((incoming, response) => {
+    if (incoming.url !== '/v1/models' || (incoming.method !== 'GET' && incoming.method !== 'HEAD')) {
+      response.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"message":"not found"}}');
+      return;
+    }
+    response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(MODELS_LIST) }).end(incoming.method === 'GET' ? MODELS_LIST : undefined);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  return server;
+}
+
+describe('request counting', () => {
+  let modelsServer: Server;
+
+  beforeAll(async () => {
+    modelsServer = await startModelsServer();
+    const closedPort = await findFreePort();
+    const extraRoutes = `
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: models }
+spec:
+  protocol: openai
+  baseURL: http://127.0.0.1:${(modelsServer.address() as AddressInfo).port}
+  models: [gpt-4o-mini]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: offline }
+spec:
+  protocol: openai
+  baseURL: http://127.0.0.1:${closedPort}
+  models: [gpt-4o-mini]
+`;
+    await stack.reconfigure(MANIFESTS + extraRoutes);
+
+    // Every protocol the schema accepts has an adapter, so a route without one is planted in the compiled snapshot.
+    const snapshot = stack.config.current();
+    const template = snapshot.routes.get('/models')!;
+    snapshot.routes.set('/legacy', { ...template, name: 'legacy', prefix: '/legacy', protocol: 'cohere' as CompiledRoute['protocol'] });
+  });
+
+  afterAll(async () => {
+    await stack.reconfigure(MANIFESTS);
+    await new Promise<void>((resolve) => (modelsServer ? modelsServer.close(() => resolve()) : resolve()));
+  });
+
+  it('counts an admitted call once', async () => {
+    const result = await countedOnce(requestSeries('openai', 'gpt-4o-mini', 'admitted'), () =>
+      postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'count me' }], max_tokens: 5 }, { 'x-tollgate-wallet': 'main' }),
+    );
+    expect(result.status).toBe(200);
+  });
+
+  it('counts an unknown route under (none)', async () => {
+    const result = await countedOnce(requestSeries('(none)', 'unknown', 'invalid'), () =>
+      postJson('/mistral/v1/chat/completions', { model: 'mistral-large', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
+    );
+    expect(result.status).toBe(404);
+    expect(JSON.parse(result.text).error.code).toBe('unknown_route');
+  });
+
+  it('counts an unsafe path as invalid', async () => {
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'invalid'), () =>
+      postRawPath('/openai/v1/images/../chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
+    );
+    expect(result.status).toBe(400);
+    expect(JSON.parse(result.text).error.code).toBe('invalid_path');
+  });
+
+  it('counts malformed JSON as invalid', async () => {
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'invalid'), () =>
+      postJson('/openai/v1/chat/completions', '{"model": "gpt-4o-mini", "messages": [', { 'x-tollgate-wallet': 'bad' }),
+    );
+    expect(result.status).toBe(400);
+    expect(JSON.parse(result.text).error.code).toBe('invalid_json');
+  });
+
+  it('counts a body over the limit as invalid', async () => {
+    const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x'.repeat(100 * 1024) }] });
+    const result = await countedOnce(requestSeries('anthropic', 'unknown', 'invalid'), () => postJson('/anthropic/v1/messages', body, { 'x-tollgate-wallet': 'bad' }));
+    expect(result.status).toBe(413);
+    // The error is in the format of the route's provider, Anthropic here.
+    expect(JSON.parse(result.text).error.type).toBe('request_too_large');
+  });
+
+  it('counts an unsupported media type as invalid', async () => {
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'invalid'), () =>
+      sendRaw('POST', '/openai/v1/chat/completions', { 'content-type': 'not a media type' }, '{}'),
+    );
+    expect(result.status).toBe(415);
+  });
+
+  it('counts a malformed path encoding as invalid', async () => {
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'invalid'), () => sendRaw('POST', '/openai/v1/%zz', { 'content-type': 'application/json' }, '{}'));
+    expect(result.status).toBe(400);
+    expect(JSON.parse(result.text).error.message).toBe("'/openai/v1/%zz' is not a valid url component");
+  });
+
+  it('counts an unserved method as invalid', async () => {
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'invalid'), () => sendRaw('OPTIONS', '/openai/v1/chat/completions'));
+    expect(result.status).toBe(404);
+    expect(JSON.parse(result.text).error.code).toBe('unknown_route');
+  });
+
+  it('counts a protocol without an adapter as internal_error', async () => {
+    const result = await countedOnce(requestSeries('legacy', 'unknown', 'internal_error'), () =>
+      postJson('/legacy/v1/chat/completions', { model: 'gpt-4o-mini', messages: [] }, { 'x-tollgate-wallet': 'bad' }),
+    );
+    expect(result.status).toBe(501);
+    expect(JSON.parse(result.text).error.code).toBe('unsupported_protocol');
+  });
+
+  it('counts GET and HEAD as passthrough', async () => {
+    const listed = await countedOnce(requestSeries('models', 'unknown', 'passthrough'), () => sendRaw('GET', '/models/v1/models'));
+    expect(listed.status).toBe(200);
+    expect(listed.text).toBe(MODELS_LIST);
+
+    const head = await countedOnce(requestSeries('models', 'unknown', 'passthrough'), () => sendRaw('HEAD', '/models/v1/models'));
+    expect(head.status).toBe(200);
+    expect(head.text).toBe('');
+  });
+
+  it('counts a GET error status as upstream_error', async () => {
+    // The simulator serves no GET endpoint, so it returns 404.
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'upstream_error'), () => sendRaw('GET', '/openai/v1/models'));
+    expect(result.status).toBe(404);
+    expect(JSON.parse(result.text).error.message).toContain('no simulated endpoint for GET /v1/models');
+  });
+
+  it('counts an unreachable GET upstream as upstream_error', async () => {
+    const result = await countedOnce(requestSeries('offline', 'unknown', 'upstream_error'), () => sendRaw('GET', '/offline/v1/models'));
+    expect(result.status).toBe(502);
+    expect(JSON.parse(result.text).error.code).toBe('upstream_unreachable');
+  });
+
+  it('skips health, metrics and wallet requests', async () => {
+    const before = await requestCounters();
+    for (const path of ['/healthz', '/readyz', '/metrics', '/tollgate/v1/wallets']) {
+      expect((await sendRaw('GET', path)).status, path).toBe(200);
+    }
+    expect((await sendRaw('HEAD', '/healthz')).status).toBe(200);
+    expect(await requestCounters()).toEqual(before);
+  });
+});
+
 describe('failures mid-call', () => {
   it('bills an estimate when usage is missing (C4)', async () => {
     const before = await stack.ledger.state(walletKey('main'));
@@ -742,5 +933,23 @@ describe('failures mid-call', () => {
     expect((failure as InstanceType<typeof OpenAI.APIError>).status).toBe(503);
     expect((failure as Error).message).toContain('the billing ledger is unavailable');
     expect(upstreamCount()).toBe(upstreamBefore);
+  });
+});
+
+describe('request counting without Redis', () => {
+  it('counts a ledger outage, not a failed wallet list', async () => {
+    // Stopping twice is safe, so this does not rely on the test above having stopped Redis.
+    await stack.redis.stop();
+
+    const before = await requestCounters();
+    const wallets = await sendRaw('GET', '/tollgate/v1/wallets');
+    expect(wallets.status).toBe(500);
+    expect(await requestCounters()).toEqual(before);
+
+    const result = await countedOnce(requestSeries('openai', 'gpt-4o-mini', 'ledger_error'), () =>
+      postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'down' }], max_tokens: 5 }, { 'x-tollgate-wallet': 'main' }),
+    );
+    expect(result.status).toBe(503);
+    expect(JSON.parse(result.text).error.code).toBe('ledger_unavailable');
   });
 });
