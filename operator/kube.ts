@@ -17,7 +17,7 @@ import {
   type V1Secret,
 } from '@kubernetes/client-node';
 import type { z } from 'zod';
-import { API_GROUP, API_VERSION, type Condition } from '../src/api/common.ts';
+import { API_GROUP, API_VERSION, parseIgnoringUnknownFields, type Condition } from '../src/api/common.ts';
 import { PricePlan } from '../src/api/price-plan.ts';
 import { ProviderRoute } from '../src/api/provider-route.ts';
 import { Wallet } from '../src/api/wallet.ts';
@@ -281,7 +281,7 @@ export type ParsedResource<K extends ResourceKind> = { ok: true; value: z.infer<
 
 /** Validates a custom resource against its schema from src/api; the message lists each invalid field. */
 export function parseResource<K extends ResourceKind>(kind: K, object: KubeObject): ParsedResource<K> {
-  const result = SCHEMAS[kind].safeParse(object);
+  const result = parseIgnoringUnknownFields(SCHEMAS[kind], object);
   if (result.success) return { ok: true, value: result.data as z.infer<Schemas[K]> };
   const message = result.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`).join('; ');
   return { ok: false, message };

@@ -1,6 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import type { Logger } from 'pino';
-import { addManifest, emptyResourceSet, loadManifests, type ResourceSet } from '../src/config/manifests.ts';
+import { API_GROUP_VERSION } from '../src/api/common.ts';
+import { addManifest, emptyResourceSet, loadManifests, type ResourceSet, type SkipHandler } from '../src/config/manifests.ts';
 import { Snapshot, type CredentialResolver } from '../src/config/snapshot.ts';
 
 /** Supplies the sidecar's current configuration; request handling reads `current()` once per request. */
@@ -43,26 +44,32 @@ export type BeforeReplace = (snapshot: Snapshot) => Promise<void>;
 /**
  * Reads manifests from a file or folder and reloads them when they change.
  * A change that fails to load or compile is logged and the previous
- * configuration stays in force.
+ * configuration stays in force; the next reload that succeeds logs that the
+ * configuration is valid again.
  */
 export class ManifestConfig extends StaticConfig {
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private lastReloadFailed = false;
   private readonly path: string;
   private readonly compile: Compiler;
   private readonly log: Logger;
   private readonly beforeReplace: BeforeReplace | undefined;
+  private readonly onSkip: SkipHandler;
 
   static async load(path: string, compile: Compiler, log: Logger, beforeReplace?: BeforeReplace): Promise<ManifestConfig> {
-    return new ManifestConfig(path, compile(await loadManifests(path)), compile, log, beforeReplace);
+    const onSkip = skipLoggerOnce(log);
+    const snapshot = compile(await loadManifests(path, onSkip));
+    return new ManifestConfig(path, snapshot, compile, log, beforeReplace, onSkip);
   }
 
-  private constructor(path: string, snapshot: Snapshot, compile: Compiler, log: Logger, beforeReplace: BeforeReplace | undefined) {
+  private constructor(path: string, snapshot: Snapshot, compile: Compiler, log: Logger, beforeReplace: BeforeReplace | undefined, onSkip: SkipHandler) {
     super(snapshot);
     this.path = path;
     this.compile = compile;
     this.log = log;
     this.beforeReplace = beforeReplace;
+    this.onSkip = onSkip;
   }
 
   /** Starts watching the manifests; changes are applied about 200 ms after the last write. */
@@ -75,14 +82,26 @@ export class ManifestConfig extends StaticConfig {
   }
 
   async reload(): Promise<void> {
+    let snapshot: Snapshot;
     try {
-      const snapshot = this.compile(await loadManifests(this.path));
-      if (snapshot.version === this.current().version) return;
-      await this.beforeReplace?.(snapshot);
-      this.replace(snapshot);
-      this.log.info({ version: snapshot.version, path: this.path }, 'configuration reloaded');
+      snapshot = this.compile(await loadManifests(this.path, this.onSkip));
+      if (snapshot.version !== this.current().version) {
+        await this.beforeReplace?.(snapshot);
+        this.replace(snapshot);
+      }
     } catch (error) {
+      this.lastReloadFailed = true;
       this.log.error({ err: error, path: this.path }, 'configuration reload failed; keeping the previous configuration');
+      return;
+    }
+
+    const changed = snapshot === this.current();
+    const fields = { version: this.current().version, path: this.path };
+    if (this.lastReloadFailed) {
+      this.lastReloadFailed = false;
+      this.log.info(fields, changed ? 'configuration is valid again and reloaded' : 'configuration is valid again and matches the one in use');
+    } else if (changed) {
+      this.log.info(fields, 'configuration reloaded');
     }
   }
 
@@ -90,6 +109,23 @@ export class ManifestConfig extends StaticConfig {
     clearTimeout(this.timer);
     this.watcher?.close();
   }
+}
+
+/**
+ * Returns a handler that logs each skipped document at info level, once per file,
+ * document, apiVersion, kind and name, so that a reload does not repeat the line.
+ */
+function skipLoggerOnce(log: Logger): SkipHandler {
+  const logged = new Set<string>();
+  return (skipped) => {
+    const key = JSON.stringify([skipped.where, skipped.apiVersion, skipped.kind, skipped.name]);
+    if (logged.has(key)) return;
+    logged.add(key);
+    log.info(
+      { where: skipped.where, apiVersion: skipped.apiVersion, kind: skipped.kind, name: skipped.name },
+      `skipped a document that is no Tollgate resource; local mode reads only ${API_GROUP_VERSION} resources and v1 Secrets`,
+    );
+  };
 }
 
 /**
@@ -160,7 +196,8 @@ async function fetchSnapshot(url: string, version: string | undefined, waitSecon
   const set = emptyResourceSet();
   const resources = body.resources as Record<string, unknown[]>;
   for (const item of [...(resources.routes ?? []), ...(resources.plans ?? []), ...(resources.wallets ?? [])]) {
-    addManifest(set, item, `snapshot from ${url}`);
+    // A newer operator may send fields this sidecar does not know yet, and they must not stop its configuration updates.
+    addManifest(set, item, `snapshot from ${url}`, 'default', undefined, 'ignore');
   }
   return set;
 }

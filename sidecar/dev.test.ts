@@ -5,7 +5,7 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { addManifest, emptyResourceSet } from '../src/config/manifests.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
-import { applyGrants, startDev } from './dev.ts';
+import { applyGrants, CreditedGrants, startDev } from './dev.ts';
 
 const HOUR_MS = 3_600_000;
 
@@ -16,7 +16,7 @@ function recordingLogger(): { log: pino.Logger; lines: Record<string, unknown>[]
   return { log, lines };
 }
 
-function walletWithGrants(grants: Record<string, unknown>[]) {
+function walletWithGrants(grants: Record<string, unknown>[], currency = 'USD') {
   const set = emptyResourceSet();
   addManifest(
     set,
@@ -24,7 +24,7 @@ function walletWithGrants(grants: Record<string, unknown>[]) {
       apiVersion: 'tollgate.dev/v1alpha1',
       kind: 'Wallet',
       metadata: { name: 'team-a', namespace: 'shop' },
-      spec: { currency: 'USD', pricePlanRef: { name: 'standard' }, grants },
+      spec: { currency, pricePlanRef: { name: 'standard' }, grants },
     },
     'test',
   );
@@ -55,6 +55,89 @@ describe('applyGrants', () => {
     const warnings = lines.filter((line) => line['level'] === 40);
     expect(warnings.map((line) => [line['msg'], line['grant'], line['expiresAt']])).toEqual([
       ['grant expired before it was applied; skipped', 'stale', '2020-01-01T00:00:00Z'],
+    ]);
+  });
+});
+
+describe('applyGrants changed grants', () => {
+  const wallet = { namespace: 'shop', name: 'team-a' };
+  const topUpHint = 'the ledger credits each grant id once, so the change does not apply. To top up, add a new grant with a new id';
+
+  function warnings(lines: Record<string, unknown>[]): unknown[][] {
+    return lines
+      .filter((line) => line['level'] === 40)
+      .map((line) => [line['msg'], line['wallet'], line['grant'], line['credited'], line['requested']]);
+  }
+
+  it('warns once about a changed amount', async () => {
+    const ledger = new MemoryLedger();
+    const credited = new CreditedGrants();
+    const { log, lines } = recordingLogger();
+    await applyGrants(ledger, walletWithGrants([{ id: 'invoice-1', amount: '25.00' }]), log, credited);
+    await applyGrants(ledger, walletWithGrants([{ id: 'invoice-1', amount: '30.00' }]), log, credited);
+    await applyGrants(ledger, walletWithGrants([{ id: 'invoice-1', amount: '30.00' }]), log, credited);
+
+    expect((await ledger.state(wallet)).granted).toBe(25_000_000_000n);
+    expect(warnings(lines)).toEqual([
+      [
+        `grant "invoice-1" of wallet shop/team-a was already credited as 25.00 USD and now reads 30.00 USD; ${topUpHint}`,
+        'shop/team-a',
+        'invoice-1',
+        '25.00 USD',
+        '30.00 USD',
+      ],
+    ]);
+  });
+
+  it('warns about a changed currency', async () => {
+    const ledger = new MemoryLedger();
+    const credited = new CreditedGrants();
+    const { log, lines } = recordingLogger();
+    await applyGrants(ledger, walletWithGrants([{ id: 'invoice-1', amount: '25.00' }]), log, credited);
+    await applyGrants(ledger, walletWithGrants([{ id: 'invoice-1', amount: '25.00' }], 'EUR'), log, credited);
+
+    expect(warnings(lines)).toEqual([
+      [
+        `grant "invoice-1" of wallet shop/team-a was already credited as 25.00 USD and now reads 25.00 EUR; ${topUpHint}`,
+        'shop/team-a',
+        'invoice-1',
+        '25.00 USD',
+        '25.00 EUR',
+      ],
+    ]);
+  });
+
+  it('reads the credited amount from the ledger', async () => {
+    const ledger = new MemoryLedger();
+    await ledger.credit(wallet, 'other', 1_000_000_000n);
+    await ledger.credit(wallet, 'invoice-1', 25_000_000_000n);
+    const { log, lines } = recordingLogger();
+    await applyGrants(ledger, walletWithGrants([{ id: 'other', amount: '1' }, { id: 'invoice-1', amount: '30.00' }]), log, new CreditedGrants());
+
+    expect(warnings(lines)).toEqual([
+      [
+        `grant "invoice-1" of wallet shop/team-a was already credited as 25.00 and now reads 30.00 USD; ${topUpHint}`,
+        'shop/team-a',
+        'invoice-1',
+        '25.00',
+        '30.00 USD',
+      ],
+    ]);
+  });
+
+  it('stays quiet about unchanged grants', async () => {
+    const ledger = new MemoryLedger();
+    const credited = new CreditedGrants();
+    const { log, lines } = recordingLogger();
+    const grants = [{ id: 'invoice-1', amount: '25.00' }, { id: 'promo', amount: '0.5' }];
+    await applyGrants(ledger, walletWithGrants(grants), log, credited);
+    await applyGrants(ledger, walletWithGrants([...grants, { id: 'invoice-2', amount: '5' }]), log, credited);
+
+    expect(warnings(lines)).toEqual([]);
+    expect(lines.map((line) => [line['msg'], line['grant']])).toEqual([
+      ['grant applied', 'invoice-1'],
+      ['grant applied', 'promo'],
+      ['grant applied', 'invoice-2'],
     ]);
   });
 });
@@ -100,6 +183,42 @@ describe('startDev', () => {
         margin: '0.00',
         nano: { balance: '1002000000', spent: '0', expired: '0', reserved: '0' },
       });
+    } finally {
+      await server.close();
+      await rm(manifests, { recursive: true, force: true });
+    }
+  });
+
+  it('warns when a reload changes a credited grant', async () => {
+    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
+    await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
+    const { log, lines } = recordingLogger();
+    const server = await startDev({
+      manifests,
+      host: '127.0.0.1',
+      port: 0,
+      redisUrl: undefined,
+      wallet: undefined,
+      env: {},
+      log,
+      watch: false,
+    });
+    try {
+      const file = path.join(manifests, 'wallets.yaml');
+      const wallets = await readFile(file, 'utf8');
+      await writeFile(file, wallets.replace('amount: "25.00"', 'amount: "30.00"'));
+      await server.config.reload();
+
+      expect((await server.ledger.state({ namespace: 'default', name: 'acme' })).granted).toBe(25_000_000_000n);
+      const reloadLines = lines.filter((line) => line['level'] === 40 || line['msg'] === 'configuration reloaded');
+      expect(reloadLines.map((line) => [line['level'], line['msg']])).toEqual([
+        [
+          40,
+          'grant "invoice-2026-12-001" of wallet default/acme was already credited as 25.00 USD and now reads 30.00 USD; ' +
+            'the ledger credits each grant id once, so the change does not apply. To top up, add a new grant with a new id',
+        ],
+        [30, 'configuration reloaded'],
+      ]);
     } finally {
       await server.close();
       await rm(manifests, { recursive: true, force: true });

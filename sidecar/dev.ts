@@ -2,10 +2,10 @@ import type { Logger } from 'pino';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { loadManifests, type ResourceSet } from '../src/config/manifests.ts';
 import { secretsResolver, type CredentialResolver } from '../src/config/snapshot.ts';
-import { GrantExpiredError, type Ledger } from '../src/ledger/ledger.ts';
+import { GrantExpiredError, type Ledger, type WalletKey } from '../src/ledger/ledger.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
-import { parseAmount } from '../src/money/money.ts';
+import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
@@ -109,9 +109,12 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl, ledgerOptions) : new MemoryLedger(ledgerOptions);
   opened.push(() => ledger.quit());
   // Grants added to the manifests while it runs are credited before the new configuration serves.
-  const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) => applyGrants(ledger, snapshot.resources, log));
+  const credited = new CreditedGrants();
+  const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) =>
+    applyGrants(ledger, snapshot.resources, log, credited),
+  );
   opened.push(() => config.close());
-  await applyGrants(ledger, config.current().resources, log);
+  await applyGrants(ledger, config.current().resources, log, credited);
 
   const stopTelemetry = await startTelemetry('tollgate-dev', log, options.env);
   opened.push(stopTelemetry);
@@ -160,24 +163,105 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
 /**
  * Credits every grant of every wallet, with its expiry. The ledger ignores
  * grants it has already applied. A grant that expired before it was applied
- * is skipped with a warning, as the operator skips it.
+ * is skipped with a warning, as the operator skips it. With `credited`, a
+ * grant id that was already credited with another amount or currency gets a
+ * warning, because the ledger keeps the first amount.
  */
-export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: Logger): Promise<void> {
+export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: Logger, credited?: CreditedGrants): Promise<void> {
   for (const wallet of resources.wallets) {
     const key = { namespace: wallet.metadata.namespace ?? 'default', name: wallet.metadata.name };
     const walletId = `${key.namespace}/${key.name}`;
+    const currency = wallet.spec.currency;
     for (const grant of wallet.spec.grants) {
       const amount = parseAmount(grant.amount, `wallet ${walletId} grant ${grant.id}`);
       const options = { reason: grant.reason, ...(grant.expiresAt === undefined ? {} : { expiresAtMs: Date.parse(grant.expiresAt) }) };
       try {
         const result = await ledger.credit(key, grant.id, amount, options);
-        if (!result.replayed) log.info({ wallet: walletId, grant: grant.id, amount: grant.amount, expiresAt: grant.expiresAt }, 'grant applied');
+        if (result.replayed) {
+          await credited?.checkUnchanged(ledger, key, grant.id, { amount, currency }, log);
+        } else {
+          credited?.record(walletId, grant.id, { amount, currency });
+          log.info({ wallet: walletId, grant: grant.id, amount: grant.amount, expiresAt: grant.expiresAt }, 'grant applied');
+        }
       } catch (error) {
         if (!(error instanceof GrantExpiredError)) throw error;
         log.warn({ wallet: walletId, grant: grant.id, expiresAt: grant.expiresAt }, 'grant expired before it was applied; skipped');
       }
     }
   }
+}
+
+/** A credited grant's amount in nano-units, and its currency where known. */
+export interface CreditedGrant {
+  amount: bigint;
+  /** Undefined when the amount was read from the ledger's entry stream, which records no currency. */
+  currency: string | undefined;
+}
+
+/**
+ * The amounts that the ledger credited for grant ids, so that local mode can warn when a
+ * manifest changes the amount of a grant that was already credited. It records the grants
+ * this process credits and, for a grant the ledger reports as already credited, reads the
+ * wallet's grant entries from the ledger once.
+ * NOTE: compaction folds old grant entries into a checkpoint without their ids, so a grant
+ * credited before the last compaction has no known amount and gets no warning.
+ */
+export class CreditedGrants {
+  private readonly grants = new Map<string, CreditedGrant>();
+  private readonly walletsRead = new Set<string>();
+  private readonly warned = new Set<string>();
+
+  record(walletId: string, grantId: string, grant: CreditedGrant): void {
+    this.grants.set(grantKey(walletId, grantId), grant);
+  }
+
+  /** Returns the credited amount of a grant, reading the wallet's grant entries from the ledger on the first miss. */
+  async find(ledger: Ledger, wallet: WalletKey, grantId: string): Promise<CreditedGrant | undefined> {
+    const walletId = `${wallet.namespace}/${wallet.name}`;
+    const known = this.grants.get(grantKey(walletId, grantId));
+    if (known !== undefined || this.walletsRead.has(walletId)) return known;
+
+    this.walletsRead.add(walletId);
+    for await (const entry of ledger.entries(wallet)) {
+      const { type, id, amount } = entry.fields;
+      if (type !== 'grant' || id === undefined || amount === undefined) continue;
+      const key = grantKey(walletId, id);
+      if (!this.grants.has(key)) this.grants.set(key, { amount: BigInt(amount), currency: undefined });
+    }
+    return this.grants.get(grantKey(walletId, grantId));
+  }
+
+  /**
+   * Logs a warning, once per new amount and currency, when a grant the ledger already
+   * credited now reads differently in the manifests.
+   */
+  async checkUnchanged(ledger: Ledger, wallet: WalletKey, grantId: string, requested: { amount: bigint; currency: string }, log: Logger): Promise<void> {
+    const previous = await this.find(ledger, wallet, grantId);
+    if (previous === undefined) return;
+    const currencyChanged = previous.currency !== undefined && previous.currency !== requested.currency;
+    if (previous.amount === requested.amount && !currencyChanged) return;
+
+    const walletId = `${wallet.namespace}/${wallet.name}`;
+    const warningKey = `${grantKey(walletId, grantId)}=${requested.amount} ${requested.currency}`;
+    if (this.warned.has(warningKey)) return;
+    this.warned.add(warningKey);
+
+    const creditedText = formatMoney(previous.amount, previous.currency);
+    const requestedText = formatMoney(requested.amount, requested.currency);
+    log.warn(
+      { wallet: walletId, grant: grantId, credited: creditedText, requested: requestedText },
+      `grant "${grantId}" of wallet ${walletId} was already credited as ${creditedText} and now reads ${requestedText}; ` +
+        'the ledger credits each grant id once, so the change does not apply. To top up, add a new grant with a new id',
+    );
+  }
+}
+
+function grantKey(walletId: string, grantId: string): string {
+  return `${walletId}#${grantId}`;
+}
+
+function formatMoney(amount: bigint, currency: string | undefined): string {
+  return currency === undefined ? formatAmount(amount) : `${formatAmount(amount)} ${currency}`;
 }
 
 function onlyWallet(resources: ResourceSet): string | undefined {

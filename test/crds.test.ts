@@ -322,6 +322,17 @@ describe('API server rejects', () => {
       fragments: ['spec.grants[0].amount: Too long: may not be more than 32 bytes'],
     },
     {
+      // kubectl validates fields strictly by default, as local mode does.
+      name: 'a misspelled spec field',
+      manifest: wallet('misspelled-limits', { limts: { maxPerRequest: '0.50' } }),
+      fragments: ['unknown field "spec.limts"'],
+    },
+    {
+      name: 'an unknown field in a grant',
+      manifest: wallet('grant-field', { grants: [{ id: 'g1', amount: '1.00', expires: '2027-01-01T00:00:00Z' }] }),
+      fragments: ['unknown field "spec.grants[0].expires"'],
+    },
+    {
       name: 'a wallet without a price plan',
       manifest: { ...wallet('no-plan', {}), spec: { currency: 'USD' } },
       fragments: ['spec.pricePlanRef: Required value'],

@@ -1,7 +1,7 @@
 // The Tollgate resources of one namespace that injection needs: ProviderRoutes (for
 // credential Secrets and route prefixes) and Wallets (for the default wallet).
 
-import { API_GROUP, API_VERSION } from '../../src/api/common.ts';
+import { API_GROUP, API_VERSION, parseIgnoringUnknownFields } from '../../src/api/common.ts';
 import { ProviderRoute } from '../../src/api/provider-route.ts';
 import { describeKubeError, statusCodeOf, type KubeClients } from '../kube.ts';
 import { compareStrings, type WalletRef } from './inject.ts';
@@ -40,7 +40,7 @@ export async function loadNamespaceResources(
   const routes: ProviderRoute[] = [];
   const invalidRoutes: string[] = [];
   for (const item of routeItems) {
-    const parsed = ProviderRoute.safeParse(item);
+    const parsed = parseIgnoringUnknownFields(ProviderRoute, item);
     if (parsed.success) {
       routes.push(parsed.data);
     } else {

@@ -35,6 +35,54 @@ export const Percent = z
   .regex(/^\d+(\.\d{1,4})?$/, { message: 'must be a non-negative decimal percentage such as "20" or "12.5"' })
   .describe('A non-negative percentage as a decimal string, such as "20".');
 
+/**
+ * Builds a z.strictObject whose unknown-field error names the field's full path and the
+ * known fields, because a misspelled field such as `limts` would otherwise drop a setting
+ * without a word. kubectl rejects unknown fields by default too (strict field validation,
+ * checked with kubectl 1.35), so local mode is not laxer than a cluster.
+ */
+export function strictObject<Shape extends z.core.$ZodLooseShape>(shape: Shape): z.ZodObject<Shape, z.core.$strict> {
+  const known = Object.keys(shape).join(', ');
+  return z.strictObject(shape, {
+    error: (issue) => {
+      if (issue.code !== 'unrecognized_keys') return undefined;
+      const fields = issue.keys.map((key) => JSON.stringify([...issue.path ?? [], key].join('.'))).join(', ');
+      const fix = issue.keys.length === 1 ? 'remove it or fix its spelling' : 'remove them or fix their spelling';
+      return `unknown field${issue.keys.length === 1 ? '' : 's'} ${fields}; ${fix}; the known fields are ${known}`;
+    },
+  });
+}
+
+/**
+ * Parses like `schema.safeParse`, except that fields the schema does not know
+ * are dropped instead of failing the parse. Objects written by a newer
+ * Tollgate (a CRD with a new field on the API server, or a newer operator's
+ * snapshot) then still load in an older operator or sidecar, which is how
+ * Kubernetes clients treat fields they do not know. Manifests that people
+ * write go through the strict schemas, so that a misspelled field is an
+ * error.
+ */
+export function parseIgnoringUnknownFields<T extends z.ZodType>(schema: T, value: unknown): z.ZodSafeParseResult<z.output<T>> {
+  let result = schema.safeParse(value);
+  let copy: unknown;
+  // Each round removes the unknown fields zod reported; a nested object whose parent had problems is reported in a later round.
+  for (let round = 0; round < 8 && !result.success; round++) {
+    const issues = result.error.issues;
+    if (!issues.every((issue) => issue.code === 'unrecognized_keys')) return result;
+    copy ??= structuredClone(value);
+    for (const issue of issues) {
+      const parent = issue.path.reduce<unknown>((node, key) => (node as Record<PropertyKey, unknown>)[key], copy) as Record<string, unknown>;
+      for (const key of issue.keys) delete parent[key];
+    }
+    result = schema.safeParse(copy);
+  }
+  return result;
+}
+
+/**
+ * Kubernetes object metadata. Fields not listed here (managedFields, ownerReferences and
+ * the like) are accepted and dropped, as the API server sets them on stored objects.
+ */
 export const ObjectMeta = z.object({
   name: z.string().min(1),
   namespace: z.string().min(1).optional(),
@@ -49,7 +97,7 @@ export const ObjectMeta = z.object({
 });
 export type ObjectMeta = z.infer<typeof ObjectMeta>;
 
-export const Condition = z.object({
+export const Condition = strictObject({
   type: z.string(),
   status: z.enum(['True', 'False', 'Unknown']),
   reason: z.string(),
@@ -60,7 +108,7 @@ export const Condition = z.object({
 export type Condition = z.infer<typeof Condition>;
 
 /** Token rates of one model, per million tokens, plus per-request and per-unit fees. */
-export const ModelRates = z.object({
+export const ModelRates = strictObject({
   input: RatePerMillion,
   cachedInput: RatePerMillion.optional().describe('Cache reads; defaults to the input rate.'),
   cacheWrite5m: RatePerMillion.optional().describe('Cache writes kept about 5 minutes; defaults to the input rate.'),
@@ -72,7 +120,7 @@ export const ModelRates = z.object({
   maxOutputTokens: z.number().int().positive().optional().describe('Output limit set on requests that carry none.'),
   contextTiers: z
     .array(
-      z.object({
+      strictObject({
         abovePromptTokens: z.number().int().positive(),
         input: RatePerMillion.optional(),
         cachedInput: RatePerMillion.optional(),

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { API_GROUP_VERSION, Condition, MAX_PRICED_MODELS, ModelId, ObjectMeta, RatesByModel } from './common.ts';
+import { API_GROUP_VERSION, Condition, MAX_PRICED_MODELS, ModelId, ObjectMeta, RatesByModel, strictObject } from './common.ts';
 
 export const Protocol = z.enum(['openai', 'anthropic', 'gemini', 'azure-openai', 'openai-compatible']);
 
@@ -17,7 +17,7 @@ const DEPLOYMENT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** A dated snapshot suffix, `-YYYY-MM-DD`, as the CEL rule on spec checks it (digits only, no calendar check). */
 const DATED_SUFFIX = /^-[0-9]{4}-[0-9]{2}-[0-9]{2}$/;
 
-export const AzureDeployment = z.object({
+export const AzureDeployment = strictObject({
   name: z
     .string()
     .regex(DEPLOYMENT_NAME, { message: 'must be an Azure deployment name: 1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit' })
@@ -26,43 +26,38 @@ export const AzureDeployment = z.object({
 });
 export type AzureDeployment = z.infer<typeof AzureDeployment>;
 
-export const ProviderRouteSpec = z
-  .object({
-    protocol: Protocol,
-    baseURL: z
-      .url({ message: 'must be an absolute http(s) URL such as "https://api.openai.com"' })
-      .describe('Upstream URL. For azure-openai, the resource endpoint such as "https://my-resource.openai.azure.com", without "/openai".'),
-    pathPrefix: z
-      .string()
-      .regex(/^\/[a-z0-9-]+$/, { message: 'must be one path segment such as "/openai"' })
-      .optional()
-      .describe('Path prefix the sidecar serves this route under; defaults to "/<route name>".'),
-    credentialSecretRef: z
-      .object({ name: z.string().min(1), key: z.string().min(1).default('apiKey') })
-      .optional()
-      .describe('Secret holding the provider credential; mounted into the sidecar only.'),
-    // Bounded because a CEL rule on spec compares every deployment with every model.
-    models: z
-      .array(ModelId)
-      .min(1)
-      .max(MAX_PRICED_MODELS)
-      .describe('Model ids served; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too.'),
-    deployments: z
-      .array(AzureDeployment)
-      .max(MAX_DEPLOYMENTS)
-      .optional()
-      .describe('Azure OpenAI deployments of an azure-openai route, each with its base model; required for that protocol and forbidden for the others.'),
-    costs: RatesByModel.default({}).describe('What the platform pays the provider, per model.'),
-    timeouts: z
-      .object({
-        connectSeconds: z.number().positive().default(10),
-        requestSeconds: z.number().positive().default(600),
-      })
-      .default({ connectSeconds: 10, requestSeconds: 600 }),
-  })
-  .superRefine((spec, context) => {
-    for (const message of deploymentProblems(spec)) context.addIssue({ code: 'custom', path: ['deployments'], message });
-  });
+export const ProviderRouteSpec = strictObject({
+  protocol: Protocol,
+  baseURL: z
+    .url({ message: 'must be an absolute http(s) URL such as "https://api.openai.com"' })
+    .describe('Upstream URL. For azure-openai, the resource endpoint such as "https://my-resource.openai.azure.com", without "/openai".'),
+  pathPrefix: z
+    .string()
+    .regex(/^\/[a-z0-9-]+$/, { message: 'must be one path segment such as "/openai"' })
+    .optional()
+    .describe('Path prefix the sidecar serves this route under; defaults to "/<route name>".'),
+  credentialSecretRef: strictObject({ name: z.string().min(1), key: z.string().min(1).default('apiKey') })
+    .optional()
+    .describe('Secret holding the provider credential; mounted into the sidecar only.'),
+  // Bounded because a CEL rule on spec compares every deployment with every model.
+  models: z
+    .array(ModelId)
+    .min(1)
+    .max(MAX_PRICED_MODELS)
+    .describe('Model ids served; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too.'),
+  deployments: z
+    .array(AzureDeployment)
+    .max(MAX_DEPLOYMENTS)
+    .optional()
+    .describe('Azure OpenAI deployments of an azure-openai route, each with its base model; required for that protocol and forbidden for the others.'),
+  costs: RatesByModel.default({}).describe('What the platform pays the provider, per model.'),
+  timeouts: strictObject({
+    connectSeconds: z.number().positive().default(10),
+    requestSeconds: z.number().positive().default(600),
+  }).default({ connectSeconds: 10, requestSeconds: 600 }),
+}).superRefine((spec, context) => {
+  for (const message of deploymentProblems(spec)) context.addIssue({ code: 'custom', path: ['deployments'], message });
+});
 export type ProviderRouteSpec = z.infer<typeof ProviderRouteSpec>;
 
 /**
@@ -94,12 +89,12 @@ function servedBy(model: string, models: readonly string[]): boolean {
   return models.some((listed) => model === listed || (model.startsWith(`${listed}-`) && DATED_SUFFIX.test(model.slice(listed.length))));
 }
 
-export const ProviderRouteStatus = z.object({
+export const ProviderRouteStatus = strictObject({
   observedGeneration: z.number().int().optional(),
   conditions: z.array(Condition).optional(),
 });
 
-export const ProviderRoute = z.object({
+export const ProviderRoute = strictObject({
   apiVersion: z.literal(API_GROUP_VERSION),
   kind: z.literal('ProviderRoute'),
   metadata: ObjectMeta,

@@ -1,0 +1,153 @@
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { ResourceSet } from '../src/config/manifests.ts';
+import { compileSnapshot, ManifestConfig } from './config-source.ts';
+
+/** Returns a logger that keeps each line it writes, as parsed JSON. */
+function recordingLogger(): { log: pino.Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { log, lines };
+}
+
+const compile = (resources: ResourceSet) => compileSnapshot(resources, () => 'test-key');
+
+/** Returns the level and message of each line, and the error message where a line has one. */
+function summary(lines: Record<string, unknown>[]): Array<[unknown, unknown, unknown?]> {
+  return lines.map((line) => {
+    const error = line['err'] as { message?: string } | undefined;
+    return error === undefined ? [line['level'], line['msg']] : [line['level'], line['msg'], error.message];
+  });
+}
+
+let folder: string;
+let walletsFile: string;
+let original: string;
+
+beforeEach(async () => {
+  folder = await mkdtemp(path.join(os.tmpdir(), 'tollgate-config-source-test-'));
+  await cp(path.join(import.meta.dirname, '..', 'examples'), folder, { recursive: true });
+  walletsFile = path.join(folder, 'wallets.yaml');
+  original = await readFile(walletsFile, 'utf8');
+});
+
+afterEach(async () => {
+  await rm(folder, { recursive: true, force: true });
+});
+
+describe('ManifestConfig reload', () => {
+  it('keeps last good configuration on error', async () => {
+    const { log, lines } = recordingLogger();
+    const config = await ManifestConfig.load(folder, compile, log);
+    const before = config.current();
+    expect(before.wallets.get('default/acme')?.limits.maxPerRequest).toBe(500_000_000n);
+
+    await writeFile(walletsFile, original.replace('  limits:\n', '  limts:\n'));
+    await config.reload();
+
+    expect(config.current()).toBe(before);
+    expect(summary(lines)).toEqual([
+      [
+        50,
+        'configuration reload failed; keeping the previous configuration',
+        `invalid Wallet "acme" in ${walletsFile} (document 2): unknown field "spec.limts"; remove it or fix its spelling; ` +
+          'the known fields are currency, pricePlanRef, grants, limits, lowBalanceThreshold, endUsers',
+      ],
+    ]);
+  });
+
+  it('logs valid again after a revert', async () => {
+    const { log, lines } = recordingLogger();
+    const config = await ManifestConfig.load(folder, compile, log);
+    const before = config.current();
+
+    await writeFile(walletsFile, original.replace('kind: Wallet', 'kind: Walet'));
+    await config.reload();
+    await writeFile(walletsFile, original);
+    await config.reload();
+    await config.reload();
+
+    expect(config.current()).toBe(before);
+    expect(summary(lines)).toEqual([
+      [
+        50,
+        'configuration reload failed; keeping the previous configuration',
+        `invalid resource "demo" in ${walletsFile} (document 1): kind "Walet" is unknown; ` +
+          'the known kinds of tollgate.dev are ProviderRoute, PricePlan, Wallet',
+      ],
+      [30, 'configuration is valid again and matches the one in use'],
+    ]);
+    expect(lines[1]?.['version']).toBe(before.version);
+  });
+
+  it('logs valid again with a change', async () => {
+    const { log, lines } = recordingLogger();
+    const config = await ManifestConfig.load(folder, compile, log);
+    const before = config.current();
+
+    await writeFile(walletsFile, original.replace('apiVersion: tollgate.dev/v1alpha1', 'apiVersion: tollgate.dev/v1'));
+    await config.reload();
+    await writeFile(walletsFile, original.replace('daily: "10.00"', 'daily: "12.00"'));
+    await config.reload();
+    await writeFile(walletsFile, original);
+    await config.reload();
+
+    expect(config.current().version).toBe(before.version);
+    expect(config.current()).not.toBe(before);
+    expect(summary(lines)).toEqual([
+      [
+        50,
+        'configuration reload failed; keeping the previous configuration',
+        `invalid Wallet "demo" in ${walletsFile} (document 1): apiVersion "tollgate.dev/v1" is not served; use "tollgate.dev/v1alpha1"`,
+      ],
+      [30, 'configuration is valid again and reloaded'],
+      [30, 'configuration reloaded'],
+    ]);
+  });
+
+  it('counts failed beforeReplace as failure', async () => {
+    const { log, lines } = recordingLogger();
+    let rejectNext = true;
+    const config = await ManifestConfig.load(folder, compile, log, async () => {
+      if (rejectNext) throw new Error('ledger unavailable');
+    });
+    const before = config.current();
+
+    await writeFile(walletsFile, original.replace('daily: "10.00"', 'daily: "12.00"'));
+    await config.reload();
+    expect(config.current()).toBe(before);
+    rejectNext = false;
+    await config.reload();
+
+    expect(config.current().wallets.get('default/acme')?.limits.dailyCap).toBe(12_000_000_000n);
+    expect(summary(lines)).toEqual([
+      [50, 'configuration reload failed; keeping the previous configuration', 'ledger unavailable'],
+      [30, 'configuration is valid again and reloaded'],
+    ]);
+  });
+});
+
+describe('ManifestConfig skipped documents', () => {
+  it('logs a document of another API group once', async () => {
+    await writeFile(
+      path.join(folder, 'app.yaml'),
+      'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n',
+    );
+    const { log, lines } = recordingLogger();
+    const config = await ManifestConfig.load(folder, compile, log);
+    await writeFile(walletsFile, original.replace('daily: "10.00"', 'daily: "12.00"'));
+    await config.reload();
+    await config.reload();
+
+    const skipMessage = 'skipped a document that is no Tollgate resource; local mode reads only tollgate.dev/v1alpha1 resources and v1 Secrets';
+    const appFile = path.join(folder, 'app.yaml');
+    expect(lines.map((line) => [line['level'], line['msg'], line['where'], line['apiVersion'], line['kind'], line['name']])).toEqual([
+      [30, skipMessage, `${appFile} (document 1)`, 'apps/v1', 'Deployment', 'web'],
+      [30, skipMessage, `${appFile} (document 2)`, 'v1', 'ConfigMap', 'settings'],
+      [30, 'configuration reloaded', undefined, undefined, undefined, undefined],
+    ]);
+  });
+});
