@@ -117,6 +117,30 @@ describe('parseOperatorArgs', () => {
     );
     expect(() => parseOperatorArgs(['--redis', 'r', '--compact-after', '0d'], {})).toThrow(ConfigurationError);
   });
+
+  it('reads the sidecar body limit', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})?.sidecarBodyLimit).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_BODY_LIMIT: '' })?.sidecarBodyLimit).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_BODY_LIMIT: '8388608' })?.sidecarBodyLimit).toBe(8_388_608);
+    expect(parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', '1'], {})?.sidecarBodyLimit).toBe(1);
+    expect(
+      parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', '16777216'], { TOLLGATE_SIDECAR_BODY_LIMIT: '8388608' })?.sidecarBodyLimit,
+    ).toBe(16_777_216);
+  });
+
+  it('rejects an invalid sidecar body limit', () => {
+    const hint = 'use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB';
+    for (const text of ['8MiB', '0', '-1', '8.5', '1e6', ' 1024', '9007199254740992']) {
+      expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_BODY_LIMIT: text }), text).toThrow(
+        `invalid TOLLGATE_SIDECAR_BODY_LIMIT "${text}": ${hint}`,
+      );
+    }
+    expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', '4MB'], { TOLLGATE_SIDECAR_BODY_LIMIT: '8388608' })).toThrow(
+      `invalid --sidecar-body-limit "4MB": ${hint}`,
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', ''], {})).toThrow(`invalid --sidecar-body-limit "": ${hint}`);
+    expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', 'big'], {})).toThrow(ConfigurationError);
+  });
 });
 
 describe('parseListen', () => {

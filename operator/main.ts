@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
+import { DEFAULT_SIDECAR_OPTIONS, parseBodyLimit } from '../sidecar/server.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
@@ -61,6 +62,8 @@ Options:
   --cert-manager             cert-manager issues the webhook certificate [TOLLGATE_WEBHOOK_CERT_MANAGER=true]
   --config-url URL           Snapshot server URL the injected sidecars use [TOLLGATE_CONFIG_URL] (default: http://<webhook service>.<namespace>.svc:<http port>)
   --sidecar-image IMAGE      Image of the injected sidecar [TOLLGATE_SIDECAR_IMAGE] (required with the webhook)
+  --sidecar-body-limit BYTES Largest request body the injected sidecars accept, in bytes, such as 8388608
+                             [TOLLGATE_SIDECAR_BODY_LIMIT] (default: ${DEFAULT_SIDECAR_OPTIONS.bodyLimit})
   -h, --help                 Show this help
 
 The log level comes from LOG_LEVEL (default info).`;
@@ -96,6 +99,8 @@ export interface OperatorConfig {
   certManager: boolean;
   configUrl: string;
   sidecarImage: string | undefined;
+  /** Request body limit of the injected sidecars, in bytes, or undefined for the sidecar's default. */
+  sidecarBodyLimit?: number | undefined;
   sidecarImagePullPolicy: string | undefined;
   sidecarResources: V1ResourceRequirements | undefined;
 }
@@ -136,6 +141,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       'cert-manager': { type: 'boolean' },
       'config-url': { type: 'string' },
       'sidecar-image': { type: 'string' },
+      'sidecar-body-limit': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -183,6 +189,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     throw new ConfigurationError(`invalid --lease-duration ${leaseDurationMs / 1000}: the Lease stores whole seconds`);
   }
   const resyncMs = seconds(values.resync, 'TOLLGATE_RESYNC', 60);
+  const sidecarBodyLimit = parseSidecarBodyLimit(values['sidecar-body-limit'], env);
 
   return {
     kubeconfig: values.kubeconfig,
@@ -212,9 +219,27 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     certManager: values['cert-manager'] ?? env['TOLLGATE_WEBHOOK_CERT_MANAGER'] === 'true',
     configUrl: pick(values['config-url'], 'TOLLGATE_CONFIG_URL') ?? `http://${webhookService}.${namespace}.svc:${http.port}`,
     sidecarImage: pick(values['sidecar-image'], 'TOLLGATE_SIDECAR_IMAGE'),
+    sidecarBodyLimit,
     sidecarImagePullPolicy: env['TOLLGATE_SIDECAR_IMAGE_PULL_POLICY'] || undefined,
     sidecarResources: parseResources(env['TOLLGATE_SIDECAR_RESOURCES']),
   };
+}
+
+/**
+ * Parses the injected sidecars' body limit with the sidecar's own parser, so that the
+ * operator rejects at start a value that every injected sidecar would reject. The
+ * error names the flag when it is given, else the variable.
+ */
+function parseSidecarBodyLimit(flag: string | undefined, env: NodeJS.ProcessEnv): number | undefined {
+  const text = flag ?? (env['TOLLGATE_SIDECAR_BODY_LIMIT'] || undefined);
+  if (text === undefined) return undefined;
+
+  const setting = flag === undefined ? 'TOLLGATE_SIDECAR_BODY_LIMIT' : '--sidecar-body-limit';
+  try {
+    return parseBodyLimit(text, setting);
+  } catch (error) {
+    throw new ConfigurationError((error as Error).message, { cause: error });
+  }
 }
 
 /** Parses the sidecar's resource requirements from JSON, as the chart writes them. */
@@ -374,6 +399,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     configUrl: config.configUrl,
     redisUrl: config.redisUrl,
     ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
+    ...(config.sidecarBodyLimit === undefined ? {} : { sidecarBodyLimit: config.sidecarBodyLimit }),
     log,
     registry: metrics.registry,
     ...(config.webhookSecret ? { tlsSecretName: config.webhookSecret } : {}),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { settledRetention } from './main.ts';
+import { bodyLimit, settledRetention } from './main.ts';
 
 describe('settledRetention', () => {
   it('reads TOLLGATE_LEDGER_RETENTION', () => {
@@ -17,5 +17,25 @@ describe('settledRetention', () => {
       'invalid TOLLGATE_LEDGER_RETENTION "a week": use a duration such as 7d, 36h, 90m or 45s (units ms, s, m, h, d)',
     );
     expect(() => settledRetention({ TOLLGATE_LEDGER_RETENTION: '59m' })).toThrow('invalid retention of settled records 59m');
+  });
+});
+
+describe('bodyLimit', () => {
+  it('reads TOLLGATE_BODY_LIMIT', () => {
+    expect(bodyLimit({ TOLLGATE_BODY_LIMIT: '8388608' })).toBe(8_388_608);
+    expect(bodyLimit({ TOLLGATE_BODY_LIMIT: '1' })).toBe(1);
+  });
+
+  it('keeps 4 MiB when unset', () => {
+    expect(bodyLimit({})).toBe(4_194_304);
+    expect(bodyLimit({ TOLLGATE_BODY_LIMIT: '' })).toBe(4_194_304);
+  });
+
+  it('rejects a value that is not a byte count', () => {
+    for (const text of ['4MB', '0', '-1', '1.5', ' 1024', '0x400', '9007199254740992']) {
+      expect(() => bodyLimit({ TOLLGATE_BODY_LIMIT: text }), text).toThrow(
+        `invalid TOLLGATE_BODY_LIMIT "${text}": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB`,
+      );
+    }
   });
 });

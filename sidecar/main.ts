@@ -7,7 +7,7 @@ import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
 import { compileSnapshot, OperatorConfig } from './config-source.ts';
-import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS } from './server.ts';
+import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLimit } from './server.ts';
 
 /**
  * Reads a route's credential from the Secret files the injector mounts at
@@ -46,6 +46,16 @@ export function settledRetention(env: NodeJS.ProcessEnv): number | undefined {
   return retentionMs;
 }
 
+/**
+ * Returns the largest request body the sidecar accepts, in bytes, from
+ * TOLLGATE_BODY_LIMIT, or the default when it is unset.
+ */
+export function bodyLimit(env: NodeJS.ProcessEnv): number {
+  const text = env.TOLLGATE_BODY_LIMIT;
+  if (!text) return DEFAULT_SIDECAR_OPTIONS.bodyLimit;
+  return parseBodyLimit(text, 'TOLLGATE_BODY_LIMIT');
+}
+
 /** Runs the sidecar in a pod: configuration from the operator, the Redis ledger, credentials from files. */
 export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const log = createLogger('tollgate-sidecar');
@@ -54,6 +64,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const configUrl = `${required(env, 'TOLLGATE_CONFIG_URL').replace(/\/+$/, '')}/v1/snapshot/${namespace}`;
   const credentials = fileCredentials(env.TOLLGATE_CREDENTIALS_DIR ?? '/var/run/tollgate/credentials');
   const wallet = env.TOLLGATE_WALLET ? `${namespace}/${env.TOLLGATE_WALLET}` : undefined;
+  const maxBodyBytes = bodyLimit(env);
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
   const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs: settledRetention(env) });
@@ -62,7 +73,14 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
     config,
     ledger,
     metrics,
-    { ...DEFAULT_SIDECAR_OPTIONS, walletPolicy: { defaultWallet: wallet, allowWalletHeader: false }, walletLabel: env.TOLLGATE_WALLET_LABEL === 'true' },
+    {
+      ...DEFAULT_SIDECAR_OPTIONS,
+      bodyLimit: maxBodyBytes,
+      // The webhook sets TOLLGATE_BODY_LIMIT from the operator's setting, so a user raises it there.
+      bodyLimitSetting: 'the Helm value sidecar.bodyLimit of the tollgate chart (the operator flag --sidecar-body-limit)',
+      walletPolicy: { defaultWallet: wallet, allowWalletHeader: false },
+      walletLabel: env.TOLLGATE_WALLET_LABEL === 'true',
+    },
     log,
   );
   const [host = '127.0.0.1', port = '8787'] = (env.TOLLGATE_LISTEN ?? '127.0.0.1:8787').split(':');

@@ -1,8 +1,9 @@
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { constants as bufferConstants } from 'node:buffer';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { CompiledRoute, CompiledWallet } from '../src/config/snapshot.ts';
-import type { Ledger, WalletState } from '../src/ledger/ledger.ts';
+import { LedgerUnavailableError, type Ledger, type WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
 import { adapterFor, supportsProtocol } from '../src/providers/index.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
@@ -12,10 +13,13 @@ import { Proxy, ProxyError, type ProxyOptions } from './proxy.ts';
 export interface SidecarOptions extends ProxyOptions {
   /** Largest request body accepted, in bytes. */
   bodyLimit: number;
+  /** Setting that raises bodyLimit, named in the error for a request over it. */
+  bodyLimitSetting: string;
 }
 
 export const DEFAULT_SIDECAR_OPTIONS: Omit<SidecarOptions, 'walletPolicy'> = {
   bodyLimit: 4 * 1024 * 1024,
+  bodyLimitSetting: 'tollgate dev --body-limit BYTES, or the Helm value sidecar.bodyLimit for a sidecar in a pod',
   defaultMaxOutputTokens: 4096,
   minOutputTokens: 16,
   holdTtlSeconds: 900,
@@ -40,7 +44,7 @@ const PROXY_ROUTE_URL = '/*';
 export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: SidecarOptions, log: Logger): Sidecar {
   const proxy = new Proxy(config, ledger, metrics, options, log);
   const toLoggedProxyError = (error: FastifyError, request: FastifyRequest): ProxyError => {
-    const proxyError = toProxyError(error, options.bodyLimit);
+    const proxyError = toProxyError(error, request, options);
     if (proxyError.status >= 500) log.error({ err: error, url: request.url }, 'request failed');
     return proxyError;
   };
@@ -62,7 +66,12 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
   registerHealthRoutes(app, config, metrics);
   app.get('/tollgate/v1/wallets', async () => {
     const wallets = [...config.current().wallets.values()];
-    return { wallets: await Promise.all(wallets.map(async (wallet) => walletView(wallet, await ledger.state(wallet.key)))) };
+    try {
+      return { wallets: await Promise.all(wallets.map(async (wallet) => walletView(wallet, await ledger.state(wallet.key)))) };
+    } catch (error) {
+      if (!(error instanceof LedgerUnavailableError)) throw error;
+      throw new ProxyError(503, 'ledger_unavailable', `the billing ledger is unavailable, so the wallet balances cannot be read; retry shortly (${error.message})`, { cause: error });
+    }
   });
 
   app.route({
@@ -127,15 +136,35 @@ export function walletView(wallet: CompiledWallet, state: WalletState) {
   };
 }
 
-function toProxyError(error: FastifyError, bodyLimit: number): ProxyError {
+/**
+ * Parses a body limit setting: a whole number of bytes, from 1 to the largest
+ * buffer Node.js can allocate. `setting` names the option or variable in the
+ * error message.
+ */
+export function parseBodyLimit(text: string, setting: string): number {
+  const bytes = /^[0-9]+$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > bufferConstants.MAX_LENGTH) {
+    throw new RangeError(`invalid ${setting} "${text}": use a whole number of bytes from 1 to ${bufferConstants.MAX_LENGTH}, such as 8388608 for 8 MiB`);
+  }
+  return bytes;
+}
+
+function toProxyError(error: FastifyError, request: FastifyRequest, options: SidecarOptions): ProxyError {
   if (error instanceof ProxyError) return error;
   if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-    return new ProxyError(413, 'request_too_large', `the request body is larger than the sidecar's limit of ${bodyLimit} bytes; send a smaller request or raise the sidecar's body limit`);
+    return new ProxyError(413, 'request_too_large', bodyTooLargeMessage(request.headers['content-length'], options));
   }
   if (error.statusCode !== undefined && error.statusCode < 500) {
     return new ProxyError(error.statusCode, 'invalid_request', error.message);
   }
   return new ProxyError(500, 'internal_error', `the sidecar failed to handle the request: ${error.message}`, { cause: error });
+}
+
+/** Returns the message for a body over the limit, with the body's size when the request declared it in content-length. */
+export function bodyTooLargeMessage(contentLength: string | undefined, options: Pick<SidecarOptions, 'bodyLimit' | 'bodyLimitSetting'>): string {
+  // Without content-length (a chunked body), the sidecar stops reading at the limit, so the full size is unknown.
+  const size = contentLength !== undefined && /^[0-9]+$/.test(contentLength) ? `of ${contentLength} bytes ` : '';
+  return `the request body ${size}is larger than the sidecar's limit of ${options.bodyLimit} bytes; send a smaller request, or raise the limit with ${options.bodyLimitSetting}`;
 }
 
 /** Counts a proxy request that gets an error response, then sends that error in the format of the route its path matches. */

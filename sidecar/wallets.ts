@@ -40,7 +40,8 @@ export function resolveWallet(snapshot: Snapshot, headers: IncomingHttpHeaders, 
   if (baseId === undefined) {
     throw new WalletResolutionError(`no wallet pays for this request: set the ${WALLET_HEADER} header or start the sidecar with a default wallet`, 400);
   }
-  const base = lookup(snapshot, baseId, policy);
+  // The wallet header is allowed in local mode only, where every wallet belongs to the developer, so its error lists them.
+  const base = lookup(snapshot, baseId, policy, policy.allowWalletHeader);
 
   const endUser = single(headers[END_USER_HEADER]);
   if (endUser === undefined) return base;
@@ -50,15 +51,46 @@ export function resolveWallet(snapshot: Snapshot, headers: IncomingHttpHeaders, 
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(endUser)) {
     throw new WalletResolutionError(`invalid ${END_USER_HEADER} "${endUser}": use lowercase letters, digits and dashes`, 400);
   }
-  return lookup(snapshot, `${base.key.namespace}/${base.endUserPrefix}${endUser}`, policy);
+  return lookup(snapshot, `${base.key.namespace}/${base.endUserPrefix}${endUser}`, policy, false);
 }
 
-function lookup(snapshot: Snapshot, id: string, policy: WalletPolicy): CompiledWallet {
+/** Maximum number of wallet names that a "not found" message lists. */
+const LISTED_WALLETS_MAX = 20;
+
+/**
+ * Finds a wallet by "namespace/name", or by name in the namespace of the
+ * pod's wallet. The error for a missing wallet lists the namespace's wallets
+ * only when `listKnown` is set, because in a pod those names include other
+ * end users' wallets, and the client that gets the error may be an end user.
+ */
+function lookup(snapshot: Snapshot, id: string, policy: WalletPolicy, listKnown: boolean): CompiledWallet {
   const namespace = policy.defaultWallet?.split('/')[0] ?? 'default';
   const fullId = id.includes('/') ? id : `${namespace}/${id}`;
   const wallet = snapshot.wallets.get(fullId);
-  if (!wallet) {
-    throw new WalletResolutionError(`wallet "${fullId}" not found; create a Wallet resource with that name`, 403);
+  if (wallet) return wallet;
+
+  const [walletNamespace = '', name = ''] = fullId.split('/');
+  const create = `create a Wallet resource named "${name}" in namespace ${walletNamespace}`;
+  if (!listKnown) throw new WalletResolutionError(`wallet "${fullId}" not found; ${create}`, 403);
+
+  const known = listWalletNames(snapshot, walletNamespace);
+  if (known === undefined) throw new WalletResolutionError(`wallet "${fullId}" not found, and namespace ${walletNamespace} has no wallets; ${create}`, 403);
+  throw new WalletResolutionError(`wallet "${fullId}" not found; use one of the wallets in namespace ${walletNamespace} (${known}) or ${create}`, 403);
+}
+
+/**
+ * Returns the sorted names of a namespace's wallets, at most
+ * LISTED_WALLETS_MAX of them and a count of the rest, or undefined when the
+ * namespace has none.
+ */
+export function listWalletNames(snapshot: Snapshot, namespace: string): string | undefined {
+  const names: string[] = [];
+  for (const wallet of snapshot.wallets.values()) {
+    if (wallet.key.namespace === namespace) names.push(wallet.key.name);
   }
-  return wallet;
+  if (names.length === 0) return undefined;
+
+  names.sort();
+  const listed = names.slice(0, LISTED_WALLETS_MAX).join(', ');
+  return names.length > LISTED_WALLETS_MAX ? `${listed} and ${names.length - LISTED_WALLETS_MAX} more` : listed;
 }

@@ -2,7 +2,8 @@
  * The `tollgate` command as a user runs it: a real process, a real
  * redis-server for the ledger commands.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -141,6 +142,44 @@ describe('tollgate command', () => {
     const result = await tollgate(['ledger', 'verify', '--redis', redis.url, '--wallet', 'team-a/cli']);
     expect(result.code).toBe(0);
     expect(result.stdout).toContain('ok: balance = grants - debits');
+    expect(result.stderr).toBe('');
+  });
+
+  it('verifies one entry in the singular', async () => {
+    const single = { namespace: 'team-a', name: 'single' };
+    const ledger = new RedisLedger(redis.url);
+    await ledger.credit(single, 'grant-1', parseAmount('1.00'));
+    await ledger.quit();
+
+    const result = await tollgate(['ledger', 'verify', '--redis', redis.url, '--wallet', 'team-a/single']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe(
+      'replayed 1 entry: granted 1.000000000, spent 0.000000000, expired 0.000000000\nok: balance = grants - debits - expired\n',
+    );
+    expect(result.stderr).toBe('');
+  });
+
+  it('warns on verifying a wallet without records', async () => {
+    const result = await tollgate(['ledger', 'verify', '--redis', redis.url, '--wallet', 'default/dmo']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe(
+      'replayed 0 entries: granted 0.000000000, spent 0.000000000, expired 0.000000000\nok: balance = grants - debits - expired\n',
+    );
+    expect(result.stderr).toBe(
+      'warning: wallet default/dmo has no records in this Redis ledger, so there was nothing to replay. ' +
+        "Check the namespace and name, and that the Redis URL points at the ledger's Redis.\n",
+    );
+  });
+
+  it('warns on exporting a wallet without records', async () => {
+    const result = await tollgate(['ledger', 'export', '--redis', redis.url, '--wallet', 'default/dmo']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toBe(
+      'exported 0 entries\n' +
+        'warning: wallet default/dmo has no records in this Redis ledger, so it has no entries to export. ' +
+        "Check the namespace and name, and that the Redis URL points at the ledger's Redis.\n",
+    );
   });
 
   it('reports a tampered total', async () => {
@@ -214,9 +253,10 @@ describe('tollgate command', () => {
     expect(verify.stdout).toMatch(/replayed 2 entries \(2 from the checkpoint through \d+-\d+, 0 from the stream\): granted 1\.000000000, spent 0\.250000000/);
     expect(verify.stdout).toContain('ok: balance = grants - debits - expired');
 
+    // The checkpoint is a record, so exporting its empty stream warns of nothing.
     const exported = await tollgate(['ledger', 'export', ...args]);
     expect(exported.stdout).toBe('');
-    expect(exported.stderr).toContain('exported 0 entries');
+    expect(exported.stderr).toBe('exported 0 entries\n');
   });
 
   it('rejects compact without --before', async () => {
@@ -253,9 +293,50 @@ describe('tollgate command', () => {
       const result = await tollgate(['dev', '--port', String(port)], 60_000);
       expect(result.signal).toBeUndefined();
       expect(result.code).toBe(1);
-      expect(result.stderr).toContain('EADDRINUSE');
+      expect(result.stderr).toContain(
+        `tollgate: port ${port} on 127.0.0.1 is already in use; stop the process that listens there, ` +
+          'or pick another port with --port PORT (--port 0 picks a free one)\n',
+      );
     } finally {
       busy.close();
+    }
+  });
+
+  it('rejects an invalid dev body limit', async () => {
+    const result = await tollgate(['dev', '--body-limit', '4MB']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe('invalid --body-limit "4MB": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB\n');
+  });
+
+  it('applies the dev body limit', async () => {
+    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--body-limit', '1024', '--no-watch'], {
+      cwd: ROOT,
+      env: { ...process.env, LOG_LEVEL: 'warn', OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '', GEMINI_API_KEY: '', AZURE_OPENAI_API_KEY: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = once(dev, 'exit');
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let stdout = '';
+        dev.stdout.on('data', (chunk: Buffer) => {
+          stdout += chunk.toString();
+          const match = /listening on (http:\/\/\S+)/.exec(stdout);
+          if (match) resolve(match[1]!);
+        });
+        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}`)));
+      });
+
+      const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x'.repeat(2000) }] });
+      const response = await fetch(`${url}/openai/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      expect(response.status).toBe(413);
+      const { error } = (await response.json()) as { error: { message: string } };
+      expect(error.message).toBe(
+        `the request body of ${Buffer.byteLength(body)} bytes is larger than the sidecar's limit of 1024 bytes; ` +
+          'send a smaller request, or raise the limit with tollgate dev --body-limit BYTES',
+      );
+    } finally {
+      dev.kill('SIGTERM');
+      await exited;
     }
   });
 

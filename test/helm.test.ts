@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseOperatorArgs } from '../operator/main.ts';
 import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const REPOSITORY_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -99,6 +100,11 @@ function envOf(deployment: KubeObject): Record<string, any> {
       variable.value ?? variable.valueFrom,
     ]),
   );
+}
+
+/** Returns the operator container's variables that have a literal value, leaving out those set through valueFrom. */
+function operatorEnv(deployment: KubeObject): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(envOf(deployment)).filter((entry): entry is [string, string] => typeof entry[1] === 'string'));
 }
 
 /** Returns every PromQL expression of a Grafana dashboard's panels. */
@@ -224,6 +230,34 @@ describe('helm template', () => {
     const invalid = await helm(['template', RELEASE, CHART, '--set', 'ledger.compactAfter=90 days']);
     expect(invalid.code).toBe(1);
     expect(invalid.stderr).toContain("at '/ledger/compactAfter': '90 days' does not match pattern");
+  });
+
+  it('passes the sidecar body limit', async () => {
+    const fromSet = envOf(find(await template(['sidecar.bodyLimit=16777216']), 'Deployment', 'tollgate'));
+    expect(fromSet['TOLLGATE_SIDECAR_BODY_LIMIT']).toBe('16777216');
+
+    // A number in a values file reaches the template as a float64, and it must still render as whole bytes.
+    const valuesFile = path.join(workDir, 'body-limit-values.yaml');
+    await writeFile(valuesFile, 'sidecar:\n  bodyLimit: 8388608\n');
+    const fromFile = envOf(find(await template([], ['--values', valuesFile]), 'Deployment', 'tollgate'));
+    expect(fromFile['TOLLGATE_SIDECAR_BODY_LIMIT']).toBe('8388608');
+
+    const fromString = envOf(find(await template([], ['--set-string', 'sidecar.bodyLimit=1048576']), 'Deployment', 'tollgate'));
+    expect(fromString['TOLLGATE_SIDECAR_BODY_LIMIT']).toBe('1048576');
+  });
+
+  it('gives the operator a body limit it parses', async () => {
+    const valid = operatorEnv(find(await template(['sidecar.bodyLimit=8388608']), 'Deployment', 'tollgate'));
+    expect(parseOperatorArgs([], valid)?.sidecarBodyLimit).toBe(8_388_608);
+
+    const unset = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
+    expect(parseOperatorArgs([], unset)?.sidecarBodyLimit).toBeUndefined();
+
+    // The chart passes any text through, and the operator rejects it at start with the value in the message.
+    const invalid = operatorEnv(find(await template(['sidecar.bodyLimit=8MiB']), 'Deployment', 'tollgate'));
+    expect(() => parseOperatorArgs([], invalid)).toThrow(
+      'invalid TOLLGATE_SIDECAR_BODY_LIMIT "8MiB": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB',
+    );
   });
 
   it('fails without a Redis URL', async () => {

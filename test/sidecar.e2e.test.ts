@@ -646,7 +646,29 @@ describe('bad input', () => {
 
   it('rejects a body over the limit', async () => {
     const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x'.repeat(100 * 1024) }] });
-    await expectNothingDebited(() => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'bad' }), 413, 'larger than the sidecar');
+    await expectNothingDebited(
+      () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'bad' }),
+      413,
+      `the request body of ${Buffer.byteLength(body)} bytes is larger than the sidecar's limit of 65536 bytes; send a smaller request, ` +
+        'or raise the limit with tollgate dev --body-limit BYTES, or the Helm value sidecar.bodyLimit for a sidecar in a pod',
+    );
+  });
+
+  it('rejects a chunked body over the limit', async () => {
+    const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x'.repeat(100 * 1024) }] });
+    const headers = { 'content-type': 'application/json', 'transfer-encoding': 'chunked', 'x-tollgate-wallet': 'bad' };
+    // Without content-length the sidecar stops reading at the limit, so the message cannot name the body's size.
+    await expectNothingDebited(() => sendRaw('POST', '/openai/v1/chat/completions', headers, body), 413, "the request body is larger than the sidecar's limit of 65536 bytes;");
+  });
+
+  it('rejects an unknown wallet', async () => {
+    await expectNothingDebited(
+      () => postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }, { 'x-tollgate-wallet': 'acmee' }),
+      403,
+      'wallet "default/acmee" not found; use one of the wallets in namespace default ' +
+        '(bad, c10, c10-auto, c15, c9, capped, capped-monthly, crowd, drain, drain-anthropic, main) ' +
+        'or create a Wallet resource named "acmee" in namespace default',
+    );
   });
 
   it('rejects an unknown route', async () => {
@@ -834,7 +856,7 @@ spec:
     // The simulator serves no GET endpoint, so it returns 404.
     const result = await countedOnce(requestSeries('openai', 'unknown', 'upstream_error'), () => sendRaw('GET', '/openai/v1/models'));
     expect(result.status).toBe(404);
-    expect(JSON.parse(result.text).error.message).toContain('no simulated endpoint for GET /v1/models');
+    expect(JSON.parse(result.text).error.message).toBe('no simulated endpoint for GET /v1/models');
   });
 
   it('counts an unreachable GET upstream as upstream_error', async () => {
@@ -943,8 +965,11 @@ describe('request counting without Redis', () => {
 
     const before = await requestCounters();
     const wallets = await sendRaw('GET', '/tollgate/v1/wallets');
-    expect(wallets.status).toBe(500);
+    expect(wallets.status).toBe(503);
     expect(await requestCounters()).toEqual(before);
+    const { error } = JSON.parse(wallets.text) as { error: { code: string; message: string } };
+    expect(error.code).toBe('ledger_unavailable');
+    expect(error.message).toMatch(/^the billing ledger is unavailable, so the wallet balances cannot be read; retry shortly \(ledger state for wallet default\/\S+ failed because /);
 
     const result = await countedOnce(requestSeries('openai', 'gpt-4o-mini', 'ledger_error'), () =>
       postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'down' }], max_tokens: 5 }, { 'x-tollgate-wallet': 'main' }),

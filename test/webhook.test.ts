@@ -33,6 +33,7 @@ import {
 } from '../operator/webhook/certs.ts';
 import { createKubeClients, loadKubeConfig } from '../operator/kube.ts';
 import { startWebhook, type WebhookServer } from '../operator/webhook/server.ts';
+import { bodyLimit } from '../sidecar/main.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const OPERATOR_NAMESPACE = 'tollgate-system';
@@ -41,6 +42,8 @@ const WEBHOOK_CONFIG = 'tollgate-sidecar-injector';
 const SIDECAR_IMAGE = 'registry.example/tollgate:test';
 const CONFIG_URL = 'http://tollgate.tollgate-system.svc:8080';
 const REDIS_URL = 'redis://redis.tollgate-system.svc:6379/0';
+/** 16 MiB, four times the sidecar's default, so that the injected value is visible. */
+const SIDECAR_BODY_LIMIT = 16_777_216;
 const PLACEHOLDER = 'tollgate-sidecar-holds-the-key';
 const POLL_INTERVAL_MS = 100;
 const WAIT_TIMEOUT_MS = 60_000;
@@ -231,6 +234,7 @@ describe('sidecar injector on a real API server', () => {
       sidecarImage: SIDECAR_IMAGE,
       configUrl: CONFIG_URL,
       redisUrl: REDIS_URL,
+      sidecarBodyLimit: SIDECAR_BODY_LIMIT,
       log,
       registry,
     });
@@ -298,10 +302,12 @@ describe('sidecar injector on a real API server', () => {
       TOLLGATE_WALLET: 'team-a',
       TOLLGATE_CONFIG_URL: CONFIG_URL,
       TOLLGATE_REDIS_URL: REDIS_URL,
+      TOLLGATE_BODY_LIMIT: '16777216',
       TOLLGATE_CREDENTIALS_DIR: '/var/run/tollgate/credentials',
       TOLLGATE_LISTEN: '127.0.0.1:8787',
       TOLLGATE_ADMIN_LISTEN: '0.0.0.0:9464',
     });
+    expect(bodyLimit(envOf(sidecar))).toBe(SIDECAR_BODY_LIMIT);
     expect(sidecar?.env?.[0]?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
     expect(pod.metadata?.annotations).toEqual({
       'tollgate.dev/sidecar-image': SIDECAR_IMAGE,

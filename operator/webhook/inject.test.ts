@@ -272,6 +272,12 @@ describe('injectSidecar sidecar container', () => {
     });
   });
 
+  it('passes the body limit when set', () => {
+    const withLimit = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ bodyLimit: 16_777_216 })).patch));
+    expect(withLimit.env?.find((variable) => variable.name === 'TOLLGATE_BODY_LIMIT')).toEqual({ name: 'TOLLGATE_BODY_LIMIT', value: '16777216' });
+    expect(sidecar.env?.find((variable) => variable.name === 'TOLLGATE_BODY_LIMIT')).toBeUndefined();
+  });
+
   it('probes /readyz on the admin port', () => {
     const httpGet = { path: '/readyz', port: 9464 };
 

@@ -66,6 +66,8 @@ export interface InjectionContext {
   redisUrl: string;
   /** Retention of the ledger's settled records, in milliseconds; the sidecar's default when undefined. */
   settledRetentionMs?: number;
+  /** Largest request body the sidecar accepts, in bytes, or undefined for the sidecar's default. */
+  bodyLimit?: number;
   /** Validated ProviderRoutes of the pod's namespace. */
   routes: readonly ProviderRoute[];
   /** Wallets of the pod's namespace. */
@@ -254,6 +256,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     { name: 'TOLLGATE_REDIS_URL', value: context.redisUrl },
     // The operator's ledger and the sidecars must keep settled records equally long.
     ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
+    ...(context.bodyLimit === undefined ? [] : [{ name: 'TOLLGATE_BODY_LIMIT', value: String(context.bodyLimit) }]),
     { name: 'TOLLGATE_CREDENTIALS_DIR', value: CREDENTIALS_DIR },
     { name: 'TOLLGATE_LISTEN', value: `${SIDECAR_HOST}:${SIDECAR_PORT}` },
     { name: 'TOLLGATE_ADMIN_LISTEN', value: `0.0.0.0:${SIDECAR_ADMIN_PORT}` },

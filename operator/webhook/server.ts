@@ -66,6 +66,8 @@ export interface WebhookOptions {
   redisUrl: string;
   /** Retention of the ledger's settled records that injected sidecars get, in milliseconds. */
   settledRetentionMs?: number;
+  /** Request body limit in bytes that injected sidecars get as TOLLGATE_BODY_LIMIT, or absent for the sidecar's default. */
+  sidecarBodyLimit?: number;
   log: Logger;
   /** Registry for tollgate_injections_total; prom-client's default registry when absent. */
   registry?: Registry;
@@ -212,6 +214,7 @@ class AdmissionHandler {
       configUrl: this.options.configUrl,
       redisUrl: this.options.redisUrl,
       ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
+      ...(this.options.sidecarBodyLimit === undefined ? {} : { bodyLimit: this.options.sidecarBodyLimit }),
       routes: resources.routes,
       wallets: resources.wallets,
       ...(this.options.sidecarImagePullPolicy === undefined ? {} : { imagePullPolicy: this.options.sidecarImagePullPolicy }),

@@ -144,7 +144,7 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
       `granted    ${formatAmount(state.granted, 9)}`,
       `spent      ${formatAmount(state.spent, 9)}`,
       `expired    ${formatAmount(state.expired, 9)}`,
-      `reserved   ${formatAmount(state.reserved, 9)} in ${state.holds} holds`,
+      `reserved   ${formatAmount(state.reserved, 9)} in ${countOf(state.holds, 'hold', 'holds')}`,
       `balance    ${formatAmount(state.balance, 9)}`,
       `available  ${formatAmount(state.available, 9)}`,
       `margin     ${formatAmount(state.spent - state.providerCost, 9)}`,
@@ -152,13 +152,21 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
   );
 
   // Any nonzero total proves that the wallet has keys, so only an all-zero state needs the extra check.
-  if (isZeroState(state) && !(await hasRecords(ledger, wallet))) {
-    console.error(
-      `warning: wallet ${wallet.namespace}/${wallet.name} has no records in this Redis ledger, so all its totals are zero. ` +
-        "Check the namespace and name, and that the Redis URL points at the ledger's Redis.",
-    );
-  }
+  if (isZeroState(state)) await warnWithoutRecords(ledger, wallet, 'all its totals are zero');
   return 0;
+}
+
+/**
+ * Warns on standard error when Redis contains no key of the wallet, because a
+ * mistyped namespace or name reads as an empty wallet. `consequence` says
+ * what the command's output shows for such a wallet.
+ */
+async function warnWithoutRecords(ledger: RedisLedger, wallet: WalletKey, consequence: string): Promise<void> {
+  if (await hasRecords(ledger, wallet)) return;
+  console.error(
+    `warning: wallet ${wallet.namespace}/${wallet.name} has no records in this Redis ledger, so ${consequence}. ` +
+      "Check the namespace and name, and that the Redis URL points at the ledger's Redis.",
+  );
 }
 
 async function hasRecords(ledger: RedisLedger, wallet: WalletKey): Promise<boolean> {
@@ -174,26 +182,31 @@ function isZeroState(state: WalletState): boolean {
   return amounts.every((amount) => amount === 0n) && state.holds === 0 && !state.closed;
 }
 
-async function printVerify(ledger: Ledger, wallet: WalletKey): Promise<number> {
+/** Prints the result of replaying the wallet's entries. A wallet without records also gets the warning of printState. */
+async function printVerify(ledger: RedisLedger, wallet: WalletKey): Promise<number> {
   const result = await ledger.verify(wallet);
   const folded = result.checkpoint
     ? ` (${result.checkpoint.entries} from the checkpoint through ${result.checkpoint.lastId}, ${result.entries - result.checkpoint.entries} from the stream)`
     : '';
   console.log(
-    `replayed ${result.entries} entries${folded}: granted ${formatAmount(result.granted, 9)}, spent ${formatAmount(result.spent, 9)}, ` +
+    `replayed ${countOf(result.entries, 'entry', 'entries')}${folded}: granted ${formatAmount(result.granted, 9)}, spent ${formatAmount(result.spent, 9)}, ` +
       `expired ${formatAmount(result.expired, 9)}`,
   );
   for (const problem of result.problems) console.log(`problem: ${problem}`);
   console.log(result.ok ? 'ok: balance = grants - debits - expired' : 'FAILED: the stored totals do not match the entry stream');
+
+  // A checkpoint or any entry proves that the wallet has keys.
+  if (result.entries === 0 && result.checkpoint === undefined) await warnWithoutRecords(ledger, wallet, 'there was nothing to replay');
   return result.ok ? 0 : 1;
 }
 
 /**
  * Writes the entries as NDJSON to standard output, a page at a time, and
  * waits for the output to drain when it falls behind, so that memory stays
- * bounded by one page. A summary goes to standard error.
+ * bounded by one page. A summary goes to standard error, and so does the
+ * warning of printState when nothing was exported and the wallet has no records.
  */
-async function exportEntries(ledger: Ledger, wallet: WalletKey, options: EntriesOptions): Promise<number> {
+async function exportEntries(ledger: RedisLedger, wallet: WalletKey, options: EntriesOptions): Promise<number> {
   let count = 0;
   let first: string | undefined;
   let last: string | undefined;
@@ -203,7 +216,9 @@ async function exportEntries(ledger: Ledger, wallet: WalletKey, options: Entries
     first ??= entry.id;
     last = entry.id;
   }
-  console.error(count === 0 ? 'exported 0 entries' : `exported ${count} entries, ${first} through ${last}`);
+  console.error(count === 0 ? 'exported 0 entries' : `exported ${countOf(count, 'entry', 'entries')}, ${first} through ${last}`);
+
+  if (count === 0) await warnWithoutRecords(ledger, wallet, 'it has no entries to export');
   return 0;
 }
 
@@ -213,7 +228,7 @@ async function compact(ledger: Ledger, wallet: WalletKey, beforeMs: number): Pro
   console.log(
     result.folded === 0
       ? `folded no entries: wallet ${wallet.namespace}/${wallet.name} has no entry older than ${cutoff} in its stream`
-      : `folded ${result.folded} entries older than ${cutoff} into the checkpoint of wallet ${wallet.namespace}/${wallet.name} and deleted them from the stream`,
+      : `folded ${countOf(result.folded, 'entry', 'entries')} older than ${cutoff} into the checkpoint of wallet ${wallet.namespace}/${wallet.name} and deleted them from the stream`,
   );
   if (result.checkpoint) console.log(describeCheckpoint(result.checkpoint));
   return 0;
@@ -221,7 +236,12 @@ async function compact(ledger: Ledger, wallet: WalletKey, beforeMs: number): Pro
 
 function describeCheckpoint(checkpoint: Checkpoint): string {
   return (
-    `checkpoint: ${checkpoint.entries} entries through ${checkpoint.lastId}: granted ${formatAmount(checkpoint.granted, 9)}, ` +
+    `checkpoint: ${countOf(checkpoint.entries, 'entry', 'entries')} through ${checkpoint.lastId}: granted ${formatAmount(checkpoint.granted, 9)}, ` +
     `spent ${formatAmount(checkpoint.spent, 9)}, expired ${formatAmount(checkpoint.expired, 9)}, provider cost ${formatAmount(checkpoint.providerCost, 9)}`
   );
+}
+
+/** Formats a count with the singular or plural noun, such as "1 entry" or "3 entries". */
+function countOf(count: number, singular: string, plural: string): string {
+  return `${count} ${count === 1 ? singular : plural}`;
 }

@@ -17,12 +17,14 @@ const DEV_USAGE = `Usage: tollgate dev [options]
 Options:
   --manifests PATH   Folder or file of Wallet, PricePlan, ProviderRoute and Secret manifests (default: examples)
   --host HOST        Address to listen on (default: 127.0.0.1)
-  --port PORT        Port to listen on (default: 8787)
+  --port PORT        Port to listen on (default: 8787; 0 picks a free port)
   --redis URL        Use the Redis ledger at URL instead of the in-memory ledger
   --wallet NAME      Wallet that pays when a request names none, as NAMESPACE/NAME or NAME
   --ledger-retention DURATION
                      How long the ledger keeps settled requests, so that a retry
                      gets the first result: 7d by default, at least 1h
+  --body-limit BYTES Largest request body the sidecar accepts, in bytes
+                     (default: 4194304, which is 4 MiB)
   --no-watch         Do not reload manifests when they change
 
 Routes without a provider key (in a Secret manifest or in OPENAI_API_KEY,
@@ -73,6 +75,7 @@ async function dev(args: string[]): Promise<number> {
       redis: { type: 'string' },
       wallet: { type: 'string' },
       'ledger-retention': { type: 'string' },
+      'body-limit': { type: 'string' },
       'no-watch': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -99,20 +102,39 @@ async function dev(args: string[]): Promise<number> {
   }
 
   // The sidecar is the top of the dependency tree, so the command loads it lazily.
+  const { parseBodyLimit } = await import('../../sidecar/server.ts');
+  let bodyLimit: number | undefined;
+  if (values['body-limit'] !== undefined) {
+    try {
+      bodyLimit = parseBodyLimit(values['body-limit'], '--body-limit');
+    } catch (error) {
+      console.error((error as Error).message);
+      return 2;
+    }
+  }
+
   const { startDev } = await import('../../sidecar/dev.ts');
   const { createLogger } = await import('../telemetry/logger.ts');
   const log = createLogger('tollgate-dev');
-  const server = await startDev({
-    manifests: values.manifests,
-    host: values.host,
-    port,
-    redisUrl: values.redis,
-    wallet: values.wallet,
-    settledRetentionMs,
-    env: process.env,
-    log,
-    watch: !values['no-watch'],
-  });
+  let server: Awaited<ReturnType<typeof startDev>>;
+  try {
+    server = await startDev({
+      manifests: values.manifests,
+      host: values.host,
+      port,
+      redisUrl: values.redis,
+      wallet: values.wallet,
+      settledRetentionMs,
+      env: process.env,
+      log,
+      watch: !values['no-watch'],
+      sidecar: { ...(bodyLimit === undefined ? {} : { bodyLimit }), bodyLimitSetting: 'tollgate dev --body-limit BYTES' },
+    });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+    console.error(`tollgate: port ${port} on ${values.host} is already in use; stop the process that listens there, or pick another port with --port PORT (--port 0 picks a free one)`);
+    return 1;
+  }
   printBanner(server);
 
   const stop = async () => {

@@ -52,6 +52,19 @@ app.kubernetes.io/part-of: tollgate
 {{- printf "%s:%s" $repository $tag -}}
 {{- end -}}
 
+{{/*
+sidecar.bodyLimit as decimal text, empty when unset. A number from a values file
+arrives as a float64, which quote would print as 8.388608e+06.
+*/}}
+{{- define "tollgate.sidecarBodyLimit" -}}
+{{- $limit := .Values.sidecar.bodyLimit -}}
+{{- if kindIs "float64" $limit -}}
+{{- if eq $limit (float64 (int64 $limit)) }}{{ int64 $limit }}{{ else }}{{ $limit }}{{ end -}}
+{{- else if not (kindIs "invalid" $limit) -}}
+{{- $limit -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Name of the MutatingWebhookConfiguration, which the operator patches with its CA bundle. */}}
 {{- define "tollgate.webhookConfigurationName" -}}
 {{- include "tollgate.fullname" . -}}

@@ -1,0 +1,89 @@
+import { describe, expect, it } from 'vitest';
+import { addYaml, emptyResourceSet } from '../src/config/manifests.ts';
+import { Snapshot } from '../src/config/snapshot.ts';
+import { resolveWallet, type WalletPolicy } from './wallets.ts';
+
+const PLAN = `
+apiVersion: tollgate.dev/v1alpha1
+kind: PricePlan
+metadata: { name: standard, namespace: NAMESPACE }
+spec:
+  currency: USD
+  versions: [{ effectiveFrom: "2026-01-01T00:00:00Z", models: {} }]
+`;
+
+function walletYaml(namespace: string, name: string, endUsers = false): string {
+  return `
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: ${name}, namespace: ${namespace} }
+spec:
+  currency: USD
+  pricePlanRef: { name: standard }
+${endUsers ? '  endUsers: { allowed: true, prefix: user- }\n' : ''}`;
+}
+
+/** Compiles a snapshot of the given wallets, each as "namespace/name", with a price plan in each namespace. */
+function snapshotOf(walletIds: string[], endUserBase?: string): Snapshot {
+  const resources = emptyResourceSet();
+  const namespaces = new Set(walletIds.map((id) => id.split('/')[0]!));
+  for (const namespace of namespaces) addYaml(resources, PLAN.replace('NAMESPACE', namespace), 'test');
+  for (const id of walletIds) {
+    const [namespace = '', name = ''] = id.split('/');
+    addYaml(resources, walletYaml(namespace, name, id === endUserBase), 'test');
+  }
+  return new Snapshot(resources, () => undefined);
+}
+
+const LOCAL: WalletPolicy = { defaultWallet: undefined, allowWalletHeader: true };
+
+function resolutionError(snapshot: Snapshot, headers: Record<string, string>, policy: WalletPolicy): string {
+  try {
+    resolveWallet(snapshot, headers, policy);
+  } catch (error) {
+    return (error as Error).message;
+  }
+  throw new Error('resolveWallet did not throw');
+}
+
+describe('resolveWallet', () => {
+  it('lists the namespace wallets for an unknown name', () => {
+    const snapshot = snapshotOf(['default/main', 'default/alpha', 'other/beta']);
+    expect(resolutionError(snapshot, { 'x-tollgate-wallet': 'acmee' }, LOCAL)).toBe(
+      'wallet "default/acmee" not found; use one of the wallets in namespace default (alpha, main) ' +
+        'or create a Wallet resource named "acmee" in namespace default',
+    );
+    expect(resolutionError(snapshot, { 'x-tollgate-wallet': 'other/gamma' }, LOCAL)).toBe(
+      'wallet "other/gamma" not found; use one of the wallets in namespace other (beta) or create a Wallet resource named "gamma" in namespace other',
+    );
+  });
+
+  it('lists 20 names and counts the rest', () => {
+    const ids = Array.from({ length: 23 }, (_, index) => `default/w${String(index).padStart(2, '0')}`);
+    const listed = ids.slice(0, 20).map((id) => id.split('/')[1]).join(', ');
+    expect(resolutionError(snapshotOf(ids), { 'x-tollgate-wallet': 'acmee' }, LOCAL)).toBe(
+      `wallet "default/acmee" not found; use one of the wallets in namespace default (${listed} and 3 more) ` +
+        'or create a Wallet resource named "acmee" in namespace default',
+    );
+  });
+
+  it('names an empty namespace', () => {
+    expect(resolutionError(snapshotOf(['default/main']), { 'x-tollgate-wallet': 'shop/acmee' }, LOCAL)).toBe(
+      'wallet "shop/acmee" not found, and namespace shop has no wallets; create a Wallet resource named "acmee" in namespace shop',
+    );
+  });
+
+  it('lists no wallets in a pod', () => {
+    const snapshot = snapshotOf(['shop/main', 'shop/user-alice']);
+    const pod: WalletPolicy = { defaultWallet: 'shop/platform', allowWalletHeader: false };
+    expect(resolutionError(snapshot, {}, pod)).toBe('wallet "shop/platform" not found; create a Wallet resource named "platform" in namespace shop');
+  });
+
+  it('lists no wallets for an end user', () => {
+    const snapshot = snapshotOf(['default/platform', 'default/user-alice'], 'default/platform');
+    expect(resolutionError(snapshot, { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'bob' }, LOCAL)).toBe(
+      'wallet "default/user-bob" not found; create a Wallet resource named "user-bob" in namespace default',
+    );
+    expect(resolveWallet(snapshot, { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'alice' }, LOCAL).id).toBe('default/user-alice');
+  });
+});
