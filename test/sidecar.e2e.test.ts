@@ -856,7 +856,7 @@ spec:
     // The simulator serves no GET endpoint, so it returns 404.
     const result = await countedOnce(requestSeries('openai', 'unknown', 'upstream_error'), () => sendRaw('GET', '/openai/v1/models'));
     expect(result.status).toBe(404);
-    expect(JSON.parse(result.text).error.message).toBe('no simulated endpoint for GET /v1/models');
+    expect(JSON.parse(result.text).error.message).toBe('Invalid URL (GET /v1/models)');
   });
 
   it('counts an unreachable GET upstream as upstream_error', async () => {

@@ -32,6 +32,9 @@ export const anthropicProvider: SimProvider = {
     return { type: 'error', error: { type, message }, request_id: `req_${requestId}` };
   },
 
+  // Anthropic's 404 for an unknown path carries only this message, without the method or path.
+  notFoundMessage: () => 'Not Found',
+
   requestIdHeader: 'request-id',
 };
 

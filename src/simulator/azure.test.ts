@@ -162,7 +162,7 @@ describe('simulator: Azure request checks', () => {
   it('answers unknown Azure paths in Azure format', async () => {
     const { status, json } = await post(`/openai/deployments/prod-4o/images/generations?api-version=${API_VERSION}`, { 'api-key': KEY });
     expect(status).toBe(404);
-    expect(json).toEqual({ error: { code: '404', message: 'no simulated endpoint for POST /openai/deployments/prod-4o/images/generations' } });
+    expect(json).toEqual({ error: { code: '404', message: 'Resource not found' } });
   });
 });
 

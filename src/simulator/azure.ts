@@ -14,8 +14,9 @@ import type { SimEndpoint, SimProvider, SimResponse, StreamEvent } from './respo
  * with no choices that carries only the prompt's filter results.
  */
 
-const DEPLOYMENT_PATH = /\/openai\/deployments\/([^/]+)\/(chat\/completions|embeddings)$/;
-const V1_PATH = /\/openai\/v1\/(chat\/completions|embeddings)$/;
+// Both forms start at the resource's root, as on `https://{resource}.openai.azure.com`.
+const DEPLOYMENT_PATH = /^\/openai\/deployments\/([^/]+)\/(chat\/completions|embeddings)$/;
+const V1_PATH = /^\/openai\/v1\/(chat\/completions|embeddings)$/;
 
 /** Azure data-plane API versions: a date, optionally with `-preview`. */
 const API_VERSION = /^\d{4}-\d{2}-\d{2}(-preview)?$/;
@@ -58,12 +59,22 @@ export const azureProvider: SimProvider = {
     return { error: { code: String(status), message } };
   },
 
+  notFoundMessage: () => 'Resource not found',
+
   requestIdHeader: 'apim-request-id',
 };
 
 /** True for a chat completions or embeddings path of either Azure form. */
 export function isAzurePath(path: string): boolean {
   return DEPLOYMENT_PATH.test(path) || V1_PATH.test(path);
+}
+
+/**
+ * True for a path that looks meant for Azure OpenAI because it contains
+ * `/openai/`. The server uses it only to choose the format of a 404.
+ */
+export function looksLikeAzurePath(path: string): boolean {
+  return path.includes('/openai/');
 }
 
 /**

@@ -130,7 +130,7 @@ describe('simulator: Gemini generateContent', () => {
   it('answers an unknown method with 404 in Gemini format', async () => {
     const { status, json } = await postJson('/v1beta/models/gemini-2.5-flash:countTokens', REQUEST);
     expect(status).toBe(404);
-    expect(json).toEqual({ error: { code: 404, message: 'no simulated endpoint for POST /v1beta/models/gemini-2.5-flash:countTokens', status: 'NOT_FOUND' } });
+    expect(json).toEqual({ error: { code: 404, message: 'POST /v1beta/models/gemini-2.5-flash:countTokens is not a Gemini API method that the simulator serves', status: 'NOT_FOUND' } });
   });
 });
 

@@ -18,7 +18,14 @@ export const SIMULATED_THOUGHT_TOKENS = 12;
 const DEFAULT_EMBEDDING_DIMENSIONS = 8;
 const MAX_EMBEDDING_DIMENSIONS = 3072;
 
-const MODEL_PATH = /\/models\/([^/:]+):([A-Za-z]+)$/;
+/**
+ * A model method path as the API serves it, from the root: `/{version}/models/{model}:{method}`.
+ * The Gemini API publishes v1, v1beta and v1alpha.
+ */
+const MODEL_PATH = /^\/v1(?:beta|alpha)?\/models\/([^/:]+):([A-Za-z]+)$/;
+
+/** The same shape anywhere in a path, which marks a mistyped path as meant for Gemini. */
+const MODEL_METHOD_SUFFIX = /\/models\/[^/:]+:[A-Za-z]+$/;
 
 /** `google.rpc.Code` names by HTTP status. */
 const ERROR_STATUSES: ReadonlyMap<number, string> = new Map([
@@ -50,6 +57,10 @@ export const geminiProvider: SimProvider = {
     return { error: { code: status, message, status: name } };
   },
 
+  // NOTE: Google's servers may respond to a path outside the API with a 404 that is not JSON.
+  // The simulator always sends the API's JSON error, which `@google/genai` can read.
+  notFoundMessage: (method: string, path: string) => `${method} ${path} is not a Gemini API method that the simulator serves`,
+
   // Gemini sends no documented request id header, so the simulator uses a name of its own.
   requestIdHeader: 'x-sim-request-id',
 };
@@ -66,12 +77,19 @@ const embedContentEndpoint: SimEndpoint = {
   respond: respondToEmbed,
 };
 
-/** True for a path of the form `.../models/{model}:{method}`, the shape of every Gemini model method. */
-export function isGeminiPath(path: string): boolean {
-  return MODEL_PATH.test(path);
+/**
+ * True for a path that looks meant for the Gemini API: it ends in
+ * `/models/{model}:{method}` or starts with `/v1beta/` or `/v1alpha/`. The
+ * server uses it only to choose the format of a 404.
+ */
+export function looksLikeGeminiPath(path: string): boolean {
+  return MODEL_METHOD_SUFFIX.test(path) || path.startsWith('/v1beta/') || path.startsWith('/v1alpha/');
 }
 
-/** Returns the endpoint that serves a Gemini method path, or undefined for a method the simulator lacks. */
+/**
+ * Returns the endpoint that serves a Gemini model method path, or undefined
+ * for any other path and for a method the simulator lacks.
+ */
 export function geminiEndpointFor(path: string): SimEndpoint | undefined {
   switch (MODEL_PATH.exec(path)?.[2]) {
     case 'generateContent':

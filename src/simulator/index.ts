@@ -6,6 +6,13 @@
  * batchEmbedContents requests, JSON and streamed, with deterministic text
  * and usage.
  *
+ * It serves POST on the providers' exact paths only: `/v1/chat/completions`,
+ * `/v1/embeddings`, `/v1/messages`, `/{v1,v1beta,v1alpha}/models/{model}:{method}`,
+ * `/openai/deployments/{deployment}/{chat/completions,embeddings}` and
+ * `/openai/v1/{chat/completions,embeddings}`. Any other path or method gets
+ * a 404 in the format of the provider it looks meant for, as the real
+ * provider would send, so a wrong base URL fails here as it fails there.
+ *
  * Requests steer it through headers:
  * - `x-sim-usage`: JSON of the exact usage object to report, in the provider's shape
  * - `x-sim-omit-usage: 1`: report no usage

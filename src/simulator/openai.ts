@@ -35,6 +35,8 @@ export const openaiProvider: SimProvider = {
     return { error: { message, type, param: null, code } };
   },
 
+  notFoundMessage: (method: string, path: string) => `Invalid URL (${method} ${path})`,
+
   requestIdHeader: 'x-request-id',
 };
 

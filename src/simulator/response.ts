@@ -19,6 +19,8 @@ export interface SimProvider {
   credential(headers: IncomingHttpHeaders, url: URL): string | undefined;
   /** Builds an error body in the provider's format. */
   errorBody(status: number, message: string, requestId: string): unknown;
+  /** Returns the message of the provider's 404 for a method and path it does not serve. */
+  notFoundMessage(method: string, path: string): string;
   /** Response header that carries the request id. */
   readonly requestIdHeader: string;
 }

@@ -1,10 +1,10 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { messagesEndpoint } from './anthropic.ts';
-import { azureProvider, createAzureEndpoints, isAzurePath } from './azure.ts';
+import { anthropicProvider, messagesEndpoint } from './anthropic.ts';
+import { azureProvider, createAzureEndpoints, isAzurePath, looksLikeAzurePath } from './azure.ts';
 import { InvalidControlError, readControls, type Controls } from './controls.ts';
-import { geminiEndpointFor, geminiProvider, isGeminiPath } from './gemini.ts';
+import { geminiEndpointFor, geminiProvider, looksLikeGeminiPath } from './gemini.ts';
 import { chatCompletionsEndpoint, embeddingsEndpoint, openaiProvider } from './openai.ts';
 import type { SimEndpoint, SimProvider, SimResponse } from './response.ts';
 
@@ -31,7 +31,7 @@ export interface SimulatorStats {
   requests: number;
   /** Requests rejected with 401 for a missing or wrong credential. */
   unauthorized: number;
-  /** Requests received per endpoint, with unknown paths under `other`. */
+  /** Requests received per endpoint, with unserved paths and methods under `other`. */
   byEndpoint: Record<SimEndpoint['name'] | 'other', number>;
   /** Parsed body of the latest authorized request. */
   lastRequest: Record<string, unknown> | undefined;
@@ -75,17 +75,27 @@ function emptyStats(): SimulatorStats {
 export const processStats: SimulatorStats = emptyStats();
 
 /**
- * Finds the endpoint by path suffix, so any base path prefix works (`/v1`,
- * `/api/v1`). Azure's `/openai/deployments/{deployment}/...` and
- * `/openai/v1/...` paths go to the Azure endpoints.
+ * Finds the endpoint of a request by its method and whole path, as each
+ * provider serves them from its API root. Every endpoint takes POST only.
+ * A path with an extra prefix, a missing `/v1` or a trailing slash matches
+ * none, because the real provider rejects it with 404.
  */
-function endpointFor(path: string, azure: ReturnType<typeof createAzureEndpoints>): SimEndpoint | undefined {
+function endpointFor(method: string | undefined, path: string, azure: ReturnType<typeof createAzureEndpoints>): SimEndpoint | undefined {
+  // NOTE: The providers serve more than the simulator, such as OpenAI's list of stored
+  // completions on GET /v1/chat/completions and Anthropic's /v1/messages/count_tokens.
+  // Those requests get the same 404 here, which a real provider would not send.
+  if (method !== 'POST') return undefined;
+
+  switch (path) {
+    case '/v1/chat/completions':
+      return chatCompletionsEndpoint;
+    case '/v1/embeddings':
+      return embeddingsEndpoint;
+    case '/v1/messages':
+      return messagesEndpoint;
+  }
   if (isAzurePath(path)) return path.endsWith('/embeddings') ? azure.embeddings : azure.chat;
-  if (path.endsWith('/chat/completions')) return chatCompletionsEndpoint;
-  if (path.endsWith('/embeddings')) return embeddingsEndpoint;
-  if (path.endsWith('/v1/messages')) return messagesEndpoint;
-  if (isGeminiPath(path)) return geminiEndpointFor(path);
-  return undefined;
+  return geminiEndpointFor(path);
 }
 
 /** Starts a provider simulator that speaks the OpenAI, Azure OpenAI, Anthropic and Gemini wire formats. */
@@ -112,15 +122,17 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     // Joined as text, so a path that starts with // stays a path.
     const url = new URL(`http://simulator${request.url ?? '/'}`);
     const path = url.pathname;
-    const endpoint = endpointFor(path, azure);
+    const endpoint = endpointFor(request.method, path, azure);
     count(stats, endpoint);
     count(processStats, endpoint);
 
-    const provider = endpoint?.provider ?? fallbackProvider(path);
-    if (endpoint === undefined || request.method !== 'POST') {
+    if (endpoint === undefined) {
       await readBody(request);
-      return sendJson(response, 404, provider, provider.errorBody(404, `no simulated endpoint for ${request.method} ${path}`, id), id);
+      const provider = providerForUnserved(path, request.headers, url);
+      const message = provider.notFoundMessage(request.method ?? 'GET', path);
+      return sendJson(response, 404, provider, provider.errorBody(404, message, id), id);
     }
+    const provider = endpoint.provider;
 
     const credential = provider.credential(request.headers, url);
     if (credential === undefined || (options.expectedKey !== undefined && credential !== options.expectedKey)) {
@@ -189,10 +201,18 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   };
 }
 
-/** Returns the provider whose format an unknown path's 404 uses. */
-function fallbackProvider(path: string): SimProvider {
-  if (isGeminiPath(path)) return geminiProvider;
-  return path.startsWith('/openai/') || path.includes('/openai/deployments/') ? azureProvider : openaiProvider;
+/**
+ * Guesses which provider a request that no endpoint serves was meant for, so
+ * that its 404 comes in the format that provider's SDK reads. Headers that
+ * only one provider's SDK sends decide first, then the shape of the path.
+ * Anything else gets OpenAI's format.
+ */
+function providerForUnserved(path: string, headers: IncomingHttpHeaders, url: URL): SimProvider {
+  if (headers['anthropic-version'] !== undefined || headers['x-api-key'] !== undefined) return anthropicProvider;
+  if (headers['x-goog-api-key'] !== undefined || url.searchParams.has('key') || looksLikeGeminiPath(path)) return geminiProvider;
+  if (headers['api-key'] !== undefined || looksLikeAzurePath(path)) return azureProvider;
+  if (path.endsWith('/messages')) return anthropicProvider;
+  return openaiProvider;
 }
 
 function count(stats: SimulatorStats, endpoint: SimEndpoint | undefined): void {
