@@ -253,8 +253,15 @@ describe('helm template', () => {
     const unset = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
     expect(parseOperatorArgs([], unset)?.sidecarBodyLimit).toBeUndefined();
 
-    // The chart passes any text through, and the operator rejects it at start with the value in the message.
-    const invalid = operatorEnv(find(await template(['sidecar.bodyLimit=8MiB']), 'Deployment', 'tollgate'));
+    // The chart's schema rejects a value that is not whole bytes, and the operator rejects one set by hand at start.
+    const rejected = await helm(['template', RELEASE, CHART, '--set', 'sidecar.bodyLimit=8MiB']);
+    expect(rejected.code).toBe(1);
+    expect(rejected.stderr).toContain("at '/sidecar/bodyLimit': '8MiB' does not match pattern");
+    const zero = await helm(['template', RELEASE, CHART, '--set', 'sidecar.bodyLimit=0']);
+    expect(zero.code).toBe(1);
+    expect(zero.stderr).toContain("at '/sidecar/bodyLimit'");
+
+    const invalid = { ...valid, TOLLGATE_SIDECAR_BODY_LIMIT: '8MiB' };
     expect(() => parseOperatorArgs([], invalid)).toThrow(
       'invalid TOLLGATE_SIDECAR_BODY_LIMIT "8MiB": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB',
     );
