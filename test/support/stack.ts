@@ -3,7 +3,7 @@
  * simulator and a sidecar on the Redis ledger, configured from YAML text in
  * which `SIMULATOR_URL` stands for the simulator's address.
  */
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { addYaml, emptyResourceSet } from '../../src/config/manifests.ts';
 import { secretsResolver } from '../../src/config/snapshot.ts';
 import { RedisLedger } from '../../src/ledger/redis.ts';
@@ -34,10 +34,10 @@ export function compileYaml(yaml: string, simulatorUrl: string) {
   return compileSnapshot(resources, secretsResolver(resources));
 }
 
-export async function startStack(yaml: string, options: Partial<SidecarOptions> = {}): Promise<Stack> {
+/** Starts the stack; `log` replaces the default logger, which is silent unless LOG_LEVEL is set. */
+export async function startStack(yaml: string, options: Partial<SidecarOptions> = {}, log: Logger = pino({ level: process.env.LOG_LEVEL ?? 'silent' })): Promise<Stack> {
   const redis = await startRedis();
   const simulator = await startSimulator({ host: '127.0.0.1', port: 0, expectedKey: SIMULATOR_KEY });
-  const log = pino({ level: process.env.LOG_LEVEL ?? 'silent' });
   const ledger = new RedisLedger(redis.url);
   const config = new StaticConfig(compileYaml(yaml, simulator.url));
   await applyGrants(ledger, config.current().resources, log);

@@ -1,0 +1,110 @@
+/**
+ * The sidecar's log has one line per request at info level: "request
+ * settled" for a billed call and "request rejected" for a refused one, with
+ * the status, the error code and the message the client got.
+ */
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
+
+const MANIFESTS = `
+apiVersion: v1
+kind: Secret
+metadata: { name: keys }
+stringData: { apiKey: ${SIMULATOR_KEY} }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: openai }
+spec:
+  protocol: openai
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [gpt-4o-mini]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: PricePlan
+metadata: { name: plan }
+spec:
+  currency: USD
+  versions:
+    - effectiveFrom: "2026-01-01T00:00:00Z"
+      models:
+        gpt-4o-mini: { input: "1", output: "2" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: team }
+spec:
+  currency: USD
+  pricePlanRef: { name: plan }
+  grants: [{ id: start, amount: "1.00" }]
+`;
+
+interface LogLine {
+  level: number;
+  msg: string;
+  [field: string]: unknown;
+}
+
+const lines: LogLine[] = [];
+let stack: Stack;
+
+beforeAll(async () => {
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line !== '') lines.push(JSON.parse(line) as LogLine);
+      done();
+    },
+  });
+  stack = await startStack(MANIFESTS, {}, pino({ level: 'info' }, sink));
+});
+
+afterAll(async () => {
+  await stack?.close();
+});
+
+async function chat(model: string, wallet: string): Promise<number> {
+  const response = await request(`${stack.url}/openai/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-tollgate-wallet': wallet },
+    body: JSON.stringify({ model, max_tokens: 8, messages: [{ role: 'user', content: 'hi' }] }),
+  });
+  await response.body.text();
+  return response.statusCode;
+}
+
+function linesWith(message: string): LogLine[] {
+  return lines.filter((line) => line.msg === message);
+}
+
+describe('request log', () => {
+  it('logs a settled request once', async () => {
+    expect(await chat('gpt-4o-mini', 'team')).toBe(200);
+    const settled = linesWith('request settled');
+    expect(settled).toHaveLength(1);
+    expect(settled[0]!['wallet']).toBe('default/team');
+    expect(linesWith('request rejected')).toHaveLength(0);
+  });
+
+  it('logs a refused request with its code', async () => {
+    expect(await chat('gpt-5-ultra', 'team')).toBe(400);
+    const rejected = linesWith('request rejected');
+    expect(rejected).toHaveLength(1);
+    expect(rejected[0]!['level']).toBe(30);
+    expect(rejected[0]!['status']).toBe(400);
+    expect(rejected[0]!['code']).toBe('unknown_model');
+    expect(rejected[0]!['route']).toBe('openai');
+    expect(String(rejected[0]!['reason'])).toContain('gpt-5-ultra');
+  });
+
+  it('logs an unknown wallet as a denial', async () => {
+    expect(await chat('gpt-4o-mini', 'nobody')).toBe(403);
+    const rejected = linesWith('request rejected');
+    expect(rejected).toHaveLength(2);
+    expect(rejected[1]!['code']).toBe('wallet_not_allowed');
+    expect(linesWith('request settled')).toHaveLength(1);
+  });
+});
