@@ -308,7 +308,7 @@ export class Proxy {
     if (error.denialReason !== undefined) {
       this.metrics.denials.inc({ route: routeLabel, reason: error.denialReason });
     }
-    // One line per refused request, like the line per settled one; the server logs 5xx errors itself.
+    // One line per rejected request, like the line per settled one. The server logs 5xx errors itself.
     if (error.status < 500 && this.log.isLevelEnabled('info')) {
       this.log.info({ route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
     }

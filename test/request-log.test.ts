@@ -1,6 +1,6 @@
 /**
  * The sidecar's log has one line per request at info level: "request
- * settled" for a billed call and "request rejected" for a refused one, with
+ * settled" for a billed call and "request rejected" for a rejected one, with
  * the status, the error code and the message the client got.
  */
 import { Writable } from 'node:stream';
@@ -89,7 +89,7 @@ describe('request log', () => {
     expect(linesWith('request rejected')).toHaveLength(0);
   });
 
-  it('logs a refused request with its code', async () => {
+  it('logs a rejected request with its code', async () => {
     expect(await chat('gpt-5-ultra', 'team')).toBe(400);
     const rejected = linesWith('request rejected');
     expect(rejected).toHaveLength(1);

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { parseIgnoringUnknownFields } from './common.ts';
 import { Wallet } from './wallet.ts';
 
-/** A Wallet as a newer Tollgate might store it: unknown fields at several depths. */
+/** Builds a Wallet as a newer Tollgate might store it, with unknown fields at several depths. */
 function newerWallet(amount: string): Record<string, unknown> {
   return {
     apiVersion: 'tollgate.dev/v1alpha1',

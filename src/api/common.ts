@@ -55,10 +55,10 @@ export function strictObject<Shape extends z.core.$ZodLooseShape>(shape: Shape):
 
 /**
  * Parses like `schema.safeParse`, except that fields the schema does not know
- * are dropped instead of failing the parse. Objects written by a newer
- * Tollgate (a CRD with a new field on the API server, or a newer operator's
- * snapshot) then still load in an older operator or sidecar, which is how
- * Kubernetes clients treat fields they do not know. Manifests that people
+ * are dropped instead of failing the parse. A newer Tollgate may write
+ * fields that an older operator or sidecar does not know: a new CRD field
+ * on the API server, or a new field in the operator's snapshot. Such objects
+ * then still load, as Kubernetes clients treat fields they do not know. Manifests that people
  * write go through the strict schemas, so that a misspelled field is an
  * error.
  */

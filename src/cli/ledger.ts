@@ -158,7 +158,7 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
 
 /**
  * Warns on standard error when Redis contains no key of the wallet, because a
- * mistyped namespace or name reads as an empty wallet. `consequence` says
+ * mistyped namespace or name reads as an empty wallet. `consequence` describes
  * what the command's output shows for such a wallet.
  */
 async function warnWithoutRecords(ledger: RedisLedger, wallet: WalletKey, consequence: string): Promise<void> {

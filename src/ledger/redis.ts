@@ -321,7 +321,7 @@ export class RedisLedger implements Ledger {
   }
 
   /**
-   * Returns whether Redis holds any key of the wallet, its checkpoint
+   * Returns whether Redis contains any key of the wallet, its checkpoint
    * included. A wallet without keys has all-zero totals, like an empty one,
    * so tools use this to tell a mistyped name from an unused wallet.
    */

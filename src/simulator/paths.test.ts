@@ -1,6 +1,6 @@
 /**
  * Paths and methods that the real providers do not serve: the simulator must
- * answer them with the provider's own 404, so that a wrong base URL fails
+ * respond to them with the provider's own 404, so that a wrong base URL fails
  * locally the way it fails against the real API.
  */
 import Anthropic from '@anthropic-ai/sdk';
