@@ -615,8 +615,8 @@ export class Proxy {
     };
     this.count(admitted, 'admitted');
     this.recordTelemetry(admitted, usage, rated);
-    this.metrics.charged.inc(labels, toUnits(rated.charged));
-    this.metrics.providerCost.inc(labels, toUnits(rated.providerCost));
+    this.metrics.charged.add(labels, rated.charged);
+    this.metrics.providerCost.add(labels, rated.providerCost);
     for (const kind in tokens) {
       const count = tokens[kind]!;
       if (count > 0) this.metrics.tokens.inc({ route: route.name, model: info.model, kind }, count);
@@ -863,9 +863,4 @@ function tokenCounts(usage: Usage): Record<string, number> {
 
 function seconds(ns: bigint): number {
   return Number(ns) / 1e9;
-}
-
-/** Converts nano-units to a float of currency units, for metrics only. */
-function toUnits(nano: bigint): number {
-  return Number(nano) / 1e9;
 }

@@ -1,8 +1,43 @@
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { formatAmount } from '../money/money.ts';
 
 /**
- * The sidecar's Prometheus metrics. Money counters are in currency units as
- * floats, for dashboards only; the ledger holds the exact amounts. The wallet
+ * A Prometheus counter of money in currency units. It adds exact nano-units
+ * and converts each total to a float only when scraped, so a scrape shows the
+ * exact total rounded once. A float counter would instead round on every
+ * addition, and its error would grow with the number of requests (0.1 + 0.2
+ * would show as 0.30000000000000004).
+ */
+export class MoneyCounter<T extends string> {
+  readonly #labelNames: readonly T[];
+  readonly #totals = new Map<string, { labels: Record<T, string>; nano: bigint }>();
+
+  constructor(config: { name: string; help: string; labelNames: readonly T[]; registers: Registry[] }) {
+    this.#labelNames = config.labelNames;
+    const totals = this.#totals;
+    new Counter<T>({
+      ...config,
+      collect() {
+        this.reset();
+        for (const { labels, nano } of totals.values()) this.inc(labels, Number(formatAmount(nano, 0)));
+      },
+    });
+  }
+
+  /** Adds an amount in nano-units, which must not be negative. */
+  add(labels: Record<T, string>, nano: bigint): void {
+    if (nano < 0n) throw new RangeError(`a money counter cannot go down, but ${nano} nano-units were added`);
+    let key = '';
+    for (const name of this.#labelNames) key += `${labels[name]}\u0000`;
+    const total = this.#totals.get(key);
+    if (total) total.nano += nano;
+    else this.#totals.set(key, { labels: { ...labels }, nano });
+  }
+}
+
+/**
+ * The sidecar's Prometheus metrics. Money counters are in currency units,
+ * exact up to the one rounding of a scrape (see MoneyCounter). The wallet
  * label is filled only when enabled, because per-end-user wallets would make
  * the series count unbounded.
  */
@@ -10,8 +45,8 @@ export interface SidecarMetrics {
   registry: Registry;
   requests: Counter<'route' | 'model' | 'outcome'>;
   tokens: Counter<'route' | 'model' | 'kind'>;
-  charged: Counter<'currency' | 'route' | 'model' | 'namespace' | 'wallet'>;
-  providerCost: Counter<'currency' | 'route' | 'model' | 'namespace' | 'wallet'>;
+  charged: MoneyCounter<MoneyLabel>;
+  providerCost: MoneyCounter<MoneyLabel>;
   denials: Counter<'route' | 'reason'>;
   estimatedUsage: Counter<'route' | 'reason'>;
   ledgerDuration: Histogram<'operation'>;
@@ -19,6 +54,9 @@ export interface SidecarMetrics {
   overhead: Histogram<'route'>;
   commitFailures: Counter<'route'>;
 }
+
+type MoneyLabel = 'currency' | 'route' | 'model' | 'namespace' | 'wallet';
+const MONEY_LABELS: readonly MoneyLabel[] = ['currency', 'route', 'model', 'namespace', 'wallet'];
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const UPSTREAM_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
@@ -49,16 +87,16 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
       labelNames: ['route', 'model', 'kind'],
       registers,
     }),
-    charged: new Counter({
+    charged: new MoneyCounter({
       name: 'tollgate_charged_total',
       help: 'Amount charged to wallets, in currency units.',
-      labelNames: ['currency', 'route', 'model', 'namespace', 'wallet'],
+      labelNames: MONEY_LABELS,
       registers,
     }),
-    providerCost: new Counter({
+    providerCost: new MoneyCounter({
       name: 'tollgate_provider_cost_total',
       help: 'Provider cost of the same requests, in currency units.',
-      labelNames: ['currency', 'route', 'model', 'namespace', 'wallet'],
+      labelNames: MONEY_LABELS,
       registers,
     }),
     denials: new Counter({
