@@ -4,6 +4,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ResourceSet } from '../src/config/manifests.ts';
+import { secretsResolver } from '../src/config/snapshot.ts';
 import { compileSnapshot, ManifestConfig } from './config-source.ts';
 
 /** Returns a logger that keeps each line it writes, as parsed JSON. */
@@ -127,6 +128,25 @@ describe('ManifestConfig reload', () => {
       [50, 'configuration reload failed; keeping the previous configuration', 'ledger unavailable'],
       [30, 'configuration is valid again and reloaded'],
     ]);
+  });
+  it('reloads when only a Secret manifest changes', async () => {
+    const secretFile = path.join(folder, 'secret.yaml');
+    const secret = (key: string) =>
+      `apiVersion: v1\nkind: Secret\nmetadata:\n  name: openai-credentials\nstringData:\n  apiKey: ${key}\n`;
+    await writeFile(secretFile, secret('sk-first'));
+    const { log, lines } = recordingLogger();
+    const config = await ManifestConfig.load(folder, (resources) => compileSnapshot(resources, secretsResolver(resources)), log);
+    const before = config.current();
+    expect(before.routes.get('/openai')?.credential).toBe('sk-first');
+
+    await writeFile(secretFile, secret('sk-second'));
+    await config.reload();
+    await config.reload();
+
+    expect(config.current().routes.get('/openai')?.credential).toBe('sk-second');
+    expect(config.current().version).toBe(before.version);
+    expect(summary(lines)).toEqual([[30, 'configuration reloaded']]);
+    expect(JSON.stringify(lines)).not.toContain('sk-');
   });
 });
 

@@ -85,7 +85,8 @@ export class ManifestConfig extends StaticConfig {
     let snapshot: Snapshot;
     try {
       snapshot = this.compile(await loadManifests(this.path, this.onSkip));
-      if (snapshot.version !== this.current().version) {
+      // The version digests specs only, so a changed Secret manifest shows only in the routes' credentials.
+      if (snapshot.version !== this.current().version || credentialsDiffer(snapshot, this.current())) {
         await this.beforeReplace?.(snapshot);
         this.replace(snapshot);
       }
@@ -200,4 +201,12 @@ async function fetchSnapshot(url: string, version: string | undefined, waitSecon
     addManifest(set, item, `snapshot from ${url}`, 'default', undefined, 'ignore');
   }
   return set;
+}
+
+/** True when a route of `next` has another credential than the route with its prefix in `previous`. */
+function credentialsDiffer(next: Snapshot, previous: Snapshot): boolean {
+  for (const [prefix, route] of next.routes) {
+    if (previous.routes.get(prefix)?.credential !== route.credential) return true;
+  }
+  return false;
 }
