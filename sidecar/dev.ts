@@ -178,9 +178,9 @@ export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: L
       try {
         const result = await ledger.credit(key, grant.id, amount, options);
         if (result.replayed) {
-          await credited?.checkUnchanged(ledger, key, grant.id, { amount, currency }, log);
+          credited?.checkUnchanged(walletId, grant.id, result.amount, { amount, currency }, log);
         } else {
-          credited?.record(walletId, grant.id, { amount, currency });
+          credited?.record(walletId, grant.id, currency);
           log.info({ wallet: walletId, grant: grant.id, amount: grant.amount, expiresAt: grant.expiresAt }, 'grant applied');
         }
       } catch (error) {
@@ -191,62 +191,32 @@ export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: L
   }
 }
 
-/** A credited grant's amount in nano-units, and its currency where known. */
-export interface CreditedGrant {
-  amount: bigint;
-  /** Undefined when the amount was read from the ledger's entry stream, which records no currency. */
-  currency: string | undefined;
-}
-
 /**
- * The amounts that the ledger credited for grant ids, so that local mode can warn when a
- * manifest changes the amount of a grant that was already credited. It records the grants
- * this process credits and, for a grant the ledger reports as already credited, reads the
- * wallet's grant entries from the ledger once.
- * NOTE: compaction folds old grant entries into a checkpoint without their ids, so a grant
- * credited before the last compaction has no known amount and gets no warning.
+ * Remembers the currency of each grant this process credits, and warns when
+ * a manifest changes the amount or currency of a grant that the ledger
+ * already credited. The ledger reports the first amount of a replayed grant
+ * id. It keeps no currency, so a currency change is noticed only for grants
+ * credited since this process started.
  */
 export class CreditedGrants {
-  private readonly grants = new Map<string, CreditedGrant>();
-  private readonly walletsRead = new Set<string>();
+  private readonly currencies = new Map<string, string>();
   private readonly warned = new Set<string>();
 
-  record(walletId: string, grantId: string, grant: CreditedGrant): void {
-    this.grants.set(grantKey(walletId, grantId), grant);
+  record(walletId: string, grantId: string, currency: string): void {
+    this.currencies.set(grantKey(walletId, grantId), currency);
   }
 
-  /** Returns the credited amount of a grant, reading the wallet's grant entries from the ledger on the first miss. */
-  async find(ledger: Ledger, wallet: WalletKey, grantId: string): Promise<CreditedGrant | undefined> {
-    const walletId = `${wallet.namespace}/${wallet.name}`;
-    const known = this.grants.get(grantKey(walletId, grantId));
-    if (known !== undefined || this.walletsRead.has(walletId)) return known;
+  /** Logs a warning, once per new amount and currency, when a replayed grant reads differently in the manifests. */
+  checkUnchanged(walletId: string, grantId: string, creditedAmount: bigint, requested: { amount: bigint; currency: string }, log: Logger): void {
+    const creditedCurrency = this.currencies.get(grantKey(walletId, grantId));
+    const currencyChanged = creditedCurrency !== undefined && creditedCurrency !== requested.currency;
+    if (creditedAmount === requested.amount && !currencyChanged) return;
 
-    this.walletsRead.add(walletId);
-    for await (const entry of ledger.entries(wallet)) {
-      const { type, id, amount } = entry.fields;
-      if (type !== 'grant' || id === undefined || amount === undefined) continue;
-      const key = grantKey(walletId, id);
-      if (!this.grants.has(key)) this.grants.set(key, { amount: BigInt(amount), currency: undefined });
-    }
-    return this.grants.get(grantKey(walletId, grantId));
-  }
-
-  /**
-   * Logs a warning, once per new amount and currency, when a grant the ledger already
-   * credited now reads differently in the manifests.
-   */
-  async checkUnchanged(ledger: Ledger, wallet: WalletKey, grantId: string, requested: { amount: bigint; currency: string }, log: Logger): Promise<void> {
-    const previous = await this.find(ledger, wallet, grantId);
-    if (previous === undefined) return;
-    const currencyChanged = previous.currency !== undefined && previous.currency !== requested.currency;
-    if (previous.amount === requested.amount && !currencyChanged) return;
-
-    const walletId = `${wallet.namespace}/${wallet.name}`;
     const warningKey = `${grantKey(walletId, grantId)}=${requested.amount} ${requested.currency}`;
     if (this.warned.has(warningKey)) return;
     this.warned.add(warningKey);
 
-    const creditedText = formatMoney(previous.amount, previous.currency);
+    const creditedText = formatMoney(creditedAmount, creditedCurrency);
     const requestedText = formatMoney(requested.amount, requested.currency);
     log.warn(
       { wallet: walletId, grant: grantId, credited: creditedText, requested: requestedText },

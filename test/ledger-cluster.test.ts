@@ -114,7 +114,7 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
 
   it('serves a wallet on each master', async () => {
     for (const wallet of walletByPort.values()) {
-      expect(await ledger.credit(wallet, 'g', 1000n)).toEqual({ status: 'credited', replayed: false, balance: 1000n });
+      expect(await ledger.credit(wallet, 'g', 1000n)).toEqual({ status: 'credited', replayed: false, balance: 1000n, amount: 1000n });
       expect(await ledger.reserve(wallet, 'done', hold(300n))).toEqual({ status: 'reserved', amount: 300n, units: 0, replayed: false });
       expect(await ledger.reserve(wallet, 'open', hold(200n))).toEqual({ status: 'reserved', amount: 200n, units: 0, replayed: false });
       expect(await ledger.commit(wallet, 'done', usage(120n))).toEqual({ status: 'committed', charged: 120n, released: 180n, replayed: false });

@@ -90,11 +90,11 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
       it('is idempotent on the grant id', async () => {
         const wallet = newWallet();
 
-        expect(await ledger.credit(wallet, 'g-1', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n });
-        expect(await ledger.credit(wallet, 'g-1', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: true, balance: 100n });
-        // A reused grant id keeps its first amount.
-        expect(await ledger.credit(wallet, 'g-1', 999n)).toEqual({ status: 'credited', replayed: true, balance: 100n });
-        expect(await ledger.credit(wallet, 'g-2', 50n)).toEqual({ status: 'credited', replayed: false, balance: 150n });
+        expect(await ledger.credit(wallet, 'g-1', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n, amount: 100n });
+        expect(await ledger.credit(wallet, 'g-1', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: true, balance: 100n, amount: 100n });
+        // A reused grant id keeps its first amount, and the reply names it.
+        expect(await ledger.credit(wallet, 'g-1', 999n)).toEqual({ status: 'credited', replayed: true, balance: 100n, amount: 100n });
+        expect(await ledger.credit(wallet, 'g-2', 50n)).toEqual({ status: 'credited', replayed: false, balance: 150n, amount: 50n });
 
         const state = await ledger.state(wallet);
         expect(state.granted).toBe(150n);
@@ -121,6 +121,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           status: 'credited',
           replayed: false,
           balance: MAX_LEDGER_AMOUNT,
+          amount: MAX_LEDGER_AMOUNT,
         });
 
         const error = await ledger.credit(wallet, 'one-more', 1n).catch((caught: unknown) => caught);
@@ -604,6 +605,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           status: 'credited',
           replayed: false,
           balance: 1300n,
+          amount: 300n,
         });
 
         // The expiry is inclusive: a sweep one millisecond before it changes nothing.
@@ -762,14 +764,15 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
       it('replays an expiring grant by its id', async () => {
         const wallet = newWallet();
         const expiresAtMs = Date.now() + HOUR_MS;
-        expect(await ledger.credit(wallet, 'promo', 300n, { expiresAtMs })).toEqual({ status: 'credited', replayed: false, balance: 300n });
+        expect(await ledger.credit(wallet, 'promo', 300n, { expiresAtMs })).toEqual({ status: 'credited', replayed: false, balance: 300n, amount: 300n });
         // A replay keeps the first amount and expiry.
         expect(await ledger.credit(wallet, 'promo', 999n, { expiresAtMs: expiresAtMs + HOUR_MS })).toEqual({
           status: 'credited',
           replayed: true,
           balance: 300n,
+          amount: 300n,
         });
-        expect(await ledger.credit(wallet, 'promo', 300n)).toEqual({ status: 'credited', replayed: true, balance: 300n });
+        expect(await ledger.credit(wallet, 'promo', 300n)).toEqual({ status: 'credited', replayed: true, balance: 300n, amount: 300n });
 
         await ledger.sweep(wallet, expiresAtMs);
         expect((await ledger.state(wallet)).expired).toBe(300n);
@@ -778,6 +781,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           status: 'credited',
           replayed: true,
           balance: 0n,
+          amount: 300n,
         });
         expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 300n, spent: 0n, expired: 300n, entries: 2, problems: [] });
       });
@@ -863,7 +867,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
 
       it('keeps a grant without expiry forever', async () => {
         const wallet = newWallet();
-        expect(await ledger.credit(wallet, 'g', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n });
+        expect(await ledger.credit(wallet, 'g', 100n, { reason: 'welcome' })).toEqual({ status: 'credited', replayed: false, balance: 100n, amount: 100n });
         await ledger.sweep(wallet, Date.now() + 100 * 365 * 24 * HOUR_MS);
         expect((await ledger.state(wallet)).balance).toBe(100n);
       });
@@ -1048,6 +1052,9 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           ...before,
           checkpoint: { granted: 1300n, spent: 150n, expired: 0n, providerCost: 90n, entries: 5, lastId: entriesBefore[4]!.id },
         });
+
+        // A folded grant still replays with its first amount.
+        expect(await ledger.credit(wallet, 'paid', 5n)).toEqual({ status: 'credited', replayed: true, balance: 950n, amount: 1000n });
 
         // Later entries verify on top of the checkpoint.
         await ledger.commit(wallet, 'open', usage(25n, 5n));

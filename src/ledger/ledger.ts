@@ -135,7 +135,11 @@ export type CommitResult =
 
 export type ReleaseResult = { status: 'released'; amount: bigint } | { status: 'not_found' } | { status: 'already_committed' };
 
-export type CreditResult = { status: 'credited'; replayed: boolean; balance: bigint };
+/**
+ * `amount` is what the grant id was credited with: the amount of this call,
+ * or on a replay the amount of the first call, which the ledger keeps.
+ */
+export type CreditResult = { status: 'credited'; replayed: boolean; balance: bigint; amount: bigint };
 
 export interface CreditOptions {
   /** Reason for the grant, recorded in its stream entry. */

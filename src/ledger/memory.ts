@@ -131,8 +131,9 @@ export class MemoryLedger implements Ledger {
     validateGrantExpiry(grantId, expiresAtMs);
     const account = this.#account(wallet);
 
-    if (account.grants.has(grantId)) {
-      return { status: 'credited', replayed: true, balance: balanceOf(account) };
+    const credited = account.grants.get(grantId);
+    if (credited !== undefined) {
+      return { status: 'credited', replayed: true, balance: balanceOf(account), amount: credited };
     }
     if (expiresAtMs !== undefined) {
       const nowMs = this.#now();
@@ -152,7 +153,7 @@ export class MemoryLedger implements Ledger {
       insertExpiringGrant(account.expiring, { id: grantId, expiresAtMs, remaining: amount });
     }
     appendEntry(account, this.#now(), fields);
-    return { status: 'credited', replayed: false, balance: balanceOf(account) };
+    return { status: 'credited', replayed: false, balance: balanceOf(account), amount };
   }
 
   async reserve(wallet: WalletKey, requestId: string, hold: HoldRequest): Promise<ReserveResult> {

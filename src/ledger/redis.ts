@@ -230,10 +230,11 @@ export class RedisLedger implements Ledger {
       expiresAtMs === undefined ? '' : String(expiresAtMs),
     ]);
 
-    const [status, value] = reply as [string, string];
+    const [status, value, credited] = reply as [string, string, string | undefined];
     if (status === 'too_large') throw grantTotalTooLarge(wallet, grantId, amount, BigInt(value));
     if (status === 'expired') throw new GrantExpiredError(wallet, grantId, expiresAtMs!, Number(value));
-    return { status: 'credited', replayed: status === 'replayed', balance: BigInt(value) };
+    if (status === 'replayed') return { status: 'credited', replayed: true, balance: BigInt(value), amount: BigInt(credited!) };
+    return { status: 'credited', replayed: false, balance: BigInt(value), amount };
   }
 
   async reserve(wallet: WalletKey, requestId: string, hold: HoldRequest): Promise<ReserveResult> {

@@ -2,14 +2,16 @@
 -- live expiring grants (see common.lua).
 -- ARGV: grantId, amount, reason, maximum granted total (2^53), expiry in
 --       epoch ms ('' for a grant that never expires).
--- Returns {'credited' | 'replayed', balance}, {'too_large', granted} or
--- {'expired', server time in ms} for an expiry at or before the server's clock.
+-- Returns {'credited', balance}, {'replayed', balance, the amount first
+-- credited for the grant id}, {'too_large', granted} or {'expired', server
+-- time in ms} for an expiry at or before the server's clock.
 local id, amount, expires = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local totals = redis.call('HMGET', ACCT, 'granted', 'spent', 'expired')
 local granted, spent, expired = to_amount(totals[1]), to_amount(totals[2]), to_amount(totals[3])
 
-if redis.call('HEXISTS', GRANTS, id) == 1 then
-  return { 'replayed', amount_string(granted - spent - expired) }
+local credited = redis.call('HGET', GRANTS, id)
+if credited then
+  return { 'replayed', amount_string(granted - spent - expired), credited }
 end
 if expires ~= '' then
   local now = server_time_ms()
