@@ -384,7 +384,8 @@ export class WalletReconciler {
     let problem: WalletProblem | undefined;
 
     for (const grant of wallet.spec.grants) {
-      // NOTE: an applied grant whose amount is edited later keeps its first amount, because the ledger is idempotent on the id.
+      // The CRD rejects edits of an existing grant's amount or expiry. NOTE: a grant removed and then added again with
+      // the same id and another amount keeps its first amount, because the ledger is idempotent on the id.
       if (applied.includes(grant.id)) continue;
       const reportKey = `${object.metadata.uid}/${grant.id}`;
 

@@ -370,6 +370,33 @@ describe('API server rejects', () => {
     expect(stored['spec']['currency']).toBe('USD');
   });
 
+  it('a changed amount or expiry of a grant', async () => {
+    const expiresAt = '2030-01-01T00:00:00Z';
+    const original = wallet('fixed-grants', { grants: [{ id: 'paid', amount: '25.00' }, { id: 'promo', amount: '5.00', expiresAt }] });
+    await kubectlOk(['apply', '-f', '-'], stringifyYaml(original));
+    const message = 'spec.grants: Invalid value: a grant keeps the amount and expiry it was created with, because the ledger credits each grant id once; ' +
+      'to top up, add a grant with a new id';
+
+    const changes = [
+      [{ id: 'paid', amount: '30.00' }, { id: 'promo', amount: '5.00', expiresAt }],
+      [{ id: 'paid', amount: '25.00' }, { id: 'promo', amount: '5.00', expiresAt: '2031-01-01T00:00:00Z' }],
+      [{ id: 'paid', amount: '25.00', expiresAt }, { id: 'promo', amount: '5.00', expiresAt }],
+      [{ id: 'paid', amount: '25.00' }, { id: 'promo', amount: '5.00' }],
+    ];
+    for (const grants of changes) {
+      const result = await kubectl(['apply', '-f', '-'], stringifyYaml(wallet('fixed-grants', { grants })));
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(message);
+    }
+
+    // Adding a grant, reordering and removing grants are allowed.
+    const topUp = [{ id: 'top-up', amount: '10.00' }, { id: 'promo', amount: '5.00', expiresAt }, { id: 'paid', amount: '25.00' }];
+    expect(await kubectlOk(['apply', '-f', '-'], stringifyYaml(wallet('fixed-grants', { grants: topUp })))).toContain('configured');
+    expect(await kubectlOk(['apply', '-f', '-'], stringifyYaml(wallet('fixed-grants', { grants: [topUp[0]] })))).toContain('configured');
+    const stored = await getJson(['get', '-n', NAMESPACE, 'wallet', 'fixed-grants']);
+    expect(stored['spec']['grants']).toEqual([{ id: 'top-up', amount: '10.00' }]);
+  });
+
   it('a second error only once per malformed amount', async () => {
     const result = await kubectl(
       ['apply', '-f', '-'],

@@ -230,6 +230,14 @@ export const RESOURCE_KINDS: ResourceKind[] = [
               rule: 'self.all(g, self.exists_one(h, h.id == g.id))',
               message: 'grant ids must be unique within a wallet, because the ledger applies each id once',
             },
+            {
+              rule:
+                'oldSelf.all(o, self.all(g, g.id != o.id || g.amount == o.amount && ' +
+                '(has(g.expiresAt) ? has(o.expiresAt) && g.expiresAt == o.expiresAt : !has(o.expiresAt))))',
+              message:
+                'a grant keeps the amount and expiry it was created with, because the ledger credits each grant id once; ' +
+                'to top up, add a grant with a new id',
+            },
           ],
         },
       },
