@@ -376,6 +376,19 @@ export class Proxy {
     const currency = wallet.currency;
     switch (result.status) {
       case 'reserved':
+        // A replayed reserve means that an earlier request with the same id and body has the hold: it is still being
+        // served, or its sidecar stopped before settling it. Forwarding again would pay the provider twice.
+        // NOTE: ioredis sends a command again when the connection drops before its reply. If Redis had run that
+        // reserve, the request itself gets this 409, and its hold waits for the sweeper (holdTtlSeconds).
+        if (result.replayed) {
+          throw new ProxyError(
+            409,
+            'request_in_progress',
+            `request id "${requestId}" is already being served by an earlier request with the same body, so this one was not forwarded; ` +
+              'wait for that response, or retry after it has finished',
+            { denialReason: 'request_id_conflict' },
+          );
+        }
         return result.units;
       case 'insufficient_funds':
         throw new ProxyError(
@@ -389,14 +402,15 @@ export class Proxy {
           denialReason: SPEND_LIMITS[result.limit].denialReason,
         });
       case 'conflict':
-        throw new ProxyError(
-          400,
-          'request_id_conflict',
-          result.reason === 'already_settled'
-            ? `request id "${requestId}" was already served and billed; send a new Idempotency-Key to make another call`
-            : `request id "${requestId}" was already used for a different request body; send a new Idempotency-Key`,
-          { denialReason: 'request_id_conflict' },
-        );
+        // A key reused with another body gets 422, the status the IETF Idempotency-Key draft specifies.
+        if (result.reason === 'fingerprint_mismatch') {
+          throw new ProxyError(422, 'request_id_conflict', `request id "${requestId}" was already used for a different request body; send a new Idempotency-Key`, {
+            denialReason: 'request_id_conflict',
+          });
+        }
+        throw new ProxyError(400, 'request_id_conflict', `request id "${requestId}" was already served and billed; send a new Idempotency-Key to make another call`, {
+          denialReason: 'request_id_conflict',
+        });
       case 'wallet_closed':
         throw new ProxyError(403, 'wallet_closed', `wallet "${wallet.id}" is closed and accepts no new requests`, { denialReason: 'wallet_closed' });
     }
@@ -430,8 +444,13 @@ export class Proxy {
       await this.releaseQuietly(admitted, 'upstream_unreachable');
       this.count(admitted, 'upstream_error');
       endSpanWithError(admitted.span, error);
-      if (abort.signal.aborted) return;
-      this.sendError(res, adapter, new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}; nothing was charged`));
+      if (abort.signal.aborted) {
+        this.log.info({ requestId: admitted.requestId, route: route.name }, 'client disconnected before the upstream answered; nothing was charged');
+        return;
+      }
+      const failure = new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}; nothing was charged`);
+      this.log.warn({ requestId: admitted.requestId, route: route.name, status: failure.status, code: failure.code, reason: failure.message }, 'request failed');
+      this.sendError(res, adapter, failure);
       return;
     }
 
@@ -476,6 +495,10 @@ export class Proxy {
     this.count(admitted, 'upstream_error');
     admitted.span.setAttribute('http.response.status_code', upstream.statusCode);
     endSpanWithError(admitted.span, new Error(`upstream returned HTTP ${upstream.statusCode}`));
+    // One line per failed request, like the line per settled one: info for the provider's client errors, warn for its server errors.
+    const fields = { requestId: admitted.requestId, route: admitted.route.name, model: admitted.info.model, status: upstream.statusCode };
+    if (upstream.statusCode >= 500) this.log.warn(fields, 'upstream returned an error; nothing was charged');
+    else this.log.info(fields, 'upstream returned an error; nothing was charged');
     res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
     try {
       for await (const chunk of upstream.body) res.write(chunk);
@@ -498,7 +521,9 @@ export class Proxy {
     } catch (error) {
       const { usage, complete } = meter.result();
       const reason = signal.aborted ? 'client_disconnect' : 'upstream_cut';
-      this.log.warn({ err: error, requestId: admitted.requestId, reason }, 'stream ended early; charging the output seen so far');
+      // A client that stops reading is routine, so it gets an info line without the internal abort error.
+      if (reason === 'client_disconnect') this.log.info({ requestId: admitted.requestId, reason }, 'stream ended early; charging the output seen so far');
+      else this.log.warn({ err: error, requestId: admitted.requestId, reason }, 'stream ended early; charging the output seen so far');
       res.destroy();
       return { usage, complete, reason };
     }

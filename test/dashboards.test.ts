@@ -406,7 +406,7 @@ async function sendRound(round: number): Promise<void> {
   const idempotent = { 'x-tollgate-wallet': `${NAMESPACE}/main`, 'idempotency-key': `round-${round}` };
   expect((await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 16 }, idempotent)).status).toBe(200);
   const reused = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 17 }, idempotent);
-  expect(reused.status).toBe(400);
+  expect(reused.status).toBe(422);
   expect(JSON.parse(reused.text).error.code).toBe('request_id_conflict');
 
   const upstreamError = openaiFor('main').chat.completions.create({ model: 'gpt-4o-mini', messages, max_tokens: 16 }, { headers: { 'x-sim-status': '500' } });

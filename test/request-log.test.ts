@@ -5,7 +5,7 @@
  */
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { request } from 'undici';
+import { Client, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
 
@@ -21,6 +21,15 @@ metadata: { name: openai }
 spec:
   protocol: openai
   baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [gpt-4o-mini]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: closed }
+spec:
+  protocol: openai
+  baseURL: http://127.0.0.1:1
   credentialSecretRef: { name: keys, key: apiKey }
   models: [gpt-4o-mini]
 ---
@@ -66,10 +75,10 @@ afterAll(async () => {
   await stack?.close();
 });
 
-async function chat(model: string, wallet: string): Promise<number> {
-  const response = await request(`${stack.url}/openai/v1/chat/completions`, {
+async function chat(model: string, wallet: string, headers: Record<string, string> = {}, route = 'openai'): Promise<number> {
+  const response = await request(`${stack.url}/${route}/v1/chat/completions`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-tollgate-wallet': wallet },
+    headers: { 'content-type': 'application/json', 'x-tollgate-wallet': wallet, ...headers },
     body: JSON.stringify({ model, max_tokens: 8, messages: [{ role: 'user', content: 'hi' }] }),
   });
   await response.body.text();
@@ -106,5 +115,48 @@ describe('request log', () => {
     expect(rejected).toHaveLength(2);
     expect(rejected[1]!['code']).toBe('wallet_not_allowed');
     expect(linesWith('request settled')).toHaveLength(1);
+  });
+
+  it('logs an upstream error status', async () => {
+    expect(await chat('gpt-4o-mini', 'team', { 'x-sim-status': '500' })).toBe(500);
+    expect(await chat('gpt-4o-mini', 'team', { 'x-sim-status': '400' })).toBe(400);
+    const failed = linesWith('upstream returned an error; nothing was charged');
+    expect(failed.map((line) => [line.level, line['status'], line['route'], line['model']])).toEqual([
+      [40, 500, 'openai', 'gpt-4o-mini'],
+      [30, 400, 'openai', 'gpt-4o-mini'],
+    ]);
+    expect(linesWith('request settled')).toHaveLength(1);
+  });
+
+  it('logs an unreachable upstream', async () => {
+    expect(await chat('gpt-4o-mini', 'team', {}, 'closed')).toBe(502);
+    const failed = linesWith('request failed');
+    expect(failed).toHaveLength(1);
+    expect(failed[0]!.level).toBe(40);
+    expect(failed[0]!['code']).toBe('upstream_unreachable');
+    expect(failed[0]!['route']).toBe('closed');
+    expect(String(failed[0]!['reason'])).toContain('provider route "closed" could not be reached at http://127.0.0.1:1: ');
+  });
+
+  it('logs a client that leaves a stream at info', async () => {
+    const controller = new AbortController();
+    // Its own client, closed below, so that no spare connection of the shared pool keeps the server open at the end.
+    const client = new Client(stack.url);
+    const response = await client.request({
+      path: '/openai/v1/chat/completions',
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-tollgate-wallet': 'team', 'x-sim-chunks': '50', 'x-sim-chunk-delay-ms': '20' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', max_tokens: 64, stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+      signal: controller.signal,
+    });
+    for await (const _chunk of response.body) break;
+    controller.abort();
+    await client.destroy();
+
+    await expect.poll(() => linesWith('stream ended early; charging the output seen so far').length, { interval: 20, timeout: 5000 }).toBe(1);
+    const [ended] = linesWith('stream ended early; charging the output seen so far');
+    expect(ended!.level).toBe(30);
+    expect(ended!['reason']).toBe('client_disconnect');
+    expect(ended!['err']).toBeUndefined();
   });
 });

@@ -593,8 +593,34 @@ describe('request ids and end users', () => {
     const other = await countedDenial('request_id_conflict', 'gpt-4o-mini', () =>
       postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'b' }], max_tokens: 5 }, headers),
     );
-    expect(other.status).toBe(400);
+    expect(other.status).toBe(422);
     expect(JSON.parse(other.text).error.message).toContain('was already used for a different request body');
+  });
+
+  it('forwards a repeat in flight once (C8)', async () => {
+    const wallet = walletKey('main');
+    const before = await stack.ledger.state(wallet);
+    const upstreamBefore = upstreamCount();
+    const usage = JSON.stringify({ prompt_tokens: 1000, completion_tokens: 100, total_tokens: 1100 });
+    const headers = { 'x-tollgate-wallet': 'main', 'idempotency-key': 'retry-c8-4', 'x-sim-usage': usage, 'x-sim-latency-ms': '1500' };
+    const body = { model: 'o3', messages: [{ role: 'user', content: 'in flight' }], max_tokens: 200 };
+
+    const first = postJson('/openai/v1/chat/completions', body, headers);
+    // The first request holds its funds once the simulator has it.
+    await expect.poll(upstreamCount, { interval: 10, timeout: 5000 }).toBe(upstreamBefore + 1);
+    const repeat = await countedDenial('request_id_conflict', 'o3', () => postJson('/openai/v1/chat/completions', body, headers));
+    expect(repeat.status).toBe(409);
+    expect(JSON.parse(repeat.text).error.message).toBe(
+      'request id "retry-c8-4" is already being served by an earlier request with the same body, so this one was not forwarded; ' +
+        'wait for that response, or retry after it has finished',
+    );
+    expect((await first).status).toBe(200);
+
+    // 1000 input tokens at 30 and 100 output tokens at 180 per million: 0.048 USD, once, from one upstream call.
+    const after = await stack.ledger.state(wallet);
+    expect(after.spent - before.spent).toBe(parseAmount('0.048'));
+    expect(after.reserved).toBe(before.reserved);
+    expect(upstreamCount() - upstreamBefore).toBe(1);
   });
 
   it('bills an end-user wallet the base wallet allows', async () => {
