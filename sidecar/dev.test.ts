@@ -191,6 +191,29 @@ describe('startDev', () => {
     }
   });
 
+  it('treats an empty provider key as none', async () => {
+    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
+    await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
+    const server = await startDev({
+      manifests,
+      host: '127.0.0.1',
+      port: 0,
+      redisUrl: undefined,
+      wallet: undefined,
+      env: { OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '' },
+      log: pino({ level: 'silent' }),
+      watch: false,
+    });
+    try {
+      expect(server.simulatorUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect(server.simulated.sort()).toEqual(['anthropic', 'openai']);
+      expect(server.config.current().routes.get('/openai')?.origin).toBe(server.simulatorUrl);
+    } finally {
+      await server.close();
+      await rm(manifests, { recursive: true, force: true });
+    }
+  });
+
   it('warns when a reload changes a credited grant', async () => {
     const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
     await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });

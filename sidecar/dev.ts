@@ -81,7 +81,8 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
 
   const credentialOf = (resources: ResourceSet): CredentialResolver => {
     const fromSecrets = secretsResolver(resources);
-    return (route: ProviderRoute) => fromSecrets(route) ?? options.env[KEY_VARIABLES[route.spec.protocol] ?? ''];
+    // An empty variable counts as unset, so `OPENAI_API_KEY= tollgate dev` uses the simulator instead of calling the provider with no key.
+    return (route: ProviderRoute) => fromSecrets(route) ?? (options.env[KEY_VARIABLES[route.spec.protocol] ?? ''] || undefined);
   };
 
   const initial = await loadManifests(options.manifests);
