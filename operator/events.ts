@@ -120,7 +120,9 @@ export class EventRecorder {
       const event = buildEvent(target, type, reason, message, this.#options, now);
       await clients.core.createNamespacedEvent({ namespace: target.namespace, body: event });
       this.#recent.set(dedupeKey, { name: event.metadata.name!, namespace: target.namespace, count: 1, at: now.getTime() });
-      log.info({ kind: target.kind, namespace: target.namespace, name: target.name, reason, type }, message);
+      const fields = { kind: target.kind, namespace: target.namespace, name: target.name, reason, type };
+      if (type === 'Warning') log.warn(fields, message);
+      else log.info(fields, message);
     } catch (error) {
       log.error({ err: describeKubeError(error), kind: target.kind, namespace: target.namespace, name: target.name, reason }, 'recording an event failed');
     }

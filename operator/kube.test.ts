@@ -5,6 +5,7 @@ import {
   describeKubeError,
   isConflict,
   isNotFound,
+  missingNamespaceOf,
   objectKey,
   parseObjectKey,
   parseResource,
@@ -53,6 +54,16 @@ describe('API errors', () => {
       'HTTP 409: the object has been modified',
     );
     expect(describeKubeError(new Error('connect ECONNREFUSED 127.0.0.1:6443'))).toBe('connect ECONNREFUSED 127.0.0.1:6443');
+  });
+
+  it('finds a missing namespace only in its own 404', () => {
+    const status = { kind: 'Status', message: 'namespaces "tollgate-system" not found', reason: 'NotFound', details: { name: 'tollgate-system', kind: 'namespaces' }, code: 404 };
+    expect(missingNamespaceOf(new ApiException(404, 'Not Found', JSON.stringify(status), {}))).toBe('tollgate-system');
+    expect(missingNamespaceOf(new ApiException(404, 'Not Found', status, {}))).toBe('tollgate-system');
+    expect(missingNamespaceOf(notFound)).toBeUndefined();
+    expect(missingNamespaceOf(new ApiException(403, 'Forbidden', JSON.stringify(status), {}))).toBeUndefined();
+    expect(missingNamespaceOf(new ApiException(404, 'Not Found', '<html>not found</html>', {}))).toBeUndefined();
+    expect(missingNamespaceOf(new Error('socket hang up'))).toBeUndefined();
   });
 });
 

@@ -146,6 +146,26 @@ export function isConflict(error: unknown): boolean {
 }
 
 /**
+ * Returns the namespace named by a 404 whose Status reports that the namespace
+ * itself does not exist, which the API server returns for a create in a
+ * missing namespace. Returns undefined for every other error, including a 404 for a
+ * missing object in an existing namespace.
+ */
+export function missingNamespaceOf(error: unknown): string | undefined {
+  if (!isNotFound(error)) return undefined;
+  let body = (error as { body?: unknown }).body;
+  if (typeof body === 'string') {
+    try {
+      body = JSON.parse(body) as unknown;
+    } catch {
+      return undefined;
+    }
+  }
+  const details = (body as { details?: { kind?: unknown; name?: unknown } } | null | undefined)?.details;
+  return details?.kind === 'namespaces' && typeof details.name === 'string' ? details.name : undefined;
+}
+
+/**
  * Returns a one-line description of a failed API call: the status and the
  * message of the API server's Status body. The client's own error message
  * repeats every response header, which is too long for a log line.

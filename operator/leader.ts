@@ -17,7 +17,7 @@
 
 import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { describeKubeError, isConflict, isNotFound, type KubeClients } from './kube.ts';
+import { describeKubeError, isConflict, isNotFound, missingNamespaceOf, type KubeClients } from './kube.ts';
 
 export interface LeaderElectionOptions {
   clients: KubeClients;
@@ -29,6 +29,7 @@ export interface LeaderElectionOptions {
   leaseDurationMs: number;
   renewDeadlineMs: number;
   retryPeriodMs: number;
+  /** Logger that already names this replica's identity, because the elector adds only the Lease to each line. */
   log: Logger;
   /** Called when this replica becomes the leader. */
   onStartedLeading: () => void;
@@ -75,11 +76,15 @@ export class LeaderElector {
   #observedAtMs = 0;
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
+  /** Description of the last failed Lease attempt, so that a repeat of the same failure is not logged again at warn. */
+  #lastFailure: string | undefined;
+  /** Failed attempts since the last success. */
+  #failedAttempts = 0;
 
   constructor(options: LeaderElectionOptions) {
     validateLeaseTimings(options.leaseDurationMs, options.renewDeadlineMs, options.retryPeriodMs);
     this.#options = options;
-    this.#log = options.log.child({ lease: `${options.namespace}/${options.name}`, identity: options.identity });
+    this.#log = options.log.child({ lease: `${options.namespace}/${options.name}` });
   }
 
   get isLeader(): boolean {
@@ -109,6 +114,7 @@ export class LeaderElector {
       const started = Date.now();
       const outcome = await this.#tryAcquireOrRenew();
       if (this.#stopped) return;
+      if (outcome !== 'failed') this.#recovered();
 
       if (outcome === 'leading') {
         this.#lastRenewMs = started;
@@ -188,9 +194,42 @@ export class LeaderElector {
       return 'leading';
     } catch (error) {
       if (isConflict(error)) return this.#leader ? 'failed' : 'lost';
-      this.#log.warn({ err: describeKubeError(error) }, 'reading or updating the lease failed');
+      this.#reportFailure(error);
       return 'failed';
     }
+  }
+
+  /**
+   * Logs a failed Lease attempt at warn the first time the failure occurs, and
+   * repeats of the same failure, one per retry period, only at debug.
+   */
+  #reportFailure(error: unknown): void {
+    const description = describeKubeError(error);
+    this.#failedAttempts += 1;
+    if (description === this.#lastFailure) {
+      this.#log.debug({ err: description, failedAttempts: this.#failedAttempts }, 'the lease attempt failed again');
+      return;
+    }
+    this.#lastFailure = description;
+
+    const namespace = missingNamespaceOf(error);
+    if (namespace !== undefined && namespace === this.#options.namespace) {
+      this.#log.warn(
+        { err: description, namespace },
+        `the Lease namespace "${namespace}" does not exist, so this replica cannot take part in leader election; ` +
+          `create it (kubectl create namespace ${namespace}), or set --namespace or TOLLGATE_NAMESPACE to an existing namespace. ` +
+          'The same failure is logged again at debug only',
+      );
+      return;
+    }
+    this.#log.warn({ err: description }, 'reading or updating the lease failed. The same failure is logged again at debug only');
+  }
+
+  #recovered(): void {
+    if (this.#lastFailure === undefined) return;
+    this.#log.info({ failedAttempts: this.#failedAttempts }, 'reading and updating the lease succeeded again');
+    this.#lastFailure = undefined;
+    this.#failedAttempts = 0;
   }
 
   async #release(): Promise<void> {
