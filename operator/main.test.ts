@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { KubeObject, ResourceKind } from './kube.ts';
-import { ConfigurationError, keysFor, parseListen, parseOperatorArgs } from './main.ts';
+import { ConfigurationError, keysFor, parseListen, parseOperatorArgs, validateOperatorConfig } from './main.ts';
 
 describe('parseOperatorArgs', () => {
   it('applies defaults', () => {
@@ -141,6 +141,25 @@ describe('parseOperatorArgs', () => {
     expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', ''], {})).toThrow(`invalid --sidecar-body-limit "": ${hint}`);
     expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', 'big'], {})).toThrow(ConfigurationError);
   });
+
+  it('reads the sidecar wallet label setting', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})?.sidecarWalletLabel).toBe(true);
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: '' })?.sidecarWalletLabel).toBe(true);
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: 'true' })?.sidecarWalletLabel).toBe(true);
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: 'false' })?.sidecarWalletLabel).toBe(false);
+    expect(parseOperatorArgs(['--redis', 'r', '--no-sidecar-wallet-label'], {})?.sidecarWalletLabel).toBe(false);
+    expect(parseOperatorArgs(['--redis', 'r', '--no-sidecar-wallet-label'], { TOLLGATE_SIDECAR_WALLET_LABEL: 'true' })?.sidecarWalletLabel).toBe(false);
+  });
+
+  it('rejects an invalid sidecar wallet label setting', () => {
+    for (const text of ['yes', 'False', '0', ' true']) {
+      expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: text }), text).toThrow(
+        `invalid TOLLGATE_SIDECAR_WALLET_LABEL "${text}": use true or false`,
+      );
+    }
+    expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: 'off' })).toThrow(ConfigurationError);
+    expect(() => parseOperatorArgs(['--redis', 'r', '--no-sidecar-wallet-label=false'], {})).toThrow();
+  });
 });
 
 describe('parseListen', () => {
@@ -194,5 +213,28 @@ describe('keysFor', () => {
   it('queues only the object for a status write or a resync', () => {
     expect(keysFor('PricePlan', 'update', { ...plan, status: { observedGeneration: 1 } }, plan, list)).toEqual(['PricePlan/team/standard']);
     expect(keysFor('ProviderRoute', 'resync', route, undefined, list)).toEqual(['ProviderRoute/team/openai']);
+  });
+});
+
+describe('validateOperatorConfig', () => {
+  const base = parseOperatorArgs(['--redis', 'r', '--sidecar-image', 'tollgate:1'], {})!;
+
+  it('accepts the defaults with a sidecar image', () => {
+    expect(() => validateOperatorConfig(base)).not.toThrow();
+    expect(() => validateOperatorConfig({ ...base, sidecarImage: undefined, webhook: false })).not.toThrow();
+  });
+
+  it('rejects the webhook without a sidecar image', () => {
+    expect(() => validateOperatorConfig({ ...base, sidecarImage: undefined })).toThrow(
+      new ConfigurationError('missing sidecar image: pass --sidecar-image or set TOLLGATE_SIDECAR_IMAGE, or turn the webhook off with --no-webhook'),
+    );
+  });
+
+  it('rejects lease timings that allow two leaders', () => {
+    expect(() => validateOperatorConfig({ ...base, renewDeadlineMs: 20_000 })).toThrow(
+      'invalid lease timings: need leaseDuration (15000 ms) > renewDeadline (20000 ms) > retryPeriod (2000 ms) > 0. ' +
+        'Change --lease-duration, --renew-deadline or --retry-period, or their environment variables',
+    );
+    expect(() => validateOperatorConfig({ ...base, renewDeadlineMs: 20_000 })).toThrow(ConfigurationError);
   });
 });

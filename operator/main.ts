@@ -11,14 +11,14 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
-import { DEFAULT_SIDECAR_OPTIONS, parseBodyLimit } from '../sidecar/server.ts';
+import { DEFAULT_SIDECAR_OPTIONS, parseBodyLimit, parseWalletLabel } from '../sidecar/server.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
 import { Informer, type InformerEvent } from './informer.ts';
 import { createKubeClients, loadKubeConfig, objectKey, parseObjectKey, RESOURCE_KINDS, type KubeClients, type KubeObject, type ResourceKind } from './kube.ts';
-import { LeaderElector } from './leader.ts';
+import { LeaderElector, validateLeaseTimings } from './leader.ts';
 import { createOperatorMetrics, type OperatorMetrics } from './metrics.ts';
 import { WorkQueue, runWorkers, type ReconcileResult } from './queue.ts';
 import { PlanReconciler } from './reconcile-plan.ts';
@@ -64,6 +64,9 @@ Options:
   --sidecar-image IMAGE      Image of the injected sidecar [TOLLGATE_SIDECAR_IMAGE] (required with the webhook)
   --sidecar-body-limit BYTES Largest request body the injected sidecars accept, in bytes, such as 8388608
                              [TOLLGATE_SIDECAR_BODY_LIMIT] (default: ${DEFAULT_SIDECAR_OPTIONS.bodyLimit})
+  --no-sidecar-wallet-label  Injected sidecars leave the wallet label of tollgate_charged_total and
+                             tollgate_provider_cost_total empty, which keeps one series per model and
+                             route instead of one per wallet [TOLLGATE_SIDECAR_WALLET_LABEL=false]
   -h, --help                 Show this help
 
 The log level comes from LOG_LEVEL (default info).`;
@@ -101,6 +104,8 @@ export interface OperatorConfig {
   sidecarImage: string | undefined;
   /** Request body limit of the injected sidecars, in bytes, or undefined for the sidecar's default. */
   sidecarBodyLimit?: number | undefined;
+  /** Whether the injected sidecars fill the wallet label of their money counters. Undefined means true. */
+  sidecarWalletLabel?: boolean | undefined;
   sidecarImagePullPolicy: string | undefined;
   sidecarResources: V1ResourceRequirements | undefined;
 }
@@ -142,6 +147,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       'config-url': { type: 'string' },
       'sidecar-image': { type: 'string' },
       'sidecar-body-limit': { type: 'string' },
+      'no-sidecar-wallet-label': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -190,6 +196,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
   }
   const resyncMs = seconds(values.resync, 'TOLLGATE_RESYNC', 60);
   const sidecarBodyLimit = parseSidecarBodyLimit(values['sidecar-body-limit'], env);
+  const sidecarWalletLabel = values['no-sidecar-wallet-label'] ? false : parseSidecarWalletLabel(env);
 
   return {
     kubeconfig: values.kubeconfig,
@@ -220,6 +227,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     configUrl: pick(values['config-url'], 'TOLLGATE_CONFIG_URL') ?? `http://${webhookService}.${namespace}.svc:${http.port}`,
     sidecarImage: pick(values['sidecar-image'], 'TOLLGATE_SIDECAR_IMAGE'),
     sidecarBodyLimit,
+    sidecarWalletLabel,
     sidecarImagePullPolicy: env['TOLLGATE_SIDECAR_IMAGE_PULL_POLICY'] || undefined,
     sidecarResources: parseResources(env['TOLLGATE_SIDECAR_RESOURCES']),
   };
@@ -237,6 +245,15 @@ function parseSidecarBodyLimit(flag: string | undefined, env: NodeJS.ProcessEnv)
   const setting = flag === undefined ? 'TOLLGATE_SIDECAR_BODY_LIMIT' : '--sidecar-body-limit';
   try {
     return parseBodyLimit(text, setting);
+  } catch (error) {
+    throw new ConfigurationError((error as Error).message, { cause: error });
+  }
+}
+
+/** Parses TOLLGATE_SIDECAR_WALLET_LABEL with the sidecar's own parser: "true", "false", or unset for true. */
+function parseSidecarWalletLabel(env: NodeJS.ProcessEnv): boolean {
+  try {
+    return parseWalletLabel(env['TOLLGATE_SIDECAR_WALLET_LABEL'], 'TOLLGATE_SIDECAR_WALLET_LABEL');
   } catch (error) {
     throw new ConfigurationError((error as Error).message, { cause: error });
   }
@@ -286,8 +303,26 @@ export interface StartOperatorOptions {
   defaultMetrics?: boolean;
 }
 
-/** Starts an operator replica; resolves once its servers listen. */
+const MISSING_SIDECAR_IMAGE = 'missing sidecar image: pass --sidecar-image or set TOLLGATE_SIDECAR_IMAGE, or turn the webhook off with --no-webhook';
+
+/**
+ * Checks the settings that depend on each other, so that a bad combination
+ * fails before the operator connects to anything or starts serving. Throws
+ * ConfigurationError.
+ */
+export function validateOperatorConfig(config: OperatorConfig): void {
+  if (config.webhook && !config.sidecarImage) throw new ConfigurationError(MISSING_SIDECAR_IMAGE);
+  try {
+    validateLeaseTimings(config.leaseDurationMs, config.renewDeadlineMs, config.retryPeriodMs);
+  } catch (error) {
+    const message = `${(error as Error).message}. Change --lease-duration, --renew-deadline or --retry-period, or their environment variables`;
+    throw new ConfigurationError(message, { cause: error });
+  }
+}
+
+/** Starts an operator replica; resolves once its servers listen. Throws ConfigurationError before starting anything when the settings are invalid. */
 export async function startOperator(config: OperatorConfig, options: StartOperatorOptions): Promise<RunningOperator> {
+  validateOperatorConfig(config);
   const log = options.log.child({ identity: config.identity });
   const clients = createKubeClients(loadKubeConfig({ kubeconfig: config.kubeconfig }));
   const metrics = createOperatorMetrics({ defaultMetrics: options.defaultMetrics ?? true });
@@ -384,9 +419,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
 
 /** Starts the admission webhook, on the operator's own API clients. */
 async function startWebhookServer(config: OperatorConfig, clients: KubeClients, metrics: OperatorMetrics, log: Logger): Promise<WebhookServer> {
-  if (!config.sidecarImage) {
-    throw new ConfigurationError('missing sidecar image: pass --sidecar-image or set TOLLGATE_SIDECAR_IMAGE, or turn the webhook off with --no-webhook');
-  }
+  if (!config.sidecarImage) throw new ConfigurationError(MISSING_SIDECAR_IMAGE);
   return startWebhook({
     port: config.webhookPort,
     host: config.webhookHost,
@@ -400,6 +433,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     redisUrl: config.redisUrl,
     ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
     ...(config.sidecarBodyLimit === undefined ? {} : { sidecarBodyLimit: config.sidecarBodyLimit }),
+    ...(config.sidecarWalletLabel === undefined ? {} : { sidecarWalletLabel: config.sidecarWalletLabel }),
     log,
     registry: metrics.registry,
     ...(config.webhookSecret ? { tlsSecretName: config.webhookSecret } : {}),
@@ -566,6 +600,7 @@ export async function runOperator(args: string[]): Promise<number> {
   let config: OperatorConfig | undefined;
   try {
     config = parseOperatorArgs(args);
+    if (config) validateOperatorConfig(config);
   } catch (error) {
     console.error(`${(error as Error).message}\n\n${USAGE}`);
     return 2;

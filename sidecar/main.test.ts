@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bodyLimit, settledRetention } from './main.ts';
+import { bodyLimit, settledRetention, walletLabel } from './main.ts';
 
 describe('settledRetention', () => {
   it('reads TOLLGATE_LEDGER_RETENTION', () => {
@@ -36,6 +36,24 @@ describe('bodyLimit', () => {
       expect(() => bodyLimit({ TOLLGATE_BODY_LIMIT: text }), text).toThrow(
         `invalid TOLLGATE_BODY_LIMIT "${text}": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB`,
       );
+    }
+  });
+});
+
+describe('walletLabel', () => {
+  it('keeps the label on when unset or true', () => {
+    expect(walletLabel({})).toBe(true);
+    expect(walletLabel({ TOLLGATE_WALLET_LABEL: '' })).toBe(true);
+    expect(walletLabel({ TOLLGATE_WALLET_LABEL: 'true' })).toBe(true);
+  });
+
+  it('turns the label off with false', () => {
+    expect(walletLabel({ TOLLGATE_WALLET_LABEL: 'false' })).toBe(false);
+  });
+
+  it('rejects any other value', () => {
+    for (const text of ['yes', 'no', '0', '1', 'TRUE', 'False', ' false']) {
+      expect(() => walletLabel({ TOLLGATE_WALLET_LABEL: text }), text).toThrow(`invalid TOLLGATE_WALLET_LABEL "${text}": use true or false`);
     }
   });
 });

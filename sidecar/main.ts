@@ -7,7 +7,7 @@ import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
 import { compileSnapshot, OperatorConfig } from './config-source.ts';
-import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLimit } from './server.ts';
+import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLimit, parseWalletLabel } from './server.ts';
 
 /**
  * Reads a route's credential from the Secret files the injector mounts at
@@ -56,6 +56,16 @@ export function bodyLimit(env: NodeJS.ProcessEnv): number {
   return parseBodyLimit(text, 'TOLLGATE_BODY_LIMIT');
 }
 
+/**
+ * Returns whether the money counters carry the paying wallet's id in their
+ * wallet label, from TOLLGATE_WALLET_LABEL: "false" turns the label off, and
+ * "true" or unset keeps it on. The webhook sets "false" when the operator's
+ * setting turns it off.
+ */
+export function walletLabel(env: NodeJS.ProcessEnv): boolean {
+  return parseWalletLabel(env.TOLLGATE_WALLET_LABEL, 'TOLLGATE_WALLET_LABEL');
+}
+
 /** Runs the sidecar in a pod: configuration from the operator, the Redis ledger, credentials from files. */
 export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const log = createLogger('tollgate-sidecar');
@@ -65,6 +75,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const credentials = fileCredentials(env.TOLLGATE_CREDENTIALS_DIR ?? '/var/run/tollgate/credentials');
   const wallet = env.TOLLGATE_WALLET ? `${namespace}/${env.TOLLGATE_WALLET}` : undefined;
   const maxBodyBytes = bodyLimit(env);
+  const labelWallets = walletLabel(env);
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
   const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs: settledRetention(env) });
@@ -79,7 +90,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
       // The webhook sets TOLLGATE_BODY_LIMIT from the operator's setting, so a user raises it there.
       bodyLimitSetting: 'the Helm value sidecar.bodyLimit of the tollgate chart (the operator flag --sidecar-body-limit)',
       walletPolicy: { defaultWallet: wallet, allowWalletHeader: false },
-      walletLabel: env.TOLLGATE_WALLET_LABEL === 'true',
+      walletLabel: labelWallets,
     },
     log,
   );

@@ -24,7 +24,7 @@ export const DEFAULT_SIDECAR_OPTIONS: Omit<SidecarOptions, 'walletPolicy'> = {
   minOutputTokens: 16,
   holdTtlSeconds: 900,
   maxResponseBytes: 32 * 1024 * 1024,
-  walletLabel: false,
+  walletLabel: true,
 };
 
 export interface Sidecar {
@@ -147,6 +147,17 @@ export function parseBodyLimit(text: string, setting: string): number {
     throw new RangeError(`invalid ${setting} "${text}": use a whole number of bytes from 1 to ${bufferConstants.MAX_LENGTH}, such as 8388608 for 8 MiB`);
   }
   return bytes;
+}
+
+/**
+ * Parses a wallet label setting: "true" or "false". Undefined or empty text
+ * means the setting is unset and gives the default, true. `setting` names the
+ * option or variable in the error message.
+ */
+export function parseWalletLabel(text: string | undefined, setting: string): boolean {
+  if (text === undefined || text === '' || text === 'true') return true;
+  if (text === 'false') return false;
+  throw new RangeError(`invalid ${setting} "${text}": use true or false`);
 }
 
 function toProxyError(error: FastifyError, request: FastifyRequest, options: SidecarOptions): ProxyError {

@@ -340,6 +340,54 @@ describe('tollgate command', () => {
     }
   });
 
+  it('labels dev money metrics by wallet unless told not to', async () => {
+    // The simulator's token counts vary with the prompt, so only the series, not their values, are compared.
+    const moneySeries = async (extraArgs: string[]): Promise<string[]> => {
+      // Dev serves a route without a provider key from its built-in simulator on loopback. An empty variable counts as a key, so the key variables are removed.
+      const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'warn' };
+      for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
+      const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', ...extraArgs], {
+        cwd: ROOT,
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const exited = once(dev, 'exit');
+      try {
+        const stdout = await new Promise<string>((resolve, reject) => {
+          let text = '';
+          dev.stdout.on('data', (chunk: Buffer) => {
+            text += chunk.toString();
+            if (/Balances: /.test(text)) resolve(text);
+          });
+          dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${text}`)));
+        });
+        expect(stdout).toMatch(/route openai: \S+ \(provider simulator: no key configured\)/);
+        const url = /listening on (http:\/\/\S+)/.exec(stdout)![1]!;
+
+        const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }], max_tokens: 8 });
+        const response = await fetch(`${url}/openai/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+        expect(response.status, await response.text()).toBe(200);
+        const metrics = await (await fetch(`${url}/metrics`)).text();
+        return metrics
+          .split('\n')
+          .filter((line) => line.startsWith('tollgate_charged_total{') || line.startsWith('tollgate_provider_cost_total{'))
+          .map((line) => line.slice(0, line.lastIndexOf(' ')));
+      } finally {
+        dev.kill('SIGTERM');
+        await exited;
+      }
+    };
+
+    expect(await moneySeries([])).toEqual([
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/demo"}',
+      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/demo"}',
+    ]);
+    expect(await moneySeries(['--no-wallet-label'])).toEqual([
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet=""}',
+      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet=""}',
+    ]);
+  });
+
   it('exits when dev cannot reach Redis', async () => {
     const closed = net.createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));

@@ -212,6 +212,7 @@ describe('helm template', () => {
       TOLLGATE_SIDECAR_IMAGE: 'tollgate:0.2.0',
       TOLLGATE_SIDECAR_IMAGE_PULL_POLICY: 'IfNotPresent',
       TOLLGATE_SIDECAR_RESOURCES: '{"limits":{"memory":"256Mi"},"requests":{"cpu":"50m","memory":"64Mi"}}',
+      TOLLGATE_SIDECAR_WALLET_LABEL: 'true',
     });
   });
 
@@ -265,6 +266,28 @@ describe('helm template', () => {
     expect(() => parseOperatorArgs([], invalid)).toThrow(
       'invalid TOLLGATE_SIDECAR_BODY_LIMIT "8MiB": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB',
     );
+  });
+
+  it('passes the sidecar wallet label setting', async () => {
+    const unset = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
+    expect(unset['TOLLGATE_SIDECAR_WALLET_LABEL']).toBe('true');
+    expect(parseOperatorArgs([], unset)?.sidecarWalletLabel).toBe(true);
+
+    const fromSet = operatorEnv(find(await template(['sidecar.walletLabel=false']), 'Deployment', 'tollgate'));
+    expect(fromSet['TOLLGATE_SIDECAR_WALLET_LABEL']).toBe('false');
+    expect(parseOperatorArgs([], fromSet)?.sidecarWalletLabel).toBe(false);
+
+    const valuesFile = path.join(workDir, 'wallet-label-values.yaml');
+    await writeFile(valuesFile, 'sidecar:\n  walletLabel: false\n');
+    const fromFile = operatorEnv(find(await template([], ['--values', valuesFile]), 'Deployment', 'tollgate'));
+    expect(fromFile['TOLLGATE_SIDECAR_WALLET_LABEL']).toBe('false');
+
+    // A string such as "off" or even "false" is not a boolean, so the schema rejects it before the operator sees it.
+    for (const text of ['off', 'false']) {
+      const rejected = await helm(['template', RELEASE, CHART, '--set-string', `sidecar.walletLabel=${text}`]);
+      expect(rejected.code, text).toBe(1);
+      expect(rejected.stderr, text).toContain("at '/sidecar/walletLabel': got string, want boolean");
+    }
   });
 
   it('fails without a Redis URL', async () => {

@@ -33,7 +33,7 @@ import {
 } from '../operator/webhook/certs.ts';
 import { createKubeClients, loadKubeConfig } from '../operator/kube.ts';
 import { startWebhook, type WebhookServer } from '../operator/webhook/server.ts';
-import { bodyLimit } from '../sidecar/main.ts';
+import { bodyLimit, walletLabel } from '../sidecar/main.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const OPERATOR_NAMESPACE = 'tollgate-system';
@@ -235,6 +235,7 @@ describe('sidecar injector on a real API server', () => {
       configUrl: CONFIG_URL,
       redisUrl: REDIS_URL,
       sidecarBodyLimit: SIDECAR_BODY_LIMIT,
+      sidecarWalletLabel: false,
       log,
       registry,
     });
@@ -303,11 +304,13 @@ describe('sidecar injector on a real API server', () => {
       TOLLGATE_CONFIG_URL: CONFIG_URL,
       TOLLGATE_REDIS_URL: REDIS_URL,
       TOLLGATE_BODY_LIMIT: '16777216',
+      TOLLGATE_WALLET_LABEL: 'false',
       TOLLGATE_CREDENTIALS_DIR: '/var/run/tollgate/credentials',
       TOLLGATE_LISTEN: '127.0.0.1:8787',
       TOLLGATE_ADMIN_LISTEN: '0.0.0.0:9464',
     });
     expect(bodyLimit(envOf(sidecar))).toBe(SIDECAR_BODY_LIMIT);
+    expect(walletLabel(envOf(sidecar))).toBe(false);
     expect(sidecar?.env?.[0]?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
     expect(pod.metadata?.annotations).toEqual({
       'tollgate.dev/sidecar-image': SIDECAR_IMAGE,

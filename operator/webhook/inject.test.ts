@@ -278,6 +278,26 @@ describe('injectSidecar sidecar container', () => {
     expect(sidecar.env?.find((variable) => variable.name === 'TOLLGATE_BODY_LIMIT')).toBeUndefined();
   });
 
+  it('turns the wallet label off only when told', () => {
+    const envOf = (walletLabel: boolean | undefined) =>
+      sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context(walletLabel === undefined ? {} : { walletLabel })).patch)).env ?? [];
+    const labelVariables = (walletLabel: boolean | undefined) => envOf(walletLabel).filter((variable) => variable.name === 'TOLLGATE_WALLET_LABEL');
+
+    expect(labelVariables(false)).toEqual([{ name: 'TOLLGATE_WALLET_LABEL', value: 'false' }]);
+    expect(labelVariables(true)).toEqual([]);
+    expect(labelVariables(undefined)).toEqual([]);
+    expect(envOf(false).map((variable) => variable.name)).toEqual([
+      'TOLLGATE_NAMESPACE',
+      'TOLLGATE_WALLET',
+      'TOLLGATE_CONFIG_URL',
+      'TOLLGATE_REDIS_URL',
+      'TOLLGATE_WALLET_LABEL',
+      'TOLLGATE_CREDENTIALS_DIR',
+      'TOLLGATE_LISTEN',
+      'TOLLGATE_ADMIN_LISTEN',
+    ]);
+  });
+
   it('probes /readyz on the admin port', () => {
     const httpGet = { path: '/readyz', port: 9464 };
 

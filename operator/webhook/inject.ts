@@ -68,6 +68,8 @@ export interface InjectionContext {
   settledRetentionMs?: number;
   /** Largest request body the sidecar accepts, in bytes, or undefined for the sidecar's default. */
   bodyLimit?: number;
+  /** Whether the sidecar fills the wallet label of its money counters. Undefined keeps the sidecar's default, true. */
+  walletLabel?: boolean;
   /** Validated ProviderRoutes of the pod's namespace. */
   routes: readonly ProviderRoute[];
   /** Wallets of the pod's namespace. */
@@ -257,6 +259,8 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     // The operator's ledger and the sidecars must keep settled records equally long.
     ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
     ...(context.bodyLimit === undefined ? [] : [{ name: 'TOLLGATE_BODY_LIMIT', value: String(context.bodyLimit) }]),
+    // The sidecar fills the wallet label by default, so only "off" needs the variable.
+    ...(context.walletLabel === false ? [{ name: 'TOLLGATE_WALLET_LABEL', value: 'false' }] : []),
     { name: 'TOLLGATE_CREDENTIALS_DIR', value: CREDENTIALS_DIR },
     { name: 'TOLLGATE_LISTEN', value: `${SIDECAR_HOST}:${SIDECAR_PORT}` },
     { name: 'TOLLGATE_ADMIN_LISTEN', value: `0.0.0.0:${SIDECAR_ADMIN_PORT}` },

@@ -68,6 +68,8 @@ export interface WebhookOptions {
   settledRetentionMs?: number;
   /** Request body limit in bytes that injected sidecars get as TOLLGATE_BODY_LIMIT, or absent for the sidecar's default. */
   sidecarBodyLimit?: number;
+  /** Whether injected sidecars fill the wallet label of their money counters. False sets TOLLGATE_WALLET_LABEL=false on them, and absent means true. */
+  sidecarWalletLabel?: boolean;
   log: Logger;
   /** Registry for tollgate_injections_total; prom-client's default registry when absent. */
   registry?: Registry;
@@ -215,6 +217,7 @@ class AdmissionHandler {
       redisUrl: this.options.redisUrl,
       ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
       ...(this.options.sidecarBodyLimit === undefined ? {} : { bodyLimit: this.options.sidecarBodyLimit }),
+      ...(this.options.sidecarWalletLabel === undefined ? {} : { walletLabel: this.options.sidecarWalletLabel }),
       routes: resources.routes,
       wallets: resources.wallets,
       ...(this.options.sidecarImagePullPolicy === undefined ? {} : { imagePullPolicy: this.options.sidecarImagePullPolicy }),

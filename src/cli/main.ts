@@ -25,6 +25,9 @@ Options:
                      gets the first result: 7d by default, at least 1h
   --body-limit BYTES Largest request body the sidecar accepts, in bytes
                      (default: 4194304, which is 4 MiB)
+  --no-wallet-label  Leave the wallet label of tollgate_charged_total and
+                     tollgate_provider_cost_total empty, so that the metrics keep
+                     one series per model and route instead of one per wallet
   --no-watch         Do not reload manifests when they change
 
 Routes without a provider key (in a Secret manifest or in OPENAI_API_KEY,
@@ -76,6 +79,7 @@ async function dev(args: string[]): Promise<number> {
       wallet: { type: 'string' },
       'ledger-retention': { type: 'string' },
       'body-limit': { type: 'string' },
+      'no-wallet-label': { type: 'boolean', default: false },
       'no-watch': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -128,7 +132,11 @@ async function dev(args: string[]): Promise<number> {
       env: process.env,
       log,
       watch: !values['no-watch'],
-      sidecar: { ...(bodyLimit === undefined ? {} : { bodyLimit }), bodyLimitSetting: 'tollgate dev --body-limit BYTES' },
+      sidecar: {
+        ...(bodyLimit === undefined ? {} : { bodyLimit }),
+        bodyLimitSetting: 'tollgate dev --body-limit BYTES',
+        walletLabel: !values['no-wallet-label'],
+      },
     });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
