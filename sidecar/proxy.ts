@@ -10,7 +10,7 @@ import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
-import { adapterFor, estimatePromptTokens, estimateTokensFromText, UnsupportedProtocolError } from '../src/providers/index.ts';
+import { adapterFor, estimatePromptFromBody, estimatePromptTokens, UnsupportedProtocolError } from '../src/providers/index.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
 import type { RateCard } from '../src/rating/rates.ts';
 import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/rating/rating.ts';
@@ -258,7 +258,7 @@ export class Proxy {
 
       // Holds use a bound on prompt tokens; usage the upstream leaves out is billed on an estimate instead.
       const promptBound = estimatePromptTokens(raw.length);
-      const promptEstimate = estimateTokensFromText(text);
+      const promptEstimate = estimatePromptFromBody(parsed);
       const clientId = clientRequestId(request.headers);
       const requestId = clientId ?? randomUUID();
       // Only a caller-chosen id can come back with another body, so only then is the body fingerprinted.

@@ -9,7 +9,7 @@ import { ApiError, GoogleGenAI } from '@google/genai';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAmount } from '../src/money/money.ts';
-import { estimateTokensFromText } from '../src/providers/index.ts';
+import { estimatePromptFromBody } from '../src/providers/index.ts';
 import { generatedText } from '../src/simulator/index.ts';
 import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
 
@@ -298,7 +298,9 @@ describe('Gemini embeddings through the sidecar', () => {
     expect(result.status).toBe(200);
     expect(JSON.parse(result.text).embedding.values).toHaveLength(8);
     // 0.15 per million is 150 nano-USD per token.
-    const expected = BigInt(estimateTokensFromText(JSON.stringify(body))) * 150n;
+    // The text "alpha delta echo hotel" estimates at 6 tokens, and the rest of the body counts nothing.
+    const expected = BigInt(estimatePromptFromBody(body)) * 150n;
+    expect(expected).toBe(900n);
     expect(parseAmount(String(result.headers['x-tollgate-charged']))).toBe(expected);
   });
 

@@ -904,16 +904,20 @@ spec:
 describe('failures mid-call', () => {
   it('bills an estimate when usage is missing (C4)', async () => {
     const before = await stack.ledger.state(walletKey('main'));
-    const stream = await openaiFor('main').chat.completions.create(
-      { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'no usage please' }], max_tokens: 20, stream: true },
-      { headers: { 'x-sim-omit-usage': '1' } },
-    );
+    const body = { model: 'gpt-4o-mini', messages: [{ role: 'user' as const, content: 'no usage please' }], max_tokens: 20, stream: true as const };
+    const stream = await openaiFor('main').chat.completions.create(body, { headers: { 'x-sim-omit-usage': '1' } });
     for await (const _chunk of stream) {
       // Drain the stream.
     }
     const after = await stack.ledger.state(walletKey('main'));
     expect(after.spent).toBeGreaterThan(before.spent);
     expect(after.reserved).toBe(0n);
+
+    // The input estimate counts the prompt's text ("user" 1 token, "no usage please" 4), not the JSON body around it.
+    let last: Record<string, string> | undefined;
+    for await (const entry of stack.ledger.entries(walletKey('main'))) last = entry.fields;
+    expect(last?.['estimated']).toBe('1');
+    expect(JSON.parse(last!['tokens']!).input).toBe(5);
     const metrics = await (await fetch(`${stack.url}/metrics`)).text();
     expect(metrics).toMatch(/tollgate_usage_estimated_total\{route="openai",reason="missing_usage"\} 1/);
   });

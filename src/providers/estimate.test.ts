@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { countTextTokens, estimatePromptTokens, estimateTokensFromText, StreamedTextCounter } from './estimate.ts';
+import { countTextTokens, estimatePromptFromBody, estimatePromptTokens, estimateTokensFromText, StreamedTextCounter } from './estimate.ts';
 import { adapterFor, supportsProtocol, UnsupportedProtocolError, type Protocol } from './index.ts';
 
 const WORDS = ['alpha', 'delta', 'echo', 'hotel', 'india', 'uniform', 'river', 'stone'];
@@ -28,6 +28,42 @@ describe('estimatePromptTokens', () => {
     expect(estimatePromptTokens(0)).toBe(0);
     expect(estimatePromptTokens(-5)).toBe(0);
     expect(estimatePromptTokens(Number.NaN)).toBe(0);
+  });
+});
+
+describe('estimatePromptFromBody', () => {
+  it('counts message text, not JSON', () => {
+    // "user" is 1 token and "Tell me a long story." (21 characters) is 6; the whole body would be 24.
+    const body = { model: 'gpt-4.1', stream: true, messages: [{ role: 'user', content: 'Tell me a long story.' }] };
+    expect(estimatePromptFromBody(body)).toBe(7);
+    expect(estimateTokensFromText(JSON.stringify(body))).toBe(24);
+  });
+
+  it('leaves out metadata and the model name', () => {
+    const metadata = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`key-${i}`, `a value of some length ${i}`]));
+    const body = { model: 'gpt-4.1', user: 'customer-1234', metadata, messages: [{ role: 'user', content: 'Tell me a long story.' }] };
+    expect(estimatePromptFromBody(body)).toBe(7);
+  });
+
+  it('counts system prompts, content parts and tools', () => {
+    const body = {
+      system: [{ type: 'text', text: 'Be brief.' }],
+      messages: [{ role: 'user', content: [{ type: 'text', text: 'abcdefgh' }] }],
+      tools: [{ name: 'lookup', description: 'abcd' }],
+    };
+    // text 1, "Be brief." 3, user 1, text 1, abcdefgh 2, lookup 2, abcd 1
+    expect(estimatePromptFromBody(body)).toBe(11);
+  });
+
+  it('skips inline media', () => {
+    const body = {
+      contents: [{ role: 'user', parts: [{ text: 'alpha delta echo hotel' }, { inlineData: { mimeType: 'image/png', data: 'iVBORw0KGgo'.repeat(1000) } }] }],
+    };
+    // user 1, the text 6, "image/png" 3
+    expect(estimatePromptFromBody(body)).toBe(10);
+    const dataUrl = { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: `data:image/png;base64,${'A'.repeat(4000)}` } }] }] };
+    // user 1, image_url 3
+    expect(estimatePromptFromBody(dataUrl)).toBe(4);
   });
 });
 

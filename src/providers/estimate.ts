@@ -53,6 +53,40 @@ export function estimateTokensFromText(text: string): number {
   return Math.ceil(ascii / 4) + other;
 }
 
+/** Top-level request fields whose text is not sent to the model: the model name and fields for the caller's own records. */
+const NON_PROMPT_FIELDS = new Set(['model', 'metadata', 'user', 'safety_identifier', 'prompt_cache_key', 'service_tier']);
+
+/**
+ * Returns an estimate of the prompt tokens of a parsed request body, for
+ * billing a response that arrives without usage (a stream the client left, an
+ * upstream that omits usage, Gemini's embedContent). It adds up the
+ * estimateTokensFromText of every string in the body, so messages, system
+ * prompts, tool definitions and role names count, while JSON syntax, field
+ * names, numbers and the fields in NON_PROMPT_FIELDS do not.
+ *
+ * NOTE: inline media (a `data` field, as in Anthropic's and Gemini's base64
+ * images, or a `data:` URL) counts as nothing, because providers bill images
+ * and audio by size or duration, not by the length of their encoding.
+ */
+export function estimatePromptFromBody(body: Record<string, unknown>): number {
+  let tokens = 0;
+  const visit = (value: unknown): void => {
+    if (typeof value === 'string') {
+      if (!value.startsWith('data:')) tokens += estimateTokensFromText(value);
+    } else if (Array.isArray(value)) {
+      for (const item of value) visit(item);
+    } else if (value !== null && typeof value === 'object') {
+      for (const key in value) {
+        if (key !== 'data') visit((value as Record<string, unknown>)[key]);
+      }
+    }
+  };
+  for (const key in body) {
+    if (!NON_PROMPT_FIELDS.has(key)) visit(body[key]);
+  }
+  return tokens;
+}
+
 type Tokenizer = typeof import('gpt-tokenizer');
 let loadedTokenizer: Tokenizer | undefined;
 

@@ -5,7 +5,7 @@ import { GeminiAdapter } from './gemini.ts';
 import { OpenAIAdapter } from './openai.ts';
 
 export * from './adapter.ts';
-export { estimatePromptTokens, estimateTokensFromText, countTextTokens } from './estimate.ts';
+export { estimatePromptFromBody, estimatePromptTokens, estimateTokensFromText, countTextTokens } from './estimate.ts';
 export { SseSplitter, SseEventTooLargeError, type SseEvent, type SseVisitor } from './sse.ts';
 
 /** Adapters hold no per-request state, so one instance of each serves every request. */
