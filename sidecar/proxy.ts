@@ -265,7 +265,7 @@ export class Proxy {
       const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
       const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
       const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      const units = this.checkReserve(result, wallet, info, requestId);
+      const units = this.checkReserve(result, wallet, info, requestId, { hold, promptWorstCase: hold.fixed - this.worstCaseOf(price).perRequest });
 
       const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
       // The body is serialized again even when nothing changed, so that the upstream reads the fields that were
@@ -372,7 +372,7 @@ export class Proxy {
     return rates;
   }
 
-  private checkReserve(result: ReserveResult, wallet: CompiledWallet, info: RequestInfo, requestId: string): number {
+  private checkReserve(result: ReserveResult, wallet: CompiledWallet, info: RequestInfo, requestId: string, cost: HoldCost): number {
     const currency = wallet.currency;
     switch (result.status) {
       case 'reserved':
@@ -394,11 +394,12 @@ export class Proxy {
         throw new ProxyError(
           402,
           'insufficient_funds',
-          `wallet "${wallet.id}" is out of funds: this request may cost up to ${formatAmount(result.required)} ${currency} but only ${formatAmount(result.available)} ${currency} is available; top up the wallet${info.maxOutputTokens !== undefined ? ' or lower the output limit' : ''}`,
+          `wallet "${wallet.id}" is out of funds: this request may cost up to ${formatAmount(result.required)} ${currency} but only ${formatAmount(result.available)} ${currency} is available; ` +
+            `top up the wallet${orSmaller(info, cost, result.available)}`,
           { denialReason: 'insufficient_funds' },
         );
       case 'limit_exceeded':
-        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, info.maxOutputTokens !== undefined), {
+        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, orSmaller(info, cost, result.remaining)), {
           denialReason: SPEND_LIMITS[result.limit].denialReason,
         });
       case 'conflict':
@@ -768,15 +769,32 @@ function spendLimitMessage(
   walletId: string,
   result: Extract<ReserveResult, { status: 'limit_exceeded' }>,
   currency: string,
-  clientSetOutputLimit: boolean,
+  smaller: string,
 ): string {
   const { field, wait } = SPEND_LIMITS[result.limit];
   const cost = `this request may cost up to ${formatAmount(result.required)} ${currency}`;
   if (wait === undefined) {
-    const lower = clientSetOutputLimit ? 'lower the output limit or ' : '';
-    return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; ${lower}raise ${field}`;
+    return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; raise ${field}${smaller}`;
   }
   return `wallet "${walletId}" would exceed its ${field} limit: ${cost} and ${formatAmount(result.remaining)} ${currency} remains under the limit; ${wait} or raise ${field}`;
+}
+
+/** A request's hold, and the part of its fixed amount that the prompt's worst case makes up (the rest is the per-request fee). */
+interface HoldCost {
+  hold: HoldRequest;
+  promptWorstCase: bigint;
+}
+
+/**
+ * Returns the way to make a refused request cheaper, as " or ..." to append
+ * to the refusal. When the fixed part of the hold alone does not fit
+ * `budget`, only a shorter prompt helps, and nothing when the per-request fee
+ * alone is too much. Otherwise a lower output limit helps when the client set
+ * one. A limit the sidecar chose is already lowered to what the wallet affords.
+ */
+function orSmaller(info: RequestInfo, cost: HoldCost, budget: bigint): string {
+  if (cost.hold.fixed >= budget) return cost.promptWorstCase > 0n ? ' or send a shorter request' : '';
+  return info.maxOutputTokens === undefined ? '' : ' or lower the output limit';
 }
 
 function outcomeOf(error: ProxyError): RequestOutcome {

@@ -518,9 +518,23 @@ describe('spend limits', () => {
     expect(error.code).toBe('spend_limit_exceeded');
     expect(error.message).toBe(
       'wallet "default/capped" allows at most 0.04 USD per request (spec.limits.maxPerRequest), and this request may cost up to 0.05 USD; ' +
-        'lower the output limit or raise spec.limits.maxPerRequest',
+        'raise spec.limits.maxPerRequest or lower the output limit',
     );
     expect(upstreamCount()).toBe(upstreamBefore);
+  });
+
+  it('suggests a shorter request when the prompt is too dear', async () => {
+    // drain-model costs 100 USD per million input tokens, so the worst case of a body of over 400 bytes alone is over 0.04 USD.
+    const body = { model: 'drain-model', messages: [{ role: 'user', content: 'x'.repeat(350) }], max_tokens: 1 };
+    const result = await countedDenial('max_per_request', 'drain-model', () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'capped' }));
+    expect(result.status).toBe(402);
+    const message: string = JSON.parse(result.text).error.message;
+    const [, worstCase] = /this request may cost up to ([0-9.]+) USD; /.exec(message) ?? [];
+    expect(parseAmount(worstCase!)).toBeGreaterThan(parseAmount('0.04'));
+    expect(message).toBe(
+      `wallet "default/capped" allows at most 0.04 USD per request (spec.limits.maxPerRequest), and this request may cost up to ${worstCase} USD; ` +
+        'raise spec.limits.maxPerRequest or send a shorter request',
+    );
   });
 
   it('refuses the request past the daily limit', async () => {
