@@ -340,10 +340,35 @@ describe('tollgate command', () => {
     }
   });
 
+  it('logs when dev stops', async () => {
+    const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info' };
+    for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
+    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch'], {
+      cwd: ROOT,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = once(dev, 'exit');
+    let stdout = '';
+    dev.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    await expect.poll(() => /listening on http/.test(stdout), { interval: 50, timeout: 15_000 }).toBe(true);
+    dev.kill('SIGTERM');
+    const [code] = await exited;
+
+    expect(code).toBe(0);
+    const messages = stdout
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as { msg: string; signal?: string });
+    expect(messages.slice(-2)).toEqual([expect.objectContaining({ msg: 'stopping', signal: 'SIGTERM' }), expect.objectContaining({ msg: 'stopped' })]);
+  });
+
   it('labels dev money metrics by wallet unless told not to', async () => {
     // The simulator's token counts vary with the prompt, so only the series, not their values, are compared.
     const moneySeries = async (extraArgs: string[]): Promise<string[]> => {
-      // Dev serves a route without a provider key from its built-in simulator on loopback. An empty variable counts as a key, so the key variables are removed.
+      // Dev serves a route without a provider key from its built-in simulator on loopback, so the key variables are removed.
       const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'warn' };
       for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
       const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', ...extraArgs], {

@@ -145,8 +145,10 @@ async function dev(args: string[]): Promise<number> {
   }
   printBanner(server);
 
-  const stop = async () => {
+  const stop = async (signal: NodeJS.Signals) => {
+    log.info({ signal }, 'stopping');
     await server.close();
+    log.info('stopped');
     process.exit(0);
   };
   process.once('SIGINT', stop);
