@@ -1,6 +1,7 @@
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { constants as bufferConstants } from 'node:buffer';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { CompiledRoute, CompiledWallet } from '../src/config/snapshot.ts';
 import { LedgerUnavailableError, type Ledger, type WalletState } from '../src/ledger/ledger.ts';
@@ -84,6 +85,7 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
     rejectProxyRequest(reply, proxy, request.url, new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url}"; use one of the prefixes: ${proxy.knownPrefixes()}`));
   });
 
+  closeUnusedConnectionsOnClose(app);
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const proxyError = toLoggedProxyError(error, request);
     // Failures of the health, metrics and wallet routes are not model requests, so they get an error response but are not counted.
@@ -115,8 +117,28 @@ function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, Serv
  */
 export function createAdminServer(config: ConfigSource, metrics: SidecarMetrics): FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger> {
   const app = Fastify();
+  closeUnusedConnectionsOnClose(app);
   registerHealthRoutes(app, config, metrics);
   return app;
+}
+
+/**
+ * Makes the server's close end the connections that have not sent a request
+ * yet. Node's server.close() ends idle keep-alive connections, but waits for
+ * one that a client opened and never used (HTTP clients open spare
+ * connections) until it times out, about 70 s with fastify's defaults.
+ */
+function closeUnusedConnectionsOnClose(app: FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger>): void {
+  const unused = new Set<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    unused.add(socket);
+    socket.once('close', () => unused.delete(socket));
+  });
+  app.server.on('request', (request: IncomingMessage) => unused.delete(request.socket));
+  app.addHook('preClose', (done) => {
+    for (const socket of unused) socket.destroy();
+    done();
+  });
 }
 
 /** Formats a wallet's ledger state as decimal strings, for people and scripts. */
