@@ -363,11 +363,11 @@ describe('retention of settled records', () => {
     const ledger = new RedisLedger(client, { settledRetentionMs: RETENTION_MS });
     const wallet = { namespace: 'retention', name: 'legacy' };
     const [account, , hexp, done] = walletKeys(wallet);
+    // A record as an earlier ledger version left it: no member in the expiry index.
+    await client.hset(done!, 'legacy', 'committed|10|0|day:2024-01-01|month:2024-01|');
     await ledger.credit(wallet, 'g', 1000n);
     await ledger.commit(wallet, 'indexed', entry);
     const indexed = await client.zscore(hexp!, 'indexed');
-    // A record as an earlier ledger version left it: no member in the expiry index.
-    await client.hset(done!, 'legacy', 'committed|10|0|day:2024-01-01|month:2024-01|');
 
     const sweptAt = Date.now() + 60_000;
     await ledger.sweep(wallet, sweptAt);
@@ -380,6 +380,21 @@ describe('retention of settled records', () => {
     await ledger.sweep(wallet, sweptAt + RETENTION_MS);
     expect(await client.hlen(done!)).toBe(0);
     expect(await ledger.commit(wallet, 'legacy', entry)).toEqual({ status: 'committed', charged: 10n, released: 0n, replayed: false });
+  });
+
+  it('skips the scan for a new wallet', async () => {
+    const ledger = new RedisLedger(client, { settledRetentionMs: RETENTION_MS });
+    const wallet = { namespace: 'retention', name: 'new' };
+    const [account, , hexp, done] = walletKeys(wallet);
+    await ledger.credit(wallet, 'g', 1000n);
+    expect(await client.hget(account!, 'doneIndexed')).toBe('1');
+
+    // A record added behind the ledger's back is not looked for, because a new wallet has no records of earlier versions.
+    await ledger.commit(wallet, 'indexed', entry);
+    await client.hset(done!, 'injected', 'committed|10|0|day:2024-01-01|month:2024-01|');
+    await ledger.sweep(wallet, Date.now() + 60_000);
+    expect(await client.zscore(hexp!, 'injected')).toBeNull();
+    expect(await client.hexists(account!, 'doneScan')).toBe(0);
   });
 
   it('scans a large legacy hash over several sweeps', async () => {

@@ -8,6 +8,9 @@
 local id, amount, expires = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local totals = redis.call('HMGET', ACCT, 'granted', 'spent', 'expired')
 local granted, spent, expired = to_amount(totals[1]), to_amount(totals[2]), to_amount(totals[3])
+-- A new wallet without settled records has no records of earlier ledger
+-- versions, so the sweeps need not scan for them (see sweep.lua).
+if not totals[1] and redis.call('EXISTS', DONE) == 0 then redis.call('HSET', ACCT, 'doneIndexed', '1') end
 
 local credited = redis.call('HGET', GRANTS, id)
 if credited then
