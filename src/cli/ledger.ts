@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { parseArgs } from 'node:util';
-import type { Checkpoint, EntriesOptions, Ledger, WalletKey, WalletState } from '../ledger/ledger.ts';
+import { compareEntryIds, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
@@ -207,6 +207,7 @@ async function printVerify(ledger: RedisLedger, wallet: WalletKey): Promise<numb
  * warning of printState when nothing was exported and the wallet has no records.
  */
 async function exportEntries(ledger: RedisLedger, wallet: WalletKey, options: EntriesOptions): Promise<number> {
+  await warnOfFoldedStart(ledger, wallet, options);
   let count = 0;
   let first: string | undefined;
   let last: string | undefined;
@@ -220,6 +221,18 @@ async function exportEntries(ledger: RedisLedger, wallet: WalletKey, options: En
 
   if (count === 0) await warnWithoutRecords(ledger, wallet, 'it has no entries to export');
   return 0;
+}
+
+/** Warns when --from or --after names an entry that compaction folded into the checkpoint, because the export then starts after the checkpoint. */
+async function warnOfFoldedStart(ledger: RedisLedger, wallet: WalletKey, options: EntriesOptions): Promise<void> {
+  const start = options.from ?? options.after;
+  if (start === undefined) return;
+  const end = await ledger.checkpointEnd(wallet);
+  if (end === undefined || compareEntryIds(start, end) >= (options.after === undefined ? 1 : 0)) return;
+  console.error(
+    `warning: the entries of wallet ${wallet.namespace}/${wallet.name} through ${end} were folded into its checkpoint by ledger compact ` +
+      `and cannot be exported, so the export starts after ${end}`,
+  );
 }
 
 async function compact(ledger: Ledger, wallet: WalletKey, beforeMs: number): Promise<number> {

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { MAX_LEDGER_AMOUNT, parseAmount } from '../money/money.ts';
 import type { CommitEntry, EntriesOptions, HoldRequest, Ledger, LedgerEntry, ReserveResult, WalletKey } from './ledger.ts';
-import { GrantExpiredError, GrantTooLargeError } from './ledger.ts';
+import { compareEntryIds, GrantExpiredError, GrantTooLargeError } from './ledger.ts';
 
 export interface LedgerFactoryOptions {
   /**
@@ -44,15 +44,6 @@ const HOUR_MS = 3_600_000;
 /** Waits until the local clock, which the Redis server on this host shares, is past `epochMs`. */
 async function waitUntilPast(epochMs: number): Promise<void> {
   while (Date.now() <= epochMs) await new Promise((resolve) => setTimeout(resolve, epochMs - Date.now() + 5));
-}
-
-/** Compares two stream ids, `<ms>-<sequence>`, and returns -1, 0 or 1. */
-function compareIds(a: string, b: string): number {
-  const [aMs, aSequence] = a.split('-').map(BigInt) as [bigint, bigint];
-  const [bMs, bSequence] = b.split('-').map(BigInt) as [bigint, bigint];
-  if (aMs !== bMs) return aMs < bMs ? -1 : 1;
-  if (aSequence !== bSequence) return aSequence < bSequence ? -1 : 1;
-  return 0;
 }
 
 function countStatuses(results: ReserveResult[]): Record<string, number> {
@@ -1087,7 +1078,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         await ledger.credit(wallet, 'g-2', 50n);
         const [next] = await allEntries(wallet);
         expect(next!.fields).toEqual({ type: 'grant', id: 'g-2', amount: '50', reason: '' });
-        expect(compareIds(next!.id, first.checkpoint!.lastId)).toBe(1);
+        expect(compareEntryIds(next!.id, first.checkpoint!.lastId)).toBe(1);
         expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 150n, entries: 2 });
       });
 
@@ -1138,7 +1129,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           { type: 'expire', id: 'promo', amount: '110' },
         ]);
         expect(Object.keys(entries[2]!.fields)).toEqual(['type', 'id', 'amount', 'charged', 'providerCost', 'model', 'route', 'tokens', 'estimated']);
-        for (let i = 1; i < entries.length; i += 1) expect(compareIds(entries[i]!.id, entries[i - 1]!.id)).toBe(1);
+        for (let i = 1; i < entries.length; i += 1) expect(compareEntryIds(entries[i]!.id, entries[i - 1]!.id)).toBe(1);
 
         // The entries sum to the totals that verify recomputes.
         const sums = { grant: 0n, expire: 0n, spent: 0n };

@@ -523,3 +523,12 @@ function checkAmount(field: string, amount: bigint): void {
     throw new RangeError(`invalid ${field} ${amount}: it must be between 0 and ${MAX_LEDGER_AMOUNT} nano-units`);
   }
 }
+
+/** Compares two full entry ids ("<ms>-<sequence>") by time, then sequence. */
+export function compareEntryIds(a: string, b: string): number {
+  const [aMs, aSequence] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bMs, bSequence] = b.split('-').map(BigInt) as [bigint, bigint];
+  if (aMs !== bMs) return aMs < bMs ? -1 : 1;
+  if (aSequence !== bSequence) return aSequence < bSequence ? -1 : 1;
+  return 0;
+}

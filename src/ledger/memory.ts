@@ -26,6 +26,7 @@ import {
   EXPIRED_HOLDS_SETTLED_PER_RESERVE,
   GrantExpiredError,
   addEntry,
+  compareEntryIds,
   compareTotals,
   emptyTotals,
   grantTotalTooLarge,
@@ -498,15 +499,6 @@ function firstEntryAfter(log: LedgerEntry[], id: string, inclusive: boolean): nu
     else low = middle + 1;
   }
   return low;
-}
-
-/** Compares two full stream ids by time, then sequence. */
-function compareEntryIds(a: string, b: string): number {
-  const [aMs, aSequence] = a.split('-').map(BigInt) as [bigint, bigint];
-  const [bMs, bSequence] = b.split('-').map(BigInt) as [bigint, bigint];
-  if (aMs !== bMs) return aMs < bMs ? -1 : 1;
-  if (aSequence !== bSequence) return aSequence < bSequence ? -1 : 1;
-  return 0;
 }
 
 function balanceOf(account: Account): bigint {

@@ -332,6 +332,12 @@ export class RedisLedger implements Ledger {
     return count > 0;
   }
 
+  /** Returns the id of the last entry that compaction folded into the wallet's checkpoint, or undefined without a checkpoint. */
+  async checkpointEnd(wallet: WalletKey): Promise<string | undefined> {
+    const checkpointKey = checkpointKeys(wallet)[KEY_SUFFIXES.length]!;
+    return (await this.#call(wallet, 'state', () => this.#client.hget(checkpointKey, 'lastId'))) ?? undefined;
+  }
+
   async close(wallet: WalletKey): Promise<void> {
     const [accountKey] = cachedWalletKeys(wallet);
     await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, 'closed', '1'));
