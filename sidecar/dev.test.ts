@@ -144,20 +144,17 @@ describe('applyGrants changed grants', () => {
   });
 });
 
+/** Starts tollgate dev on a copy of the examples folder, without a Redis ledger and without watching the folder. */
+async function startExampleDev(env: NodeJS.ProcessEnv, log: pino.Logger): Promise<{ server: Awaited<ReturnType<typeof startDev>>; manifests: string }> {
+  const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
+  await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
+  const server = await startDev({ manifests, host: '127.0.0.1', port: 0, redisUrl: undefined, wallet: undefined, env, log, watch: false });
+  return { server, manifests };
+}
+
 describe('startDev', () => {
   it('credits a grant added while it runs', async () => {
-    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
-    await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
-    const server = await startDev({
-      manifests,
-      host: '127.0.0.1',
-      port: 0,
-      redisUrl: undefined,
-      wallet: undefined,
-      env: {},
-      log: pino({ level: 'silent' }),
-      watch: false,
-    });
+    const { server, manifests } = await startExampleDev({}, pino({ level: 'silent' }));
     try {
       const demo = { namespace: 'default', name: 'demo' };
       expect((await server.ledger.state(demo)).granted).toBe(2_000_000n);
@@ -192,18 +189,7 @@ describe('startDev', () => {
   });
 
   it('treats an empty provider key as none', async () => {
-    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
-    await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
-    const server = await startDev({
-      manifests,
-      host: '127.0.0.1',
-      port: 0,
-      redisUrl: undefined,
-      wallet: undefined,
-      env: { OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '' },
-      log: pino({ level: 'silent' }),
-      watch: false,
-    });
+    const { server, manifests } = await startExampleDev({ OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '' }, pino({ level: 'silent' }));
     try {
       expect(server.simulatorUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
       expect(server.simulated.sort()).toEqual(['anthropic', 'openai']);
@@ -215,19 +201,8 @@ describe('startDev', () => {
   });
 
   it('warns when a reload changes a credited grant', async () => {
-    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-dev-test-'));
-    await cp(path.join(import.meta.dirname, '..', 'examples'), manifests, { recursive: true });
     const { log, lines } = recordingLogger();
-    const server = await startDev({
-      manifests,
-      host: '127.0.0.1',
-      port: 0,
-      redisUrl: undefined,
-      wallet: undefined,
-      env: {},
-      log,
-      watch: false,
-    });
+    const { server, manifests } = await startExampleDev({}, log);
     try {
       const file = path.join(manifests, 'wallets.yaml');
       const wallets = await readFile(file, 'utf8');

@@ -7,22 +7,10 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { Client, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
+import { SMALL_MANIFESTS, startStack, type Stack } from './support/stack.ts';
 
-const MANIFESTS = `
-apiVersion: v1
-kind: Secret
-metadata: { name: keys }
-stringData: { apiKey: ${SIMULATOR_KEY} }
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ProviderRoute
-metadata: { name: openai }
-spec:
-  protocol: openai
-  baseURL: SIMULATOR_URL
-  credentialSecretRef: { name: keys, key: apiKey }
-  models: [gpt-4o-mini]
+/** The small stack's manifests, and a route whose upstream port nothing listens on. */
+const MANIFESTS = `${SMALL_MANIFESTS}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ProviderRoute
@@ -32,24 +20,6 @@ spec:
   baseURL: http://127.0.0.1:1
   credentialSecretRef: { name: keys, key: apiKey }
   models: [gpt-4o-mini]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: PricePlan
-metadata: { name: plan }
-spec:
-  currency: USD
-  versions:
-    - effectiveFrom: "2026-01-01T00:00:00Z"
-      models:
-        gpt-4o-mini: { input: "1", output: "2" }
----
-apiVersion: tollgate.dev/v1alpha1
-kind: Wallet
-metadata: { name: team }
-spec:
-  currency: USD
-  pricePlanRef: { name: plan }
-  grants: [{ id: start, amount: "1.00" }]
 `;
 
 interface LogLine {

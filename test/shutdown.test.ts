@@ -10,41 +10,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { StaticConfig } from '../sidecar/config-source.ts';
 import { createAdminServer } from '../sidecar/server.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
-import { compileYaml, startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
+import { compileYaml, SMALL_MANIFESTS, startStack, type Stack } from './support/stack.ts';
 
-const MANIFESTS = `
-apiVersion: v1
-kind: Secret
-metadata: { name: keys }
-stringData: { apiKey: ${SIMULATOR_KEY} }
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ProviderRoute
-metadata: { name: openai }
-spec:
-  protocol: openai
-  baseURL: SIMULATOR_URL
-  credentialSecretRef: { name: keys, key: apiKey }
-  models: [gpt-4o-mini]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: PricePlan
-metadata: { name: plan }
-spec:
-  currency: USD
-  versions:
-    - effectiveFrom: "2026-01-01T00:00:00Z"
-      models:
-        gpt-4o-mini: { input: "1", output: "2" }
----
-apiVersion: tollgate.dev/v1alpha1
-kind: Wallet
-metadata: { name: team }
-spec:
-  currency: USD
-  pricePlanRef: { name: plan }
-  grants: [{ id: start, amount: "1.00" }]
-`;
 
 let stack: Stack | undefined;
 
@@ -63,7 +30,7 @@ async function unusedConnection(url: string): Promise<{ closed: Promise<unknown>
 
 describe('closing the sidecar', () => {
   it('ends an unused connection', async () => {
-    stack = await startStack(MANIFESTS);
+    stack = await startStack(SMALL_MANIFESTS);
     const client = new Client(stack.url);
     const response = await client.request({
       path: '/openai/v1/chat/completions',
@@ -81,7 +48,7 @@ describe('closing the sidecar', () => {
   });
 
   it('ends an unused admin connection', async () => {
-    const config = new StaticConfig(compileYaml(MANIFESTS, 'http://127.0.0.1:9'));
+    const config = new StaticConfig(compileYaml(SMALL_MANIFESTS, 'http://127.0.0.1:9'));
     const admin = createAdminServer(config, createSidecarMetrics({ defaultMetrics: false }));
     const url = await admin.listen({ host: '127.0.0.1', port: 0 });
     expect((await fetch(`${url}/healthz`)).status).toBe(200);

@@ -16,6 +16,41 @@ import { startRedis, type RunningRedis } from './redis.ts';
 
 export const SIMULATOR_KEY = 'sk-simulator-test-key';
 
+/** One OpenAI route to the simulator, a plan that prices gpt-4o-mini at 1 and 2 USD per million tokens, and the wallet "team" with 1.00 USD. */
+export const SMALL_MANIFESTS = `
+apiVersion: v1
+kind: Secret
+metadata: { name: keys }
+stringData: { apiKey: ${SIMULATOR_KEY} }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: openai }
+spec:
+  protocol: openai
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [gpt-4o-mini]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: PricePlan
+metadata: { name: plan }
+spec:
+  currency: USD
+  versions:
+    - effectiveFrom: "2026-01-01T00:00:00Z"
+      models:
+        gpt-4o-mini: { input: "1", output: "2" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Wallet
+metadata: { name: team }
+spec:
+  currency: USD
+  pricePlanRef: { name: plan }
+  grants: [{ id: start, amount: "1.00" }]
+`;
+
 export interface Stack {
   url: string;
   redis: RunningRedis;
