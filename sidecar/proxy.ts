@@ -319,6 +319,8 @@ export class Proxy {
       return resolveWallet(snapshot, headers, this.options.walletPolicy);
     } catch (error) {
       if (error instanceof WalletResolutionError) {
+        // A malformed wallet header is a client error like any other, not a denial by policy.
+        if (error.status === 400) throw new ProxyError(400, 'invalid_request', error.message);
         throw new ProxyError(error.status, 'wallet_not_allowed', error.message, { denialReason: 'wallet_not_allowed' });
       }
       throw error;
@@ -846,11 +848,24 @@ export function withoutKeyParameter(path: string): string {
   return rest ? `${path.slice(0, query)}?${rest}` : path.slice(0, query);
 }
 
-/** Returns the request id the caller chose (Idempotency-Key or x-tollgate-request-id), or undefined when it is missing or over 200 characters. */
+/** Longest request id a caller may choose. */
+const MAX_REQUEST_ID_LENGTH = 200;
+
+/**
+ * Returns the request id the caller chose (Idempotency-Key, else
+ * x-tollgate-request-id), or undefined when there is none. An id that is
+ * too long is an error, because a caller who sent one expects protection
+ * against double billing, which a random id would not give.
+ */
 function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
-  const given = headers['idempotency-key'] ?? headers['x-tollgate-request-id'];
+  const header = headers['idempotency-key'] === undefined ? 'x-tollgate-request-id' : 'idempotency-key';
+  const given = headers[header];
   const id = Array.isArray(given) ? given[0] : given;
-  return id && id.length <= 200 ? id : undefined;
+  if (!id) return undefined;
+  if (id.length > MAX_REQUEST_ID_LENGTH) {
+    throw new ProxyError(400, 'invalid_request', `the ${header} header is ${id.length} characters long; use an id of at most ${MAX_REQUEST_ID_LENGTH} characters`);
+  }
+  return id;
 }
 
 function responseHeaders(headers: IncomingHttpHeaders): Record<string, string> {

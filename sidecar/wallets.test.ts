@@ -86,4 +86,20 @@ describe('resolveWallet', () => {
     );
     expect(resolveWallet(snapshot, { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'alice' }, LOCAL).id).toBe('default/user-alice');
   });
+
+  it('rejects a repeated wallet header', () => {
+    const snapshot = snapshotOf(['default/acme', 'default/demo']);
+    expect(resolutionError(snapshot, { 'x-tollgate-wallet': 'acme, demo' }, LOCAL)).toBe(
+      'the x-tollgate-wallet header was sent more than once ("acme, demo"); send it once',
+    );
+  });
+
+  it('names the end-user id rules', () => {
+    const snapshot = snapshotOf(['default/platform'], 'default/platform');
+    for (const id of ['a'.repeat(64), '-bob', 'Bob']) {
+      expect(resolutionError(snapshot, { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': id }, LOCAL), id).toBe(
+        `invalid x-tollgate-end-user "${id}": use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit`,
+      );
+    }
+  });
 });

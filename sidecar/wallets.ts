@@ -4,6 +4,7 @@ import type { CompiledWallet, Snapshot } from '../src/config/snapshot.ts';
 export const WALLET_HEADER = 'x-tollgate-wallet';
 export const END_USER_HEADER = 'x-tollgate-end-user';
 
+/** Why no wallet could pay: 403 when a wallet is missing or not allowed, 400 when the request's headers are malformed. */
 export class WalletResolutionError extends Error {
   override readonly name = 'WalletResolutionError';
   readonly status: number;
@@ -21,8 +22,16 @@ export interface WalletPolicy {
   allowWalletHeader: boolean;
 }
 
-function single(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value;
+/**
+ * Returns a header's one value. Node joins the values of a repeated header
+ * with ", ", and no wallet name or end-user id contains a comma, so a comma
+ * means the header was sent more than once.
+ */
+function single(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const raw = headers[name];
+  const value = Array.isArray(raw) ? raw.join(', ') : raw;
+  if (value?.includes(',')) throw new WalletResolutionError(`the ${name} header was sent more than once ("${value}"); send it once`, 400);
+  return value;
 }
 
 /**
@@ -31,7 +40,7 @@ function single(value: string | string[] | undefined): string | undefined {
  * named in x-tollgate-wallet where permitted, else the pod's own wallet.
  */
 export function resolveWallet(snapshot: Snapshot, headers: IncomingHttpHeaders, policy: WalletPolicy): CompiledWallet {
-  const named = single(headers[WALLET_HEADER]);
+  const named = single(headers, WALLET_HEADER);
   if (named !== undefined && !policy.allowWalletHeader) {
     throw new WalletResolutionError(`the ${WALLET_HEADER} header is not allowed here: this sidecar bills its pod's wallet only`);
   }
@@ -43,13 +52,16 @@ export function resolveWallet(snapshot: Snapshot, headers: IncomingHttpHeaders, 
   // The wallet header is allowed in local mode only, where every wallet belongs to the developer, so its error lists them.
   const base = lookup(snapshot, baseId, policy, policy.allowWalletHeader);
 
-  const endUser = single(headers[END_USER_HEADER]);
+  const endUser = single(headers, END_USER_HEADER);
   if (endUser === undefined) return base;
   if (!base.endUsersAllowed) {
     throw new WalletResolutionError(`wallet "${base.id}" does not allow end-user wallets; set spec.endUsers.allowed to true to use the ${END_USER_HEADER} header`);
   }
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(endUser)) {
-    throw new WalletResolutionError(`invalid ${END_USER_HEADER} "${endUser}": use lowercase letters, digits and dashes`, 400);
+    throw new WalletResolutionError(
+      `invalid ${END_USER_HEADER} "${endUser}": use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit`,
+      400,
+    );
   }
   return lookup(snapshot, `${base.key.namespace}/${base.endUserPrefix}${endUser}`, policy, false);
 }

@@ -611,6 +611,15 @@ describe('request ids and end users', () => {
     expect(JSON.parse(other.text).error.message).toContain('was already used for a different request body');
   });
 
+  it('rejects an over-long request id', async () => {
+    const upstreamBefore = upstreamCount();
+    const body = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'long id' }], max_tokens: 5 };
+    const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'main', 'idempotency-key': 'k'.repeat(201) });
+    expect(result.status).toBe(400);
+    expect(JSON.parse(result.text).error.message).toBe('the idempotency-key header is 201 characters long; use an id of at most 200 characters');
+    expect(upstreamCount()).toBe(upstreamBefore);
+  });
+
   it('forwards a repeat in flight once (C8)', async () => {
     const wallet = walletKey('main');
     const before = await stack.ledger.state(wallet);
