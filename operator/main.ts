@@ -39,7 +39,7 @@ Options:
   --watch-namespace NS       Watch Tollgate resources in this namespace only [TOLLGATE_WATCH_NAMESPACE] (default: all namespaces)
   --redis URL                Redis ledger URL, redis://host:port [TOLLGATE_REDIS_URL] (required)
   --ledger-retention DURATION  How long the ledger keeps settled requests, so that a retried request
-                             gets its first result, such as 7d or 36h; at least 1h [TOLLGATE_LEDGER_RETENTION]
+                             is not billed again, such as 7d or 36h; at least 1h [TOLLGATE_LEDGER_RETENTION]
                              (default: 7d). Give the sidecars the same value.
   --compact-after DURATION   At each resync, fold each wallet's ledger entries older than this, such as
                              90d, into its checkpoint and delete them from Redis [TOLLGATE_LEDGER_COMPACT_AFTER]

@@ -5,6 +5,8 @@
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
@@ -350,23 +352,11 @@ describe('tollgate command', () => {
   });
 
   it('logs when dev stops', async () => {
-    const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info' };
-    for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
-    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch'], {
-      cwd: ROOT,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const exited = once(dev, 'exit');
-    let stdout = '';
-    dev.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    await expect.poll(() => /listening on http/.test(stdout), { interval: 50, timeout: 15_000 }).toBe(true);
-    dev.kill('SIGTERM');
-    const [code] = await exited;
-
+    const { stdout, code } = await runDevUntilListening([]);
     expect(code).toBe(0);
+    // The examples have no Gemini route, so the banner leaves out its variable.
+    expect(stdout).toContain('OPENAI_BASE_URL=');
+    expect(stdout).not.toContain('GOOGLE_GEMINI_BASE_URL');
     const messages = stdout
       .split('\n')
       .filter((line) => line.startsWith('{'))
@@ -376,6 +366,41 @@ describe('tollgate command', () => {
     expect(lastTwo).toHaveLength(2);
     expect(lastTwo).toEqual(expect.arrayContaining([['stopping', 'SIGTERM'], ['stopped', undefined]]));
   });
+
+  it('prints the Gemini variable for a Gemini route', async () => {
+    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-cli-gemini-'));
+    try {
+      await cp(path.join(ROOT, 'examples'), manifests, { recursive: true });
+      const route = 'apiVersion: tollgate.dev/v1alpha1\nkind: ProviderRoute\nmetadata: { name: gemini }\nspec:\n  protocol: gemini\n' +
+        '  baseURL: https://generativelanguage.googleapis.com\n  models: [gemini-2.5-flash]\n' +
+        '  costs:\n    gemini-2.5-flash: { input: "0.30", output: "2.50" }\n';
+      await writeFile(path.join(manifests, 'gemini.yaml'), route);
+      const { stdout } = await runDevUntilListening(['--manifests', manifests]);
+      expect(stdout).toMatch(/^ {2}GOOGLE_GEMINI_BASE_URL=http:\/\/127\.0\.0\.1:\d+\/gemini GEMINI_API_KEY=unused$/m);
+    } finally {
+      await rm(manifests, { recursive: true, force: true });
+    }
+  });
+
+  /** Starts tollgate dev on a free port with info logs and without provider keys, waits until it listens, and stops it with SIGTERM. */
+  async function runDevUntilListening(extraArgs: string[]): Promise<{ stdout: string; code: number | null }> {
+    const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info' };
+    for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
+    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', ...extraArgs], {
+      cwd: ROOT,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = once(dev, 'exit');
+    let stdout = '';
+    dev.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    await expect.poll(() => /Balances: curl/.test(stdout), { interval: 50, timeout: 15_000 }).toBe(true);
+    dev.kill('SIGTERM');
+    const [code] = (await exited) as [number | null];
+    return { stdout, code };
+  }
 
   it('labels dev money metrics by wallet unless told not to', async () => {
     // The simulator's token counts vary with the prompt, so only the series, not their values, are compared.

@@ -22,7 +22,8 @@ Options:
   --wallet NAME      Wallet that pays when a request names none, as NAMESPACE/NAME or NAME
   --ledger-retention DURATION
                      How long the ledger keeps settled requests, so that a retry
-                     gets the first result: 7d by default, at least 1h
+                     with the same request id is not billed again: 7d by
+                     default, at least 1h
   --body-limit BYTES Largest request body the sidecar accepts, in bytes
                      (default: 4194304, which is 4 MiB)
   --no-wallet-label  Leave the wallet label of tollgate_charged_total and
@@ -167,6 +168,9 @@ function printBanner(server: { url: string; simulated: string[]; config: { curre
   lines.push('', 'Point an SDK at it:');
   lines.push(`  OPENAI_BASE_URL=${server.url}/openai/v1 OPENAI_API_KEY=unused`);
   lines.push(`  ANTHROPIC_BASE_URL=${server.url}/anthropic ANTHROPIC_API_KEY=unused`);
+  if ([...snapshot.routes.values()].some((route) => route.protocol === 'gemini')) {
+    lines.push(`  GOOGLE_GEMINI_BASE_URL=${server.url}/gemini GEMINI_API_KEY=unused`);
+  }
   lines.push(`Balances: curl -s ${server.url}/tollgate/v1/wallets`);
   console.log(lines.join('\n'));
 }
