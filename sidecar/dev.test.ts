@@ -180,7 +180,7 @@ describe('startDev', () => {
         available: '1.002',
         providerCost: '0.00',
         margin: '0.00',
-        nano: { balance: '1002000000', spent: '0', expired: '0', reserved: '0' },
+        nano: { granted: '1002000000', balance: '1002000000', spent: '0', expired: '0', reserved: '0', providerCost: '0' },
       });
     } finally {
       await server.close();

@@ -452,7 +452,7 @@ export class Proxy {
         return;
       }
       const failure = new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}; nothing was charged`);
-      this.log.warn({ requestId: admitted.requestId, route: route.name, status: failure.status, code: failure.code, reason: failure.message }, 'request failed');
+      this.log.warn({ requestId: admitted.requestId, wallet: admitted.wallet.id, route: route.name, status: failure.status, code: failure.code, reason: failure.message }, 'request failed');
       this.sendError(res, adapter, failure);
       return;
     }
@@ -499,7 +499,7 @@ export class Proxy {
     admitted.span.setAttribute('http.response.status_code', upstream.statusCode);
     endSpanWithError(admitted.span, new Error(`upstream returned HTTP ${upstream.statusCode}`));
     // One line per failed request, like the line per settled one: info for the provider's client errors, warn for its server errors.
-    const fields = { requestId: admitted.requestId, route: admitted.route.name, model: admitted.info.model, status: upstream.statusCode };
+    const fields = { requestId: admitted.requestId, wallet: admitted.wallet.id, route: admitted.route.name, model: admitted.info.model, status: upstream.statusCode };
     if (upstream.statusCode >= 500) this.log.warn(fields, 'upstream returned an error; nothing was charged');
     else this.log.info(fields, 'upstream returned an error; nothing was charged');
     res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
@@ -848,7 +848,7 @@ export function withoutKeyParameter(path: string): string {
   return rest ? `${path.slice(0, query)}?${rest}` : path.slice(0, query);
 }
 
-/** Longest request id a caller may choose. */
+/** Maximum length of a request id that a caller chooses. */
 const MAX_REQUEST_ID_LENGTH = 200;
 
 /**

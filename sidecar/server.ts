@@ -154,7 +154,14 @@ export function walletView(wallet: CompiledWallet, state: WalletState) {
     available: formatAmount(state.available),
     providerCost: formatAmount(state.providerCost),
     margin: formatAmount(state.spent - state.providerCost),
-    nano: { balance: state.balance.toString(), spent: state.spent.toString(), expired: state.expired.toString(), reserved: state.reserved.toString() },
+    nano: {
+      granted: state.granted.toString(),
+      balance: state.balance.toString(),
+      spent: state.spent.toString(),
+      expired: state.expired.toString(),
+      reserved: state.reserved.toString(),
+      providerCost: state.providerCost.toString(),
+    },
   };
 }
 
