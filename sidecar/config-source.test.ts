@@ -146,6 +146,8 @@ describe('ManifestConfig reload', () => {
     expect(config.current().routes.get('/openai')?.credential).toBe('sk-second');
     expect(config.current().version).toBe(before.version);
     expect(summary(lines)).toEqual([[30, 'configuration reloaded']]);
+    expect(lines[0]?.['routes']).toEqual(['/openai', '/anthropic']);
+    expect(lines[0]?.['wallets']).toBe(2);
     expect(JSON.stringify(lines)).not.toContain('sk-');
   });
 });

@@ -97,7 +97,8 @@ export class ManifestConfig extends StaticConfig {
     }
 
     const changed = snapshot === this.current();
-    const fields = { version: this.current().version, path: this.path };
+    const current = this.current();
+    const fields = { version: current.version, path: this.path, routes: [...current.routes.keys()], wallets: current.wallets.size };
     if (this.lastReloadFailed) {
       this.lastReloadFailed = false;
       this.log.info(fields, changed ? 'configuration is valid again and reloaded' : 'configuration is valid again and matches the one in use');
