@@ -58,6 +58,7 @@ binary_version() {
 }
 
 build_kube_apiserver() {
+  require_command go "install Go 1.25 or newer to build kube-apiserver"
   local module_dir="$work_dir/kube-apiserver"
   local minor="${KUBERNETES_VERSION#*.}"
   local staging_version="v0.$minor"
@@ -122,6 +123,7 @@ build_kube_apiserver() {
 }
 
 build_etcd() {
+  require_command go "install Go 1.25 or newer to build etcd"
   local module_dir="$work_dir/etcd"
 
   rm -rf "$module_dir"
@@ -181,7 +183,6 @@ install_kubectl_and_helm() {
   rm -rf "$package_dir"
 }
 
-require_command go "install Go 1.25 or newer"
 # The build modules have no VCS checkout of their own, and a cache directory inside
 # some other git work tree must not stamp that tree's state into the binaries.
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
