@@ -52,6 +52,13 @@ const KEY_VARIABLES: Record<string, string> = {
 const SIMULATOR_KEY = 'tollgate-simulator-key';
 
 /**
+ * Entries per wallet that dev's in-memory ledger keeps in its log before it
+ * folds the older half into the wallet's checkpoint: about 3 MB of a wallet's
+ * log, which nothing in local mode reads but verify.
+ */
+const DEV_MAX_LOG_ENTRIES = 10_000;
+
+/**
  * Starts local mode: the sidecar on manifests from disk, the in-memory or a
  * Redis ledger, and the provider simulator for every route that has no
  * credential, neither in a Secret manifest nor in the environment.
@@ -107,7 +114,9 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
     return compileSnapshot(resources, (route) => credentials.get(route));
   };
   const ledgerOptions = options.settledRetentionMs === undefined ? {} : { settledRetentionMs: options.settledRetentionMs };
-  const ledger: Ledger = options.redisUrl ? new RedisLedger(options.redisUrl, ledgerOptions) : new MemoryLedger(ledgerOptions);
+  const ledger: Ledger = options.redisUrl
+    ? new RedisLedger(options.redisUrl, ledgerOptions)
+    : new MemoryLedger({ ...ledgerOptions, maxLogEntries: DEV_MAX_LOG_ENTRIES });
   opened.push(() => ledger.quit());
   // Grants added to the manifests while it runs are credited before the new configuration serves.
   const credited = new CreditedGrants();

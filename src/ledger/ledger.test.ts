@@ -26,6 +26,32 @@ describeLedgerContract('RedisLedger', async (options) => new RedisLedger(redis.u
 
 const hold = (amount: bigint): HoldRequest => ({ fixed: amount, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'fp' });
 
+describe('MemoryLedger with a bounded log', () => {
+  it('folds the older half into the checkpoint', async () => {
+    const ledger = new MemoryLedger({ maxLogEntries: 10 });
+    const wallet = { namespace: 'bounded', name: 'log' };
+    await ledger.credit(wallet, 'g', 1_000_000n);
+    for (let i = 0; i < 25; i++) {
+      await ledger.reserve(wallet, `r-${i}`, hold(100n));
+      await ledger.commit(wallet, `r-${i}`, { charged: 70n, providerCost: 50n, model: 'm', route: 'r', tokens: { input: 1 }, estimated: false });
+    }
+
+    const entries: string[] = [];
+    for await (const entry of ledger.entries(wallet)) entries.push(entry.id);
+    expect(entries.length).toBeGreaterThan(0);
+    expect(entries.length).toBeLessThanOrEqual(10);
+    const verified = await ledger.verify(wallet);
+    expect(verified).toMatchObject({ ok: true, granted: 1_000_000n, spent: 25n * 70n, expired: 0n, entries: 26, problems: [] });
+    expect(verified.checkpoint?.entries).toBe(26 - entries.length);
+    expect(verified.checkpoint?.providerCost).toBe(BigInt(verified.checkpoint!.entries - 1) * 50n);
+    expect((await ledger.state(wallet)).balance).toBe(1_000_000n - 25n * 70n);
+  });
+
+  it('rejects a bound below 2', () => {
+    expect(() => new MemoryLedger({ maxLogEntries: 1 })).toThrow('invalid maxLogEntries 1: use a whole number of at least 2');
+  });
+});
+
 describe('RedisLedger on a real redis-server', () => {
   let client: Redis;
   let ledger: RedisLedger;

@@ -106,6 +106,8 @@ interface Account {
   /** Time and sequence of the last entry's id, also after compaction removed it; -1 before the first. */
   lastEntry: { ms: number; sequence: number };
   checkpoint: Checkpoint | undefined;
+  /** Entries the log keeps before its oldest half is folded into the checkpoint; unbounded when undefined. */
+  maxLogEntries: number | undefined;
 }
 
 export interface MemoryLedgerOptions {
@@ -113,17 +115,28 @@ export interface MemoryLedgerOptions {
   now?: () => number;
   /** How long a settled record is kept, in milliseconds; as for RedisLedgerOptions. */
   settledRetentionMs?: number;
+  /**
+   * Entries a wallet's log keeps: beyond this many, the oldest half is folded
+   * into the wallet's checkpoint, as `compact` does, so that the log's memory
+   * stays bounded. Unbounded when unset. Verify gives the same totals either way.
+   */
+  maxLogEntries?: number;
 }
 
 export class MemoryLedger implements Ledger {
   readonly #accounts = new Map<string, Account>();
   readonly #now: () => number;
   readonly #retentionMs: number;
+  readonly #maxLogEntries: number | undefined;
 
   constructor(options: MemoryLedgerOptions = {}) {
     this.#now = options.now ?? Date.now;
     this.#retentionMs = options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS;
     validateSettledRetention(this.#retentionMs);
+    if (options.maxLogEntries !== undefined && !(Number.isSafeInteger(options.maxLogEntries) && options.maxLogEntries >= 2)) {
+      throw new RangeError(`invalid maxLogEntries ${options.maxLogEntries}: use a whole number of at least 2`);
+    }
+    this.#maxLogEntries = options.maxLogEntries;
   }
 
   async credit(wallet: WalletKey, grantId: string, amount: bigint, options: CreditOptions = {}): Promise<CreditResult> {
@@ -320,20 +333,7 @@ export class MemoryLedger implements Ledger {
     const account = this.#account(wallet);
     let count = 0;
     while (count < account.log.length && entryTimeMs(account.log[count]!.id) < beforeMs) count += 1;
-    if (count > 0) {
-      const totals = emptyTotals();
-      for (const entry of account.log.slice(0, count)) addEntry(totals, entry.fields);
-      const previous = account.checkpoint;
-      account.checkpoint = {
-        granted: (previous?.granted ?? 0n) + totals.granted,
-        spent: (previous?.spent ?? 0n) + totals.spent,
-        expired: (previous?.expired ?? 0n) + totals.expired,
-        providerCost: (previous?.providerCost ?? 0n) + totals.providerCost,
-        entries: (previous?.entries ?? 0) + totals.entries,
-        lastId: account.log[count - 1]!.id,
-      };
-      account.log.splice(0, count);
-    }
+    foldOldest(account, count);
     return { folded: count, checkpoint: account.checkpoint === undefined ? undefined : { ...account.checkpoint } };
   }
 
@@ -379,6 +379,7 @@ export class MemoryLedger implements Ledger {
         log: [],
         lastEntry: { ms: -1, sequence: -1 },
         checkpoint: undefined,
+        maxLogEntries: this.#maxLogEntries,
       };
       this.#accounts.set(id, account);
     }
@@ -481,6 +482,26 @@ function appendEntry(account: Account, clockMs: number, fields: Record<string, s
   const sequence = ms === last.ms ? last.sequence + 1 : 0;
   account.lastEntry = { ms, sequence };
   account.log.push({ id: `${ms}-${sequence}`, fields });
+  if (account.maxLogEntries !== undefined && account.log.length > account.maxLogEntries) {
+    foldOldest(account, Math.ceil(account.log.length / 2));
+  }
+}
+
+/** Folds the oldest `count` entries of the log into the checkpoint and removes them from the log. */
+function foldOldest(account: Account, count: number): void {
+  if (count <= 0) return;
+  const totals = emptyTotals();
+  for (let i = 0; i < count; i++) addEntry(totals, account.log[i]!.fields);
+  const previous = account.checkpoint;
+  account.checkpoint = {
+    granted: (previous?.granted ?? 0n) + totals.granted,
+    spent: (previous?.spent ?? 0n) + totals.spent,
+    expired: (previous?.expired ?? 0n) + totals.expired,
+    providerCost: (previous?.providerCost ?? 0n) + totals.providerCost,
+    entries: (previous?.entries ?? 0) + totals.entries,
+    lastId: account.log[count - 1]!.id,
+  };
+  account.log.splice(0, count);
 }
 
 /** Returns the time part of a stream id, in epoch milliseconds. */
