@@ -1,8 +1,8 @@
 /**
- * Measures a floor for the sidecar's CPU per request: what a server that only
- * reads a chat request's body, parses it and responds with a fixed completion
- * costs on this machine, once on bare node:http and once behind fastify (with the
- * sidecar's raw-body parser and a hijacked reply). Each server runs in its own
+ * Measures a floor for the sidecar's CPU per request. A server reads a chat
+ * request's body, parses it and responds with a fixed completion, once on
+ * bare node:http and once behind fastify (with the sidecar's raw-body parser
+ * and a hijacked reply). Each server runs in its own
  * process; vegeta loads it at a fixed rate, and the process's CPU time is
  * divided by the requests sent. The two kinds alternate, so that a machine
  * whose speed drifts affects both alike. Sends traffic only to 127.0.0.1.

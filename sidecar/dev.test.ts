@@ -111,7 +111,7 @@ describe('applyGrants changed grants', () => {
     const ledger = new MemoryLedger();
     await ledger.credit(wallet, 'other', 1_000_000_000n);
     await ledger.credit(wallet, 'invoice-1', 25_000_000_000n);
-    // Compaction folds the grant entries into a checkpoint; the ledger still knows each grant's amount.
+    // Compaction folds the grant entries into a checkpoint, and the ledger still returns each grant's amount.
     expect(await ledger.compact(wallet, Date.now() + 1)).toMatchObject({ folded: 2 });
     const { log, lines } = recordingLogger();
     await applyGrants(ledger, walletWithGrants([{ id: 'other', amount: '1' }, { id: 'invoice-1', amount: '30.00' }]), log, new CreditedGrants());

@@ -53,8 +53,8 @@ const SIMULATOR_KEY = 'tollgate-simulator-key';
 
 /**
  * Entries per wallet that dev's in-memory ledger keeps in its log before it
- * folds the older half into the wallet's checkpoint: about 3 MB of a wallet's
- * log, which nothing in local mode reads but verify.
+ * folds the older half into the wallet's checkpoint, an estimated 3 MB per
+ * wallet. Nothing in local mode reads old entries except verify.
  */
 const DEV_MAX_LOG_ENTRIES = 10_000;
 

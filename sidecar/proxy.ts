@@ -265,7 +265,7 @@ export class Proxy {
       const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
       const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
       const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      const units = this.checkReserve(result, wallet, info, requestId, { hold, promptWorstCase: hold.fixed - this.worstCaseOf(price).perRequest });
+      const units = this.checkReserve(result, wallet, info, requestId, hold, price);
 
       const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
       // The body is serialized again even when nothing changed, so that the upstream reads the fields that were
@@ -374,7 +374,7 @@ export class Proxy {
     return rates;
   }
 
-  private checkReserve(result: ReserveResult, wallet: CompiledWallet, info: RequestInfo, requestId: string, cost: HoldCost): number {
+  private checkReserve(result: ReserveResult, wallet: CompiledWallet, info: RequestInfo, requestId: string, hold: HoldRequest, price: Price): number {
     const currency = wallet.currency;
     switch (result.status) {
       case 'reserved':
@@ -397,11 +397,11 @@ export class Proxy {
           402,
           'insufficient_funds',
           `wallet "${wallet.id}" is out of funds: this request may cost up to ${formatAmount(result.required)} ${currency} but only ${formatAmount(result.available)} ${currency} is available; ` +
-            `top up the wallet${orSmaller(info, cost, result.available)}`,
+            `top up the wallet${this.orSmaller(info, hold, price, result.available)}`,
           { denialReason: 'insufficient_funds' },
         );
       case 'limit_exceeded':
-        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, orSmaller(info, cost, result.remaining)), {
+        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, this.orSmaller(info, hold, price, result.remaining)), {
           denialReason: SPEND_LIMITS[result.limit].denialReason,
         });
       case 'conflict':
@@ -417,6 +417,18 @@ export class Proxy {
       case 'wallet_closed':
         throw new ProxyError(403, 'wallet_closed', `wallet "${wallet.id}" is closed and accepts no new requests`, { denialReason: 'wallet_closed' });
     }
+  }
+
+  /**
+   * Returns the way to make a refused request cheaper, as " or ..." to append
+   * to the refusal. When the fixed part of the hold alone does not fit
+   * `budget`, only a shorter prompt helps, and nothing does when the
+   * per-request fee alone is too much. Otherwise a lower output limit helps
+   * when the client set one. A limit the sidecar chose already fits.
+   */
+  private orSmaller(info: RequestInfo, hold: HoldRequest, price: Price, budget: bigint): string {
+    if (hold.fixed >= budget) return hold.fixed > this.worstCaseOf(price).perRequest ? ' or send a shorter request' : '';
+    return info.maxOutputTokens === undefined ? '' : ' or lower the output limit';
   }
 
   private async forward(request: FastifyRequest, reply: FastifyReply, admitted: Admitted, upstreamPath: string): Promise<void> {
@@ -448,7 +460,7 @@ export class Proxy {
       this.count(admitted, 'upstream_error');
       endSpanWithError(admitted.span, error);
       if (abort.signal.aborted) {
-        this.log.info({ requestId: admitted.requestId, route: route.name }, 'client disconnected before the upstream answered; nothing was charged');
+        this.log.info({ requestId: admitted.requestId, route: route.name }, 'client disconnected before the upstream responded; nothing was charged');
         return;
       }
       const failure = new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}; nothing was charged`);
@@ -781,24 +793,6 @@ function spendLimitMessage(
   return `wallet "${walletId}" would exceed its ${field} limit: ${cost} and ${formatAmount(result.remaining)} ${currency} remains under the limit; ${wait} or raise ${field}`;
 }
 
-/** A request's hold, and the part of its fixed amount that the prompt's worst case makes up (the rest is the per-request fee). */
-interface HoldCost {
-  hold: HoldRequest;
-  promptWorstCase: bigint;
-}
-
-/**
- * Returns the way to make a refused request cheaper, as " or ..." to append
- * to the refusal. When the fixed part of the hold alone does not fit
- * `budget`, only a shorter prompt helps, and nothing when the per-request fee
- * alone is too much. Otherwise a lower output limit helps when the client set
- * one. A limit the sidecar chose is already lowered to what the wallet affords.
- */
-function orSmaller(info: RequestInfo, cost: HoldCost, budget: bigint): string {
-  if (cost.hold.fixed >= budget) return cost.promptWorstCase > 0n ? ' or send a shorter request' : '';
-  return info.maxOutputTokens === undefined ? '' : ' or lower the output limit';
-}
-
 function outcomeOf(error: ProxyError): RequestOutcome {
   if (error.denialReason !== undefined) return 'denied';
   if (error.code === 'ledger_unavailable') return 'ledger_error';
@@ -859,8 +853,8 @@ const MAX_REQUEST_ID_LENGTH = 200;
  */
 function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
   const header = headers['idempotency-key'] === undefined ? 'x-tollgate-request-id' : 'idempotency-key';
-  const given = headers[header];
-  const id = Array.isArray(given) ? given[0] : given;
+  const value = headers[header];
+  const id = Array.isArray(value) ? value[0] : value;
   if (!id) return undefined;
   if (id.length > MAX_REQUEST_ID_LENGTH) {
     throw new ProxyError(400, 'invalid_request', `the ${header} header is ${id.length} characters long; use an id of at most ${MAX_REQUEST_ID_LENGTH} characters`);

@@ -260,7 +260,7 @@ describe('tollgate command', () => {
     expect(exported.stdout).toBe('');
     expect(exported.stderr).toBe('exported 0 entries\n');
 
-    // A start inside the folded entries cannot be honoured, and the export says so.
+    // A start inside the folded entries cannot be honoured, and the export warns about it.
     const end = /checkpoint: 2 entries through (\d+-\d+)/.exec(first.stdout)![1]!;
     const folded = `warning: the entries of wallet team-a/compact through ${end} were folded into its checkpoint by ledger compact and cannot be exported, so the export starts after ${end}\n`;
     for (const option of [['--from', '0-1'], ['--from', end], ['--after', '0-1']]) {

@@ -629,7 +629,7 @@ describe('request ids and end users', () => {
     const body = { model: 'o3', messages: [{ role: 'user', content: 'in flight' }], max_tokens: 200 };
 
     const first = postJson('/openai/v1/chat/completions', body, headers);
-    // The first request holds its funds once the simulator has it.
+    // Once the simulator has the first request, its hold is in place.
     await expect.poll(upstreamCount, { interval: 10, timeout: 5000 }).toBe(upstreamBefore + 1);
     const repeat = await countedDenial('request_id_conflict', 'o3', () => postJson('/openai/v1/chat/completions', body, headers));
     expect(repeat.status).toBe(409);

@@ -334,8 +334,7 @@ export class RedisLedger implements Ledger {
 
   /** Returns the id of the last entry that compaction folded into the wallet's checkpoint, or undefined without a checkpoint. */
   async checkpointEnd(wallet: WalletKey): Promise<string | undefined> {
-    const checkpointKey = checkpointKeys(wallet)[KEY_SUFFIXES.length]!;
-    return (await this.#call(wallet, 'state', () => this.#client.hget(checkpointKey, 'lastId'))) ?? undefined;
+    return this.#checkpointEnd(wallet, 'state');
   }
 
   async close(wallet: WalletKey): Promise<void> {
@@ -353,8 +352,7 @@ export class RedisLedger implements Ledger {
 
       // A compaction that ran during the replay deleted entries that the
       // checkpoint read above does not include, so the sums would miss them.
-      const checkpointKey = checkpointKeys(wallet)[KEY_SUFFIXES.length]!;
-      const checkpointNow = (await this.#call(wallet, 'verify', () => this.#client.hget(checkpointKey, 'lastId'))) ?? undefined;
+      const checkpointNow = await this.#checkpointEnd(wallet, 'verify');
       if (checkpointNow !== checkpoint?.lastId) {
         if (attempt < VERIFY_ATTEMPTS) continue;
         throw new Error(
@@ -416,6 +414,11 @@ export class RedisLedger implements Ledger {
       if (batch.length < VERIFY_BATCH) return replayed;
       start = `(${batch[batch.length - 1]![0]}`;
     }
+  }
+
+  async #checkpointEnd(wallet: WalletKey, operation: string): Promise<string | undefined> {
+    const checkpointKey = checkpointKeys(wallet)[KEY_SUFFIXES.length]!;
+    return (await this.#call(wallet, operation, () => this.#client.hget(checkpointKey, 'lastId'))) ?? undefined;
   }
 
   /** Runs a script on the wallet's keys; scripts in CHECKPOINT_SCRIPTS need `keys` from checkpointKeys. */

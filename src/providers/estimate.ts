@@ -70,19 +70,22 @@ const NON_PROMPT_FIELDS = new Set(['model', 'metadata', 'user', 'safety_identifi
  */
 export function estimatePromptFromBody(body: Record<string, unknown>): number {
   let tokens = 0;
-  const visit = (value: unknown): void => {
-    if (typeof value === 'string') {
-      if (!value.startsWith('data:')) tokens += estimateTokensFromText(value);
-    } else if (Array.isArray(value)) {
-      for (const item of value) visit(item);
-    } else if (value !== null && typeof value === 'object') {
-      for (const key in value) {
-        if (key !== 'data') visit((value as Record<string, unknown>)[key]);
-      }
-    }
-  };
   for (const key in body) {
-    if (!NON_PROMPT_FIELDS.has(key)) visit(body[key]);
+    if (!NON_PROMPT_FIELDS.has(key)) tokens += estimateStringTokens(body[key]);
+  }
+  return tokens;
+}
+
+/** Adds up the token estimates of the strings in a JSON value, leaving out `data` fields and `data:` URLs. */
+function estimateStringTokens(value: unknown): number {
+  if (typeof value === 'string') return value.startsWith('data:') ? 0 : estimateTokensFromText(value);
+  let tokens = 0;
+  if (Array.isArray(value)) {
+    for (const item of value) tokens += estimateStringTokens(item);
+  } else if (value !== null && typeof value === 'object') {
+    for (const key in value) {
+      if (key !== 'data') tokens += estimateStringTokens((value as Record<string, unknown>)[key]);
+    }
   }
   return tokens;
 }
