@@ -119,7 +119,10 @@ async function waitFor<T>(what: string, processes: ImageProcess[], probe: () => 
     if (value !== undefined) return value;
     const exited = processes.find((started) => started.child.exitCode !== null);
     if (exited) throw new Error(`a process of the image exited with ${exited.child.exitCode} while waiting for ${what}: ${exited.output().stderr}${exited.output().stdout}`);
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) {
+      const logs = processes.map((started) => started.output().stderr + started.output().stdout).join('\n');
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; the image's processes wrote:\n${logs}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
