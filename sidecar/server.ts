@@ -1,11 +1,11 @@
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { constants as bufferConstants } from 'node:buffer';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { CompiledRoute, CompiledWallet } from '../src/config/snapshot.ts';
 import { LedgerUnavailableError, type Ledger, type WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
+import { trackUnusedConnections } from '../src/net/unused-connections.ts';
 import { adapterFor, supportsProtocol } from '../src/providers/index.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import type { ConfigSource } from './config-source.ts';
@@ -122,21 +122,11 @@ export function createAdminServer(config: ConfigSource, metrics: SidecarMetrics)
   return app;
 }
 
-/**
- * Makes the server's close end the connections that have not sent a request
- * yet. Node's server.close() ends idle keep-alive connections, but waits for
- * one that a client opened and never used (HTTP clients open spare
- * connections) until it times out, about 70 s with fastify's defaults.
- */
+/** Makes the server's close end the connections that have not sent a request yet. */
 function closeUnusedConnectionsOnClose(app: FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger>): void {
-  const unused = new Set<Socket>();
-  app.server.on('connection', (socket: Socket) => {
-    unused.add(socket);
-    socket.once('close', () => unused.delete(socket));
-  });
-  app.server.on('request', (request: IncomingMessage) => unused.delete(request.socket));
+  const unused = trackUnusedConnections(app.server);
   app.addHook('preClose', (done) => {
-    for (const socket of unused) socket.destroy();
+    unused.destroy();
     done();
   });
 }

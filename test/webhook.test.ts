@@ -6,8 +6,10 @@
 // and metric checks at its end count the decisions of the tests before them.
 
 import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import {
   AdmissionregistrationV1Api,
   ApiextensionsV1Api,
@@ -76,7 +78,7 @@ beforeAll(async () => {
       return crd.status?.conditions?.some((condition) => condition.type === 'Established' && condition.status === 'True') === true;
     });
   }
-  for (const name of [OPERATOR_NAMESPACE, NAMESPACE, 'certs', 'cert-manager-mode', 'rotation']) {
+  for (const name of [OPERATOR_NAMESPACE, NAMESPACE, 'certs', 'cert-manager-mode', 'rotation', 'shutdown']) {
     await core.createNamespace({ body: { metadata: { name } } });
   }
 }, 180_000);
@@ -665,6 +667,34 @@ describe('webhook during rotation', () => {
     } finally {
       await webhook.close();
     }
+  });
+});
+
+describe('webhook shutdown', () => {
+  it('ends an unused connection', async () => {
+    await admission.createMutatingWebhookConfiguration({ body: webhookConfiguration('shutdown-config', 1, 'tollgate.dev/never-set') });
+    const webhook = await startWebhook({
+      port: 0,
+      host: '127.0.0.1',
+      kubeconfigPath: apiServer.kubeconfigPath,
+      namespace: 'shutdown',
+      serviceName: 'tollgate-webhook',
+      webhookConfigName: 'shutdown-config',
+      sidecarImage: SIDECAR_IMAGE,
+      configUrl: CONFIG_URL,
+      redisUrl: REDIS_URL,
+      log,
+      registry: new Registry(),
+    });
+    // A connection that finished its TLS handshake and sends nothing, as a client's spare connection does.
+    const { port } = new URL(webhook.url);
+    const spare = tls.connect({ host: '127.0.0.1', port: Number(port), rejectUnauthorized: false });
+    await once(spare, 'secureConnect');
+    const closed = once(spare, 'close');
+
+    await webhook.close();
+    await closed;
+    expect(spare.destroyed).toBe(true);
   });
 });
 

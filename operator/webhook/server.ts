@@ -32,6 +32,7 @@ import {
   type WebhookCertificate,
 } from './certs.ts';
 import { createKubeClients, loadKubeConfig, type KubeClients } from '../kube.ts';
+import { trackUnusedConnections } from '../../src/net/unused-connections.ts';
 import { describePod, EventRecorder } from './events.ts';
 import { checkInjectionNeeded, injectSidecar, InjectionEventReason, type InjectionResult } from './inject.ts';
 import { loadNamespaceResources, ResourceLookupError } from './namespace-resources.ts';
@@ -101,6 +102,7 @@ export async function startWebhook(options: WebhookOptions): Promise<WebhookServ
     void handler.serve(request, response);
   });
   certificates.onChange = (next) => server.setSecureContext({ cert: next.certPem, key: next.keyPem });
+  const unused = trackUnusedConnections(server);
 
   const host = options.host ?? '0.0.0.0';
   await new Promise<void>((resolve, reject) => {
@@ -127,6 +129,7 @@ export async function startWebhook(options: WebhookOptions): Promise<WebhookServ
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeIdleConnections();
+        unused.destroy();
       });
       await handler.events.flush();
       log.info({ port }, 'admission webhook stopped');
