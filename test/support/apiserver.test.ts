@@ -91,4 +91,42 @@ describe('startApiServer', () => {
 
     expect(stdout.trim()).toBe('no');
   });
+
+  it('sends webhook calls for a Service to loopback', async () => {
+    // A chart's webhook names a Service, and the API server calls that Service's cluster IP.
+    const kubectl = await findTestBinary('kubectl');
+    const apply = (manifest: string) => {
+      const child = execFileAsync(kubectl, ['--kubeconfig', apiServer.kubeconfigPath, 'apply', '-f', '-']);
+      child.child.stdin!.end(manifest);
+      return child;
+    };
+    await apply(`
+apiVersion: v1
+kind: Namespace
+metadata: { name: webhook-target, labels: { tollgate.dev/test: webhook-target } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: hook, namespace: webhook-target }
+spec: { ports: [{ port: 443 }] }
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: { name: loopback-check }
+webhooks:
+  - name: loopback-check.tollgate.dev
+    clientConfig: { service: { name: hook, namespace: webhook-target, port: 443 } }
+    rules: [{ apiGroups: [''], apiVersions: [v1], operations: [CREATE], resources: [configmaps] }]
+    namespaceSelector: { matchLabels: { tollgate.dev/test: webhook-target } }
+    failurePolicy: Fail
+    sideEffects: None
+    admissionReviewVersions: [v1]
+`);
+    const service = await core.readNamespacedService({ name: 'hook', namespace: 'webhook-target' });
+    expect(service.spec?.clusterIP).toMatch(/^127\.0\.100\.\d+$/);
+
+    // Nothing listens there, so the call fails on loopback instead of leaving the machine.
+    const created = core.createNamespacedConfigMap({ namespace: 'webhook-target', body: { metadata: { name: 'probe' } } });
+    await expect(created).rejects.toThrow(`dial tcp ${service.spec!.clusterIP}:443: connect: connection refused`);
+  });
 });

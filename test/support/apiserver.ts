@@ -258,8 +258,9 @@ function apiServerArguments(files: CertificateFiles, port: number, etcdUrl: stri
     `--tls-private-key-file=${files.servingKey}`,
     `--client-ca-file=${files.caCert}`,
     '--authorization-mode=RBAC',
-    // Service IPs are only allocated and stored, so no traffic goes to this range.
-    '--service-cluster-ip-range=10.0.0.0/24',
+    // A loopback range: the API server calls a Service's cluster IP for a webhook that names the
+    // Service (as the chart's does), and such a call must fail on this machine, not leave it.
+    '--service-cluster-ip-range=127.0.100.0/24',
     '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
     `--service-account-key-file=${files.serviceAccountPublicKey}`,
     `--service-account-signing-key-file=${files.serviceAccountPrivateKey}`,
