@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { KubeObject, ResourceKind } from './kube.ts';
-import { ConfigurationError, keysFor, parseListen, parseOperatorArgs, validateOperatorConfig } from './main.ts';
+import { ConfigurationError, keysFor, parseListen, parseOperatorArgs, redisUrlHasCredentials, validateOperatorConfig } from './main.ts';
 
 describe('parseOperatorArgs', () => {
   it('applies defaults', () => {
@@ -159,6 +159,35 @@ describe('parseOperatorArgs', () => {
     }
     expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: 'off' })).toThrow(ConfigurationError);
     expect(() => parseOperatorArgs(['--redis', 'r', '--no-sidecar-wallet-label=false'], {})).toThrow();
+  });
+
+  it('reads the sidecar Redis Secret', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})?.sidecarRedisSecret).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_SECRET: '' })?.sidecarRedisSecret).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r', '--sidecar-redis-secret', 'tollgate-redis'], {})?.sidecarRedisSecret).toEqual({ name: 'tollgate-redis', key: 'redisUrl' });
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_SECRET: 'ledger.v1/url_2' })?.sidecarRedisSecret).toEqual({ name: 'ledger.v1', key: 'url_2' });
+  });
+
+  it('rejects an invalid sidecar Redis Secret', () => {
+    for (const text of ['Tollgate', 'a/b/c', '/key', 'name/', 'name-', 'name/k y']) {
+      expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-redis-secret', text], {}), text).toThrow(
+        `invalid --sidecar-redis-secret "${text}": use a Secret name, optionally followed by /KEY`,
+      );
+    }
+    expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_SECRET: 'UPPER' })).toThrow('invalid TOLLGATE_SIDECAR_REDIS_SECRET "UPPER"');
+  });
+});
+
+describe('redisUrlHasCredentials', () => {
+  it('finds a password or a user name', () => {
+    expect(redisUrlHasCredentials('redis://:secret@redis:6379/0')).toBe(true);
+    expect(redisUrlHasCredentials('rediss://ledger:secret@redis:6380')).toBe(true);
+    expect(redisUrlHasCredentials('redis://ledger@redis:6379')).toBe(true);
+  });
+
+  it('finds none in a plain URL', () => {
+    expect(redisUrlHasCredentials('redis://redis.tollgate-system.svc:6379/0')).toBe(false);
+    expect(redisUrlHasCredentials('not a url')).toBe(false);
   });
 });
 

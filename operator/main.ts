@@ -25,6 +25,7 @@ import { PlanReconciler } from './reconcile-plan.ts';
 import { RouteReconciler } from './reconcile-route.ts';
 import { WalletReconciler } from './reconcile-wallet.ts';
 import { SnapshotService, startOperatorHttpServer, type ResourceSource } from './snapshot-server.ts';
+import type { SecretKeyRef } from './webhook/inject.ts';
 import { startWebhook, type WebhookServer } from './webhook/server.ts';
 
 const USAGE = `Usage: tollgate operator [options]
@@ -67,6 +68,9 @@ Options:
   --no-sidecar-wallet-label  Injected sidecars leave the wallet label of tollgate_charged_total and
                              tollgate_provider_cost_total empty, which keeps one series per model and
                              route instead of one per wallet [TOLLGATE_SIDECAR_WALLET_LABEL=false]
+  --sidecar-redis-secret NAME[/KEY]  Injected sidecars read the Redis URL from this Secret key in their
+                             own namespace (key "redisUrl" by default) instead of a plain value in the
+                             pod spec; use it when the URL carries a password [TOLLGATE_SIDECAR_REDIS_SECRET]
   -h, --help                 Show this help
 
 The log level comes from LOG_LEVEL (default info).`;
@@ -106,6 +110,8 @@ export interface OperatorConfig {
   sidecarBodyLimit?: number | undefined;
   /** Whether the injected sidecars fill the wallet label of their money counters. Undefined means true. */
   sidecarWalletLabel?: boolean | undefined;
+  /** Secret key in each pod's namespace that contains the Redis URL for the injected sidecars, or undefined for a plain value. */
+  sidecarRedisSecret?: SecretKeyRef | undefined;
   sidecarImagePullPolicy: string | undefined;
   sidecarResources: V1ResourceRequirements | undefined;
 }
@@ -148,6 +154,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       'sidecar-image': { type: 'string' },
       'sidecar-body-limit': { type: 'string' },
       'no-sidecar-wallet-label': { type: 'boolean' },
+      'sidecar-redis-secret': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -197,6 +204,8 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
   const resyncMs = seconds(values.resync, 'TOLLGATE_RESYNC', 60);
   const sidecarBodyLimit = parseSidecarBodyLimit(values['sidecar-body-limit'], env);
   const sidecarWalletLabel = values['no-sidecar-wallet-label'] ? false : parseSidecarWalletLabel(env);
+  const redisSecretText = pick(values['sidecar-redis-secret'], 'TOLLGATE_SIDECAR_REDIS_SECRET');
+  const sidecarRedisSecret = redisSecretText === undefined ? undefined : parseSecretKeyRef(redisSecretText, values['sidecar-redis-secret'] === undefined ? 'TOLLGATE_SIDECAR_REDIS_SECRET' : '--sidecar-redis-secret');
 
   return {
     kubeconfig: values.kubeconfig,
@@ -228,6 +237,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     sidecarImage: pick(values['sidecar-image'], 'TOLLGATE_SIDECAR_IMAGE'),
     sidecarBodyLimit,
     sidecarWalletLabel,
+    sidecarRedisSecret,
     sidecarImagePullPolicy: env['TOLLGATE_SIDECAR_IMAGE_PULL_POLICY'] || undefined,
     sidecarResources: parseResources(env['TOLLGATE_SIDECAR_RESOURCES']),
   };
@@ -247,6 +257,31 @@ function parseSidecarBodyLimit(flag: string | undefined, env: NodeJS.ProcessEnv)
     return parseBodyLimit(text, setting);
   } catch (error) {
     throw new ConfigurationError((error as Error).message, { cause: error });
+  }
+}
+
+const SECRET_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const SECRET_KEY = /^[-._a-zA-Z0-9]+$/;
+
+/** Parses a Secret key reference written NAME or NAME/KEY, where KEY defaults to "redisUrl". */
+export function parseSecretKeyRef(text: string, setting: string): SecretKeyRef {
+  const [name = '', key = 'redisUrl', ...rest] = text.split('/');
+  if (rest.length > 0 || name.length > 253 || !SECRET_NAME.test(name) || key.length > 253 || !SECRET_KEY.test(key)) {
+    throw new ConfigurationError(
+      `invalid ${setting} "${text}": use a Secret name, optionally followed by /KEY, such as tollgate-redis or tollgate-redis/redisUrl ` +
+        '(names are lowercase letters, digits, "-" and "."; keys are letters, digits, "-", "_" and ".")',
+    );
+  }
+  return { name, key };
+}
+
+/** Returns whether a Redis URL carries a user name or a password. */
+export function redisUrlHasCredentials(redisUrl: string): boolean {
+  try {
+    const url = new URL(redisUrl);
+    return url.username !== '' || url.password !== '';
+  } catch {
+    return false;
   }
 }
 
@@ -420,6 +455,13 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
 /** Starts the admission webhook, on the operator's own API clients. */
 async function startWebhookServer(config: OperatorConfig, clients: KubeClients, metrics: OperatorMetrics, log: Logger): Promise<WebhookServer> {
   if (!config.sidecarImage) throw new ConfigurationError(MISSING_SIDECAR_IMAGE);
+  if (config.sidecarRedisSecret === undefined && redisUrlHasCredentials(config.redisUrl)) {
+    log.warn(
+      {},
+      'the Redis URL carries credentials, and the webhook writes it into the spec of every pod it injects, where anyone who can read pods sees it; ' +
+        'create a Secret with the URL in each namespace of injected pods and pass --sidecar-redis-secret NAME[/KEY] (Helm value sidecar.redisSecret.name)',
+    );
+  }
   return startWebhook({
     port: config.webhookPort,
     host: config.webhookHost,
@@ -431,6 +473,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     sidecarImage: config.sidecarImage,
     configUrl: config.configUrl,
     redisUrl: config.redisUrl,
+    ...(config.sidecarRedisSecret === undefined ? {} : { sidecarRedisSecret: config.sidecarRedisSecret }),
     ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
     ...(config.sidecarBodyLimit === undefined ? {} : { sidecarBodyLimit: config.sidecarBodyLimit }),
     ...(config.sidecarWalletLabel === undefined ? {} : { sidecarWalletLabel: config.sidecarWalletLabel }),

@@ -290,6 +290,23 @@ describe('helm template', () => {
     }
   });
 
+  it('passes the sidecar Redis Secret', async () => {
+    const unset = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
+    expect(unset['TOLLGATE_SIDECAR_REDIS_SECRET']).toBeUndefined();
+    expect(parseOperatorArgs([], unset)?.sidecarRedisSecret).toBeUndefined();
+
+    const named = operatorEnv(find(await template(['sidecar.redisSecret.name=tollgate-redis']), 'Deployment', 'tollgate'));
+    expect(named['TOLLGATE_SIDECAR_REDIS_SECRET']).toBe('tollgate-redis/redisUrl');
+    expect(parseOperatorArgs([], named)?.sidecarRedisSecret).toEqual({ name: 'tollgate-redis', key: 'redisUrl' });
+
+    const withKey = operatorEnv(find(await template(['sidecar.redisSecret.name=ledger', 'sidecar.redisSecret.key=url']), 'Deployment', 'tollgate'));
+    expect(parseOperatorArgs([], withKey)?.sidecarRedisSecret).toEqual({ name: 'ledger', key: 'url' });
+
+    const rejected = await helm(['template', RELEASE, CHART, '--set', 'sidecar.redisSecret.name=Ledger_Secret']);
+    expect(rejected.code).toBe(1);
+    expect(rejected.stderr).toContain("at '/sidecar/redisSecret/name': 'Ledger_Secret' does not match pattern");
+  });
+
   it('fails without a Redis URL', async () => {
     const result = await helm(['template', RELEASE, CHART, '--set', 'ledger.redisUrl=']);
     expect(result.code).toBe(1);

@@ -1,10 +1,12 @@
 // The operator's log lines as a user reads them, against a real kube-apiserver
 // (with etcd) and a real redis-server. Covered: a Lease namespace that does not
-// exist, the replica identity on each line, the level of Warning Events, and a
-// configuration error found before anything serves.
+// exist, the replica identity on each line, the level of Warning Events, a
+// configuration error found before anything serves, and a Redis password that
+// injected pod specs would carry.
 // Needs KUBEBUILDER_ASSETS (see test/support/apiserver.ts).
 
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { Redis } from 'ioredis';
 import { pino, type Logger } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EventRecorder } from '../operator/events.ts';
@@ -28,6 +30,8 @@ const DEBUG = 20;
 
 let apiServer: ApiServer;
 let redis: RunningRedis;
+/** A Redis that requires a password, started by the one test that needs it. */
+let passwordRedis: RunningRedis | undefined;
 let core: CoreV1Api;
 const started: RunningOperator[] = [];
 
@@ -56,6 +60,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const instance of started) await instance.stop({ releaseLease: true });
+  await passwordRedis?.stop();
   await redis?.stop();
   await apiServer?.stop();
 }, 60_000);
@@ -117,6 +122,33 @@ describe('operator logs', () => {
       [INFO, 'Ready', 'route is ready'],
     ]);
   });
+
+  it('warns about a Redis password in pod specs', async () => {
+    await core.createNamespace({ body: { metadata: { name: 'tollgate-system' } } });
+    const guarded = await startRedis();
+    passwordRedis = guarded;
+    const admin = new Redis(guarded.url);
+    await admin.call('CONFIG', 'SET', 'requirepass', 's3cret');
+    admin.disconnect();
+    const withPassword = guarded.url.replace('redis://', 'redis://:s3cret@');
+    const settings = (identity: string) => ({
+      ...testOperatorConfig({ kubeconfig: apiServer.kubeconfigPath, redisUrl: withPassword, identity }),
+      webhook: true,
+      sidecarImage: 'registry.example/tollgate:test',
+    });
+    const plain = capturingLogger();
+    started.push(await startOperator(settings('replica-plain'), { log: plain.log, defaultMetrics: false }));
+    const fromSecret = capturingLogger();
+    started.push(await startOperator({ ...settings('replica-secret'), sidecarRedisSecret: { name: 'tollgate-redis', key: 'redisUrl' } }, { log: fromSecret.log, defaultMetrics: false }));
+
+    const warning = (lines: LogLine[]) => lines.filter((line) => line.level === WARN && line.msg.startsWith('the Redis URL carries credentials'));
+    expect(warning(plain.lines).map((line) => line.msg)).toEqual([
+      'the Redis URL carries credentials, and the webhook writes it into the spec of every pod it injects, where anyone who can read pods sees it; ' +
+        'create a Secret with the URL in each namespace of injected pods and pass --sidecar-redis-secret NAME[/KEY] (Helm value sidecar.redisSecret.name)',
+    ]);
+    expect(warning(fromSecret.lines)).toEqual([]);
+    expect(plain.lines.some((line) => line.raw.includes('s3cret'))).toBe(false);
+  }, 30_000);
 
   it('rejects a missing sidecar image before serving', async () => {
     const { log, lines } = capturingLogger();

@@ -278,6 +278,14 @@ describe('injectSidecar sidecar container', () => {
     expect(sidecar.env?.find((variable) => variable.name === 'TOLLGATE_BODY_LIMIT')).toBeUndefined();
   });
 
+  it('reads the Redis URL from a Secret when set', () => {
+    const fromSecret = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ redisUrlSecret: { name: 'tollgate-redis', key: 'url' } })).patch));
+    const variables = fromSecret.env?.filter((variable) => variable.name === 'TOLLGATE_REDIS_URL');
+
+    expect(variables).toEqual([{ name: 'TOLLGATE_REDIS_URL', valueFrom: { secretKeyRef: { name: 'tollgate-redis', key: 'url' } } }]);
+    expect(JSON.stringify(fromSecret)).not.toContain(context().redisUrl);
+  });
+
   it('turns the wallet label off only when told', () => {
     const envOf = (walletLabel: boolean | undefined) =>
       sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context(walletLabel === undefined ? {} : { walletLabel })).patch)).env ?? [];

@@ -59,11 +59,22 @@ export interface WalletRef {
   annotations?: Record<string, string> | undefined;
 }
 
+/** A key of a Secret in the pod's namespace. */
+export interface SecretKeyRef {
+  name: string;
+  key: string;
+}
+
 export interface InjectionContext {
   sidecarImage: string;
   /** Base URL of the operator's snapshot server; the sidecar appends `/v1/snapshot/<namespace>`. */
   configUrl: string;
   redisUrl: string;
+  /**
+   * Secret key in the pod's namespace that contains the Redis URL. When set, the
+   * pod spec names this key instead of carrying `redisUrl` in plain text.
+   */
+  redisUrlSecret?: SecretKeyRef;
   /** Retention of the ledger's settled records, in milliseconds; the sidecar's default when undefined. */
   settledRetentionMs?: number;
   /** Largest request body the sidecar accepts, in bytes, or undefined for the sidecar's default. */
@@ -254,8 +265,10 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     { name: 'TOLLGATE_NAMESPACE', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.namespace' } } },
     ...(wallet === undefined ? [] : [{ name: 'TOLLGATE_WALLET', value: wallet }]),
     { name: 'TOLLGATE_CONFIG_URL', value: context.configUrl },
-    // NOTE: a password in the Redis URL is readable by anyone who can read the pod spec.
-    { name: 'TOLLGATE_REDIS_URL', value: context.redisUrl },
+    // A password in a plain value would be readable by anyone who can read the pod spec.
+    context.redisUrlSecret === undefined
+      ? { name: 'TOLLGATE_REDIS_URL', value: context.redisUrl }
+      : { name: 'TOLLGATE_REDIS_URL', valueFrom: { secretKeyRef: { name: context.redisUrlSecret.name, key: context.redisUrlSecret.key } } },
     // The operator's ledger and the sidecars must keep settled records equally long.
     ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
     ...(context.bodyLimit === undefined ? [] : [{ name: 'TOLLGATE_BODY_LIMIT', value: String(context.bodyLimit) }]),

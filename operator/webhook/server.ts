@@ -34,7 +34,7 @@ import {
 import { createKubeClients, loadKubeConfig, type KubeClients } from '../kube.ts';
 import { trackUnusedConnections } from '../../src/net/unused-connections.ts';
 import { describePod, EventRecorder } from './events.ts';
-import { checkInjectionNeeded, injectSidecar, InjectionEventReason, type InjectionResult } from './inject.ts';
+import { checkInjectionNeeded, injectSidecar, InjectionEventReason, type InjectionResult, type SecretKeyRef } from './inject.ts';
 import { loadNamespaceResources, ResourceLookupError } from './namespace-resources.ts';
 
 export const MUTATE_PODS_PATH = '/mutate-pods';
@@ -65,6 +65,8 @@ export interface WebhookOptions {
   /** Base URL of the operator's snapshot server, for the sidecar's TOLLGATE_CONFIG_URL. */
   configUrl: string;
   redisUrl: string;
+  /** Secret key in each pod's namespace that contains the Redis URL; injected sidecars read it from there instead of a plain value. */
+  sidecarRedisSecret?: SecretKeyRef;
   /** Retention of the ledger's settled records that injected sidecars get, in milliseconds. */
   settledRetentionMs?: number;
   /** Request body limit in bytes that injected sidecars get as TOLLGATE_BODY_LIMIT, or absent for the sidecar's default. */
@@ -218,6 +220,7 @@ class AdmissionHandler {
       sidecarImage: this.options.sidecarImage,
       configUrl: this.options.configUrl,
       redisUrl: this.options.redisUrl,
+      ...(this.options.sidecarRedisSecret === undefined ? {} : { redisUrlSecret: this.options.sidecarRedisSecret }),
       ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
       ...(this.options.sidecarBodyLimit === undefined ? {} : { bodyLimit: this.options.sidecarBodyLimit }),
       ...(this.options.sidecarWalletLabel === undefined ? {} : { walletLabel: this.options.sidecarWalletLabel }),
