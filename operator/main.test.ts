@@ -109,7 +109,7 @@ describe('parseOperatorArgs', () => {
 
   it('rejects a retention below an hour and an invalid duration', () => {
     expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-retention', '30m'], {})).toThrow(
-      'invalid retention of settled records 30m: it must be a whole number of milliseconds of at least 1h',
+      'invalid retention of settled records 30m: use at least 1h (in whole milliseconds)',
     );
     expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-retention', '30m'], {})).toThrow(ConfigurationError);
     expect(() => parseOperatorArgs(['--redis', 'r', '--compact-after', 'ninety days'], {})).toThrow(

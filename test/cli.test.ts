@@ -287,7 +287,7 @@ describe('tollgate command', () => {
   it('rejects a dev retention below an hour', async () => {
     const result = await tollgate(['dev', '--ledger-retention', '30m']);
     expect(result.code).toBe(2);
-    expect(result.stderr).toContain('invalid retention of settled records 30m: it must be a whole number of milliseconds of at least 1h');
+    expect(result.stderr).toContain('invalid retention of settled records 30m: use at least 1h (in whole milliseconds)');
   });
 
   it('rejects an invalid dev port', async () => {

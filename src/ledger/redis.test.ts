@@ -417,7 +417,7 @@ describe('retention of settled records', () => {
 
   it('rejects a window shorter than an hour', () => {
     expect(() => new RedisLedger(client, { settledRetentionMs: RETENTION_MS - 1 })).toThrow(
-      'invalid retention of settled records 3599999ms: it must be a whole number of milliseconds of at least 1h',
+      'invalid retention of settled records 3599999ms: use at least 1h (in whole milliseconds)',
     );
   });
 });

@@ -49,9 +49,9 @@ export function validateSettledRetention(retentionMs: number): void {
   if (!Number.isSafeInteger(retentionMs) || retentionMs < MIN_SETTLED_RETENTION_MS) {
     const text = Number.isSafeInteger(retentionMs) && retentionMs > 0 ? formatDuration(retentionMs) : String(retentionMs);
     throw new RangeError(
-      `invalid retention of settled records ${text}: it must be a whole number of milliseconds of at least ` +
-        `${formatDuration(MIN_SETTLED_RETENTION_MS)}, longer than the sidecar's hold TTL (15m) plus its commit retries, ` +
-        'so that a late commit or a retry still gets the first result; the default is ' +
+      `invalid retention of settled records ${text}: use at least ${formatDuration(MIN_SETTLED_RETENTION_MS)} ` +
+        `(in whole milliseconds), longer than the sidecar's hold TTL (15m) plus its commit retries, ` +
+        'so that a late commit still finds its request and a retry is not billed twice; the default is ' +
         formatDuration(DEFAULT_SETTLED_RETENTION_MS),
     );
   }
