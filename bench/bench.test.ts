@@ -1,12 +1,16 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { parseBenchmarkCsv } from './ledger.ts';
-import { overspendOf } from './overspend.ts';
+import { keptUp } from './overhead.ts';
+import { countOf, overspendOf, sendBurst } from './overspend.ts';
+import { planFor } from './plan.ts';
 import { categoryOf, summarizeProfile } from './profile.ts';
-import { addedAt, compareWithPeers, RESULTS_END, RESULTS_START, writeResults, type RunResults } from './report.ts';
+import { addedAt, checkResultsPage, compareWithPeers, renderResults, RESULTS_END, RESULTS_START, writeResults, type RunResults } from './report.ts';
 import { percentile } from './streaming.ts';
 import { metricValue } from './processes.ts';
 import { csvTimings, slowRequests, type AttackResult } from './vegeta.ts';
@@ -65,6 +69,41 @@ describe('overspendOf', () => {
     expect(overspendOf(7_050_000n, 7_050_000n)).toBe(0n);
     expect(overspendOf(100n, 7_050_000n)).toBe(0n);
     expect(overspendOf(39_621_000n, 7_050_000n)).toBe(32_571_000n);
+  });
+});
+
+describe('countOf', () => {
+  it('uses the singular only for one', () => {
+    expect(countOf(1, 'process', 'processes')).toBe('1 process');
+    expect(countOf(0, 'process', 'processes')).toBe('0 processes');
+    expect(countOf(3, 'uvicorn worker', 'uvicorn workers')).toBe('3 uvicorn workers');
+  });
+});
+
+describe('sendBurst', () => {
+  let server: http.Server;
+  let url: string;
+
+  beforeEach(async () => {
+    server = http.createServer((request, response) => {
+      request.resume();
+      request.on('end', () => response.end('{}'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`;
+  });
+
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it('names one process in the singular', async () => {
+    const log = vi.spyOn(console, 'log').mockImplementation(() => {});
+    const burst = await sendBurst('test burst', { urls: [url], headers: {} }, { requests: 3, request: overspendRequest('bench-budget-model', 0) });
+    expect(burst).toEqual({ requests: 3, admitted: 3, statusCodes: { '200': 3 }, statusAfterBurst: 200 });
+    expect(log).toHaveBeenCalledTimes(1);
+    expect(log.mock.calls[0]![0]).toMatch(/^\[\d\d:\d\d:\d\d\] test burst: 3 requests at once over 1 process$/);
   });
 });
 
@@ -141,6 +180,24 @@ describe('writeResults', () => {
   });
 });
 
+describe('checkResultsPage', () => {
+  it('accepts a page with markers', async () => {
+    const page = join(dir, 'page.md');
+    await writeFile(page, `${RESULTS_START}\n${RESULTS_END}\n`);
+    await expect(checkResultsPage(page)).resolves.toBeUndefined();
+  });
+
+  it('rejects a page without markers', async () => {
+    const page = join(dir, 'page.md');
+    await writeFile(page, '# Title\n');
+    await expect(checkResultsPage(page)).rejects.toThrow(`${page} has no "${RESULTS_START}" and "${RESULTS_END}" lines; add them where the results belong`);
+  });
+
+  it('rejects a missing page', async () => {
+    await expect(checkResultsPage(join(dir, 'missing.md'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
 const result = (p50: number, p99: number, rate = 500): AttackResult => ({
   requests: 100,
   rate,
@@ -197,15 +254,75 @@ describe('compareWithPeers', () => {
   it('lets the target that kept up win', () => {
     const slowPeer = results(result(1.5, 4), result(300.5, 9000, 300));
     expect(compareWithPeers(slowPeer, 500)).toEqual({
-      measured: 'tollgate +1.00 ms / +2.00 ms; portkey +300.00 ms / +8998.00 ms (did not keep up: sent 300 rps)',
+      measured: 'tollgate +1.00 ms / +2.00 ms; portkey +300.00 ms / +8998.00 ms (did not keep up: sent 300 of 500 rps, 100.0 % success)',
       met: true,
     });
     expect(compareWithPeers(results(result(1.5, 4, 300), result(20.5, 50)), 500)?.met).toBe(false);
   });
 
+  it('counts a peer under 90 % success as beaten', () => {
+    const failingPeer = results(result(1.5, 4), { ...result(0.6, 1), success: 0.8 });
+    expect(compareWithPeers(failingPeer, 500)).toEqual({
+      measured: 'tollgate +1.00 ms / +2.00 ms; portkey +0.10 ms / −1.00 ms (did not keep up: sent 500 of 500 rps, 80.0 % success)',
+      met: true,
+    });
+  });
+
   it('leaves it undecided when neither kept up', () => {
     const comparison = compareWithPeers(results(result(200.5, 400, 400), undefined), 500);
-    expect(comparison).toEqual({ measured: 'tollgate +200.00 ms / +398.00 ms (did not keep up: sent 400 rps); portkey not run', met: undefined });
+    expect(comparison).toEqual({ measured: 'tollgate +200.00 ms / +398.00 ms (did not keep up: sent 400 of 500 rps, 100.0 % success); portkey not run', met: undefined });
+  });
+});
+
+describe('keptUp', () => {
+  it('needs 90 % of the rate and 90 % success', () => {
+    expect(keptUp({ ...result(1, 2, 450), success: 0.9 }, 500)).toBe(true);
+    expect(keptUp({ ...result(1, 2, 449), success: 1 }, 500)).toBe(false);
+    expect(keptUp({ ...result(1, 2, 500), success: 0.89 }, 500)).toBe(false);
+  });
+});
+
+describe('targets section', () => {
+  const rule =
+    '"Lower than each peer\'s": a target kept up with a fixed rate when vegeta sent at least 90 % of the planned rate and at least 90 % of the requests succeeded. ' +
+    'Where Tollgate and a peer both kept up, Tollgate must add less latency at p50 and at p99. ' +
+    'A peer that did not keep up counts as beaten whatever its latency, as long as Tollgate kept up, and a peer that kept up beats a Tollgate that did not. ' +
+    'Where neither kept up, both latencies measure queueing, and the row is undecided.';
+  const latencies: Record<string, [number, number]> = { direct: [0.5, 2], tollgate: [1.5, 4], portkey: [2.5, 6] };
+  const results = (targets: string[]) =>
+    ({
+      plan: planFor(false),
+      command: 'npm run bench',
+      machine: { startedAt: '2026-12-05T06:17:40.848Z', cpus: 2, cpuModel: 'Test CPU', memoryBytes: 2 ** 31, kernel: 'Linux 6.0', loadAverage: [0.5, 0.4, 0.3], commit: 'abc1234' },
+      versions: {},
+      loads: targets.map((target) => ({ target, runs: [{ rate: 500, result: result(...latencies[target]!) }] })),
+      streams: [],
+      overspend: [],
+      failures: [],
+      durationSeconds: 600,
+      loadAverageAtEnd: [0.5, 0.4, 0.3],
+    }) as unknown as RunResults;
+
+  it('states the rule below a peer comparison', () => {
+    const markdown = renderResults(results(['direct', 'tollgate', 'portkey']));
+    const targets = markdown.slice(markdown.indexOf('### Targets'), markdown.indexOf('### 1.'));
+    expect(targets).toBe(
+      [
+        '### Targets',
+        '',
+        '| what | target | measured | met |',
+        '|---|---|---|---|',
+        "| Tollgate added p50 and p99 at 500 rps | lower than each peer's | tollgate +1.00 ms / +2.00 ms; portkey +2.00 ms / +4.00 ms | yes |",
+        '',
+        rule,
+        '',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('leaves the rule out without peers', () => {
+    expect(renderResults(results(['direct', 'tollgate']))).not.toContain('Lower than each peer');
   });
 });
 

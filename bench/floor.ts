@@ -8,6 +8,7 @@
  * whose speed drifts affects both alike. Sends traffic only to 127.0.0.1.
  *
  *   node bench/floor.ts [--rate 2000] [--seconds 10] [--rounds 2]
+ *   node bench/floor.ts --help
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp } from 'node:fs/promises';
@@ -16,6 +17,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import Fastify from 'fastify';
+import { checkCommandLine, runEntryPoint, UsageError } from './cli.ts';
 import { freePort, processCpuSeconds } from './processes.ts';
 import { attack, type HttpTarget } from './vegeta.ts';
 import { chatBody, MODEL } from './workload.ts';
@@ -96,18 +98,53 @@ async function measure(options: { rate: number; seconds: number; rounds: number 
   }
 }
 
-const { values } = parseArgs({
-  options: {
-    serve: { type: 'string' },
-    port: { type: 'string' },
-    rate: { type: 'string', default: '2000' },
-    seconds: { type: 'string', default: '10' },
-    rounds: { type: 'string', default: '2' },
-  },
-});
-if (values.serve !== undefined) {
-  if (!KINDS.includes(values.serve as Kind)) throw new Error(`invalid --serve "${values.serve}": use ${KINDS.join(' or ')}`);
-  await serve(values.serve as Kind, Number(values.port));
-} else {
-  await measure({ rate: Number(values.rate), seconds: Number(values.seconds), rounds: Number(values.rounds) });
+const USAGE = `Usage: node bench/floor.ts [options]
+
+Measures the CPU time per request of a bare node:http server and of a fastify
+server that answer a chat completion, as a floor for the sidecar's.
+
+Options:
+  --rate N      Requests per second that vegeta sends to each server (default 2000)
+  --seconds N   Length of each measured run in seconds, after a 3 s warm-up (default 10)
+  --rounds N    Rounds; each round measures both servers once (default 2)
+  -h, --help    Print this help`;
+
+// --serve and --port are internal: the measuring process starts each server as `--serve KIND --port N`.
+const OPTIONS = {
+  rate: { type: 'string', default: '2000' },
+  seconds: { type: 'string', default: '10' },
+  rounds: { type: 'string', default: '2' },
+  help: { type: 'boolean', short: 'h', default: false },
+  serve: { type: 'string' },
+  port: { type: 'string' },
+} as const;
+
+/** Parses `value` of `option` as a whole number of at least 1, or throws a UsageError naming it. */
+function positiveInteger(option: string, value: string): number {
+  const number = Number(value);
+  if (!/^\d+$/.test(value) || number < 1) throw new UsageError(`invalid ${option} "${value}": expected a whole number of 1 or more`);
+  return number;
 }
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  checkCommandLine(args, OPTIONS);
+  const { values } = parseArgs({ args, options: OPTIONS });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (values.serve !== undefined) {
+    if (!KINDS.includes(values.serve as Kind)) throw new UsageError(`invalid --serve "${values.serve}": use ${KINDS.join(' or ')}`);
+    await serve(values.serve as Kind, positiveInteger('--port', values.port ?? ''));
+    return 0;
+  }
+  await measure({
+    rate: positiveInteger('--rate', values.rate),
+    seconds: positiveInteger('--seconds', values.seconds),
+    rounds: positiveInteger('--rounds', values.rounds),
+  });
+  return 0;
+}
+
+runEntryPoint(main, { helpCommand: 'node bench/floor.ts --help', program: 'floor' });

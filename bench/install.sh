@@ -4,10 +4,26 @@
 # (bench/peers/install.sh), and checks for redis-server and redis-benchmark.
 # Idempotent: what is installed already is skipped.
 #
+# Usage: bash bench/install.sh [--skip-peers]
+#   --skip-peers   Install only vegeta and check the Redis tools. The peer gateways
+#                  are left out, so Python 3 with venv and access to the npm registry
+#                  and PyPI are not needed. `npm run bench -- --skip-peers` passes it.
+#
 # Environment:
 #   TOLLGATE_CACHE   cache root (default: $HOME/.cache/tollgate); vegeta goes to its bin/ folder
 #   VEGETA_VERSION   vegeta module version (default below)
 set -euo pipefail
+
+SKIP_PEERS=false
+for arg in "$@"; do
+  case "$arg" in
+    --skip-peers) SKIP_PEERS=true ;;
+    *)
+      echo "bench/install.sh: unknown argument \"$arg\"; the only one is --skip-peers" >&2
+      exit 2
+      ;;
+  esac
+done
 
 VEGETA_VERSION="${VEGETA_VERSION:-v12.12.0}"
 CACHE="${TOLLGATE_CACHE:-$HOME/.cache/tollgate}"
@@ -45,9 +61,13 @@ check_redis_tools() {
     echo "redis: ${missing[*]} not found on PATH; install them with: apt-get install redis-server redis-tools" >&2
     exit 1
   fi
-  echo "redis: $(redis-server --version | awk '{ print $3 }'), redis-benchmark and redis-cli found"
+  echo "redis: $(redis-server --version | awk '{ sub(/^v=/, "", $3); print $3 }'), redis-benchmark and redis-cli found"
 }
 
 install_vegeta
 check_redis_tools
-bash "$HERE/peers/install.sh"
+if [ "$SKIP_PEERS" = true ]; then
+  echo "peers: skipped (--skip-peers)"
+else
+  bash "$HERE/peers/install.sh"
+fi

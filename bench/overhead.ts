@@ -162,12 +162,15 @@ async function measuredAttack(target: HttpTarget, options: AttackOptions, workDi
 }
 
 /**
- * Returns whether the target handled a fixed rate: vegeta sent at least 90 % of the
- * requests on schedule (it cannot when all its workers wait on a slow
- * target) and at least 90 % of them succeeded.
+ * Minimum shares of a target that kept up with a fixed rate: of the planned
+ * rate that vegeta sent, and of the requests that succeeded. Vegeta sends
+ * behind schedule when all its workers wait on a slow target.
  */
+export const KEPT_UP = { sentShare: 0.9, success: 0.9 };
+
+/** Returns whether the target handled a fixed rate, by the shares in KEPT_UP. */
 export function keptUp(result: AttackResult, rate: number): boolean {
-  return result.rate >= 0.9 * rate && result.success >= 0.9;
+  return result.rate >= KEPT_UP.sentShare * rate && result.success >= KEPT_UP.success;
 }
 
 /**

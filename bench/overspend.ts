@@ -55,7 +55,7 @@ export async function sendBurst(name: string, target: BurstTarget, options: Burs
   };
 
   try {
-    progress(`${name}: ${options.requests} requests at once over ${target.urls.length} processes`);
+    progress(`${name}: ${options.requests} requests at once over ${countOf(target.urls.length, 'process', 'processes')}`);
     const statuses = await Promise.all(Array.from({ length: options.requests }, (_, index) => send(index)));
     const statusCodes: Record<string, number> = {};
     for (const status of statuses) statusCodes[status] = (statusCodes[status] ?? 0) + 1;
@@ -151,7 +151,7 @@ export async function litellmOverspend(setup: OverspendSetup): Promise<Overspend
   const { scenario } = setup;
   const costed = overspendRequest(BUDGET_MODEL, scenario.upstreamLatencyMs);
   const budget = costed.costNano * BigInt(scenario.affordable);
-  progress(`litellm overspend: starting LiteLLM with ${scenario.litellmWorkers} worker(s) and a budget of ${budget} nano-USD`);
+  progress(`litellm overspend: starting LiteLLM with ${countOf(scenario.litellmWorkers, 'worker', 'workers')} and a budget of ${budget} nano-USD`);
   const gateway = await startLiteLLM({
     port: await freePort(),
     upstreamUrl: `${setup.simulatorUrl}/v1`,
@@ -182,10 +182,15 @@ export async function litellmOverspend(setup: OverspendSetup): Promise<Overspend
     burst,
     note:
       "its strongest enforcement that runs without a Postgres database: the router's deployment budget (`max_budget` on the model, spend counted in Redis), " +
-      `with ${scenario.litellmWorkers} uvicorn worker(s) behind one port. Spent is the admitted requests × ${costed.costNano} nano-USD.`,
+      `with ${countOf(scenario.litellmWorkers, 'uvicorn worker', 'uvicorn workers')} behind one port. Spent is the admitted requests × ${costed.costNano} nano-USD.`,
   };
 }
 
 export function overspendOf(spent: bigint, limit: bigint): bigint {
   return spent > limit ? spent - limit : 0n;
+}
+
+/** Formats a count with the singular or plural form of its noun: "1 process", "3 processes". */
+export function countOf(count: number, singular: string, plural: string): string {
+  return `${count} ${count === 1 ? singular : plural}`;
 }

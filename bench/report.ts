@@ -6,7 +6,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { formatAmount } from '../src/money/index.ts';
 import type { LedgerResult } from './ledger.ts';
 import type { Machine } from './machine.ts';
-import { keptUp, type LoadRun, type TargetLoad } from './overhead.ts';
+import { KEPT_UP, keptUp, type LoadRun, type TargetLoad } from './overhead.ts';
 import type { OverspendResult } from './overspend.ts';
 import type { BenchPlan } from './plan.ts';
 import { profileMarkdown, type ProfileSummary } from './profile.ts';
@@ -47,12 +47,22 @@ export const RESULTS_END = '<!-- bench:results:end -->';
 /** Replaces the text between the result markers of the page with `markdown`. */
 export async function writeResults(page: string, markdown: string): Promise<void> {
   const text = await readFile(page, 'utf8');
+  const { start, end } = findMarkers(page, text);
+  await writeFile(page, `${text.slice(0, start + RESULTS_START.length)}\n${markdown}\n${text.slice(end)}`);
+}
+
+/** Throws when the page cannot be read or lacks the result markers, which writeResults needs. */
+export async function checkResultsPage(page: string): Promise<void> {
+  findMarkers(page, await readFile(page, 'utf8'));
+}
+
+function findMarkers(page: string, text: string): { start: number; end: number } {
   const start = text.indexOf(RESULTS_START);
   const end = text.indexOf(RESULTS_END);
   if (start === -1 || end < start) {
     throw new Error(`${page} has no "${RESULTS_START}" and "${RESULTS_END}" lines; add them where the results belong`);
   }
-  await writeFile(page, `${text.slice(0, start + RESULTS_START.length)}\n${markdown}\n${text.slice(end)}`);
+  return { start, end };
 }
 
 /** The team's targets for Tollgate: added latency at the highest fixed rate, and ledger throughput as a share of the EVALSHA ceiling. */
@@ -107,6 +117,7 @@ function machineSection(results: RunResults): string {
 function goalsSection(results: RunResults): string {
   const highest = Math.max(...results.plan.rates);
   const rows: string[] = [];
+  let comparesWithPeers = false;
   const tollgate = addedAt(results, 'tollgate', highest);
   if (tollgate) {
     rows.push(goalRow(`Tollgate added p50 at ${highest} rps`, `≤ ${GOALS.addedP50Ms} ms`, ms(tollgate.p50), tollgate.p50 <= GOALS.addedP50Ms));
@@ -114,7 +125,10 @@ function goalsSection(results: RunResults): string {
   }
   for (const rate of results.plan.rates) {
     const comparison = compareWithPeers(results, rate);
-    if (comparison) rows.push(goalRow(`Tollgate added p50 and p99 at ${rate} rps`, "lower than each peer's", comparison.measured, comparison.met));
+    if (comparison) {
+      rows.push(goalRow(`Tollgate added p50 and p99 at ${rate} rps`, "lower than each peer's", comparison.measured, comparison.met));
+      comparesWithPeers = true;
+    }
   }
   if (results.ledger) {
     const share = ledgerShare(results.ledger);
@@ -125,8 +139,15 @@ function goalsSection(results: RunResults): string {
     rows.push(goalRow('Tollgate overspend', '0', usd(tollgateOverspend.overspendNano), tollgateOverspend.overspendNano === 0n));
   }
   if (rows.length === 0) return '';
-  return ['### Targets', '', '| what | target | measured | met |', '|---|---|---|---|', ...rows].join('\n');
+  return ['### Targets', '', '| what | target | measured | met |', '|---|---|---|---|', ...rows, ...(comparesWithPeers ? ['', PEER_RULE] : [])].join('\n');
 }
+
+/** The rule behind the rows "lower than each peer's", printed below the Targets table; compareWithPeers applies it. */
+export const PEER_RULE =
+  `"Lower than each peer's": a target kept up with a fixed rate when vegeta sent at least ${percent(KEPT_UP.sentShare, 0)} of the planned rate ` +
+  `and at least ${percent(KEPT_UP.success, 0)} of the requests succeeded. Where Tollgate and a peer both kept up, Tollgate must add less latency at p50 and at p99. ` +
+  'A peer that did not keep up counts as beaten whatever its latency, as long as Tollgate kept up, and a peer that kept up beats a Tollgate that did not. ' +
+  'Where neither kept up, both latencies measure queueing, and the row is undecided.';
 
 /**
  * Compares Tollgate's added latency at one rate with each peer's. A target
@@ -144,7 +165,8 @@ export function compareWithPeers(results: RunResults, rate: number): { measured:
     if (!run.result) return `${name} not run`;
     const added = addedAt(results, name, rate);
     const latency = added ? `${signedMs(added.p50)} / ${signedMs(added.p99)}` : '–';
-    return keptUp(run.result, rate) ? `${name} ${latency}` : `${name} ${latency} (did not keep up: sent ${run.result.rate.toFixed(0)} rps)`;
+    if (keptUp(run.result, rate)) return `${name} ${latency}`;
+    return `${name} ${latency} (did not keep up: sent ${run.result.rate.toFixed(0)} of ${rate} rps, ${percent(run.result.success)} success)`;
   };
   const tollgateKeptUp = tollgate.result !== undefined && keptUp(tollgate.result, rate);
   const outcomes = peers.map((name) => {
@@ -394,8 +416,8 @@ function signedMs(value: number): string {
   return `${value >= 0 ? '+' : '−'}${Math.abs(value).toFixed(2)} ms`;
 }
 
-function percent(share: number): string {
-  return `${(share * 100).toFixed(1)} %`;
+function percent(share: number, digits = 1): string {
+  return `${(share * 100).toFixed(digits)} %`;
 }
 
 function mib(bytes: number): string {

@@ -3,23 +3,25 @@
  * gateways, streaming cost, ledger throughput, overspend under concurrency
  * and memory, in one run that sends traffic only to 127.0.0.1.
  *
- *   npm run bench              # full run, about 10 minutes; updates docs/benchmarks.md
+ *   npm run bench              # full run, about 12 minutes; updates docs/benchmarks.md
  *   npm run bench -- --quick   # about 4 minutes; prints the results only
+ *   npm run bench -- --help    # the other options
  *
  * See docs/benchmarks.md for what each section measures.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { startRedis, type RunningRedis } from '../test/support/redis.ts';
+import { runEntryPoint } from './cli.ts';
 import { describeMachine, describeVersions, speedCheckMs } from './machine.ts';
 import { measureLedger } from './ledger.ts';
 import { measureLoad, type TargetProbe } from './overhead.ts';
 import { litellmOverspend, tollgateOverspend } from './overspend.ts';
 import { startLiteLLM, startPortkey, type PeerGateway } from './peers/peers.ts';
-import { planFor, type BenchPlan } from './plan.ts';
+import { checkOutPage, decideWrite, HELP_COMMAND, parseOptions, readResultsFile, USAGE, type Options } from './options.ts';
+import type { BenchPlan } from './plan.ts';
 import { summarizeProfile } from './profile.ts';
 import {
   freePort,
@@ -50,31 +52,8 @@ import {
   writeManifests,
 } from './workload.ts';
 
-const USAGE = `Usage: npm run bench -- [options]
-
-Options:
-  --quick         Shorter runs (about 4 minutes in all); results are printed, not written to the page
-  --write         Write the results into the page even in quick mode
-  --no-write      Print the results without writing them into the page
-  --out FILE      Page with the result markers to update (default docs/benchmarks.md)
-  --profile       Profile the sidecar even when it meets its latency targets
-  --skip-peers    Leave out Portkey and LiteLLM
-  --no-install    Do not run bench/install.sh first
-  --from FILE     Measure nothing: render the results.json of an earlier run into the page`;
-
 /** A LiteLLM budget that the overhead runs never reach, in USD. */
 const UNREACHABLE_BUDGET_USD = '1000000';
-
-interface Options {
-  plan: BenchPlan;
-  write: boolean;
-  out: string;
-  profile: boolean;
-  peers: boolean;
-  install: boolean;
-  /** results.json of an earlier run to render instead of measuring. */
-  from?: string;
-}
 
 /** Everything a section needs: the shared processes and the work folder. */
 interface Context {
@@ -87,34 +66,8 @@ interface Context {
   results: RunResults;
 }
 
-function parseOptions(): Options | undefined {
-  const { values } = parseArgs({
-    options: {
-      quick: { type: 'boolean', default: false },
-      write: { type: 'boolean' },
-      'no-write': { type: 'boolean', default: false },
-      out: { type: 'string', default: join(REPO_ROOT, 'docs', 'benchmarks.md') },
-      profile: { type: 'boolean', default: false },
-      'skip-peers': { type: 'boolean', default: false },
-      'no-install': { type: 'boolean', default: false },
-      from: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
-  if (values.help) return undefined;
-  return {
-    plan: planFor(values.quick),
-    write: values['no-write'] ? false : (values.write ?? !values.quick),
-    out: values.out,
-    profile: values.profile,
-    peers: !values['skip-peers'],
-    install: !values['no-install'],
-    from: values.from,
-  };
-}
-
 async function main(): Promise<number> {
-  const options = parseOptions();
+  const options = parseOptions(process.argv.slice(2));
   if (!options) {
     console.log(USAGE);
     return 0;
@@ -124,6 +77,8 @@ async function main(): Promise<number> {
     return 0;
   }
   const { plan } = options;
+  const write = decideWrite(options, plan.mode);
+  if (write) await checkOutPage(options.out);
   const started = performance.now();
   // Exiting through process.exit runs the exit hooks that kill the child processes.
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
@@ -132,7 +87,7 @@ async function main(): Promise<number> {
     process.exit(1);
   }, plan.deadlineMinutes * 60_000).unref();
 
-  if (options.install) install();
+  if (options.install) install(options.peers);
   const machine = describeMachine();
   if (machine.loadAverage[0]! > machine.cpus / 2) {
     console.warn(`warning: the 1-minute load average is ${machine.loadAverage[0]!.toFixed(2)} on ${machine.cpus} CPUs; other work will skew the results`);
@@ -157,7 +112,7 @@ async function main(): Promise<number> {
   results.loadAverageAtEnd = os.loadavg();
   results.speedCheckMsAtEnd = speedCheckMs();
 
-  await publish(options, workDir, results);
+  await publish(options.out, write, workDir, results);
   return results.failures.length === 0 ? 0 : 1;
 }
 
@@ -206,33 +161,28 @@ async function runSections(options: Options, workDir: string, results: RunResult
   }
 }
 
-/** Prints the results, saves them in the work folder and writes them into the page unless `--no-write` or `--quick` is given. */
-async function publish(options: Options, workDir: string, results: RunResults): Promise<void> {
+/** Prints the results, saves them in the work folder and, with `write`, writes them into the page. */
+async function publish(page: string, write: boolean, workDir: string, results: RunResults): Promise<void> {
   const markdown = renderResults(results);
   const json = JSON.stringify(results, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value), 2);
   await writeFile(join(workDir, 'results.json'), `${json}\n`);
   await writeFile(join(workDir, 'results.md'), `${markdown}\n`);
   console.log(`\n${markdown}\n`);
-  if (options.write) {
-    await writeResults(options.out, markdown);
-    progress(`results written to ${options.out}`);
+  if (write) {
+    await writeResults(page, markdown);
+    progress(`results written to ${page}`);
   }
   progress(`raw results in ${workDir}`);
 }
 
 /** Renders the results.json of an earlier run, for example after a change to the report's layout. */
 async function renderEarlierRun(options: Options, file: string): Promise<void> {
-  const results = JSON.parse(await readFile(file, 'utf8')) as RunResults;
-  // JSON has no bigint, so publish wrote the nano-unit amounts as decimal strings.
-  for (const overspend of results.overspend) {
-    overspend.costNano = BigInt(overspend.costNano);
-    overspend.limitNano = BigInt(overspend.limitNano);
-    overspend.spentNano = BigInt(overspend.spentNano);
-    overspend.overspendNano = BigInt(overspend.overspendNano);
-  }
+  const results = await readResultsFile(file);
+  const write = decideWrite(options, results.plan.mode);
+  if (write) await checkOutPage(options.out);
   const markdown = renderResults(results);
   console.log(markdown);
-  if (options.write) {
+  if (write) {
     await writeResults(options.out, markdown);
     progress(`results of ${file} written to ${options.out}`);
   }
@@ -249,8 +199,10 @@ async function section(context: Context, name: string, run: () => Promise<void>)
   }
 }
 
-function install(): void {
-  const result = spawnSync('bash', [join(REPO_ROOT, 'bench', 'install.sh')], { stdio: 'inherit' });
+/** Runs bench/install.sh; without `peers` it installs only vegeta and checks the Redis tools. */
+function install(peers: boolean): void {
+  const args = [join(REPO_ROOT, 'bench', 'install.sh'), ...(peers ? [] : ['--skip-peers'])];
+  const result = spawnSync('bash', args, { stdio: 'inherit' });
   if (result.status !== 0) throw new Error(`bench/install.sh failed with exit code ${result.status}`);
 }
 
@@ -389,12 +341,4 @@ async function profileTollgate(context: Context): Promise<void> {
   results.profile = { rate, seconds: plan.profileSeconds, result: profiled.result, cpu: profiled.cpu, summary };
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (error: unknown) => {
-    console.error(error instanceof Error ? `benchmark failed: ${error.stack ?? error.message}` : error);
-    process.exitCode = 1;
-  },
-);
+runEntryPoint(main, { helpCommand: HELP_COMMAND, program: 'benchmark' });
