@@ -128,12 +128,15 @@ async function waitFor<T>(what: string, processes: ImageProcess[], probe: () => 
 }
 
 beforeAll(async () => {
-  [image, apiServer, redis, simulator] = await Promise.all([
-    stageImage(),
-    startApiServer(),
-    startRedis(),
-    startSimulator({ host: '127.0.0.1', port: 0, expectedKey: KEY }),
+  // Each is assigned as soon as it starts, so that afterAll stops the others when one fails.
+  const started = await Promise.allSettled([
+    stageImage().then((staged) => (image = staged)),
+    startApiServer().then((server) => (apiServer = server)),
+    startRedis().then((server) => (redis = server)),
+    startSimulator({ host: '127.0.0.1', port: 0, expectedKey: KEY }).then((server) => (simulator = server)),
   ]);
+  const failed = started.find((result) => result.status === 'rejected');
+  if (failed) throw failed.reason;
   ledger = new RedisLedger(redis.url);
   await kubectl(['apply', '--server-side', '-f', 'crds/']);
   await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/wallets.tollgate.dev', 'crd/priceplans.tollgate.dev', 'crd/providerroutes.tollgate.dev']);
