@@ -17,7 +17,7 @@ import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/ra
 import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import { createGenAiTelemetry, GEN_AI, type Span } from '../src/telemetry/tracing.ts';
-import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import type { ConfigSource } from './config-source.ts';
 import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
 
@@ -236,17 +236,22 @@ export class Proxy {
     const text = raw.toString('utf8');
     const parsed = parseJsonObject(text);
     const info = inspect(adapter, upstreamPath, parsed, route);
-    // Attributes are set when the span starts, because samplers read them only then.
-    const span = this.telemetry.tracer.startSpan(`${info.operation} ${info.model}`, {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        [GEN_AI.operation]: info.operation,
-        [GEN_AI.provider]: route.protocol,
-        [GEN_AI.requestModel]: info.model,
-        'tollgate.route': route.name,
-        ...(info.maxOutputTokens === undefined ? {} : { [GEN_AI.maxTokens]: info.maxOutputTokens }),
+    // Attributes are set when the span starts, because samplers read them only then. The span continues
+    // the application's trace when the request carries one (a traceparent header, with the SDK's propagators).
+    const span = this.telemetry.tracer.startSpan(
+      `${info.operation} ${info.model}`,
+      {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          [GEN_AI.operation]: info.operation,
+          [GEN_AI.provider]: route.protocol,
+          [GEN_AI.requestModel]: info.model,
+          'tollgate.route': route.name,
+          ...(info.maxOutputTokens === undefined ? {} : { [GEN_AI.maxTokens]: info.maxOutputTokens }),
+        },
       },
-    });
+      propagation.extract(ROOT_CONTEXT, request.headers),
+    );
 
     let priced = false;
     try {

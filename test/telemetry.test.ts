@@ -2,7 +2,7 @@
  * The sidecar's OpenTelemetry span for a model call, recorded by the real
  * OpenTelemetry SDK into an in-memory exporter.
  */
-import { trace, type Attributes } from '@opentelemetry/api';
+import { propagation, trace, TraceFlags, type Attributes, type TextMapPropagator } from '@opentelemetry/api';
 import { InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type Sampler } from '@opentelemetry/sdk-trace';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -60,14 +60,31 @@ async function finishedSpans() {
   return exporter.getFinishedSpans();
 }
 
+/**
+ * Reads a W3C traceparent header (version-traceid-spanid-flags). It stands in
+ * for the SDK's propagator, which startTelemetry registers in a real sidecar.
+ */
+const traceparentReader: TextMapPropagator = {
+  extract(context, carrier, getter) {
+    const header = getter.get(carrier, 'traceparent');
+    const match = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(Array.isArray(header) ? (header[0] ?? '') : (header ?? ''));
+    if (!match) return context;
+    return trace.setSpanContext(context, { traceId: match[1]!, spanId: match[2]!, traceFlags: Number.parseInt(match[3]!, 16) as TraceFlags, isRemote: true });
+  },
+  inject() {},
+  fields: () => ['traceparent'],
+};
+
 beforeAll(async () => {
   trace.setGlobalTracerProvider(provider);
+  propagation.setGlobalPropagator(traceparentReader);
   stack = await startStack(MANIFESTS);
 });
 
 afterAll(async () => {
   await stack?.close();
   trace.disable();
+  propagation.disable();
 });
 
 describe('OpenTelemetry span', () => {
@@ -95,6 +112,18 @@ describe('OpenTelemetry span', () => {
     expect(span?.attributes['tollgate.charged']).toBe('0.00054');
     expect(span?.attributes['tollgate.provider_cost']).toBe('0.00045');
     expect(span?.attributes['tollgate.wallet']).toBe('default/traced');
+  });
+
+  it('continues the trace of a traceparent header', async () => {
+    exporter.reset();
+    const client = new OpenAI({ baseURL: `${stack.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: { 'x-tollgate-wallet': 'traced' } });
+    const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'child span' }], max_tokens: 5 }, { headers: { traceparent } });
+
+    const [span] = await finishedSpans();
+    expect(span?.spanContext().traceId).toBe('0af7651916cd43dd8448eb211c80319c');
+    expect(span?.parentSpanContext?.spanId).toBe('b7ad6b7169203331');
+    expect(span?.spanContext().spanId).not.toBe('b7ad6b7169203331');
   });
 
   it('marks a denied call as an error', async () => {

@@ -5,28 +5,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { DURATION_BUCKETS, diagToPino, otlpSettings, TOKEN_BUCKETS } from './tracing.ts';
-
-describe('otlpSettings', () => {
-  it('reads the metric export interval', () => {
-    expect(otlpSettings({}).metricIntervalMs).toBe(60_000);
-    expect(otlpSettings({ OTEL_METRIC_EXPORT_INTERVAL: '2000' })).toEqual({ metricIntervalMs: 2000, warnings: [] });
-  });
-
-  it('warns about an invalid interval', () => {
-    const settings = otlpSettings({ OTEL_METRIC_EXPORT_INTERVAL: '2s' });
-    expect(settings.metricIntervalMs).toBe(60_000);
-    expect(settings.warnings).toEqual(['invalid OTEL_METRIC_EXPORT_INTERVAL "2s": use a whole number of milliseconds such as 10000; exporting every 60000 ms']);
-  });
-
-  it('warns about a protocol other than http/json', () => {
-    expect(otlpSettings({ OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }).warnings).toEqual([]);
-    expect(otlpSettings({ OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http/protobuf' }).warnings).toEqual([
-      "OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported: the sidecar exports OTLP over HTTP with JSON bodies (http/json), so point OTEL_EXPORTER_OTLP_ENDPOINT at a collector's OTLP/HTTP port (4318 by default) and unset the variable",
-      "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=http/protobuf is not supported: the sidecar exports OTLP over HTTP with JSON bodies (http/json), so point OTEL_EXPORTER_OTLP_ENDPOINT at a collector's OTLP/HTTP port (4318 by default) and unset the variable",
-    ]);
-  });
-});
+import { DURATION_BUCKETS, diagToPino, TOKEN_BUCKETS } from './tracing.ts';
 
 describe('diagToPino', () => {
   it('writes errors and warnings at warn', () => {
@@ -47,56 +26,80 @@ describe('diagToPino', () => {
   });
 });
 
+interface Received {
+  path: string;
+  contentType: string;
+  body: string;
+}
+
+/** Runs startTelemetry in a child process that records two metric values, with `env` added, and returns what a local OTLP receiver got. */
+async function exportOnce(env: Record<string, string>): Promise<Received[]> {
+  const received: Received[] = [];
+  const receiver = http.createServer((request, response) => {
+    let body = '';
+    request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+    request.on('end', () => {
+      received.push({ path: request.url ?? '', contentType: request.headers['content-type'] ?? '', body });
+      response.writeHead(200, { 'content-type': request.headers['content-type'] ?? 'application/json' }).end();
+    });
+  });
+  receiver.listen(0, '127.0.0.1');
+  await once(receiver, 'listening');
+  const { port } = receiver.address() as AddressInfo;
+
+  // The SDK registers itself globally, so it runs in a process of its own.
+  const script = `
+    import { pino } from 'pino';
+    import { createGenAiTelemetry, startTelemetry } from ${JSON.stringify(path.join(import.meta.dirname, 'tracing.ts'))};
+    const stop = await startTelemetry('tracing-test', pino({ level: 'silent' }));
+    const telemetry = createGenAiTelemetry();
+    telemetry.tokenUsage.record(100, { 'gen_ai.token.type': 'input' });
+    telemetry.operationDuration.record(0.05, {});
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await stop();
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    cwd: path.join(import.meta.dirname, '..', '..'),
+    env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  receiver.close();
+  expect(stderr).toBe('');
+  expect(code).toBe(0);
+  return received.filter((entry) => entry.path === '/v1/metrics');
+}
+
+interface ExportedHistogram {
+  name: string;
+  histogram: { dataPoints: Array<{ explicitBounds: number[] }> };
+}
+
 describe('OTLP export', () => {
   it('sends metrics at the interval with advised buckets', async () => {
-    const bodies: Array<{ path: string; body: string }> = [];
-    const receiver = http.createServer((request, response) => {
-      let body = '';
-      request.on('data', (chunk: Buffer) => (body += chunk.toString()));
-      request.on('end', () => {
-        bodies.push({ path: request.url ?? '', body });
-        response.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-      });
-    });
-    receiver.listen(0, '127.0.0.1');
-    await once(receiver, 'listening');
-    const { port } = receiver.address() as AddressInfo;
+    const exports = await exportOnce({ OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_METRIC_EXPORT_INTERVAL: '300' });
 
-    // The SDK registers itself globally, so it runs in a process of its own.
-    const script = `
-      import { pino } from 'pino';
-      import { createGenAiTelemetry, startTelemetry } from ${JSON.stringify(path.join(import.meta.dirname, 'tracing.ts'))};
-      const stop = await startTelemetry('tracing-test', pino({ level: 'silent' }));
-      const telemetry = createGenAiTelemetry();
-      telemetry.tokenUsage.record(100, { 'gen_ai.token.type': 'input' });
-      telemetry.operationDuration.record(0.05, {});
-      await new Promise((resolve) => setTimeout(resolve, 1500));
-      await stop();
-    `;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-      cwd: path.join(import.meta.dirname, '..', '..'),
-      env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}`, OTEL_METRIC_EXPORT_INTERVAL: '300' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const [code] = (await once(child, 'exit')) as [number | null];
-    receiver.close();
-    expect(stderr).toBe('');
-    expect(code).toBe(0);
-
-    // One export after 300 ms and more before the 1.5 s wait ends; the default interval (60 s) would send only the final one.
-    const exports = bodies.filter((entry) => entry.path === '/v1/metrics');
+    // Exports every 300 ms during the 1.5 s wait; the default interval (60 s) would send only the final one.
     expect(exports.length).toBeGreaterThanOrEqual(3);
-    const metricsByName = new Map<string, { histogram: { dataPoints: Array<{ explicitBounds: number[] }> } }>();
+    expect(exports.every((entry) => entry.contentType === 'application/json')).toBe(true);
+    const byName = new Map<string, ExportedHistogram>();
     for (const entry of exports) {
-      const payload = JSON.parse(entry.body) as { resourceMetrics: Array<{ scopeMetrics: Array<{ metrics: Array<{ name: string; histogram: { dataPoints: Array<{ explicitBounds: number[] }> } }> }> }> };
-      for (const metric of payload.resourceMetrics.flatMap((resource) => resource.scopeMetrics.flatMap((scope) => scope.metrics))) metricsByName.set(metric.name, metric);
+      const payload = JSON.parse(entry.body) as { resourceMetrics: Array<{ scopeMetrics: Array<{ metrics: ExportedHistogram[] }> }> };
+      for (const metric of payload.resourceMetrics.flatMap((resource) => resource.scopeMetrics.flatMap((scope) => scope.metrics))) byName.set(metric.name, metric);
     }
-    expect(metricsByName.get('gen_ai.client.token.usage')?.histogram.dataPoints[0]?.explicitBounds).toEqual([...TOKEN_BUCKETS]);
-    expect(metricsByName.get('gen_ai.client.operation.duration')?.histogram.dataPoints[0]?.explicitBounds).toEqual([...DURATION_BUCKETS]);
+    expect(byName.get('gen_ai.client.token.usage')?.histogram.dataPoints[0]?.explicitBounds).toEqual([...TOKEN_BUCKETS]);
+    expect(byName.get('gen_ai.client.operation.duration')?.histogram.dataPoints[0]?.explicitBounds).toEqual([...DURATION_BUCKETS]);
     expect(TOKEN_BUCKETS.at(-1)).toBe(67_108_864);
     expect(DURATION_BUCKETS.slice(0, 3)).toEqual([0.01, 0.02, 0.04]);
     expect(DURATION_BUCKETS.at(-1)).toBe(81.92);
+  }, 30_000);
+
+  it('sends protobuf by default', async () => {
+    const exports = await exportOnce({ OTEL_METRIC_EXPORT_INTERVAL: '300' });
+
+    expect(exports.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(exports.map((entry) => entry.contentType))).toEqual(new Set(['application/x-protobuf']));
   }, 30_000);
 });

@@ -52,60 +52,23 @@ export const GEN_AI = {
 export type { Attributes, Span };
 
 /**
- * Starts the OpenTelemetry Node SDK with OTLP exporters when the standard
- * OTEL_EXPORTER_OTLP_ENDPOINT variable is set; otherwise does nothing.
+ * Starts the OpenTelemetry Node SDK when the standard
+ * OTEL_EXPORTER_OTLP_ENDPOINT variable is set; otherwise does nothing. The
+ * SDK reads the other standard variables itself: the protocol
+ * (OTEL_EXPORTER_OTLP_PROTOCOL, http/protobuf by default, or grpc or
+ * http/json), the exporters, the metric export interval and the propagators.
+ * Its warnings and errors, such as failed exports, go to `log`.
  * Returns a function that flushes and stops the SDK.
  */
 export async function startTelemetry(serviceName: string, log: Logger, env: NodeJS.ProcessEnv = process.env): Promise<() => Promise<void>> {
   if (!env.OTEL_EXPORTER_OTLP_ENDPOINT) return async () => {};
-  const settings = otlpSettings(env);
-  for (const warning of settings.warnings) log.warn({}, warning);
   diag.setLogger(diagToPino(log), DiagLogLevel.WARN);
 
-  const [{ NodeSDK }, { OTLPTraceExporter }, { OTLPMetricExporter }, { PeriodicExportingMetricReader }] = await Promise.all([
-    import('@opentelemetry/sdk-node'),
-    import('@opentelemetry/exporter-trace-otlp-http'),
-    import('@opentelemetry/exporter-metrics-otlp-http'),
-    import('@opentelemetry/sdk-metrics'),
-  ]);
-  const sdk = new NodeSDK({
-    serviceName: env.OTEL_SERVICE_NAME ?? serviceName,
-    traceExporter: new OTLPTraceExporter(),
-    metricReaders: [new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter(), exportIntervalMillis: settings.metricIntervalMs })],
-  });
+  const { NodeSDK } = await import('@opentelemetry/sdk-node');
+  const sdk = new NodeSDK({ serviceName: env.OTEL_SERVICE_NAME ?? serviceName });
   sdk.start();
-  log.info({ endpoint: env.OTEL_EXPORTER_OTLP_ENDPOINT, metricIntervalMs: settings.metricIntervalMs }, 'OpenTelemetry export started');
+  log.info({ endpoint: env.OTEL_EXPORTER_OTLP_ENDPOINT, protocol: env.OTEL_EXPORTER_OTLP_PROTOCOL ?? 'http/protobuf' }, 'OpenTelemetry export started');
   return () => sdk.shutdown();
-}
-
-const DEFAULT_METRIC_INTERVAL_MS = 60_000;
-const PROTOCOL_VARIABLES = ['OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_METRICS_PROTOCOL'] as const;
-
-/**
- * Reads the OTLP settings that the sidecar applies itself: the metric export
- * interval (OTEL_METRIC_EXPORT_INTERVAL, in ms), and warnings for settings it
- * cannot follow. Its exporters send OTLP over HTTP with JSON bodies only.
- */
-export function otlpSettings(env: NodeJS.ProcessEnv): { metricIntervalMs: number; warnings: string[] } {
-  const warnings: string[] = [];
-  for (const name of PROTOCOL_VARIABLES) {
-    const value = env[name];
-    if (value && value !== 'http/json') {
-      warnings.push(
-        `${name}=${value} is not supported: the sidecar exports OTLP over HTTP with JSON bodies (http/json), ` +
-          "so point OTEL_EXPORTER_OTLP_ENDPOINT at a collector's OTLP/HTTP port (4318 by default) and unset the variable",
-      );
-    }
-  }
-
-  let metricIntervalMs = DEFAULT_METRIC_INTERVAL_MS;
-  const interval = env.OTEL_METRIC_EXPORT_INTERVAL;
-  if (interval) {
-    const value = Number(interval);
-    if (Number.isSafeInteger(value) && value > 0) metricIntervalMs = value;
-    else warnings.push(`invalid OTEL_METRIC_EXPORT_INTERVAL "${interval}": use a whole number of milliseconds such as 10000; exporting every ${DEFAULT_METRIC_INTERVAL_MS} ms`);
-  }
-  return { metricIntervalMs, warnings };
 }
 
 /** Returns an OpenTelemetry diagnostic logger that writes the SDK's warnings and errors, such as failed exports, as warn lines. */
