@@ -56,12 +56,25 @@ describe('tollgate command', () => {
     expect(result.stderr).toContain('unknown command "frobnicate"');
   });
 
+  it('prints the sidecar environment on --help', async () => {
+    const help = await tollgate(['sidecar', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('Usage: tollgate sidecar');
+    expect(help.stdout).toContain('TOLLGATE_REDIS_URL         Redis ledger URL, redis://host:port (required)');
+    expect(help.stderr).toBe('');
+
+    const extra = await tollgate(['sidecar', '--redis', 'redis://127.0.0.1:6379']);
+    expect(extra.code).toBe(2);
+    expect(extra.stderr).toContain('tollgate sidecar takes no arguments, but got "--redis redis://127.0.0.1:6379"; it reads its settings from the environment');
+  });
+
   it('prints a wallet state', async () => {
     const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'team-a/cli']);
     expect(result.code).toBe(0);
     expect(result.stdout).toContain('granted    2.500000000');
     expect(result.stdout).toContain('spent      0.750000000');
     expect(result.stdout).toContain('balance    1.750000000');
+    expect(result.stdout).toContain('provider   0.600000000');
     expect(result.stdout).toContain('margin     0.150000000');
     expect(result.stderr).toBe('');
   });
@@ -78,6 +91,7 @@ describe('tollgate command', () => {
         'reserved   0.000000000 in 0 holds',
         'balance    0.000000000',
         'available  0.000000000',
+        'provider   0.000000000',
         'margin     0.000000000',
         '',
       ].join('\n'),
@@ -404,6 +418,7 @@ describe('tollgate command', () => {
 
   it('labels dev money metrics by wallet unless told not to', async () => {
     // The simulator's token counts vary with the prompt, so only the series, not their values, are compared.
+    // The sidecar creates a series at 0 for each model and wallet it may charge, so only the charged ones count.
     const moneySeries = async (extraArgs: string[]): Promise<string[]> => {
       // Dev serves a route without a provider key from its built-in simulator on loopback, so the key variables are removed.
       const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'warn' };
@@ -433,6 +448,7 @@ describe('tollgate command', () => {
         return metrics
           .split('\n')
           .filter((line) => line.startsWith('tollgate_charged_total{') || line.startsWith('tollgate_provider_cost_total{'))
+          .filter((line) => !line.endsWith(' 0'))
           .map((line) => line.slice(0, line.lastIndexOf(' ')));
       } finally {
         dev.kill('SIGTERM');

@@ -147,6 +147,8 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
       `reserved   ${formatAmount(state.reserved, 9)} in ${countOf(state.holds, 'hold', 'holds')}`,
       `balance    ${formatAmount(state.balance, 9)}`,
       `available  ${formatAmount(state.available, 9)}`,
+      // What the providers charged for the wallet's calls; the margin is spent minus this.
+      `provider   ${formatAmount(state.providerCost, 9)}`,
       `margin     ${formatAmount(state.spent - state.providerCost, 9)}`,
     ].join('\n'),
   );

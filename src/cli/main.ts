@@ -35,6 +35,24 @@ Routes without a provider key (in a Secret manifest or in OPENAI_API_KEY,
 AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY) are served by the
 built-in provider simulator.`;
 
+const SIDECAR_USAGE = `Usage: tollgate sidecar
+
+Runs the enforcing sidecar in a pod. The operator's webhook injects it and
+sets its environment:
+
+  TOLLGATE_NAMESPACE         Namespace of the pod and its wallets (required)
+  TOLLGATE_CONFIG_URL        The operator's snapshot server, such as http://tollgate.tollgate-system.svc:8080 (required)
+  TOLLGATE_REDIS_URL         Redis ledger URL, redis://host:port (required)
+  TOLLGATE_WALLET            Wallet of the namespace that pays for the pod's calls
+  TOLLGATE_CREDENTIALS_DIR   Folder of the mounted provider Secrets, <secret>/<key> (default /var/run/tollgate/credentials)
+  TOLLGATE_LISTEN            Proxy address (default 127.0.0.1:8787)
+  TOLLGATE_ADMIN_LISTEN      Address of /metrics, /healthz and /readyz (off when unset)
+  TOLLGATE_LEDGER_RETENTION  How long settled requests are kept, such as 7d (the ledger's default when unset)
+  TOLLGATE_BODY_LIMIT        Largest request body in bytes (default 4194304)
+  TOLLGATE_WALLET_LABEL      false leaves the wallet label of the money counters empty (default true)
+  OTEL_EXPORTER_OTLP_ENDPOINT  Turns on OpenTelemetry export; the SDK reads the other OTEL_* variables
+  LOG_LEVEL                  pino log level (default info)`;
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
@@ -45,6 +63,14 @@ async function main(argv: string[]): Promise<number> {
       return runDemo(rest);
     }
     case 'sidecar': {
+      if (rest.length === 1 && (rest[0] === '--help' || rest[0] === '-h')) {
+        console.log(SIDECAR_USAGE);
+        return 0;
+      }
+      if (rest.length > 0) {
+        console.error(`tollgate sidecar takes no arguments, but got "${rest.join(' ')}"; it reads its settings from the environment\n\n${SIDECAR_USAGE}`);
+        return 2;
+      }
       const { runSidecar } = await import('../../sidecar/main.ts');
       await runSidecar();
       return new Promise<number>(() => {});
