@@ -36,15 +36,20 @@ export interface ProxyOptions {
 }
 
 /** Values of the reason label of tollgate_denials_total: the error code, except that spend limits name the limit. */
-export type DenialReason =
-  | 'insufficient_funds'
-  | 'max_per_request'
-  | 'daily_limit'
-  | 'monthly_limit'
-  | 'wallet_closed'
-  | 'wallet_not_allowed'
-  | 'unknown_model'
-  | 'request_id_conflict';
+const DENIAL_REASONS = [
+  'insufficient_funds',
+  'max_per_request',
+  'daily_limit',
+  'monthly_limit',
+  'wallet_closed',
+  'wallet_not_allowed',
+  'unknown_model',
+  'request_id_conflict',
+] as const;
+export type DenialReason = (typeof DENIAL_REASONS)[number];
+
+/** How many label sets of the money counters the sidecar creates ahead of their first charge, per configuration. */
+const MAX_INITIAL_SERIES = 1000;
 
 /**
  * Values of the outcome label of tollgate_requests_total. Each request on a
@@ -152,6 +157,8 @@ export class Proxy {
   private readonly log: Logger;
   private readonly telemetry = createGenAiTelemetry();
   private readonly worstCases = new WeakMap<RateCard, { markupPpm: bigint; rates: WorstCaseRates }>();
+  /** The snapshot whose metric series exist; see initializeSeries. */
+  private seriesSnapshot: Snapshot | undefined;
 
   constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
     this.config = config;
@@ -161,6 +168,37 @@ export class Proxy {
     this.log = log;
     // One connection pool per upstream origin, shared by all requests.
     this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 256, connect: { timeout: 10_000 } });
+    this.initializeSeries(config.current());
+  }
+
+  /**
+   * Creates at 0 the series of the money, request and denial counters for
+   * each route, listed model and wallet this sidecar may charge. Prometheus's
+   * increase() has no sample of a series from before its first increment and
+   * leaves that increment out, so series created by their first charge make
+   * the dashboards' range totals read low. Runs once per configuration
+   * snapshot. Models outside spec.models (dated snapshots) and end-user
+   * wallets still get their series on first use, as do all series beyond
+   * MAX_INITIAL_SERIES label sets.
+   */
+  private initializeSeries(snapshot: Snapshot): void {
+    this.seriesSnapshot = snapshot;
+    const { defaultWallet, allowWalletHeader } = this.options.walletPolicy;
+    const wallets = allowWalletHeader ? [...snapshot.wallets.values()] : [...snapshot.wallets.values()].filter((wallet) => wallet.id === defaultWallet);
+    let created = 0;
+    for (const route of snapshot.routes.values()) {
+      for (const reason of DENIAL_REASONS) this.metrics.denials.inc({ route: route.name, reason }, 0);
+      for (const model of route.resource.spec.models) {
+        for (const outcome of ['admitted', 'denied'] as const) this.metrics.requests.inc({ route: route.name, model, outcome }, 0);
+        for (const wallet of wallets) {
+          if (created >= MAX_INITIAL_SERIES) break;
+          created++;
+          const labels = { currency: wallet.currency, route: route.name, model, namespace: wallet.key.namespace, wallet: this.options.walletLabel ? wallet.id : '' };
+          this.metrics.charged.add(labels, 0n);
+          this.metrics.providerCost.add(labels, 0n);
+        }
+      }
+    }
   }
 
   async close(): Promise<void> {
@@ -256,6 +294,7 @@ export class Proxy {
     let priced = false;
     try {
       const snapshot = this.config.current();
+      if (snapshot !== this.seriesSnapshot) this.initializeSeries(snapshot);
       const wallet = this.walletFor(snapshot, request.headers);
       if (span.isRecording()) span.setAttribute('tollgate.wallet', wallet.id);
       const price = this.priceFor(snapshot, wallet, route, info.model);

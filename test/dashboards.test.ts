@@ -630,11 +630,15 @@ describe('dashboard series', () => {
   });
 
   it('split denials by reason', async () => {
+    // The sidecar creates every reason's series at 0, so reasons without denials show too.
     expect(await labelsOf('enforcement.json', 'Denials per second by reason', ['reason'])).toEqual([
+      'daily_limit',
       'insufficient_funds',
       'max_per_request',
+      'monthly_limit',
       'request_id_conflict',
       'unknown_model',
+      'wallet_closed',
       'wallet_not_allowed',
     ]);
     expect(await labelsOf('enforcement.json', 'Requests billed on estimated usage', ['reason'])).toEqual(['missing_usage']);
@@ -642,10 +646,13 @@ describe('dashboard series', () => {
 
   it('count each denial once by reason', async () => {
     expect(await valuesBy('sum by (reason) (tollgate_denials_total)', ['reason'])).toEqual({
+      daily_limit: 0,
       insufficient_funds: ROUND_DENIALS.insufficient_funds * rounds,
       max_per_request: ROUND_DENIALS.max_per_request * rounds,
+      monthly_limit: 0,
       request_id_conflict: ROUND_DENIALS.request_id_conflict * rounds,
       unknown_model: ROUND_DENIALS.unknown_model * rounds,
+      wallet_closed: 0,
       wallet_not_allowed: ROUND_DENIALS.wallet_not_allowed * rounds,
     });
   });
@@ -662,6 +669,7 @@ describe('dashboard series', () => {
     // An unpriced model and a missing wallet are denied before pricing, so their model label is "unknown", not the name the client sent.
     expect(await valuesBy('sum by (route, model) (tollgate_requests_total{outcome="denied"})', ['route', 'model'])).toEqual({
       'anthropic/claude-sonnet-4-5': rounds,
+      'openai/drain-model': 0,
       'openai/gpt-4o-mini': 3 * rounds,
       'openai/unknown': 2 * rounds,
     });
@@ -691,8 +699,11 @@ describe('dashboard series', () => {
     expect(await labelsOf('margins.json', 'Margin by model ($currency)', ['model'], 'C')).toEqual(['claude-sonnet-4-5', 'drain-model', 'gpt-4o-mini']);
     expect(await labelsOf('margins.json', 'Margin by route ($currency)', ['route'], 'C')).toEqual(['anthropic', 'openai']);
     expect(await labelsOf('margins.json', 'Margin by namespace ($currency)', ['namespace'], 'C')).toEqual([NAMESPACE]);
+    // Wallets without charges show at 0, because the sidecar creates their series ahead.
     expect(await labelsOf('margins.json', 'Margin by wallet ($currency)', ['wallet'], 'C')).toEqual([
+      `${NAMESPACE}/capped`,
       `${NAMESPACE}/drain`,
+      `${NAMESPACE}/empty`,
       `${NAMESPACE}/main`,
       `${NAMESPACE}/stall`,
     ]);

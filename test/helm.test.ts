@@ -465,7 +465,7 @@ describe('helm template', () => {
     const monitor = find(await template(['serviceMonitor.enabled=true']), 'PodMonitor', 'tollgate-sidecars');
     expect(monitor['spec'].selector).toEqual({ matchLabels: { 'tollgate.dev/inject': 'true' } });
     expect(monitor['spec'].namespaceSelector).toEqual({ any: true });
-    expect(monitor['spec'].podMetricsEndpoints).toEqual([{ port: 'tollgate-admin', path: '/metrics', interval: '30s', scrapeTimeout: '10s' }]);
+    expect(monitor['spec'].podMetricsEndpoints).toEqual([{ port: 'tollgate-admin', path: '/metrics', interval: '30s', scrapeTimeout: '10s', honorLabels: true }]);
   });
 
   it('drops the PodDisruptionBudget for one replica', async () => {
