@@ -361,7 +361,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
   const log = options.log.child({ identity: config.identity });
   const clients = createKubeClients(loadKubeConfig({ kubeconfig: config.kubeconfig }));
   const metrics = createOperatorMetrics({ defaultMetrics: options.defaultMetrics ?? true });
-  const ledger = new RedisLedger(config.redisUrl, { settledRetentionMs: config.settledRetentionMs });
+  const ledger = new RedisLedger(config.redisUrl, { settledRetentionMs: config.settledRetentionMs, logger: log });
   const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });
 
   const informers = {} as Record<ResourceKind, Informer>;

@@ -13,6 +13,7 @@
  */
 
 import type { Logger } from 'pino';
+import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 
 export interface BackoffOptions {
   /** First retry delay, in milliseconds. */
@@ -195,7 +196,14 @@ export async function runWorkers(queue: WorkQueue, handler: ReconcileHandler, op
         options.onResult?.(key, result ? 'requeue' : 'success', (performance.now() - started) / 1000);
       } catch (error) {
         const delayMs = queue.addRateLimited(key);
-        options.log.error({ err: error, key, retryInMs: delayMs, failures: queue.failures(key) }, 'reconcile failed; retrying');
+        const failures = queue.failures(key);
+        if (error instanceof LedgerUnavailableError) {
+          // The ledger logs the lost connection once, so each key logs its first failure at info, without a stack.
+          const level = failures === 1 ? 'info' : 'debug';
+          options.log[level]({ key, reason: error.message, retryInMs: delayMs, failures }, 'reconcile waits for the ledger; retrying');
+        } else {
+          options.log.error({ err: error, key, retryInMs: delayMs, failures }, 'reconcile failed; retrying');
+        }
         options.onResult?.(key, 'error', (performance.now() - started) / 1000);
       } finally {
         queue.done(key);

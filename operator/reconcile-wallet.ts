@@ -30,7 +30,7 @@
 import type { Logger } from 'pino';
 import type { Condition } from '../src/api/common.ts';
 import type { Wallet } from '../src/api/wallet.ts';
-import { GrantExpiredError, GrantTooLargeError, walletId, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
+import { GrantExpiredError, GrantTooLargeError, LedgerUnavailableError, walletId, type Ledger, type WalletKey, type WalletState } from '../src/ledger/ledger.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { EventReason, targetOf, type EventRecorder } from './events.ts';
 import type { Informer } from './informer.ts';
@@ -78,6 +78,9 @@ export interface WalletFacts {
   /** The first problem found: an invalid spec, a rejected grant, or an unusable price plan. */
   problem: WalletProblem | undefined;
 }
+
+/** Reason of the Ready condition while the ledger cannot be reached. */
+export const LEDGER_UNAVAILABLE = 'LedgerUnavailable';
 
 /** Computes the desired Wallet status; conditions keep their transition times where their status did not change. */
 export function desiredWalletStatus(previous: WalletStatus | undefined, facts: WalletFacts, now: string): WalletStatus {
@@ -333,6 +336,39 @@ export class WalletReconciler {
   }
 
   async #sync(object: KubeObject): Promise<ReconcileResult> {
+    try {
+      return await this.#syncWithLedger(object);
+    } catch (error) {
+      if (error instanceof LedgerUnavailableError) await this.#markLedgerUnavailable(object, error);
+      throw error;
+    }
+  }
+
+  /**
+   * Turns the wallet's Ready condition False while the ledger is unavailable,
+   * keeping the amounts last read, so that `kubectl get wallets` does not
+   * show a wallet ready while its sidecars admit no calls. The next sync
+   * that reaches the ledger writes the full status again.
+   */
+  async #markLedgerUnavailable(object: KubeObject, error: LedgerUnavailableError): Promise<void> {
+    const { clients, wallets, log } = this.#options;
+    const previous = object.status as WalletStatus | undefined;
+    const ready = findCondition(previous?.conditions, 'Ready');
+    if (ready?.status === 'False' && ready.reason === LEDGER_UNAVAILABLE) return;
+
+    const conditions = previous?.conditions ?? [];
+    const message = `the balance shown is the last one read, and sidecars admit no calls until the ledger is back: ${error.message}`;
+    const [unavailable] = buildConditions(conditions, [{ type: 'Ready', status: 'False', reason: LEDGER_UNAVAILABLE, message }], ready?.observedGeneration, new Date().toISOString());
+    const status = { ...previous, conditions: [unavailable!, ...conditions.filter((condition) => condition.type !== 'Ready')] };
+    const namespace = object.metadata.namespace ?? 'default';
+    try {
+      wallets.update(await patchStatus(clients, 'Wallet', namespace, object.metadata.name, status));
+    } catch (patchError) {
+      log.debug({ err: patchError, wallet: `${namespace}/${object.metadata.name}` }, 'writing the LedgerUnavailable condition failed');
+    }
+  }
+
+  async #syncWithLedger(object: KubeObject): Promise<ReconcileResult> {
     const { ledger, metrics } = this.#options;
     const namespace = object.metadata.namespace ?? 'default';
     const key: WalletKey = { namespace, name: object.metadata.name };

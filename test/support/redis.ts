@@ -26,6 +26,8 @@ export interface StartRedisOptions {
   args?: string[];
   /** How long to wait for the first PONG, in milliseconds (default 10000). */
   startTimeoutMs?: number;
+  /** Port to listen on, for example the port of a stopped server that clients still point at; a free one by default. */
+  port?: number;
 }
 
 export interface RunningRedis {
@@ -49,8 +51,8 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Runni
   const dir = options.dir ?? (await mkdtemp(path.join(os.tmpdir(), 'tollgate-redis-')));
 
   let lastError: Error | undefined;
-  for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt += 1) {
-    const port = await findFreePort();
+  for (let attempt = 0; attempt < (options.port === undefined ? PORT_ATTEMPTS : 1); attempt += 1) {
+    const port = options.port ?? (await findFreePort());
     try {
       const child = await launch(binary, port, dir, options);
       return {
