@@ -74,6 +74,7 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
       throw new ProxyError(503, 'ledger_unavailable', `the billing ledger is unavailable, so the wallet balances cannot be read; retry shortly (${error.message})`, { cause: error });
     }
   });
+  rejectOtherMethods(app, '/tollgate/v1/wallets');
 
   app.route({
     method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
@@ -107,6 +108,23 @@ function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, Serv
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', metrics.registry.contentType);
     return metrics.registry.metrics();
+  });
+  for (const path of ['/healthz', '/readyz', '/metrics']) rejectOtherMethods(app, path);
+}
+
+/**
+ * Answers 405 to a method other than GET or HEAD on a path of the sidecar's
+ * own, which would otherwise fall through to the proxy routes and get a
+ * misleading "no provider route" 404 counted as a model request.
+ */
+function rejectOtherMethods(app: FastifyInstance<Server, IncomingMessage, ServerResponse, FastifyBaseLogger>, path: string): void {
+  app.route({
+    method: ['POST', 'PUT', 'PATCH', 'DELETE'],
+    url: path,
+    handler: (request, reply) => {
+      reply.header('allow', 'GET, HEAD');
+      sendProxyError(reply, undefined, new ProxyError(405, 'method_not_allowed', `${request.method} is not allowed on ${path}; use GET`));
+    },
   });
 }
 

@@ -924,6 +924,16 @@ spec:
     expect((await sendRaw('HEAD', '/healthz')).status).toBe(200);
     expect(await requestCounters()).toEqual(before);
   });
+
+  it('rejects other methods on its own paths with 405', async () => {
+    const before = await requestCounters();
+    for (const [method, path] of [['POST', '/metrics'], ['DELETE', '/tollgate/v1/wallets'], ['PUT', '/healthz'], ['PATCH', '/readyz']] as const) {
+      const result = await sendRaw(method, path);
+      expect(result.status, `${method} ${path}`).toBe(405);
+      expect(JSON.parse(result.text).error, `${method} ${path}`).toMatchObject({ code: 'method_not_allowed', message: `${method} is not allowed on ${path}; use GET` });
+    }
+    expect(await requestCounters()).toEqual(before);
+  });
 });
 
 describe('failures mid-call', () => {
