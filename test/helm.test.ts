@@ -323,6 +323,42 @@ describe('helm template', () => {
     expect(redis.stderr).toContain("at '/ledger/redisUrl': 'http://redis:6379' does not match pattern");
   });
 
+  it('rejects misspelt keys', async () => {
+    // Without additionalProperties false in the schema, helm renders each of these and ignores the misspelt key.
+    const cases: Array<[string, string]> = [
+      ['serviceMonitors.enabled=true', "at '': additional properties 'serviceMonitors' not allowed"],
+      ['ledger.redisURL=redis://x:6379', "at '/ledger': additional properties 'redisURL' not allowed"],
+      ['sidecar.walletLable=false', "at '/sidecar': additional properties 'walletLable' not allowed"],
+      ['webhook.failurePolicyy=Ignore', "at '/webhook': additional properties 'failurePolicyy' not allowed"],
+      ['sidecar.image.tga=0.2.0', "at '/sidecar/image': additional properties 'tga' not allowed"],
+      ['ledger.existingSecret.nmae=redis-auth', "at '/ledger/existingSecret': additional properties 'nmae' not allowed"],
+    ];
+    for (const [value, message] of cases) {
+      const result = await helm(['template', RELEASE, CHART, '--set', value]);
+      expect(result.code, value).toBe(1);
+      expect(result.stderr, value).toContain(message);
+    }
+  });
+
+  it('accepts any key in Kubernetes objects', async () => {
+    const objects = await template([
+      'operator.nodeSelector.foo=bar',
+      'operator.resources.limits.example\\.com/device=1',
+      'webhook.namespaceSelector.matchLabels.team=billing',
+    ]);
+    const pod = find(objects, 'Deployment', 'tollgate')['spec'].template.spec;
+    expect(pod.nodeSelector).toEqual({ foo: 'bar' });
+    expect(pod.containers[0].resources.limits).toEqual({ memory: '512Mi', 'example.com/device': 1 });
+    const webhook = find(objects, 'MutatingWebhookConfiguration', 'tollgate')['webhooks'][0];
+    expect(webhook.namespaceSelector).toEqual({ matchLabels: { team: 'billing' } });
+  });
+
+  it('accepts global values', async () => {
+    const result = await helm(['template', RELEASE, CHART, '--set', 'global.x=1', '--set', 'global.imageRegistry=registry.example']);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+  });
+
   it('selects labelled pods in the webhook', async () => {
     const configuration = find(await template(), 'MutatingWebhookConfiguration', 'tollgate');
     expect(configuration.metadata.annotations).toBeUndefined();
