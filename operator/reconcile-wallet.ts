@@ -5,9 +5,11 @@
  *   ledger account (its history stays) before removing the finalizer;
  * - credits each grant to the ledger once, with its expiry. The ledger is
  *   idempotent on the grant id, so a grant credited again after a crash is
- *   a no-op, and `status.appliedGrants` lets later passes skip the call. A
- *   grant whose expiry passed before it was applied is skipped with a
- *   Warning Event;
+ *   a no-op, and `status.appliedGrants` (the applied ids still in the spec)
+ *   lets later passes skip the call. A grant whose expiry passed before it
+ *   was applied is skipped with a Warning Event, and so is a grant removed
+ *   and added again under the same id with another amount, which the ledger
+ *   keeps at its first amount;
  * - settles expired holds and lapses expired grants (`ledger.sweep`), and
  *   mirrors the ledger totals into the status with the Ready, LowBalance and
  *   Exhausted conditions. It asks to be queued again shortly after the next
@@ -380,6 +382,9 @@ export class WalletReconciler {
     let wallet: Wallet | undefined;
     if (parsed.ok) {
       wallet = parsed.value;
+      // A grant removed from the spec leaves the list, so that adding its id again goes back to the ledger, which reports its first amount.
+      const inSpec = new Set(wallet.spec.grants.map((grant) => grant.id));
+      appliedGrants = appliedGrants.filter((id) => inSpec.has(id));
       const applied = await this.#applyGrants(object, wallet, appliedGrants);
       appliedGrants = applied.appliedGrants;
       problem = applied.problem ?? this.#planProblem(wallet);
@@ -420,8 +425,7 @@ export class WalletReconciler {
     let problem: WalletProblem | undefined;
 
     for (const grant of wallet.spec.grants) {
-      // The CRD rejects edits of an existing grant's amount or expiry. NOTE: a grant removed and then added again with
-      // the same id and another amount keeps its first amount, because the ledger is idempotent on the id.
+      // The CRD rejects edits of an existing grant's amount or expiry.
       if (applied.includes(grant.id)) continue;
       const reportKey = `${object.metadata.uid}/${grant.id}`;
 
@@ -456,6 +460,14 @@ export class WalletReconciler {
       }
 
       applied.push(grant.id);
+      if (result.replayed && result.amount !== amount && !this.#reported.has(reportKey)) {
+        this.#reported.add(reportKey);
+        const message =
+          `grant "${grant.id}" of ${formatAmount(amount)} ${wallet.spec.currency} was not applied: the ledger applied this id before with ` +
+          `${formatAmount(result.amount)} ${wallet.spec.currency} and keeps that amount; add the new amount as a grant with a new id`;
+        log.warn({ wallet: `${key.namespace}/${key.name}`, grant: grant.id, amount: formatAmount(amount), applied: formatAmount(result.amount) }, 'grant id reused with another amount');
+        await events.record(targetOf(object), 'Warning', EventReason.GrantRejected, message);
+      }
       if (!result.replayed) {
         const reason = grant.reason ? ` (${grant.reason})` : '';
         const expiry = grant.expiresAt ? `, expiring at ${grant.expiresAt}` : '';

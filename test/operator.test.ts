@@ -314,6 +314,35 @@ describe('operator', () => {
     expect(grantEvents.map((event) => event.count)).toEqual([1, 1, 1]);
   }, 60_000);
 
+  it('warns when a removed grant returns with another amount', async () => {
+    const namespace = 'regrant';
+    const key = { namespace, name: 'acme' };
+    await createNamespace(namespace);
+    await createPlan(namespace, 'standard');
+    await createWallet(namespace, 'acme', [{ id: 'topup', amount: '5.00' }]);
+    await waitFor('the grant in the status', async () => ((await readWallet(namespace, 'acme')).status?.appliedGrants?.length === 1 ? true : undefined));
+
+    const setGrants = (grants: Array<{ id: string; amount: string }>) =>
+      custom.patchNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: 'wallets', name: 'acme', body: { spec: { grants } } }, MERGE_PATCH);
+    await setGrants([]);
+    await waitFor('the removed grant to leave the status', async () => ((await readWallet(namespace, 'acme')).status?.appliedGrants?.length === 0 ? true : undefined));
+    await setGrants([{ id: 'topup', amount: '100.00' }]);
+
+    const rejected = await waitFor('the Warning event', async () => {
+      const events = (await eventsFor(namespace, 'acme')).filter((event) => event.reason === 'GrantRejected');
+      return events.length > 0 ? events : undefined;
+    });
+    expect(rejected.map((event) => event.message)).toEqual([
+      'grant "topup" of 100.00 USD was not applied: the ledger applied this id before with 5.00 USD and keeps that amount; add the new amount as a grant with a new id',
+    ]);
+    expect((await ledger.state(key)).granted).toBe(5n * NANO);
+    const wallet = await waitFor('the grant back in the status', async () => {
+      const current = await readWallet(namespace, 'acme');
+      return current.status?.appliedGrants?.length === 1 ? current : undefined;
+    });
+    expect(wallet.status?.granted).toBe('5.00');
+  }, 60_000);
+
   it('reports low balance and exhaustion', async () => {
     const namespace = 'spending';
     const key = { namespace, name: 'burn' };
