@@ -83,6 +83,9 @@ export class ProxyError extends Error {
   readonly denialReason: DenialReason | undefined;
   /** The requested model, once it was priced. Before pricing it is whatever the client sent. */
   model: string | undefined;
+  /** The request id and the paying wallet, once they are known, for the log line of the rejection. */
+  requestId: string | undefined;
+  wallet: string | undefined;
 
   constructor(status: number, code: string, message: string, options?: ProxyErrorOptions) {
     super(message, options);
@@ -292,10 +295,13 @@ export class Proxy {
     );
 
     let priced = false;
+    let knownWallet: string | undefined;
+    let knownRequestId: string | undefined;
     try {
       const snapshot = this.config.current();
       if (snapshot !== this.seriesSnapshot) this.initializeSeries(snapshot);
       const wallet = this.walletFor(snapshot, request.headers);
+      knownWallet = wallet.id;
       if (span.isRecording()) span.setAttribute('tollgate.wallet', wallet.id);
       const price = this.priceFor(snapshot, wallet, route, info.model);
       priced = true;
@@ -305,6 +311,7 @@ export class Proxy {
       const promptEstimate = estimatePromptFromBody(parsed);
       const clientId = clientRequestId(request.headers);
       const requestId = clientId ?? randomUUID();
+      knownRequestId = requestId;
       // Only a caller-chosen id can come back with another body, so only then is the body fingerprinted.
       const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
       const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
@@ -333,7 +340,11 @@ export class Proxy {
       };
     } catch (error) {
       // Only a priced model is a safe metric label, because before pricing a client could add series by sending made-up names.
-      if (error instanceof ProxyError && priced) error.model = info.model;
+      if (error instanceof ProxyError) {
+        if (priced) error.model = info.model;
+        error.wallet = knownWallet;
+        error.requestId = knownRequestId;
+      }
       endSpanWithError(span, error);
       throw error;
     }
@@ -354,7 +365,7 @@ export class Proxy {
     }
     // One line per rejected request, like the line per settled one. The server logs 5xx errors itself.
     if (error.status < 500 && this.log.isLevelEnabled('info')) {
-      this.log.info({ route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
+      this.log.info({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
     }
   }
 

@@ -129,4 +129,20 @@ describe('request log', () => {
     expect(ended!['reason']).toBe('client_disconnect');
     expect(ended!['err']).toBeUndefined();
   });
+
+  it('names the request id and wallet of a rejection', async () => {
+    expect(await chat('gpt-4o-mini', 'team', { 'idempotency-key': 'log-key-1' })).toBe(200);
+    // A repeat of a finished request is rejected after the ledger saw its id.
+    expect(await chat('gpt-4o-mini', 'team', { 'idempotency-key': 'log-key-1' })).toBe(400);
+    const repeat = linesWith('request rejected').at(-1)!;
+    expect(repeat['code']).toBe('request_id_conflict');
+    expect(repeat['requestId']).toBe('log-key-1');
+    expect(repeat['wallet']).toBe('default/team');
+
+    // An unknown model is rejected before any id or wallet is known.
+    expect(await chat('gpt-5-ultra', 'team', { 'idempotency-key': 'log-key-2' })).toBe(400);
+    const unknown = linesWith('request rejected').at(-1)!;
+    expect(unknown['code']).toBe('unknown_model');
+    expect(unknown['requestId']).toBeUndefined();
+  });
 });
