@@ -23,6 +23,7 @@ export const EventReason = {
   InvalidSpec: 'InvalidSpec',
   PricePlanNotFound: 'PricePlanNotFound',
   SecretMissing: 'SecretMissing',
+  SecretForbidden: 'SecretForbidden',
   Injected: 'Injected',
   InjectionSkipped: 'InjectionSkipped',
 } as const;

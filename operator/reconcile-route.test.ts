@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { parseResource, type KubeObject } from './kube.ts';
-import { checkCredential, compareRouteAge, pathPrefixOf, prefixOwner } from './reconcile-route.ts';
+import { checkCredential, compareRouteAge, pathPrefixOf, prefixOwner, secretForbiddenCondition } from './reconcile-route.ts';
 
 function routeObject(name: string, created: string, spec: Record<string, unknown> = {}): KubeObject {
   return {
@@ -74,5 +74,20 @@ describe('checkCredential', () => {
 
   it('accepts a route without a credential', () => {
     expect(checkCredential(parsed(routeObject('local', '2026-01-01T00:00:00Z')), undefined)).toBeUndefined();
+  });
+});
+
+describe('secretForbiddenCondition', () => {
+  it('names the namespace, the API error and both fixes', () => {
+    const detail = 'HTTP 403: secrets "openai-key" is forbidden: User "system:serviceaccount:tollgate-system:tollgate" cannot get resource "secrets"';
+    expect(secretForbiddenCondition('team-b', 'openai-key', detail)).toEqual({
+      type: 'Ready',
+      status: 'False',
+      reason: 'SecretForbidden',
+      message:
+        'the operator may not read Secret "openai-key" in namespace "team-b" (' + detail + '); ' +
+        'add "team-b" to the Helm value rbac.secretNamespaces, ' +
+        'or grant the operator\'s service account get, list and watch on Secrets in namespace "team-b"',
+    });
   });
 });

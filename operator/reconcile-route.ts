@@ -1,8 +1,8 @@
 /**
  * The ProviderRoute reconciler: validates the route and checks that its
- * credential Secret and key exist, and reports both in the Ready condition.
- * It reads the Secret only to see which keys it has and never keeps or logs
- * the credential.
+ * credential Secret and key exist and that the operator may read them, and
+ * reports the result in the Ready condition. It reads the Secret only to see
+ * which keys it has and never keeps or logs the credential.
  */
 
 import type { V1Secret } from '@kubernetes/client-node';
@@ -12,11 +12,13 @@ import { EventReason, targetOf, type EventRecorder } from './events.ts';
 import type { Informer } from './informer.ts';
 import {
   buildConditions,
+  describeKubeError,
   findCondition,
   parseResource,
   patchStatus,
   readSecret,
   sameJson,
+  statusCodeOf,
   type DesiredCondition,
   type KubeClients,
   type KubeObject,
@@ -79,12 +81,33 @@ export function checkCredential(route: ProviderRoute, secret: V1Secret | undefin
   return undefined;
 }
 
+/**
+ * Builds the Ready condition of a route whose credential Secret the operator
+ * may not read (HTTP 403). This happens when the chart value
+ * rbac.secretNamespaces grants Secret access in other namespaces only.
+ * `detail` is the API server's error, as describeKubeError returns it.
+ */
+export function secretForbiddenCondition(namespace: string, secretName: string, detail: string): DesiredCondition {
+  return {
+    type: 'Ready',
+    status: 'False',
+    reason: EventReason.SecretForbidden,
+    message:
+      `the operator may not read Secret "${secretName}" in namespace "${namespace}" (${detail}); ` +
+      `add "${namespace}" to the Helm value rbac.secretNamespaces, ` +
+      `or grant the operator's service account get, list and watch on Secrets in namespace "${namespace}"`,
+  };
+}
+
+/** Ready reasons that a change to a Secret can clear. Secrets are not watched, so these routes are checked again after a delay. */
+const SECRET_REASONS: ReadonlySet<string> = new Set([EventReason.SecretMissing, EventReason.SecretForbidden]);
+
 export interface RouteReconcilerOptions {
   clients: KubeClients;
   routes: Informer;
   events: EventRecorder;
   log: Logger;
-  /** Delay before a route whose Secret is missing is checked again, in milliseconds. Secrets are not watched. */
+  /** Delay before a route whose Secret is missing or forbidden is checked again, in milliseconds. Secrets are not watched. */
   secretRecheckMs: number;
 }
 
@@ -107,12 +130,19 @@ export class RouteReconciler {
       conditions: buildConditions(previous?.conditions, [ready], object.metadata.generation, new Date().toISOString()),
     };
 
+    const waitsForSecret = SECRET_REASONS.has(ready.reason);
     if (!sameJson(status, previous)) {
       const updated = await patchStatus(clients, 'ProviderRoute', namespace, name, status);
       routes.update(updated);
       await this.#recordTransition(object, findCondition(previous?.conditions, 'Ready'), ready);
+    } else if (waitsForSecret) {
+      // The event recorder logged the Warning at warn level when the condition changed, so a repeat logs at debug only.
+      this.#options.log.debug(
+        { kind: 'ProviderRoute', namespace, name, reason: ready.reason, recheckInMs: this.#options.secretRecheckMs },
+        'route still waits for its Secret; checking again later',
+      );
     }
-    return ready.reason === EventReason.SecretMissing ? { requeueAfterMs: this.#options.secretRecheckMs } : undefined;
+    return waitsForSecret ? { requeueAfterMs: this.#options.secretRecheckMs } : undefined;
   }
 
   async #evaluate(object: KubeObject, namespaceRoutes: KubeObject[]): Promise<DesiredCondition> {
@@ -133,7 +163,16 @@ export class RouteReconciler {
     }
 
     const ref = route.spec.credentialSecretRef;
-    const secret = ref ? await readSecret(this.#options.clients, object.metadata.namespace ?? 'default', ref.name) : undefined;
+    const namespace = object.metadata.namespace ?? 'default';
+    let secret: V1Secret | undefined;
+    if (ref) {
+      try {
+        secret = await readSecret(this.#options.clients, namespace, ref.name);
+      } catch (error) {
+        if (statusCodeOf(error) === 403) return secretForbiddenCondition(namespace, ref.name, describeKubeError(error));
+        throw error;
+      }
+    }
     const credentialProblem = checkCredential(route, secret);
     if (credentialProblem) return credentialProblem;
 
@@ -149,7 +188,7 @@ export class RouteReconciler {
   /** Records a Warning when Ready turns False or changes its reason while False. */
   async #recordTransition(object: KubeObject, before: { status: string; reason: string } | undefined, after: DesiredCondition): Promise<void> {
     if (after.status !== 'False' || (before?.status === 'False' && before.reason === after.reason)) return;
-    const reason = after.reason === EventReason.SecretMissing ? EventReason.SecretMissing : EventReason.InvalidSpec;
+    const reason = SECRET_REASONS.has(after.reason) ? (after.reason as EventReason) : EventReason.InvalidSpec;
     await this.#options.events.record(targetOf(object), 'Warning', reason, after.message);
   }
 }
