@@ -1,5 +1,6 @@
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
+import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { WorkQueue, backoffDelay, runWorkers } from './queue.ts';
 
 const silent = pino({ level: 'silent' });
@@ -120,6 +121,45 @@ describe('WorkQueue', () => {
 });
 
 describe('runWorkers', () => {
+  /** Runs one key through a handler that fails `times` times with `error`, and returns the log lines. */
+  async function logsOfFailures(error: Error, times: number): Promise<Array<Record<string, unknown>>> {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino({ level: 'debug' }, { write: (raw: string) => void lines.push(JSON.parse(raw) as Record<string, unknown>) });
+    const queue = new WorkQueue({ backoff: { baseMs: 1, capMs: 2 } });
+    let failuresLeft = times;
+    const workers = runWorkers(
+      queue,
+      async () => {
+        if (failuresLeft-- > 0) throw error;
+        queue.shutDown();
+      },
+      { concurrency: 1, log },
+    );
+    queue.add('ProviderRoute/team-b/openai');
+    await workers;
+    return lines;
+  }
+
+  it('logs the readable part of an API error', async () => {
+    // The shape of the Kubernetes client's ApiException: the status code and the raw body.
+    const error = Object.assign(new Error('HTTP-Code: 500\nMessage: Unknown API Status Code!\nBody: ...'), {
+      code: 500,
+      body: JSON.stringify({ kind: 'Status', message: 'etcdserver: request timed out' }),
+    });
+    const lines = await logsOfFailures(error, 1);
+    expect(lines.map((line) => [line['level'], line['msg'], line['reason']])).toEqual([[50, 'reconcile failed; retrying', 'HTTP 500: etcdserver: request timed out']]);
+  });
+
+  it('logs a ledger outage once per key without a stack', async () => {
+    const lines = await logsOfFailures(new LedgerUnavailableError('ledger state for wallet team-b/app failed because Redis at 127.0.0.1:6379 is unavailable'), 3);
+    expect(lines.map((line) => [line['level'], line['msg'], line['failures']])).toEqual([
+      [30, 'reconcile waits for the ledger; retrying', 1],
+      [20, 'reconcile waits for the ledger; retrying', 2],
+      [20, 'reconcile waits for the ledger; retrying', 3],
+    ]);
+    expect(lines.every((line) => line['err'] === undefined)).toBe(true);
+  });
+
   it('retries a failing key with backoff, then forgets it', async () => {
     const queue = new WorkQueue({ backoff: { baseMs: 5, capMs: 20 } });
     const calls: string[] = [];

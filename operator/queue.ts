@@ -14,6 +14,7 @@
 
 import type { Logger } from 'pino';
 import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
+import { describeKubeError } from './kube.ts';
 
 export interface BackoffOptions {
   /** First retry delay, in milliseconds. */
@@ -202,7 +203,8 @@ export async function runWorkers(queue: WorkQueue, handler: ReconcileHandler, op
           const level = failures === 1 ? 'info' : 'debug';
           options.log[level]({ key, reason: error.message, retryInMs: delayMs, failures }, 'reconcile waits for the ledger; retrying');
         } else {
-          options.log.error({ err: error, key, retryInMs: delayMs, failures }, 'reconcile failed; retrying');
+          // The API client's errors carry the whole HTTP response as their message; reason is the readable part.
+          options.log.error({ err: error, reason: describeKubeError(error), key, retryInMs: delayMs, failures }, 'reconcile failed; retrying');
         }
         options.onResult?.(key, 'error', (performance.now() - started) / 1000);
       } finally {
