@@ -654,6 +654,12 @@ export async function runOperator(args: string[]): Promise<number> {
   }
 
   const log = createLogger('tollgate-operator');
+  // Listening before the start: a signal that arrives while no handler is installed ends the process at once, and a
+  // replica that became leader during its start would then keep the Lease until it expires.
+  const signalled = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
   let operator: RunningOperator;
   try {
     operator = await startOperator(config, { log });
@@ -662,10 +668,7 @@ export async function runOperator(args: string[]): Promise<number> {
     return 1;
   }
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
+  const signal = await signalled;
   log.info({ signal }, 'shutting down');
   await operator.stop({ releaseLease: true });
   return 0;

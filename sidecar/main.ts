@@ -94,15 +94,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
     },
     log,
   );
-  const [host = '127.0.0.1', port = '8787'] = (env.TOLLGATE_LISTEN ?? '127.0.0.1:8787').split(':');
-  const address = await sidecar.app.listen({ host, port: Number(port) });
-  log.info({ address }, 'sidecar listening');
   const admin = env.TOLLGATE_ADMIN_LISTEN ? createAdminServer(config, metrics) : undefined;
-  if (admin) {
-    const [adminHost = '0.0.0.0', adminPort = '9464'] = env.TOLLGATE_ADMIN_LISTEN!.split(':');
-    const adminAddress = await admin.listen({ host: adminHost, port: Number(adminPort) });
-    log.info({ address: adminAddress }, 'admin server listening');
-  }
 
   const stop = async () => {
     log.info('stopping');
@@ -114,6 +106,16 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
     await stopTelemetry();
     process.exit(0);
   };
+  // Installed before the servers listen: a signal that arrives while no handler is installed ends the process without the stop.
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+
+  const [host = '127.0.0.1', port = '8787'] = (env.TOLLGATE_LISTEN ?? '127.0.0.1:8787').split(':');
+  const address = await sidecar.app.listen({ host, port: Number(port) });
+  log.info({ address }, 'sidecar listening');
+  if (admin) {
+    const [adminHost = '0.0.0.0', adminPort = '9464'] = env.TOLLGATE_ADMIN_LISTEN!.split(':');
+    const adminAddress = await admin.listen({ host: adminHost, port: Number(adminPort) });
+    log.info({ address: adminAddress }, 'admin server listening');
+  }
 }

@@ -170,16 +170,16 @@ async function dev(args: string[]): Promise<number> {
     console.error(`tollgate: port ${port} on ${values.host} is already in use; stop the process that listens there, or pick another port with --port PORT (--port 0 picks a free one)`);
     return 1;
   }
-  printBanner(server);
-
   const stop = async (signal: NodeJS.Signals) => {
     log.info({ signal }, 'stopping');
     await server.close();
     log.info('stopped');
     process.exit(0);
   };
+  // The handlers go in before the banner: a signal that arrives while none is installed ends the process at once, without the stop.
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  printBanner(server);
   return new Promise<number>(() => {});
 }
 
