@@ -6,9 +6,11 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { stringify as stringifyYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildResourceSchema, RESOURCE_KINDS } from '../src/api/crd.ts';
 import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const REPOSITORY_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -212,6 +214,29 @@ describe('CRDs on a real API server', () => {
       'wallet.tollgate.dev/many-grants',
       'wallet.tollgate.dev/no-grants',
     ]);
+  });
+
+  it('explain fields with their descriptions', async () => {
+    const walletKind = RESOURCE_KINDS.find((resource) => resource.kind === 'Wallet');
+    if (walletKind === undefined) throw new Error('no Wallet resource kind');
+    const grants = buildResourceSchema(walletKind).properties?.['spec']?.properties?.['grants'];
+    const grantsText = grants?.description ?? '';
+    const idText = grants?.items?.properties?.['id']?.description ?? '';
+    expect(grantsText).not.toBe('');
+    expect(idText).not.toBe('');
+
+    // The API server publishes a new CRD's OpenAPI schema, which explain reads, a few seconds after the CRD is Established.
+    let result = await kubectl(['explain', 'wallet.spec.grants']);
+    for (let attempt = 1; result.code !== 0 && attempt < 60; attempt++) {
+      await sleep(500);
+      result = await kubectl(['explain', 'wallet.spec.grants']);
+    }
+    expect(result.stderr).toBe('');
+
+    // kubectl wraps descriptions at 80 columns, so compare the words.
+    const words = (text: string) => text.split(/\s+/).filter((word) => word !== '').join(' ');
+    expect(words(result.stdout)).toContain(`DESCRIPTION: ${words(grantsText)} FIELDS:`);
+    expect(words(result.stdout)).toContain(`id <string> -required- ${words(idText)}`);
   });
 });
 

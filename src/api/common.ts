@@ -22,6 +22,22 @@ export const Money = z
   })
   .describe('Money: a decimal string of currency units such as "12.50", or integer nano-units with an "n" suffix such as "120n".');
 
+// `kubectl explain` shows a money field's type only as <string>, so each field's
+// description states what the amount is for and then its format.
+const MONEY_FORMAT =
+  'Decimal string of currency units with at most 9 decimals, such as "12.50", or integer nano-units with an "n" suffix, such as "120n".';
+const RATE_FORMAT = 'In currency units per million tokens, as a decimal string with at most 9 decimals, such as "2.50".';
+
+/** Returns the description of a money field: what the amount is for, then the money format. */
+export function describeMoney(meaning: string): string {
+  return `${meaning} ${MONEY_FORMAT}`;
+}
+
+/** Returns the description of a per-million-token rate: which tokens it prices, then the unit and format. */
+export function describeRate(meaning: string): string {
+  return `${meaning} ${RATE_FORMAT}`;
+}
+
 /** A price per million tokens, in currency units, as a decimal string. */
 export const RatePerMillion = Money.describe('Price per million tokens in currency units, as a decimal string such as "3.75".');
 
@@ -98,40 +114,89 @@ export const ObjectMeta = z.object({
 export type ObjectMeta = z.infer<typeof ObjectMeta>;
 
 export const Condition = strictObject({
-  type: z.string(),
-  status: z.enum(['True', 'False', 'Unknown']),
-  reason: z.string(),
-  message: z.string(),
-  lastTransitionTime: z.string(),
-  observedGeneration: z.number().int().optional(),
+  type: z.string().describe('Type of the condition, such as Ready; the list holds at most one condition of each type.'),
+  status: z.enum(['True', 'False', 'Unknown']).describe('Whether the condition holds: "True", "False" or "Unknown".'),
+  reason: z
+    .string()
+    .describe('Cause of the current status as one CamelCase word, such as Active or SecretMissing, for alerts and tools to match on.'),
+  message: z
+    .string()
+    .describe('Human-readable details of the status, such as a Wallet\'s available balance, or for a problem its cause and how to fix it.'),
+  lastTransitionTime: z
+    .string()
+    .describe('RFC 3339 time at which the status last changed; a new reason or message with the same status keeps it.'),
+  observedGeneration: z
+    .number()
+    .int()
+    .optional()
+    .describe('The metadata.generation of the object that the operator evaluated when it set this condition.'),
 });
 export type Condition = z.infer<typeof Condition>;
 
 /** Token rates of one model, per million tokens, plus per-request and per-unit fees. */
 export const ModelRates = strictObject({
-  input: RatePerMillion,
-  cachedInput: RatePerMillion.optional().describe('Cache reads; defaults to the input rate.'),
-  cacheWrite5m: RatePerMillion.optional().describe('Cache writes kept about 5 minutes; defaults to the input rate.'),
-  cacheWrite1h: RatePerMillion.optional().describe('Cache writes kept about 1 hour; defaults to the 5-minute write rate.'),
-  output: RatePerMillion,
-  reasoning: RatePerMillion.optional().describe('Reasoning tokens; defaults to the output rate.'),
-  perRequest: Money.optional().describe('A fixed fee per request.'),
-  units: z.record(z.string(), Money).optional().describe('Fees per unit other than tokens, such as web_search.'),
-  maxOutputTokens: z.number().int().positive().optional().describe('Output limit set on requests that carry none.'),
+  input: RatePerMillion.describe(
+    describeRate('Rate for prompt tokens that are neither read from nor written to the prompt cache; the cache rates default to it.'),
+  ),
+  cachedInput: RatePerMillion.optional().describe(
+    describeRate('Rate for prompt tokens read from the provider\'s prompt cache; defaults to input.'),
+  ),
+  cacheWrite5m: RatePerMillion.optional().describe(
+    describeRate('Rate for prompt tokens written to a prompt cache kept about 5 minutes; defaults to input.'),
+  ),
+  cacheWrite1h: RatePerMillion.optional().describe(
+    describeRate('Rate for prompt tokens written to a prompt cache kept about 1 hour; defaults to cacheWrite5m.'),
+  ),
+  output: RatePerMillion.describe(describeRate('Rate for generated tokens other than reasoning tokens; reasoning defaults to it.')),
+  reasoning: RatePerMillion.optional().describe(describeRate('Rate for reasoning (thinking) tokens; defaults to output.')),
+  perRequest: Money.optional().describe(
+    describeMoney('Fixed fee per request, added to the token charge of every request that these rates price (not per million).'),
+  ),
+  units: z
+    .record(z.string(), Money.describe(describeMoney('Fee for one unit.')))
+    .optional()
+    .describe(
+      'Fees per unit other than tokens, by unit name, in currency units per unit (not per million), such as web_search: "0.01". ' +
+        'The sidecar counts web_search and web_fetch uses in Anthropic responses, the only units it meters; a unit without a fee costs nothing.',
+    ),
+  maxOutputTokens: z
+    .number()
+    .int()
+    .positive()
+    .optional()
+    .describe(
+      'Output limit in tokens for chat requests that set none: the sidecar writes the largest limit the wallet can afford, ' +
+        'up to this value, into the request (default 4096). A PricePlan\'s value wins over the route\'s, and a client\'s own limit is kept.',
+    ),
   contextTiers: z
     .array(
       strictObject({
-        abovePromptTokens: z.number().int().positive(),
-        input: RatePerMillion.optional(),
-        cachedInput: RatePerMillion.optional(),
-        cacheWrite5m: RatePerMillion.optional(),
-        cacheWrite1h: RatePerMillion.optional(),
-        output: RatePerMillion.optional(),
-        reasoning: RatePerMillion.optional(),
+        abovePromptTokens: z
+          .number()
+          .int()
+          .positive()
+          .describe('Prompt size in tokens (input plus cache reads and writes) above which the tier applies; a prompt of exactly this size does not.'),
+        input: RatePerMillion.optional().describe(describeRate('Input rate within the tier; defaults to the base input rate.')),
+        cachedInput: RatePerMillion.optional().describe(
+          describeRate('Cache read rate within the tier; defaults to the base cachedInput rate.'),
+        ),
+        cacheWrite5m: RatePerMillion.optional().describe(
+          describeRate('5-minute cache write rate within the tier; defaults to the base cacheWrite5m rate.'),
+        ),
+        cacheWrite1h: RatePerMillion.optional().describe(
+          describeRate('1-hour cache write rate within the tier; defaults to the base cacheWrite1h rate.'),
+        ),
+        output: RatePerMillion.optional().describe(describeRate('Output rate within the tier; defaults to the base output rate.')),
+        reasoning: RatePerMillion.optional().describe(
+          describeRate('Reasoning rate within the tier; defaults to the base reasoning rate.'),
+        ),
       }),
     )
     .optional()
-    .describe('Rates that replace the base rates for every token of a request whose prompt exceeds the threshold.'),
+    .describe(
+      'Rates for long prompts. The tier with the highest abovePromptTokens that the prompt exceeds prices every token of the request, ' +
+        'and the per-request and unit fees stay the base ones; the worst-case hold uses the dearest rate of any tier.',
+    ),
 });
 export type ModelRates = z.infer<typeof ModelRates>;
 

@@ -41,6 +41,12 @@ function nodeAt(schema: StructuralSchema, dottedPath: string): StructuralSchema 
   return node;
 }
 
+/** Returns a schema node without its description, to compare its validation keywords alone. */
+function withoutDescription(node: StructuralSchema): StructuralSchema {
+  const { description: _description, ...rest } = node;
+  return rest;
+}
+
 /** Calls `visit` on every node of a schema with its path. */
 function walk(node: StructuralSchema, at: string, visit: (node: StructuralSchema, at: string) => void): void {
   visit(node, at);
@@ -183,12 +189,18 @@ describe('structural schema', () => {
   it('keeps patterns, lengths and descriptions of the zod schema', () => {
     const schema = buildResourceSchema(kind('Wallet'));
     const id = nodeAt(schema, 'spec.grants[].id');
-    expect(id).toEqual({ type: 'string', pattern: '^[A-Za-z0-9._:-]+$', minLength: 1, maxLength: 128 });
+    expect(withoutDescription(id)).toEqual({ type: 'string', pattern: '^[A-Za-z0-9._:-]+$', minLength: 1, maxLength: 128 });
+    expect(id.description).toBe(
+      'Id of the grant, unique within the wallet: 1 to 128 letters, digits, ".", "_", ":" or "-". ' +
+        'The operator credits each id to the ledger once, so to top up, add a grant with a new id.',
+    );
 
     const amount = nodeAt(schema, 'spec.grants[].amount');
     expect(amount.pattern).toBe('^(\\d+(\\.\\d{1,9})?|\\d+n)$');
     expect(amount.description).toBe(
-      'Money: a decimal string of currency units such as "12.50", or integer nano-units with an "n" suffix such as "120n".',
+      'Amount the grant credits to the wallet, at most 9007199.254740992 (2^53 nano-units, the largest balance the ledger ' +
+        'stores exactly); it cannot be changed after the grant is created. Decimal string of currency units with at most ' +
+        '9 decimals, such as "12.50", or integer nano-units with an "n" suffix, such as "120n".',
     );
     expect(nodeAt(schema, 'spec.currency').pattern).toBe('^[A-Z]{3}$');
     expect(nodeAt(schema, 'spec').required).toEqual(['currency', 'pricePlanRef']);
@@ -197,25 +209,28 @@ describe('structural schema', () => {
 
   it('turns enums into enum lists', () => {
     const schema = buildResourceSchema(kind('ProviderRoute'));
-    expect(nodeAt(schema, 'spec.protocol')).toEqual({
+    expect(withoutDescription(nodeAt(schema, 'spec.protocol'))).toEqual({
       type: 'string',
       enum: ['openai', 'anthropic', 'gemini', 'azure-openai', 'openai-compatible'],
     });
     const plan = buildResourceSchema(kind('PricePlan'));
-    expect(nodeAt(plan, 'spec.unknownModels.policy')).toEqual({ type: 'string', enum: ['reject', 'default'], default: 'reject' });
+    expect(withoutDescription(nodeAt(plan, 'spec.unknownModels.policy'))).toEqual({
+      type: 'string',
+      enum: ['reject', 'default'],
+      default: 'reject',
+    });
   });
 
   it('writes exclusive minimums in the OpenAPI v3.0 form', () => {
     const route = buildResourceSchema(kind('ProviderRoute'));
-    expect(nodeAt(route, 'spec.timeouts.connectSeconds')).toEqual({
+    expect(withoutDescription(nodeAt(route, 'spec.timeouts.connectSeconds'))).toEqual({
       type: 'number',
       default: 10,
       minimum: 0,
       exclusiveMinimum: true,
     });
     const plan = buildResourceSchema(kind('PricePlan'));
-    expect(nodeAt(plan, 'spec.unknownModels.defaultRates.maxOutputTokens')).toEqual({
-      description: 'Output limit set on requests that carry none.',
+    expect(withoutDescription(nodeAt(plan, 'spec.unknownModels.defaultRates.maxOutputTokens'))).toEqual({
       type: 'integer',
       minimum: 1,
     });
@@ -247,7 +262,7 @@ describe('structural schema', () => {
 
   it('keeps date-time as a format without zod regex', () => {
     const plan = buildResourceSchema(kind('PricePlan'));
-    expect(nodeAt(plan, 'spec.versions[].effectiveFrom')).toEqual({ type: 'string', format: 'date-time' });
+    expect(withoutDescription(nodeAt(plan, 'spec.versions[].effectiveFrom'))).toEqual({ type: 'string', format: 'date-time' });
   });
 
   it('turns records into maps with a CEL rule on their keys', () => {

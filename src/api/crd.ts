@@ -200,7 +200,9 @@ export const RESOURCE_KINDS: ResourceKind[] = [
       'Wallet is an account that pays for model calls: prepaid grants, spending limits and the price plan ' +
       'that rates its calls. Its status mirrors the ledger.',
     specDescription: 'Currency, price plan, grants and spending limits of the wallet.',
-    statusDescription: 'Ledger state of the wallet as the operator last observed it; amounts are decimal strings.',
+    statusDescription:
+      'Ledger state of the wallet as the operator last observed it; amounts are decimal strings of currency units. ' +
+      "The operator writes it when it changes, and a change of amounts alone at most every 10 seconds by default (the operator's --status-interval).",
     printerColumns: [
       { name: 'Balance', type: 'string', jsonPath: '.status.balance', description: 'Granted minus spent and expired.' },
       { name: 'Reserved', type: 'string', jsonPath: '.status.reserved', description: 'Held by calls in flight.' },

@@ -27,34 +27,82 @@ export const AzureDeployment = strictObject({
 export type AzureDeployment = z.infer<typeof AzureDeployment>;
 
 export const ProviderRouteSpec = strictObject({
-  protocol: Protocol,
+  protocol: Protocol.describe(
+    'Wire protocol of the provider: openai (Chat Completions and Embeddings), anthropic (Messages), gemini (generateContent and ' +
+      'embeddings), azure-openai, or openai-compatible (servers with the OpenAI API, such as vLLM). It sets the paths the sidecar ' +
+      'accepts, how it reads usage, and the header that carries the credential.',
+  ),
   baseURL: z
     .url({ message: 'must be an absolute http(s) URL such as "https://api.openai.com"' })
-    .describe('Upstream URL. For azure-openai, the resource endpoint such as "https://my-resource.openai.azure.com", without "/openai".'),
+    .describe(
+      'Upstream URL; the sidecar appends the request path after the route\'s prefix to it. ' +
+        'For azure-openai, the resource endpoint such as "https://my-resource.openai.azure.com", without "/openai".',
+    ),
   pathPrefix: z
     .string()
     .regex(/^\/[a-z0-9-]+$/, { message: 'must be one path segment such as "/openai"' })
     .optional()
-    .describe('Path prefix the sidecar serves this route under; defaults to "/<route name>".'),
-  credentialSecretRef: strictObject({ name: z.string().min(1), key: z.string().min(1).default('apiKey') })
+    .describe(
+      'Path prefix the sidecar serves this route under, one segment such as "/openai"; defaults to "/<route name>". ' +
+        'Of two routes in a namespace with the same prefix, the older keeps it and the other is not Ready (PathPrefixConflict).',
+    ),
+  credentialSecretRef: strictObject({
+    name: z
+      .string()
+      .min(1)
+      .describe(
+        'Name of the Secret in the route\'s namespace. While the Secret or its key is missing, the route is not Ready (SecretMissing), ' +
+          'and calls reach the provider without a key.',
+      ),
+    key: z.string().min(1).default('apiKey').describe('Key in the Secret whose value is the provider credential (default "apiKey").'),
+  })
     .optional()
-    .describe('Secret holding the provider credential; mounted into the sidecar only.'),
+    .describe(
+      'Secret holding the provider credential; it is mounted into the sidecar only, which sends it in the protocol\'s ' +
+        'authentication header. Unset, calls reach the provider without a key.',
+    ),
   // Bounded because a CEL rule on spec compares every deployment with every model.
   models: z
     .array(ModelId)
     .min(1)
     .max(MAX_PRICED_MODELS)
-    .describe('Model ids served; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too.'),
+    .describe(
+      'Model ids served, 1 to 256; dated snapshots "<id>-YYYY-MM-DD" of a listed id are served too. ' +
+        'A request for another model gets HTTP 400 unless its price plan\'s unknownModels.policy is "default".',
+    ),
   deployments: z
     .array(AzureDeployment)
     .max(MAX_DEPLOYMENTS)
     .optional()
-    .describe('Azure OpenAI deployments of an azure-openai route, each with its base model; required for that protocol and forbidden for the others.'),
-  costs: RatesByModel.default({}).describe('What the platform pays the provider, per model.'),
+    .describe(
+      'Azure OpenAI deployments of an azure-openai route, at most 32, each with its base model; ' +
+        'required for that protocol and forbidden for the others.',
+    ),
+  costs: RatesByModel.default({}).describe(
+    'What the platform pays the provider, by model id and per million tokens, in the currency of the price plans that use the route ' +
+      '(default none, at most 256 models). The sidecar records it as each call\'s provider cost, and a plan\'s markupPercent applies to it.',
+  ),
   timeouts: strictObject({
-    connectSeconds: z.number().positive().default(10),
-    requestSeconds: z.number().positive().default(600),
-  }).default({ connectSeconds: 10, requestSeconds: 600 }),
+    // NOTE: the sidecar's upstream client has one connect timeout of 10 seconds for all routes, and nothing reads this field yet.
+    connectSeconds: z
+      .number()
+      .positive()
+      .default(10)
+      .describe(
+        'Limit in seconds for opening a connection to the provider (default 10). ' +
+          'Not applied yet: the sidecar uses a 10-second connect timeout for every route.',
+      ),
+    requestSeconds: z
+      .number()
+      .positive()
+      .default(600)
+      .describe(
+        'Seconds the sidecar waits for the provider\'s response headers, and then for each next chunk of the body (default 600). ' +
+          'When the headers do not arrive in time, the call gets HTTP 502 and nothing is charged.',
+      ),
+  })
+    .default({ connectSeconds: 10, requestSeconds: 600 })
+    .describe('Upstream timeouts of the route.'),
 }).superRefine((spec, context) => {
   for (const message of deploymentProblems(spec)) context.addIssue({ code: 'custom', path: ['deployments'], message });
 });
@@ -90,8 +138,14 @@ function servedBy(model: string, models: readonly string[]): boolean {
 }
 
 export const ProviderRouteStatus = strictObject({
-  observedGeneration: z.number().int().optional(),
-  conditions: z.array(Condition).optional(),
+  observedGeneration: z.number().int().optional().describe('The metadata.generation of the spec that this status reflects.'),
+  conditions: z
+    .array(Condition)
+    .optional()
+    .describe(
+      'Ready: True when the route is valid, keeps its path prefix, and its credential Secret and key exist ' +
+        'and the operator may read them.',
+    ),
 });
 
 export const ProviderRoute = strictObject({
