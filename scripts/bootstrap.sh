@@ -57,6 +57,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# python3 holds a socket that listens without accepting, for the connect-timeout test.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # prometheus brings promtool, which checks the dashboards' queries, and the server for scrape tests.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -152,7 +152,8 @@ interface Settlement {
  * back while reading usage, and commits the actual cost.
  */
 export class Proxy {
-  private readonly agent: Agent;
+  /** HTTP clients by connect timeout in milliseconds; see agentFor. */
+  private readonly agents = new Map<number, Agent>();
   private readonly config: ConfigSource;
   private readonly ledger: Ledger;
   private readonly metrics: SidecarMetrics;
@@ -169,9 +170,21 @@ export class Proxy {
     this.metrics = metrics;
     this.options = options;
     this.log = log;
-    // One connection pool per upstream origin, shared by all requests.
-    this.agent = new Agent({ keepAliveTimeout: 30_000, connections: 256, connect: { timeout: 10_000 } });
     this.initializeSeries(config.current());
+  }
+
+  /**
+   * Returns the HTTP client for a route's connect timeout (spec.timeouts.connectSeconds).
+   * Each client keeps one connection pool per upstream origin, so routes with the same
+   * timeout share their connections, and a new timeout gets a client of its own.
+   */
+  private agentFor(route: CompiledRoute): Agent {
+    let agent = this.agents.get(route.connectTimeoutMs);
+    if (!agent) {
+      agent = new Agent({ keepAliveTimeout: 30_000, connections: 256, connect: { timeout: route.connectTimeoutMs } });
+      this.agents.set(route.connectTimeoutMs, agent);
+    }
+    return agent;
   }
 
   /**
@@ -205,7 +218,7 @@ export class Proxy {
   }
 
   async close(): Promise<void> {
-    await this.agent.close();
+    await Promise.all([...this.agents.values()].map((agent) => agent.close()));
   }
 
   /** Finds the route for a URL path by its first segment. */
@@ -499,7 +512,7 @@ export class Proxy {
     const upstreamStartNs = process.hrtime.bigint();
     let upstream: Dispatcher.ResponseData;
     try {
-      upstream = await this.agent.request({
+      upstream = await this.agentFor(route).request({
         origin: route.origin,
         path: upstreamPath,
         method: 'POST',
@@ -792,7 +805,7 @@ export class Proxy {
     if (route.credential !== undefined) Object.assign(headers, adapter.credentialHeaders(route.credential));
     let upstream: Dispatcher.ResponseData;
     try {
-      upstream = await this.agent.request({ origin: route.origin, path: withoutKeyParameter(upstreamPath), method: request.method as 'GET', headers });
+      upstream = await this.agentFor(route).request({ origin: route.origin, path: withoutKeyParameter(upstreamPath), method: request.method as 'GET', headers });
     } catch (error) {
       throw new ProxyError(502, 'upstream_unreachable', `provider route "${route.name}" could not be reached at ${route.origin}: ${(error as Error).message}`, { cause: error });
     }

@@ -83,14 +83,13 @@ export const ProviderRouteSpec = strictObject({
       '(default none, at most 256 models). The sidecar records it as each call\'s provider cost, and a plan\'s markupPercent applies to it.',
   ),
   timeouts: strictObject({
-    // NOTE: the sidecar's upstream client has one connect timeout of 10 seconds for all routes, and nothing reads this field yet.
     connectSeconds: z
       .number()
       .positive()
       .default(10)
       .describe(
-        'Limit in seconds for opening a connection to the provider (default 10). ' +
-          'Not applied yet: the sidecar uses a 10-second connect timeout for every route.',
+        'Limit in seconds for opening a connection to the provider (default 10); a call whose connection takes longer gets 502 ' +
+          'upstream_unreachable and is not charged.',
       ),
     requestSeconds: z
       .number()
