@@ -300,6 +300,8 @@ export class Proxy {
           [GEN_AI.operation]: info.operation,
           [GEN_AI.provider]: route.protocol,
           [GEN_AI.requestModel]: info.model,
+          'server.address': route.host,
+          'server.port': route.port,
           'tollgate.route': route.name,
           ...(info.maxOutputTokens === undefined ? {} : { [GEN_AI.maxTokens]: info.maxOutputTokens }),
         },
@@ -527,6 +529,7 @@ export class Proxy {
       await this.releaseQuietly(admitted, 'upstream_unreachable');
       this.count(admitted, 'upstream_error');
       endSpanWithError(admitted.span, error);
+      this.recordFailedCall(admitted, error instanceof Error ? error.name : 'error');
       if (abort.signal.aborted) {
         this.log.info({ requestId: admitted.requestId, route: route.name }, 'client disconnected before the upstream responded; nothing was charged');
         return;
@@ -577,7 +580,9 @@ export class Proxy {
     await this.releaseQuietly(admitted, 'upstream_status');
     this.count(admitted, 'upstream_error');
     admitted.span.setAttribute('http.response.status_code', upstream.statusCode);
-    endSpanWithError(admitted.span, new Error(`upstream returned HTTP ${upstream.statusCode}`));
+    // As the semantic conventions ask of HTTP errors, the error type is the status code.
+    endSpanWithError(admitted.span, new Error(`upstream returned HTTP ${upstream.statusCode}`), String(upstream.statusCode));
+    this.recordFailedCall(admitted, String(upstream.statusCode));
     // One line per failed request, like the line per settled one: info for the provider's client errors, warn for its server errors.
     const fields = { requestId: admitted.requestId, wallet: admitted.wallet.id, route: admitted.route.name, model: admitted.info.model, status: upstream.statusCode };
     if (upstream.statusCode >= 500) this.log.warn(fields, 'upstream returned an error; nothing was charged');
@@ -768,6 +773,17 @@ export class Proxy {
     this.telemetry.operationDuration.record(seconds(process.hrtime.bigint() - admitted.startedNs), attributes);
   }
 
+  /** Records the duration of a call that reached the upstream and failed there, with its error type. */
+  private recordFailedCall(admitted: Admitted, errorType: string): void {
+    const { info, route } = admitted;
+    this.telemetry.operationDuration.record(seconds(process.hrtime.bigint() - admitted.startedNs), {
+      [GEN_AI.operation]: info.operation,
+      [GEN_AI.provider]: route.protocol,
+      [GEN_AI.requestModel]: info.model,
+      [GEN_AI.errorType]: errorType,
+    });
+  }
+
   private count(admitted: Admitted, outcome: RequestOutcome): void {
     admitted.counted = true;
     this.metrics.requests.inc({ route: admitted.route.name, model: admitted.info.model, outcome });
@@ -890,10 +906,10 @@ function inspect(adapter: ProviderAdapter, path: string, body: Record<string, un
   }
 }
 
-function endSpanWithError(span: Span, error: unknown): void {
-  let code = 'error';
-  if (error instanceof ProxyError) code = error.code;
-  else if (error instanceof Error) code = error.name;
+function endSpanWithError(span: Span, error: unknown, errorType?: string): void {
+  let code = errorType ?? 'error';
+  if (errorType === undefined && error instanceof ProxyError) code = error.code;
+  else if (errorType === undefined && error instanceof Error) code = error.name;
   span.setAttribute(GEN_AI.errorType, code);
   span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
   span.end();

@@ -1,8 +1,9 @@
 /**
- * The sidecar's OpenTelemetry span for a model call, recorded by the real
- * OpenTelemetry SDK into an in-memory exporter.
+ * The sidecar's OpenTelemetry span and duration metric for a model call,
+ * recorded by the real OpenTelemetry SDK into in-memory exporters.
  */
-import { propagation, trace, TraceFlags, type Attributes, type TextMapPropagator } from '@opentelemetry/api';
+import { metrics, propagation, trace, TraceFlags, type Attributes, type TextMapPropagator } from '@opentelemetry/api';
+import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
 import { InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type Sampler } from '@opentelemetry/sdk-trace';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -75,8 +76,27 @@ const traceparentReader: TextMapPropagator = {
   fields: () => ['traceparent'],
 };
 
+/** A reader that exports only when collect() is called, so the test reads the instruments' state on demand. */
+const metricReader = new PeriodicExportingMetricReader({ exporter: new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE), exportIntervalMillis: 3_600_000 });
+const meterProvider = new MeterProvider({ readers: [metricReader] });
+
+/** Returns the data points of the operation duration histogram, by their error.type attribute ('' for none). */
+async function durationCounts(): Promise<Record<string, number>> {
+  const { resourceMetrics } = await metricReader.collect();
+  const counts: Record<string, number> = {};
+  for (const metric of resourceMetrics.scopeMetrics.flatMap((scope) => scope.metrics)) {
+    if (metric.descriptor.name !== 'gen_ai.client.operation.duration') continue;
+    for (const point of metric.dataPoints) {
+      const errorType = String(point.attributes['error.type'] ?? '');
+      counts[errorType] = (counts[errorType] ?? 0) + (point.value as { count: number }).count;
+    }
+  }
+  return counts;
+}
+
 beforeAll(async () => {
   trace.setGlobalTracerProvider(provider);
+  metrics.setGlobalMeterProvider(meterProvider);
   propagation.setGlobalPropagator(traceparentReader);
   stack = await startStack(MANIFESTS);
 });
@@ -85,6 +105,8 @@ afterAll(async () => {
   await stack?.close();
   trace.disable();
   propagation.disable();
+  metrics.disable();
+  await meterProvider.shutdown();
 });
 
 describe('OpenTelemetry span', () => {
@@ -100,6 +122,8 @@ describe('OpenTelemetry span', () => {
       'gen_ai.provider.name': 'openai',
       'gen_ai.request.model': 'gpt-4o-mini',
       'gen_ai.request.max_tokens': 600,
+      'server.address': '127.0.0.1',
+      'server.port': Number(new URL(stack.simulator.url).port),
       'tollgate.route': 'openai',
     });
     expect(span?.attributes['gen_ai.operation.name']).toBe('chat');
@@ -124,6 +148,22 @@ describe('OpenTelemetry span', () => {
     expect(span?.spanContext().traceId).toBe('0af7651916cd43dd8448eb211c80319c');
     expect(span?.parentSpanContext?.spanId).toBe('b7ad6b7169203331');
     expect(span?.spanContext().spanId).not.toBe('b7ad6b7169203331');
+  });
+
+  it('types an upstream error by its status code', async () => {
+    exporter.reset();
+    const before = await durationCounts();
+    const client = new OpenAI({ baseURL: `${stack.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: { 'x-tollgate-wallet': 'traced' } });
+    await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'fail' }], max_tokens: 5 }, { headers: { 'x-sim-status': '503' } }).catch(() => undefined);
+
+    const [span] = await finishedSpans();
+    expect(span?.attributes['error.type']).toBe('503');
+    expect(span?.attributes['http.response.status_code']).toBe(503);
+    expect(span?.status.code).toBe(2);
+    // The failed call's duration is recorded too, under its error type.
+    const after = await durationCounts();
+    expect((after['503'] ?? 0) - (before['503'] ?? 0)).toBe(1);
+    expect(after['']).toBe(before['']);
   });
 
   it('marks a denied call as an error', async () => {

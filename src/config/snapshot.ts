@@ -21,6 +21,9 @@ export interface CompiledRoute {
   /** Upstream origin ("https://api.openai.com") and path prefix ("" or "/v1"). */
   origin: string;
   basePath: string;
+  /** Host name and port of the origin, for the server.address and server.port span attributes. */
+  host: string;
+  port: number;
   credential: string | undefined;
   /** Azure deployment names with the base model each runs; empty for the other protocols. */
   deployments: ReadonlyMap<string, string>;
@@ -86,6 +89,8 @@ export class Snapshot {
       prefix,
       origin: url.origin,
       basePath: url.pathname.replace(/\/+$/, ''),
+      host: url.hostname,
+      port: url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port),
       credential,
       deployments: new Map((route.spec.deployments ?? []).map((deployment) => [deployment.name, deployment.model])),
       connectTimeoutMs: route.spec.timeouts.connectSeconds * 1000,
