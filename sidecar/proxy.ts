@@ -258,7 +258,14 @@ export class Proxy {
       return;
     }
 
-    const admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
+    let admitted: Admitted;
+    try {
+      admitted = await this.admit(request, route, adapter, upstreamPath, startedNs);
+    } catch (error) {
+      // A rejection before the reserve still names the caller's own request id in its log line.
+      if (error instanceof ProxyError && error.requestId === undefined) error.requestId = loggableRequestId(request.headers);
+      throw error;
+    }
     try {
       await this.forward(request, reply, admitted, upstreamPath);
     } catch (error) {
@@ -935,6 +942,13 @@ const MAX_REQUEST_ID_LENGTH = 200;
  * too long is an error, because a caller who sent one expects protection
  * against double billing, which a random id would not give.
  */
+/** Returns the caller's request id for a log line, or undefined when it is missing or too long to be one. */
+function loggableRequestId(headers: IncomingHttpHeaders): string | undefined {
+  const value = headers['idempotency-key'] ?? headers['x-tollgate-request-id'];
+  const id = Array.isArray(value) ? value[0] : value;
+  return id && id.length <= MAX_REQUEST_ID_LENGTH ? id : undefined;
+}
+
 function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
   const header = headers['idempotency-key'] === undefined ? 'x-tollgate-request-id' : 'idempotency-key';
   const value = headers[header];

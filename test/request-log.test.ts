@@ -139,10 +139,17 @@ describe('request log', () => {
     expect(repeat['requestId']).toBe('log-key-1');
     expect(repeat['wallet']).toBe('default/team');
 
-    // An unknown model is rejected before any id or wallet is known.
+    // A rejection before the reserve names the caller's id, and no wallet when none was found.
     expect(await chat('gpt-5-ultra', 'team', { 'idempotency-key': 'log-key-2' })).toBe(400);
     const unknown = linesWith('request rejected').at(-1)!;
     expect(unknown['code']).toBe('unknown_model');
-    expect(unknown['requestId']).toBeUndefined();
+    expect(unknown['requestId']).toBe('log-key-2');
+    expect(await chat('gpt-4o-mini', 'nobody', { 'idempotency-key': 'log-key-3' })).toBe(403);
+    const noWallet = linesWith('request rejected').at(-1)!;
+    expect(noWallet['requestId']).toBe('log-key-3');
+    expect(noWallet['wallet']).toBeUndefined();
+    // Without a caller's id, a rejection before the reserve has none.
+    expect(await chat('gpt-5-ultra', 'team')).toBe(400);
+    expect(linesWith('request rejected').at(-1)!['requestId']).toBeUndefined();
   });
 });
