@@ -52,7 +52,9 @@ async function waitUntil(what: string, probe: () => boolean | Promise<boolean>, 
 }
 
 beforeAll(async () => {
-  [apiServer, redis] = await Promise.all([startApiServer(), startRedis()]);
+  // Each is kept as soon as it starts, so that afterAll stops it when the other fails.
+  const started = await Promise.allSettled([startApiServer().then((server) => (apiServer = server)), startRedis().then((server) => (redis = server))]);
+  for (const result of started) if (result.status === 'rejected') throw result.reason;
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromFile(apiServer.kubeconfigPath);
   core = kubeConfig.makeApiClient(CoreV1Api);
