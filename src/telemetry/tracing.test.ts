@@ -24,6 +24,26 @@ describe('diagToPino', () => {
     ]);
     expect((lines[0]!['err'] as { message: string }).message).toBe('connect ECONNREFUSED 127.0.0.1:4318');
   });
+
+  it('writes a repeat within a minute at debug', () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino({ level: 'debug' }, { write: (raw: string) => void lines.push(JSON.parse(raw) as Record<string, unknown>) });
+    let clock = 0;
+    const diag = diagToPino(log, () => clock);
+    const refused = JSON.stringify({ stack: 'Error: connect ECONNREFUSED 127.0.0.1:4318\n    at ...', message: 'connect ECONNREFUSED 127.0.0.1:4318', name: 'Error' });
+
+    diag.error(refused);
+    clock = 30_000;
+    diag.error(refused);
+    clock = 61_000;
+    diag.error(refused);
+
+    expect(lines.map((line) => [line['level'], line['msg'], (line['err'] as { message?: string } | undefined)?.message])).toEqual([
+      [40, 'OpenTelemetry: export failed', 'connect ECONNREFUSED 127.0.0.1:4318'],
+      [20, 'OpenTelemetry: export failed', 'connect ECONNREFUSED 127.0.0.1:4318'],
+      [40, 'OpenTelemetry: export failed', 'connect ECONNREFUSED 127.0.0.1:4318'],
+    ]);
+  });
 });
 
 interface Received {

@@ -67,15 +67,44 @@ export async function startTelemetry(serviceName: string, log: Logger, env: Node
   const { NodeSDK } = await import('@opentelemetry/sdk-node');
   const sdk = new NodeSDK({ serviceName: env.OTEL_SERVICE_NAME ?? serviceName });
   sdk.start();
-  log.info({ endpoint: env.OTEL_EXPORTER_OTLP_ENDPOINT, protocol: env.OTEL_EXPORTER_OTLP_PROTOCOL ?? 'http/protobuf' }, 'OpenTelemetry export started');
+  log.info({ endpoint: env.OTEL_EXPORTER_OTLP_ENDPOINT }, 'OpenTelemetry export started');
   return () => sdk.shutdown();
 }
 
-/** Returns an OpenTelemetry diagnostic logger that writes the SDK's warnings and errors, such as failed exports, as warn lines. */
-export function diagToPino(log: Logger): DiagLogger {
+/** How long a repeated diagnostic message stays at debug after its warn line. */
+const DIAG_REPEAT_MS = 60_000;
+
+/**
+ * Returns an OpenTelemetry diagnostic logger that writes the SDK's warnings
+ * and errors, such as failed exports, as warn lines. A message repeated
+ * within a minute (an unreachable collector fails every export) goes to
+ * debug. The trace exporter passes its error as a JSON string of the error,
+ * which becomes the line's err.
+ */
+export function diagToPino(log: Logger, now: () => number = Date.now): DiagLogger {
+  const lastWarned = new Map<string, number>();
   const write = (message: string, ...args: unknown[]): void => {
-    const error = args.find((arg): arg is Error => arg instanceof Error);
-    log.warn(error ? { err: error } : {}, `OpenTelemetry: ${message}`);
+    let text = String(message);
+    let error = args.find((arg): arg is Error => arg instanceof Error);
+    if (error === undefined && text.startsWith('{')) {
+      try {
+        const parsed = JSON.parse(text) as { message?: unknown; stack?: unknown };
+        if (typeof parsed.message === 'string') {
+          error = Object.assign(new Error(parsed.message), { stack: typeof parsed.stack === 'string' ? parsed.stack : undefined });
+          text = 'export failed';
+        }
+      } catch {
+        // Not JSON after all: the message stays as it is.
+      }
+    }
+    const key = `${text}\u0000${error?.message ?? ''}`;
+    const last = lastWarned.get(key);
+    const repeated = last !== undefined && now() - last < DIAG_REPEAT_MS;
+    if (!repeated) {
+      if (lastWarned.size >= 100) lastWarned.clear();
+      lastWarned.set(key, now());
+    }
+    log[repeated ? 'debug' : 'warn'](error ? { err: error } : {}, `OpenTelemetry: ${text}`);
   };
   const ignore = (): void => {};
   return { error: write, warn: write, info: ignore, debug: ignore, verbose: ignore };
