@@ -1,11 +1,12 @@
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ResourceSet } from '../src/config/manifests.ts';
 import { secretsResolver } from '../src/config/snapshot.ts';
-import { compileSnapshot, ManifestConfig } from './config-source.ts';
+import { compileSnapshot, ManifestConfig, OperatorConfig } from './config-source.ts';
 
 /** Returns a logger that keeps each line it writes, as parsed JSON. */
 function recordingLogger(): { log: pino.Logger; lines: Record<string, unknown>[] } {
@@ -171,5 +172,20 @@ describe('ManifestConfig skipped documents', () => {
       [30, skipMessage, `${appFile} (document 2)`, 'v1', 'ConfigMap', 'settings'],
       [30, 'configuration reloaded', undefined, undefined, undefined, undefined],
     ]);
+  });
+});
+
+describe('OperatorConfig', () => {
+  it('names the URL and the reason when the operator is unreachable', async () => {
+    // A port that was just free: nothing listens there, so the connection is refused.
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    await new Promise((resolve) => server.close(resolve));
+    const url = `http://127.0.0.1:${port}/v1/snapshot/team-a`;
+
+    await expect(OperatorConfig.connect(url, (resources) => compileSnapshot(resources, () => undefined), pino({ level: 'silent' }))).rejects.toThrow(
+      `could not read the configuration from the operator at ${url}: connect ECONNREFUSED 127.0.0.1:${port}; check TOLLGATE_CONFIG_URL and that the operator is running`,
+    );
   });
 });

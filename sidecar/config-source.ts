@@ -144,7 +144,16 @@ export class OperatorConfig extends StaticConfig {
   private readonly controller = new AbortController();
 
   static async connect(url: string, compile: Compiler, log: Logger): Promise<OperatorConfig> {
-    const first = await fetchSnapshot(url, undefined, 0, undefined);
+    let first: ResourceSet | undefined;
+    try {
+      first = await fetchSnapshot(url, undefined, 0, undefined);
+    } catch (error) {
+      // fetch reports only "fetch failed"; the reason, such as ECONNREFUSED, is its cause.
+      const cause = (error as Error).cause instanceof Error ? ((error as Error).cause as Error).message : (error as Error).message;
+      throw new Error(`could not read the configuration from the operator at ${url}: ${cause}; check TOLLGATE_CONFIG_URL and that the operator is running`, {
+        cause: error,
+      });
+    }
     if (!first) throw new Error(`the operator at ${url} returned no configuration`);
     const config = new OperatorConfig(url, compile(first), compile, log);
     void config.follow();
