@@ -71,11 +71,11 @@ describe('tollgate command', () => {
   it('prints a wallet state', async () => {
     const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'team-a/cli']);
     expect(result.code).toBe(0);
-    expect(result.stdout).toContain('granted    2.500000000');
-    expect(result.stdout).toContain('spent      0.750000000');
-    expect(result.stdout).toContain('balance    1.750000000');
-    expect(result.stdout).toContain('provider   0.600000000');
-    expect(result.stdout).toContain('margin     0.150000000');
+    expect(result.stdout).toContain('granted        2.500000000');
+    expect(result.stdout).toContain('spent          0.750000000');
+    expect(result.stdout).toContain('balance        1.750000000');
+    expect(result.stdout).toContain('provider cost  0.600000000');
+    expect(result.stdout).toContain('margin         0.150000000');
     expect(result.stderr).toBe('');
   });
 
@@ -84,15 +84,15 @@ describe('tollgate command', () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toBe(
       [
-        'wallet     team-a/cil',
-        'granted    0.000000000',
-        'spent      0.000000000',
-        'expired    0.000000000',
-        'reserved   0.000000000 in 0 holds',
-        'balance    0.000000000',
-        'available  0.000000000',
-        'provider   0.000000000',
-        'margin     0.000000000',
+        'wallet         team-a/cil',
+        'granted        0.000000000',
+        'spent          0.000000000',
+        'expired        0.000000000',
+        'reserved       0.000000000 in 0 holds',
+        'balance        0.000000000',
+        'available      0.000000000',
+        'provider cost  0.000000000',
+        'margin         0.000000000',
         '',
       ].join('\n'),
     );
@@ -110,7 +110,7 @@ describe('tollgate command', () => {
 
     const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'team-a/zero']);
     expect(result.code).toBe(0);
-    expect(result.stdout).toContain('balance    0.000000000');
+    expect(result.stdout).toContain('balance        0.000000000');
     expect(result.stderr).toBe('');
   });
 
@@ -132,9 +132,11 @@ describe('tollgate command', () => {
 
     const result = await tollgate(['ledger', 'state', '--redis', `redis://no-exists:s3cret-pass@127.0.0.1:${port}`, '--wallet', 'team-a/acl']);
     expect(result.code).toBe(1);
-    expect(result.stdout).toContain('balance    0.000000000');
+    expect(result.stdout).toContain('balance        0.000000000');
     // Redis 7.0.15 replies "NOPERM this user has no permissions ...", and other versions may word the user part differently.
-    expect(result.stderr).toMatch(/^tollgate: failed to check whether wallet team-a\/acl has records in Redis: NOPERM [^\n]+ has no permissions to run the 'exists' command\n$/);
+    expect(result.stderr).toMatch(
+      /^tollgate: failed to check whether wallet team-a\/acl has records in Redis: ledger \S+ for wallet team-a\/acl failed because Redis at 127\.0\.0\.1:\d+ does not permit it for the connection's user: NOPERM [^\n]+ has no permissions to run the 'exists' command\. Grant that user the ledger's commands and keys in its ACL\.\n$/,
+    );
     expect(result.stderr).not.toContain('s3cret-pass');
   });
 

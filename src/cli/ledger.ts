@@ -8,7 +8,7 @@ import { formatAmount } from '../money/money.ts';
 const LEDGER_USAGE = `Usage: tollgate ledger <command> --redis URL --wallet NAMESPACE/NAME [options]
 
 Commands:
-  state     Print the wallet's totals: granted, spent, expired, reserved, balance, available
+  state     Print the wallet's totals: granted, spent, expired, reserved, balance, available, provider cost, margin
   verify    Replay the wallet's checkpoint and entry stream and check that balance = grants - debits - expired
   export    Write the wallet's stream entries to standard output as NDJSON, one
             {"id": "<stream id>", "fields": {...}} object per line, oldest first
@@ -138,20 +138,19 @@ function entriesOptions(options: LedgerCommandOptions): EntriesOptions {
  */
 async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<number> {
   const state = await ledger.state(wallet);
-  console.log(
-    [
-      `wallet     ${wallet.namespace}/${wallet.name}${state.closed ? ' (closed)' : ''}`,
-      `granted    ${formatAmount(state.granted, 9)}`,
-      `spent      ${formatAmount(state.spent, 9)}`,
-      `expired    ${formatAmount(state.expired, 9)}`,
-      `reserved   ${formatAmount(state.reserved, 9)} in ${countOf(state.holds, 'hold', 'holds')}`,
-      `balance    ${formatAmount(state.balance, 9)}`,
-      `available  ${formatAmount(state.available, 9)}`,
-      // What the providers charged for the wallet's calls; the margin is spent minus this.
-      `provider   ${formatAmount(state.providerCost, 9)}`,
-      `margin     ${formatAmount(state.spent - state.providerCost, 9)}`,
-    ].join('\n'),
-  );
+  const rows: Array<[string, string]> = [
+    ['wallet', `${wallet.namespace}/${wallet.name}${state.closed ? ' (closed)' : ''}`],
+    ['granted', formatAmount(state.granted, 9)],
+    ['spent', formatAmount(state.spent, 9)],
+    ['expired', formatAmount(state.expired, 9)],
+    ['reserved', `${formatAmount(state.reserved, 9)} in ${countOf(state.holds, 'hold', 'holds')}`],
+    ['balance', formatAmount(state.balance, 9)],
+    ['available', formatAmount(state.available, 9)],
+    // What the providers charged for the wallet's calls; the margin is spent minus this.
+    ['provider cost', formatAmount(state.providerCost, 9)],
+    ['margin', formatAmount(state.spent - state.providerCost, 9)],
+  ];
+  console.log(rows.map(([label, value]) => `${label.padEnd(14)} ${value}`).join('\n'));
 
   // Any nonzero total proves that the wallet has keys, so only an all-zero state needs the extra check.
   if (isZeroState(state)) await warnWithoutRecords(ledger, wallet, 'all its totals are zero');

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startRedis } from '../../test/support/redis.ts';
 import type { RunningRedis } from '../../test/support/redis.ts';
-import { periodFields } from './ledger.ts';
+import { LedgerUnavailableError, periodFields } from './ledger.ts';
 import type { HoldRequest } from './ledger.ts';
 import { RedisLedger, walletKeys } from './redis.ts';
 
@@ -515,5 +515,30 @@ describe('entries', () => {
     expect(/^cmdstat_xrange:calls=(\d+)/m.exec(await client.info('commandstats'))?.[1]).toBe('3');
     const stream = await client.xrange(walletKeys(wallet)[4]!, '-', '+');
     expect(entries.map(({ id, fields }) => [id, Object.entries(fields).flat()])).toEqual(stream);
+  });
+});
+
+describe('credentials the server rejects', () => {
+  it('name the server and the fix', async () => {
+    const guarded = await startRedis();
+    const admin = new Redis(guarded.url);
+    await admin.call('CONFIG', 'SET', 'requirepass', 'right-password');
+    admin.disconnect();
+    const wallet = { namespace: 'team-a', name: 'auth' };
+    const address = `Redis at 127.0.0.1:${guarded.port}`;
+    const wrong = new RedisLedger(guarded.url.replace('redis://', 'redis://:wrong-password@'));
+    const none = new RedisLedger(guarded.url);
+    try {
+      await expect(wrong.state(wallet)).rejects.toThrow(
+        `ledger state for wallet team-a/auth failed because ${address} rejected the connection's credentials: WRONGPASS invalid username-password pair or user is disabled. ` +
+          'Check the user name and password in the Redis URL.',
+      );
+      await expect(none.state(wallet)).rejects.toThrow(`ledger state for wallet team-a/auth failed because ${address} rejected the connection's credentials: NOAUTH Authentication required`);
+      await expect(none.state(wallet)).rejects.toBeInstanceOf(LedgerUnavailableError);
+    } finally {
+      wrong.quit().catch(() => undefined);
+      none.quit().catch(() => undefined);
+      await guarded.stop();
+    }
   });
 });

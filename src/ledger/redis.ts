@@ -123,6 +123,8 @@ const VERIFY_ATTEMPTS = 3;
  * over, out of memory) rather than a bug in a script or its arguments.
  */
 const UNAVAILABLE_REPLY = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|NOREPLICAS|OOM)\b/;
+/** Replies that reject the connection's credentials: the ledger is unusable until the URL is fixed. */
+const CREDENTIALS_REPLY = /^(WRONGPASS|NOAUTH)\b/;
 
 let scriptSources: Record<ScriptCommand, string> | undefined;
 
@@ -644,6 +646,20 @@ function parseReserveReply(reply: string[]): ReserveResult {
 function asLedgerError(error: unknown, operation: string, wallet: WalletKey, address: string, connectionError: string | undefined): unknown {
   const isReply = error instanceof ReplyError;
   const message = error instanceof Error ? error.message : String(error);
+  if (isReply && CREDENTIALS_REPLY.test(message)) {
+    return new LedgerUnavailableError(
+      `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} rejected the connection's credentials: ${message.replace(/\.+$/, '')}. ` +
+        'Check the user name and password in the Redis URL.',
+      { cause: error },
+    );
+  }
+  if (isReply && message.startsWith('NOPERM')) {
+    return new LedgerUnavailableError(
+      `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} does not permit it for the connection's user: ${message.replace(/\.+$/, '')}. ` +
+        "Grant that user the ledger's commands and keys in its ACL.",
+      { cause: error },
+    );
+  }
   if (isReply && !UNAVAILABLE_REPLY.test(message)) return error;
 
   // ioredis's advice to tune its retry option is meant for library users, not for Tollgate's operators, so it is dropped.
