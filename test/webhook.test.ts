@@ -175,6 +175,73 @@ function httpsRequest(
   });
 }
 
+describe('webhook with a Redis Secret', () => {
+  it('warns when the Secret or its key is missing', async () => {
+    for (const name of ['redis-secret-missing', 'redis-secret-present']) {
+      await core.createNamespace({ body: { metadata: { name } } });
+      await customObjects.createNamespacedCustomObject({
+        group: 'tollgate.dev',
+        version: 'v1alpha1',
+        namespace: name,
+        plural: 'providerroutes',
+        body: { apiVersion: 'tollgate.dev/v1alpha1', kind: 'ProviderRoute', metadata: { name: 'openai' }, spec: { protocol: 'openai', baseURL: 'http://127.0.0.1:9', models: ['gpt-4o-mini'] } },
+      });
+    }
+    await core.createNamespacedSecret({ namespace: 'redis-secret-present', body: { metadata: { name: 'tollgate-redis' }, stringData: { other: 'x' } } });
+    await admission.createMutatingWebhookConfiguration({ body: webhookConfiguration('redis-secret-config', 1, 'tollgate.dev/never-set') });
+    const webhook = await startWebhook({
+      port: 0,
+      host: '127.0.0.1',
+      kubeconfigPath: apiServer.kubeconfigPath,
+      namespace: 'shutdown',
+      serviceName: 'tollgate-webhook',
+      webhookConfigName: 'redis-secret-config',
+      sidecarImage: SIDECAR_IMAGE,
+      configUrl: CONFIG_URL,
+      redisUrl: REDIS_URL,
+      sidecarRedisSecret: { name: 'tollgate-redis', key: 'redisUrl' },
+      log,
+      registry: new Registry(),
+    });
+    try {
+      const ca = Buffer.from(webhook.caBundle, 'base64').toString('utf8');
+      const warningsFor = async (namespace: string): Promise<string[]> => {
+        const review = {
+          apiVersion: 'admission.k8s.io/v1',
+          kind: 'AdmissionReview',
+          request: {
+            uid: `uid-${namespace}`,
+            kind: { group: '', version: 'v1', kind: 'Pod' },
+            resource: { group: '', version: 'v1', resource: 'pods' },
+            namespace,
+            operation: 'CREATE',
+            dryRun: true,
+            object: labelled('app'),
+          },
+        };
+        // Right after the CRDs are created the API server may answer 429 while its cache starts, so the review is retried until it is allowed.
+        let body = '';
+        await waitFor(`an allowed review in ${namespace}`, async () => {
+          body = (await httpsRequest(`${webhook.url}/mutate-pods`, ca, { method: 'POST', body: JSON.stringify(review) })).body;
+          return (JSON.parse(body) as { response: { allowed: boolean } }).response.allowed;
+        });
+        const parsed = JSON.parse(body) as { response: { warnings?: string[] } };
+        return (parsed.response.warnings ?? []).filter((warning) => warning.includes('tollgate-redis'));
+      };
+
+      expect(await warningsFor('redis-secret-missing')).toEqual([
+        'tollgate: Secret "tollgate-redis" not found in namespace "redis-secret-missing": the sidecar reads the Redis URL from its key "redisUrl", ' +
+          'so the pod will not start until it exists; create it with: kubectl create secret generic tollgate-redis -n redis-secret-missing --from-literal=redisUrl=redis://...',
+      ]);
+      expect(await warningsFor('redis-secret-present')).toEqual([
+        'tollgate: Secret "tollgate-redis" in namespace "redis-secret-present" has no key "redisUrl", which the sidecar reads the Redis URL from, so the pod will not start; add the key',
+      ]);
+    } finally {
+      await webhook.close();
+    }
+  });
+});
+
 // The injector
 
 describe('sidecar injector on a real API server', () => {

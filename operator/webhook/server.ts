@@ -31,7 +31,7 @@ import {
   WEBHOOK_TLS_SECRET_NAME,
   type WebhookCertificate,
 } from './certs.ts';
-import { createKubeClients, loadKubeConfig, type KubeClients } from '../kube.ts';
+import { createKubeClients, isNotFound, loadKubeConfig, type KubeClients } from '../kube.ts';
 import { trackUnusedConnections } from '../../src/net/unused-connections.ts';
 import { describePod, EventRecorder } from './events.ts';
 import { checkInjectionNeeded, injectSidecar, InjectionEventReason, type InjectionResult, type SecretKeyRef } from './inject.ts';
@@ -230,6 +230,8 @@ class AdmissionHandler {
       ...(this.options.sidecarResources === undefined ? {} : { resources: this.options.sidecarResources }),
     });
     const warnings = [...resources.invalidRoutes, ...result.warnings];
+    const redisSecretWarning = result.patch.length > 0 ? await this.checkRedisSecret(namespace) : undefined;
+    if (redisSecretWarning) warnings.push(redisSecretWarning);
     this.finish(admission, namespace, { ...result, warnings });
     return allowResponse(admission.uid, result.patch, warnings.map((warning) => `tollgate: ${warning}`));
   }
@@ -249,6 +251,29 @@ class AdmissionHandler {
   }
 
   /** Counts, logs and records the Event of a decision; a dry run records no Event, because it must have no side effects. */
+  /**
+   * Returns a warning when the Secret that injected sidecars read the Redis
+   * URL from is missing in the pod's namespace, or lacks the key: such a pod
+   * does not start. Says nothing when the operator may not read Secrets
+   * there or the lookup fails, because the pod may still be fine.
+   */
+  private async checkRedisSecret(namespace: string): Promise<string | undefined> {
+    const ref = this.options.sidecarRedisSecret;
+    if (ref === undefined) return undefined;
+    const fix = `create it with: kubectl create secret generic ${ref.name} -n ${namespace} --from-literal=${ref.key}=redis://...`;
+    try {
+      const lookup = this.clients.core.readNamespacedSecret({ name: ref.name, namespace });
+      const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), this.options.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS).unref());
+      const secret = await Promise.race([lookup, timeout]);
+      if (secret === undefined) return undefined;
+      if (secret.data?.[ref.key] !== undefined || secret.stringData?.[ref.key] !== undefined) return undefined;
+      return `Secret "${ref.name}" in namespace "${namespace}" has no key "${ref.key}", which the sidecar reads the Redis URL from, so the pod will not start; add the key`;
+    } catch (error) {
+      if (!isNotFound(error)) return undefined;
+      return `Secret "${ref.name}" not found in namespace "${namespace}": the sidecar reads the Redis URL from its key "${ref.key}", so the pod will not start until it exists; ${fix}`;
+    }
+  }
+
   private finish(admission: AdmissionRequest, namespace: string, result: InjectionResult): void {
     const pod = admission.object;
     this.decisions.inc({ decision: result.decision });
