@@ -24,6 +24,7 @@ export const EventReason = {
   PricePlanNotFound: 'PricePlanNotFound',
   SecretMissing: 'SecretMissing',
   SecretForbidden: 'SecretForbidden',
+  LedgerUnavailable: 'LedgerUnavailable',
   Injected: 'Injected',
   InjectionSkipped: 'InjectionSkipped',
 } as const;

@@ -82,7 +82,7 @@ export interface WalletFacts {
 }
 
 /** Reason of the Ready condition while the ledger cannot be reached. */
-export const LEDGER_UNAVAILABLE = 'LedgerUnavailable';
+export const LEDGER_UNAVAILABLE = EventReason.LedgerUnavailable;
 
 /** Computes the desired Wallet status; conditions keep their transition times where their status did not change. */
 export function desiredWalletStatus(previous: WalletStatus | undefined, facts: WalletFacts, now: string): WalletStatus {
@@ -353,7 +353,7 @@ export class WalletReconciler {
    * that reaches the ledger writes the full status again.
    */
   async #markLedgerUnavailable(object: KubeObject, error: LedgerUnavailableError): Promise<void> {
-    const { clients, wallets, log } = this.#options;
+    const { clients, wallets, events, log } = this.#options;
     const previous = object.status as WalletStatus | undefined;
     const ready = findCondition(previous?.conditions, 'Ready');
     if (ready?.status === 'False' && ready.reason === LEDGER_UNAVAILABLE) return;
@@ -367,7 +367,10 @@ export class WalletReconciler {
       wallets.update(await patchStatus(clients, 'Wallet', namespace, object.metadata.name, status));
     } catch (patchError) {
       log.debug({ err: patchError, wallet: `${namespace}/${object.metadata.name}` }, 'writing the LedgerUnavailable condition failed');
+      return;
     }
+    // One Warning per wallet and outage: the condition is written only when it turns.
+    await events.record(targetOf(object), 'Warning', EventReason.LedgerUnavailable, message);
   }
 
   async #syncWithLedger(object: KubeObject): Promise<ReconcileResult> {

@@ -127,6 +127,11 @@ describe('operator during a ledger outage', () => {
     expect(waits.every((line) => line['err'] === undefined)).toBe(true);
     expect(lines.filter((line) => line.msg === 'reconcile failed; retrying')).toEqual([]);
     expect(lines.filter((line) => line.msg.startsWith('ledger lost its Redis connection'))).toHaveLength(1);
+    const events = JSON.parse(await kubectl(['get', 'events', '-n', NAMESPACE, '--field-selector', 'reason=LedgerUnavailable', '-o', 'json'])) as {
+      items: Array<{ type: string; count?: number; message: string }>;
+    };
+    expect(events.items.map((event) => [event.type, event.count ?? 1])).toEqual([['Warning', 1]]);
+    expect(events.items[0]!.message).toBe(ready(down)?.message);
 
     redis = await startRedis({ dir: dataDir, appendonly: true, appendfsync: 'always', port });
     const back = await waitForWallet('the wallet to be ready again', (wallet) => ready(wallet)?.status === 'True');
