@@ -468,7 +468,7 @@ export class WalletReconciler {
         const message =
           `grant "${grant.id}" of ${formatAmount(amount)} ${wallet.spec.currency} was not applied: the ledger applied this id before with ` +
           `${formatAmount(result.amount)} ${wallet.spec.currency} and keeps that amount; add the new amount as a grant with a new id`;
-        log.warn({ wallet: `${key.namespace}/${key.name}`, grant: grant.id, amount: formatAmount(amount), applied: formatAmount(result.amount) }, 'grant id reused with another amount');
+        // The event recorder also logs a Warning event at warn, so no other line is needed.
         await events.record(targetOf(object), 'Warning', EventReason.GrantRejected, message);
       }
       if (!result.replayed) {
