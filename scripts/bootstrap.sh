@@ -57,7 +57,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-# python3 holds a socket that listens without accepting, for the connect-timeout test.
+# python3 keeps a socket listening without accepting, for the connect-timeout test.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # prometheus brings promtool, which checks the dashboards' queries, and the server for scrape tests.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

@@ -113,7 +113,7 @@ function registerHealthRoutes(app: FastifyInstance<Server, IncomingMessage, Serv
 }
 
 /**
- * Answers 405 to a method other than GET or HEAD on a path of the sidecar's
+ * Responds with 405 to a method other than GET or HEAD on a path of the sidecar's
  * own, which would otherwise fall through to the proxy routes and get a
  * misleading "no provider route" 404 counted as a model request.
  */

@@ -62,8 +62,8 @@ async function finishedSpans() {
 }
 
 /**
- * Reads a W3C traceparent header (version-traceid-spanid-flags). It stands in
- * for the SDK's propagator, which startTelemetry registers in a real sidecar.
+ * Reads a W3C traceparent header (version-traceid-spanid-flags). In this test
+ * it replaces the SDK's propagator, which startTelemetry registers in a real sidecar.
  */
 const traceparentReader: TextMapPropagator = {
   extract(context, carrier, getter) {

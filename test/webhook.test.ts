@@ -219,7 +219,7 @@ describe('webhook with a Redis Secret', () => {
             object: labelled('app'),
           },
         };
-        // Right after the CRDs are created the API server may answer 429 while its cache starts, so the review is retried until it is allowed.
+        // Right after the CRDs are created the API server may return 429 while its cache starts, so the review is retried until it is allowed.
         let body = '';
         await waitFor(`an allowed review in ${namespace}`, async () => {
           body = (await httpsRequest(`${webhook.url}/mutate-pods`, ca, { method: 'POST', body: JSON.stringify(review) })).body;

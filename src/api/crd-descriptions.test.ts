@@ -1,5 +1,5 @@
-// `kubectl explain` prints a CRD field's description and nothing else about its meaning, so
-// every field of the checked-in CRDs must have one, and a money field must state what its
+// `kubectl explain` prints a CRD field's description and nothing else about its meaning.
+// So every field of the checked-in CRDs must have one, and a money field must state what its
 // amount is for, not only the format that all money fields share.
 
 import { readFile } from 'node:fs/promises';

@@ -82,6 +82,7 @@ export class Snapshot {
       );
     }
     const url = new URL(route.spec.baseURL);
+    const defaultPort = url.protocol === 'https:' ? 443 : 80;
     this.routes.set(prefix, {
       namespace: route.metadata.namespace ?? 'default',
       name: route.metadata.name,
@@ -90,7 +91,7 @@ export class Snapshot {
       origin: url.origin,
       basePath: url.pathname.replace(/\/+$/, ''),
       host: url.hostname,
-      port: url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port),
+      port: url.port === '' ? defaultPort : Number(url.port),
       credential,
       deployments: new Map((route.spec.deployments ?? []).map((deployment) => [deployment.name, deployment.model])),
       connectTimeoutMs: route.spec.timeouts.connectSeconds * 1000,

@@ -18,7 +18,7 @@ export interface UnusedConnections {
  * keep-alive connections, but waits for one that a client opened and never
  * used (HTTP clients open spare connections) until it times out. For an HTTPS
  * server a connection counts from the end of its TLS handshake.
- * NOTE: a client that stalls inside the handshake still holds close() until
+ * NOTE: a client that stalls inside the handshake still keeps close() waiting until
  * the TLS server's handshake timeout (120 s by default) ends it.
  */
 export function trackUnusedConnections(server: Server | HttpsServer): UnusedConnections {
