@@ -233,6 +233,21 @@ describe('helm template', () => {
     expect(invalid.stderr).toContain("at '/ledger/compactAfter': '90 days' does not match pattern");
   });
 
+  it('rejects a retention the operator would refuse', async () => {
+    // The operator refuses less than 1h at start, so the chart fails the install instead of crash-looping its pods.
+    for (const text of ['30m', '59m59s', '3599999ms']) {
+      const short = await helm(['template', RELEASE, CHART, '--set', `ledger.settledRetention=${text}`]);
+      expect(short.code, text).toBe(1);
+      expect(short.stderr, text).toContain(`ledger.settledRetention "${text}" is shorter than 1h`);
+      expect(() => parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'redis://r:6379', TOLLGATE_LEDGER_RETENTION: text }), text).toThrow('use at least 1h');
+    }
+    for (const text of ['60m', '1h', '1d12h']) {
+      const env = operatorEnv(find(await template([`ledger.settledRetention=${text}`]), 'Deployment', 'tollgate'));
+      expect(env['TOLLGATE_LEDGER_RETENTION'], text).toBe(text);
+      expect(parseOperatorArgs([], env)?.settledRetentionMs, text).toBeGreaterThanOrEqual(3_600_000);
+    }
+  });
+
   it('passes the sidecar body limit', async () => {
     const fromSet = envOf(find(await template(['sidecar.bodyLimit=16777216']), 'Deployment', 'tollgate'));
     expect(fromSet['TOLLGATE_SIDECAR_BODY_LIMIT']).toBe('16777216');

@@ -83,3 +83,22 @@ arrives as a float64, which quote would print as 8.388608e+06.
 {{- define "tollgate.configUrl" -}}
 {{- printf "http://%s.%s.svc:%d" (include "tollgate.fullname" .) .Release.Namespace (int .Values.service.httpPort) -}}
 {{- end -}}
+
+{{/*
+ledger.settledRetention, checked as the operator checks it: a duration of at least 1h. The
+schema checks the form; this sums the parts (such as 1d12h) in milliseconds, so that a short
+window fails the install instead of making every operator replica exit at start.
+*/}}
+{{- define "tollgate.settledRetention" -}}
+{{- $text := toString .Values.ledger.settledRetention -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d)" $text -1 -}}
+{{- $unit := regexFind "(ms|s|m|h|d)$" . -}}
+{{- $total = add $total (mul (atoi (trimSuffix $unit .)) (get $units $unit)) -}}
+{{- end -}}
+{{- if lt (int64 $total) 3600000 -}}
+{{- fail (printf "ledger.settledRetention %q is shorter than 1h: the ledger keeps settled requests at least an hour, longer than the sidecar's hold TTL (15m) plus its commit retries; use 1h or more, such as 7d (the default)" $text) -}}
+{{- end -}}
+{{- $text -}}
+{{- end -}}
