@@ -9,7 +9,7 @@
  *   lets later passes skip the call. A grant whose expiry passed before it
  *   was applied is skipped with a Warning Event, and so is a grant removed
  *   and added again under the same id with another amount, which the ledger
- *   keeps at its first amount;
+ *   keeps at its first amount (the Ready message names it while it stays);
  * - settles expired holds and lapses expired grants (`ledger.sweep`), and
  *   mirrors the ledger totals into the status with the Ready, LowBalance and
  *   Exhausted conditions. It asks to be queued again shortly after the next
@@ -79,6 +79,8 @@ export interface WalletFacts {
   appliedGrants: string[];
   /** The first problem found: an invalid spec, a rejected grant, or an unusable price plan. */
   problem: WalletProblem | undefined;
+  /** Grants of the spec that the ledger keeps at another amount, described for the Ready message. */
+  ignoredGrants?: string[];
 }
 
 /** Reason of the Ready condition while the ledger cannot be reached. */
@@ -124,6 +126,9 @@ export function desiredWalletStatus(previous: WalletStatus | undefined, facts: W
     ready = { type: 'Ready', status: 'False', reason: 'Exhausted', message: exhaustedCondition.message };
   } else {
     ready = { type: 'Ready', status: 'True', reason: 'Active', message: `available ${money(state.available)} of balance ${money(state.balance)}` };
+  }
+  if (facts.ignoredGrants !== undefined && facts.ignoredGrants.length > 0) {
+    ready = { ...ready, message: `${ready.message}; ${facts.ignoredGrants.join('; ')}` };
   }
 
   return {
@@ -382,6 +387,7 @@ export class WalletReconciler {
 
     let problem: WalletProblem | undefined;
     let appliedGrants = [...(previous?.appliedGrants ?? [])];
+    let ignoredGrants: string[] = [];
     let wallet: Wallet | undefined;
     if (parsed.ok) {
       wallet = parsed.value;
@@ -390,6 +396,7 @@ export class WalletReconciler {
       appliedGrants = appliedGrants.filter((id) => inSpec.has(id));
       const applied = await this.#applyGrants(object, wallet, appliedGrants);
       appliedGrants = applied.appliedGrants;
+      ignoredGrants = applied.ignoredGrants;
       problem = applied.problem ?? this.#planProblem(wallet);
     } else {
       problem = { reason: EventReason.InvalidSpec, message: `invalid Wallet: ${parsed.message}` };
@@ -406,6 +413,7 @@ export class WalletReconciler {
       lowBalanceThreshold: wallet?.spec.lowBalanceThreshold === undefined ? undefined : parseAmount(wallet.spec.lowBalanceThreshold),
       appliedGrants,
       problem,
+      ignoredGrants,
     };
     const status = desiredWalletStatus(previous, facts, new Date().toISOString());
     const written = await this.#writeStatus(object, previous, status, wallet?.spec.currency);
@@ -421,10 +429,11 @@ export class WalletReconciler {
     object: KubeObject,
     wallet: Wallet,
     alreadyApplied: string[],
-  ): Promise<{ appliedGrants: string[]; problem: WalletProblem | undefined }> {
+  ): Promise<{ appliedGrants: string[]; problem: WalletProblem | undefined; ignoredGrants: string[] }> {
     const { ledger, events, log } = this.#options;
     const key: WalletKey = { namespace: object.metadata.namespace ?? 'default', name: object.metadata.name };
     const applied = [...alreadyApplied];
+    const ignoredGrants: string[] = [];
     let problem: WalletProblem | undefined;
 
     for (const grant of wallet.spec.grants) {
@@ -462,15 +471,20 @@ export class WalletReconciler {
         continue;
       }
 
-      applied.push(grant.id);
-      if (result.replayed && result.amount !== amount && !this.#reported.has(reportKey)) {
-        this.#reported.add(reportKey);
+      if (result.replayed && result.amount !== amount) {
+        // Left out of appliedGrants, so that each sync checks it again and the Ready message keeps showing it.
         const message =
           `grant "${grant.id}" of ${formatAmount(amount)} ${wallet.spec.currency} was not applied: the ledger applied this id before with ` +
           `${formatAmount(result.amount)} ${wallet.spec.currency} and keeps that amount; add the new amount as a grant with a new id`;
-        // The event recorder also logs a Warning event at warn, so no other line is needed.
-        await events.record(targetOf(object), 'Warning', EventReason.GrantRejected, message);
+        ignoredGrants.push(message);
+        if (!this.#reported.has(reportKey)) {
+          this.#reported.add(reportKey);
+          // The event recorder also logs a Warning event at warn, so no other line is needed.
+          await events.record(targetOf(object), 'Warning', EventReason.GrantRejected, message);
+        }
+        continue;
       }
+      applied.push(grant.id);
       if (!result.replayed) {
         const reason = grant.reason ? ` (${grant.reason})` : '';
         const expiry = grant.expiresAt ? `, expiring at ${grant.expiresAt}` : '';
@@ -479,7 +493,7 @@ export class WalletReconciler {
         await events.record(targetOf(object), 'Normal', EventReason.GrantApplied, message);
       }
     }
-    return { appliedGrants: applied, problem };
+    return { appliedGrants: applied, problem, ignoredGrants };
   }
 
   /** Returns why the wallet's price plan cannot be used, or undefined when it can. */

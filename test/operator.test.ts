@@ -338,11 +338,20 @@ describe('operator', () => {
       'grant "topup" of 100.00 USD was not applied: the ledger applied this id before with 5.00 USD and keeps that amount; add the new amount as a grant with a new id',
     ]);
     expect((await ledger.state(key)).granted).toBe(5n * NANO);
-    const wallet = await waitFor('the grant back in the status', async () => {
+    // The status keeps saying so after the Event is gone: the grant stays out of appliedGrants, and Ready names it.
+    const wallet = await waitFor('the ignored grant in the Ready message', async () => {
       const current = await readWallet(namespace, 'acme');
-      return current.status?.appliedGrants?.length === 1 ? current : undefined;
+      return condition(current, 'Ready')?.message.includes('grant "topup" of 100.00 USD was not applied') ? current : undefined;
     });
+    expect(condition(wallet, 'Ready')?.status).toBe('True');
+    expect(condition(wallet, 'Ready')?.message).toBe(
+      'available 5.00 USD of balance 5.00 USD; grant "topup" of 100.00 USD was not applied: the ledger applied this id before with 5.00 USD ' +
+        'and keeps that amount; add the new amount as a grant with a new id',
+    );
+    expect(wallet.status?.appliedGrants).toEqual([]);
     expect(wallet.status?.granted).toBe('5.00');
+    const events = (await eventsFor(namespace, 'acme')).filter((event) => event.reason === 'GrantRejected');
+    expect(events.map((event) => event.count ?? 1)).toEqual([1]);
   }, 60_000);
 
   it('reports low balance and exhaustion', async () => {

@@ -155,7 +155,7 @@ export const WalletStatus = strictObject({
   appliedGrants: z
     .array(z.string())
     .optional()
-    .describe('Ids of the grants in spec.grants that the operator has credited to the ledger; later passes skip them. A grant removed from the spec leaves this list.'),
+    .describe('Ids of the grants in spec.grants that the operator has credited to the ledger; later passes skip them. A grant removed from the spec leaves this list, and a grant added back under its id with another amount is not listed; the Ready message names it.'),
   observedGeneration: z.number().int().optional().describe('The metadata.generation of the spec that this status reflects.'),
   conditions: z
     .array(Condition)
