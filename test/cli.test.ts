@@ -373,6 +373,7 @@ describe('tollgate command', () => {
     // The examples have no Gemini route, so the banner leaves out its variable.
     expect(stdout).toContain('OPENAI_BASE_URL=');
     expect(stdout).not.toContain('GOOGLE_GEMINI_BASE_URL');
+    expect(stdout).toMatch(/^Metrics: {2}curl -s http:\/\/127\.0\.0\.1:\d+\/metrics$/m);
     const messages = stdout
       .split('\n')
       .filter((line) => line.startsWith('{'))

@@ -197,6 +197,8 @@ function printBanner(server: { url: string; simulated: string[]; config: { curre
   if ([...snapshot.routes.values()].some((route) => route.protocol === 'gemini')) {
     lines.push(`  GOOGLE_GEMINI_BASE_URL=${server.url}/gemini GEMINI_API_KEY=unused`);
   }
+  lines.push(`Metrics:  curl -s ${server.url}/metrics`);
+  // The tests wait for this line, so it stays the banner's last.
   lines.push(`Balances: curl -s ${server.url}/tollgate/v1/wallets`);
   console.log(lines.join('\n'));
 }
