@@ -16,7 +16,7 @@ import type { RateCard } from '../src/rating/rates.ts';
 import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/rating/rating.ts';
 import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
-import { createGenAiTelemetry, GEN_AI, type Span } from '../src/telemetry/tracing.ts';
+import { createGenAiTelemetry, GEN_AI, responseAttributes, type Span } from '../src/telemetry/tracing.ts';
 import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import type { ConfigSource } from './config-source.ts';
 import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
@@ -652,6 +652,7 @@ export class Proxy {
       parsed = undefined;
     }
     const { usage, complete } = admitted.adapter.usageFromJson(parsed, admitted.info, admitted.promptEstimate);
+    if (admitted.span.isRecording()) admitted.span.setAttributes(responseAttributes(parsed));
     const response = { status: upstream.statusCode, headers: responseHeaders(upstream.headers), body };
     return { usage, complete, reason: complete ? 'final' : 'missing_usage', response };
   }

@@ -136,6 +136,10 @@ describe('OpenTelemetry span', () => {
     expect(span?.attributes['tollgate.charged']).toBe('0.00054');
     expect(span?.attributes['tollgate.provider_cost']).toBe('0.00045');
     expect(span?.attributes['tollgate.wallet']).toBe('default/traced');
+    expect(span?.attributes['gen_ai.response.model']).toBe('gpt-4o-mini');
+    expect(String(span?.attributes['gen_ai.response.id'])).toMatch(/^chatcmpl-/);
+    // 500 output tokens under a limit of 600, so the simulator reports a natural stop.
+    expect(span?.attributes['gen_ai.response.finish_reasons']).toEqual(['stop']);
   });
 
   it('continues the trace of a traceparent header', async () => {

@@ -5,7 +5,33 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { DURATION_BUCKETS, diagToPino, TOKEN_BUCKETS } from './tracing.ts';
+import { DURATION_BUCKETS, diagToPino, responseAttributes, TOKEN_BUCKETS } from './tracing.ts';
+
+describe('responseAttributes', () => {
+  it('reads OpenAI, Anthropic and Gemini bodies', () => {
+    expect(responseAttributes({ id: 'chatcmpl-1', model: 'gpt-4o-mini-2024-07-18', choices: [{ finish_reason: 'stop' }, { finish_reason: 'length' }] })).toEqual({
+      'gen_ai.response.id': 'chatcmpl-1',
+      'gen_ai.response.model': 'gpt-4o-mini-2024-07-18',
+      'gen_ai.response.finish_reasons': ['stop', 'length'],
+    });
+    expect(responseAttributes({ id: 'msg_1', type: 'message', model: 'claude-haiku-4-5', stop_reason: 'end_turn' })).toEqual({
+      'gen_ai.response.id': 'msg_1',
+      'gen_ai.response.model': 'claude-haiku-4-5',
+      'gen_ai.response.finish_reasons': ['end_turn'],
+    });
+    expect(responseAttributes({ responseId: 'r-1', modelVersion: 'gemini-2.5-flash', candidates: [{ finishReason: 'STOP' }] })).toEqual({
+      'gen_ai.response.id': 'r-1',
+      'gen_ai.response.model': 'gemini-2.5-flash',
+      'gen_ai.response.finish_reasons': ['STOP'],
+    });
+  });
+
+  it('leaves out what a body lacks', () => {
+    expect(responseAttributes({ object: 'list', data: [{ embedding: [0.1] }], model: 'text-embedding-3-small' })).toEqual({ 'gen_ai.response.model': 'text-embedding-3-small' });
+    expect(responseAttributes(undefined)).toEqual({});
+    expect(responseAttributes({ id: 7, choices: [null, { finish_reason: 3 }] })).toEqual({});
+  });
+});
 
 describe('diagToPino', () => {
   it('writes errors and warnings at warn', () => {

@@ -47,7 +47,38 @@ export const GEN_AI = {
   outputTokens: 'gen_ai.usage.output_tokens',
   tokenType: 'gen_ai.token.type',
   errorType: 'error.type',
+  responseId: 'gen_ai.response.id',
+  responseModel: 'gen_ai.response.model',
+  finishReasons: 'gen_ai.response.finish_reasons',
 } as const;
+
+/**
+ * Reads the response id, the model that answered and the finish reasons from
+ * a provider's JSON response body, as GenAI span attributes. Each provider
+ * names them differently: OpenAI and Azure (id, model,
+ * choices[].finish_reason), Anthropic (id, model, stop_reason) and Gemini
+ * (responseId, modelVersion, candidates[].finishReason). Fields a body lacks
+ * are left out.
+ * NOTE: streamed responses are not read for these attributes yet.
+ */
+export function responseAttributes(body: unknown): Attributes {
+  if (typeof body !== 'object' || body === null) return {};
+  const record = body as Record<string, unknown>;
+  const attributes: Attributes = {};
+  const id = record['id'] ?? record['responseId'];
+  if (typeof id === 'string') attributes[GEN_AI.responseId] = id;
+  const model = record['model'] ?? record['modelVersion'];
+  if (typeof model === 'string') attributes[GEN_AI.responseModel] = model;
+
+  const reasons: string[] = [];
+  if (typeof record['stop_reason'] === 'string') reasons.push(record['stop_reason']);
+  for (const choice of Array.isArray(record['choices']) ? record['choices'] : Array.isArray(record['candidates']) ? record['candidates'] : []) {
+    const reason = (choice as Record<string, unknown> | null)?.['finish_reason'] ?? (choice as Record<string, unknown> | null)?.['finishReason'];
+    if (typeof reason === 'string') reasons.push(reason);
+  }
+  if (reasons.length > 0) attributes[GEN_AI.finishReasons] = reasons;
+  return attributes;
+}
 
 export type { Attributes, Span };
 
