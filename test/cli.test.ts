@@ -367,6 +367,12 @@ describe('tollgate command', () => {
     }
   });
 
+  it('names its Redis ledger in the banner', async () => {
+    const { port } = new URL(redis.url);
+    const { stdout } = await runDevUntilListening(['--redis', `${redis.url}/2`]);
+    expect(stdout).toContain(`  ledger: Redis at 127.0.0.1:${port} database 2`);
+  });
+
   it('logs when dev stops', async () => {
     const { stdout, code } = await runDevUntilListening([]);
     expect(code).toBe(0);
@@ -374,6 +380,7 @@ describe('tollgate command', () => {
     expect(stdout).toContain('OPENAI_BASE_URL=');
     expect(stdout).not.toContain('GOOGLE_GEMINI_BASE_URL');
     expect(stdout).toMatch(/^Metrics: {2}curl -s http:\/\/127\.0\.0\.1:\d+\/metrics$/m);
+    expect(stdout).toContain('  ledger: in memory (lost when dev stops; --redis URL keeps it in Redis)');
     const messages = stdout
       .split('\n')
       .filter((line) => line.startsWith('{'))

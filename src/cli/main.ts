@@ -179,11 +179,25 @@ async function dev(args: string[]): Promise<number> {
   // The handlers go in before the banner: a signal that arrives while none is installed ends the process at once, without the stop.
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  printBanner(server);
+  printBanner(server, describeLedger(values.redis));
   return new Promise<number>(() => {});
 }
 
-function printBanner(server: { url: string; simulated: string[]; config: { current(): { routes: Map<string, { name: string; protocol: string }>; wallets: Map<string, unknown> } } }): void {
+/** Names the ledger for the banner: the Redis server's address without its credentials, or the in-memory ledger. */
+function describeLedger(redisUrl: string | undefined): string {
+  if (redisUrl === undefined) return 'in memory (lost when dev stops; --redis URL keeps it in Redis)';
+  try {
+    const url = new URL(redisUrl);
+    return `Redis at ${url.host}${url.pathname.length > 1 ? ` database ${url.pathname.slice(1)}` : ''}`;
+  } catch {
+    return 'Redis';
+  }
+}
+
+function printBanner(
+  server: { url: string; simulated: string[]; config: { current(): { routes: Map<string, { name: string; protocol: string }>; wallets: Map<string, unknown> } } },
+  ledger: string,
+): void {
   const snapshot = server.config.current();
   const lines = [`Tollgate sidecar listening on ${server.url}`, ''];
   for (const [prefix, route] of snapshot.routes) {
@@ -191,6 +205,7 @@ function printBanner(server: { url: string; simulated: string[]; config: { curre
     lines.push(`  route ${route.name}: ${server.url}${prefix}${simulated}`);
   }
   lines.push(`  wallets: ${[...snapshot.wallets.keys()].join(', ')}`);
+  lines.push(`  ledger: ${ledger}`);
   lines.push('', 'Point an SDK at it:');
   lines.push(`  OPENAI_BASE_URL=${server.url}/openai/v1 OPENAI_API_KEY=unused`);
   lines.push(`  ANTHROPIC_BASE_URL=${server.url}/anthropic ANTHROPIC_API_KEY=unused`);
