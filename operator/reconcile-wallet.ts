@@ -7,9 +7,9 @@
  *   idempotent on the grant id, so a grant credited again after a crash is
  *   a no-op, and `status.appliedGrants` (the applied ids still in the spec)
  *   lets later passes skip the call. A grant whose expiry passed before it
- *   was applied is skipped with a Warning Event, and so is a grant removed
- *   and added again under the same id with another amount, which the ledger
- *   keeps at its first amount (the Ready message names it while it stays);
+ *   was applied is skipped with a Warning Event. So is a grant removed and
+ *   added again under the same id with another amount, because the ledger
+ *   keeps its first amount, and the Ready message names it while it stays;
  * - settles expired holds and lapses expired grants (`ledger.sweep`), and
  *   mirrors the ledger totals into the status with the Ready, LowBalance and
  *   Exhausted conditions. It asks to be queued again shortly after the next

@@ -152,7 +152,7 @@ interface Settlement {
  * back while reading usage, and commits the actual cost.
  */
 export class Proxy {
-  /** HTTP clients by connect timeout in milliseconds; see agentFor. */
+  /** HTTP clients by connect timeout in milliseconds (see agentFor). */
   private readonly agents = new Map<number, Agent>();
   private readonly config: ConfigSource;
   private readonly ledger: Ledger;
@@ -161,7 +161,7 @@ export class Proxy {
   private readonly log: Logger;
   private readonly telemetry = createGenAiTelemetry();
   private readonly worstCases = new WeakMap<RateCard, { markupPpm: bigint; rates: WorstCaseRates }>();
-  /** The snapshot whose metric series exist; see initializeSeries. */
+  /** The snapshot whose metric series exist (see initializeSeries). */
   private seriesSnapshot: Snapshot | undefined;
 
   constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
@@ -937,23 +937,27 @@ export function withoutKeyParameter(path: string): string {
 /** Maximum length of a request id that a caller chooses. */
 const MAX_REQUEST_ID_LENGTH = 200;
 
+/** Returns the caller's request id for a log line, or undefined when it is missing or too long to be one. */
+function loggableRequestId(headers: IncomingHttpHeaders): string | undefined {
+  const { id } = requestIdHeader(headers);
+  return id && id.length <= MAX_REQUEST_ID_LENGTH ? id : undefined;
+}
+
+/** Returns the header that carries the caller's request id (Idempotency-Key first) and its first value. */
+function requestIdHeader(headers: IncomingHttpHeaders): { header: string; id: string | undefined } {
+  const header = headers['idempotency-key'] === undefined ? 'x-tollgate-request-id' : 'idempotency-key';
+  const value = headers[header];
+  return { header, id: Array.isArray(value) ? value[0] : value };
+}
+
 /**
  * Returns the request id the caller chose (Idempotency-Key, else
  * x-tollgate-request-id), or undefined when there is none. An id that is
  * too long is an error, because a caller who sent one expects protection
  * against double billing, which a random id would not give.
  */
-/** Returns the caller's request id for a log line, or undefined when it is missing or too long to be one. */
-function loggableRequestId(headers: IncomingHttpHeaders): string | undefined {
-  const value = headers['idempotency-key'] ?? headers['x-tollgate-request-id'];
-  const id = Array.isArray(value) ? value[0] : value;
-  return id && id.length <= MAX_REQUEST_ID_LENGTH ? id : undefined;
-}
-
 function clientRequestId(headers: IncomingHttpHeaders): string | undefined {
-  const header = headers['idempotency-key'] === undefined ? 'x-tollgate-request-id' : 'idempotency-key';
-  const value = headers[header];
-  const id = Array.isArray(value) ? value[0] : value;
+  const { header, id } = requestIdHeader(headers);
   if (!id) return undefined;
   if (id.length > MAX_REQUEST_ID_LENGTH) {
     throw new ProxyError(400, 'invalid_request', `the ${header} header is ${id.length} characters long; use an id of at most ${MAX_REQUEST_ID_LENGTH} characters`);

@@ -6,21 +6,19 @@
  * etcd, a real redis-server and the provider simulator, and bill a call that
  * the official openai client makes.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { DEFAULT_SIDECAR_COMMAND } from '../operator/webhook/inject.ts';
-import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
+import { runKubectl, startApiServer, type ApiServer } from './support/apiserver.ts';
 import { imageUser, stageImage, type StagedImage } from './support/image.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
-const run = promisify(execFile);
 const NAMESPACE = 'team-a';
 const KEY = 'sk-image-test';
 const WALLET = { namespace: NAMESPACE, name: 'app' };
@@ -98,10 +96,8 @@ function startFromImage(args: readonly string[], env: Record<string, string> = {
   return { child, exited, output: () => ({ stdout, stderr }) };
 }
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const child = run(await findTestBinary('kubectl'), ['--kubeconfig', apiServer.kubeconfigPath, ...args], { cwd: path.join(import.meta.dirname, '..') });
-  if (input !== undefined) child.child.stdin!.end(input);
-  return (await child).stdout;
+function kubectl(args: string[], input?: string): Promise<string> {
+  return runKubectl(apiServer, args, input);
 }
 
 async function freePort(): Promise<number> {

@@ -5,20 +5,17 @@
  * back. Runs a real kube-apiserver with etcd and a real redis-server that is
  * stopped and started again on the same port and data.
  */
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Condition } from '../src/api/common.ts';
 import { startOperator, type RunningOperator } from '../operator/main.ts';
-import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
+import { runKubectl, startApiServer, type ApiServer } from './support/apiserver.ts';
 import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
-const run = promisify(execFile);
 const NAMESPACE = 'outage';
 
 const RESOURCES = `
@@ -65,10 +62,8 @@ let dataDir: string;
 let operator: RunningOperator | undefined;
 const lines: LogLine[] = [];
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const child = run(await findTestBinary('kubectl'), ['--kubeconfig', apiServer.kubeconfigPath, ...args], { cwd: path.join(import.meta.dirname, '..') });
-  if (input !== undefined) child.child.stdin!.end(input);
-  return (await child).stdout;
+function kubectl(args: string[], input?: string): Promise<string> {
+  return runKubectl(apiServer, args, input);
 }
 
 async function readWallet(): Promise<WalletView> {

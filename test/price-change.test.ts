@@ -5,12 +5,11 @@
  * Runs a real kube-apiserver with etcd, a real redis-server, the operator,
  * the sidecar in Kubernetes mode and the official openai client.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import OpenAI from 'openai';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,11 +20,10 @@ import { compileSnapshot, OperatorConfig } from '../sidecar/config-source.ts';
 import { fileCredentials } from '../sidecar/main.ts';
 import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar } from '../sidecar/server.ts';
 import { startOperator, type OperatorConfig as OperatorSettings, type RunningOperator } from '../operator/main.ts';
-import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
+import { runKubectl, startApiServer, type ApiServer } from './support/apiserver.ts';
 import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
-const run = promisify(execFile);
 const NAMESPACE = 'team-a';
 const KEY = 'sk-price-change-test';
 const log = pino({ level: process.env.LOG_LEVEL ?? 'silent' });
@@ -41,13 +39,8 @@ let sidecar: Sidecar;
 let sidecarUrl: string;
 let credentialsDir: string;
 
-async function kubectl(args: string[], input?: string): Promise<string> {
-  const binary = await findTestBinary('kubectl');
-  const child = run(binary, ['--kubeconfig', apiServer.kubeconfigPath, ...args], { cwd: path.join(import.meta.dirname, '..') });
-  if (input !== undefined) {
-    child.child.stdin!.end(input);
-  }
-  return (await child).stdout;
+function kubectl(args: string[], input?: string): Promise<string> {
+  return runKubectl(apiServer, args, input);
 }
 
 function plan(outputRate: string): string {

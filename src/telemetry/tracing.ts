@@ -53,8 +53,9 @@ export const GEN_AI = {
 } as const;
 
 /**
- * Reads the response id, the model that answered and the finish reasons from
- * a provider's JSON response body, as GenAI span attributes. Each provider
+ * Reads the response id, the model that produced the response and the
+ * finish reasons from a provider's JSON response body, as GenAI span
+ * attributes. Each provider
  * names them differently: OpenAI and Azure (id, model,
  * choices[].finish_reason), Anthropic (id, model, stop_reason) and Gemini
  * (responseId, modelVersion, candidates[].finishReason). Fields a body lacks

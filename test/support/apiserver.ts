@@ -488,3 +488,13 @@ function isApiServerReady(port: number, credentials: Credentials): Promise<boole
     request.on('error', () => resolve(false));
   });
 }
+
+/**
+ * Runs the test kubectl against `apiServer` from the repository root, with
+ * `input` on its standard input when given, and returns its standard output.
+ */
+export async function runKubectl(apiServer: ApiServer, args: string[], input?: string): Promise<string> {
+  const child = execFileAsync(await findTestBinary('kubectl'), ['--kubeconfig', apiServer.kubeconfigPath, ...args], { cwd: path.join(import.meta.dirname, '..', '..') });
+  if (input !== undefined) child.child.stdin!.end(input);
+  return (await child).stdout;
+}
