@@ -66,8 +66,25 @@ export async function findTestBinary(name: string): Promise<string> {
   return binaryPath;
 }
 
-/** Starts etcd and kube-apiserver and resolves once `/readyz` of the API server returns 200. */
+/** How often a start is tried again when a port found free was taken before etcd or kube-apiserver bound it. */
+const PORT_ATTEMPTS = 3;
+
+/**
+ * Starts etcd and kube-apiserver and resolves once `/readyz` of the API server
+ * returns 200. Ports are found free first and bound later, so another process
+ * can take one in between; such a start is tried again on new ports.
+ */
 export async function startApiServer(options: ApiServerOptions = {}): Promise<ApiServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startApiServerOnce(options);
+    } catch (error) {
+      if (attempt >= PORT_ATTEMPTS || !/address already in use/.test((error as Error).message)) throw error;
+    }
+  }
+}
+
+async function startApiServerOnce(options: ApiServerOptions): Promise<ApiServer> {
   const deadline = Date.now() + (options.startTimeoutMs ?? 120_000);
   const etcdBinary = await findTestBinary('etcd');
   const apiServerBinary = await findTestBinary('kube-apiserver');
