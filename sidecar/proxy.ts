@@ -209,7 +209,7 @@ export class Proxy {
         for (const wallet of wallets) {
           if (created >= MAX_INITIAL_SERIES) break;
           created++;
-          const labels = { currency: wallet.currency, route: route.name, model, namespace: wallet.key.namespace, wallet: this.options.walletLabel ? wallet.id : '' };
+          const labels = { currency: wallet.currency, route: route.name, model, namespace: wallet.key.namespace, wallet: this.options.walletLabel ? wallet.key.name : '' };
           this.metrics.charged.add(labels, 0n);
           this.metrics.providerCost.add(labels, 0n);
         }
@@ -732,7 +732,7 @@ export class Proxy {
       route: route.name,
       model: info.model,
       namespace: wallet.key.namespace,
-      wallet: this.options.walletLabel ? wallet.id : '',
+      wallet: this.options.walletLabel ? wallet.key.name : '',
     };
     this.count(admitted, 'admitted');
     this.recordTelemetry(admitted, usage, rated);

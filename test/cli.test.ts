@@ -467,8 +467,8 @@ describe('tollgate command', () => {
     };
 
     expect(await moneySeries([])).toEqual([
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/demo"}',
-      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/demo"}',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="demo"}',
+      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="demo"}',
     ]);
     expect(await moneySeries(['--no-wallet-label'])).toEqual([
       'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet=""}',

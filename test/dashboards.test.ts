@@ -625,6 +625,25 @@ describe('dashboard series', () => {
     ]);
   });
 
+  it("label the sidecar's money counters like the operator's wallet gauges", async () => {
+    // Both name a wallet by its namespace and resource name, so a query can join charges to balances.
+    const joined = await valuesBy(
+      'count by (namespace, wallet) (tollgate_charged_total) * on (namespace, wallet) group_left count by (namespace, wallet) (tollgate_wallet_balance)',
+      ['namespace', 'wallet'],
+    );
+    expect(Object.keys(joined).sort()).toEqual([`${NAMESPACE}/capped`, `${NAMESPACE}/drain`, `${NAMESPACE}/empty`, `${NAMESPACE}/main`, `${NAMESPACE}/stall`]);
+  });
+
+  it("split a wallet's charges by model", async () => {
+    expect(await labelsOf('wallets.json', 'Charged per hour by model ($currency)', ['model'])).toEqual(['claude-sonnet-4-5', 'drain-model', 'gpt-4o-mini']);
+    const query = findQuery('wallets.json', 'Charged per hour by model ($currency)');
+    const variables = new Map(variablesByFile.get(query.file));
+    variables.set('wallet', 'drain');
+    const samples = await prometheus.query(substitute(query.expr, variables, 'wallets.json with wallet=drain'));
+    // The other models' series exist at 0, because the sidecar creates them ahead.
+    expect(samples.filter((sample) => Number(sample.value) > 0).map((sample) => sample.metric['model'])).toEqual(['drain-model']);
+  });
+
   it('show exhaustion only for falling balances', async () => {
     expect(await labelsOf('wallets.json', 'Time to exhaustion', ['wallet'])).toEqual(['drain', 'main']);
   });
@@ -700,7 +719,7 @@ describe('dashboard series', () => {
     expect(await labelsOf('margins.json', 'Margin by route ($currency)', ['route'], 'C')).toEqual(['anthropic', 'openai']);
     expect(await labelsOf('margins.json', 'Margin by namespace ($currency)', ['namespace'], 'C')).toEqual([NAMESPACE]);
     // Wallets without charges show at 0, because the sidecar creates their series ahead.
-    expect(await labelsOf('margins.json', 'Margin by wallet ($currency)', ['wallet'], 'C')).toEqual([
+    expect(await labelsOf('margins.json', 'Margin by wallet ($currency)', ['namespace', 'wallet'], 'C')).toEqual([
       `${NAMESPACE}/capped`,
       `${NAMESPACE}/drain`,
       `${NAMESPACE}/empty`,

@@ -547,7 +547,7 @@ describe('Grafana dashboards', () => {
       'tollgate_proxy_overhead_seconds_bucket',
       'tollgate_ledger_duration_seconds_bucket',
     ],
-    'wallets.json': ['tollgate_wallet_balance', 'tollgate_wallet_reserved'],
+    'wallets.json': ['tollgate_wallet_balance', 'tollgate_wallet_reserved', 'tollgate_charged_total'],
   };
 
   async function renderedDashboards(): Promise<Map<string, any>> {

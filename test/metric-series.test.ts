@@ -85,10 +85,10 @@ describe('metric series before the first request', () => {
     stack = await startStack(manifests(['gpt-4o-mini', 'gpt-4.1']));
 
     expect(await series('tollgate_charged_total')).toEqual([
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4.1",namespace="default",wallet="default/other"} 0',
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4.1",namespace="default",wallet="default/team"} 0',
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/other"} 0',
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/team"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4.1",namespace="default",wallet="other"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4.1",namespace="default",wallet="team"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="other"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="team"} 0',
     ]);
     expect(await series('tollgate_provider_cost_total')).toHaveLength(4);
     expect(await series('tollgate_requests_total')).toEqual([
@@ -104,7 +104,7 @@ describe('metric series before the first request', () => {
     const response = await chat('team', 'gpt-4o-mini');
     expect(response.status).toBe(200);
     expect(await series('tollgate_charged_total')).toContain(
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/team"} 0.002',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="team"} 0.002',
     );
     expect(await series('tollgate_requests_total')).toContain('tollgate_requests_total{route="openai",model="gpt-4o-mini",outcome="admitted"} 1');
   });
@@ -113,7 +113,7 @@ describe('metric series before the first request', () => {
     stack = await startStack(manifests(['gpt-4o-mini']), { walletPolicy: { defaultWallet: 'default/team', allowWalletHeader: false } });
 
     expect(await series('tollgate_charged_total')).toEqual([
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/team"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="team"} 0',
     ]);
   });
 
@@ -132,7 +132,7 @@ describe('metric series before the first request', () => {
     const response = await chat('other', 'gpt-4o-mini');
     expect(response.status).toBe(200);
     expect(await series('tollgate_charged_total')).toContain(
-      'tollgate_charged_total{currency="USD",route="openai",model="o4-mini",namespace="default",wallet="default/team"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="o4-mini",namespace="default",wallet="team"} 0',
     );
   });
 });

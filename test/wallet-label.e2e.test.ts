@@ -102,12 +102,12 @@ describe('wallet label', () => {
 
     // The platform wallet's series exist from the start at 0; an end-user wallet's from its first charge.
     expect(await moneySeries(labelled)).toEqual([
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/main"} 0.003',
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/platform"} 0',
-      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/user-alice"} 0.003',
-      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/main"} 0.0015',
-      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/platform"} 0',
-      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="default/user-alice"} 0.0015',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="main"} 0.003',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="platform"} 0',
+      'tollgate_charged_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="user-alice"} 0.003',
+      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="main"} 0.0015',
+      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="platform"} 0',
+      'tollgate_provider_cost_total{currency="USD",route="openai",model="gpt-4o-mini",namespace="default",wallet="user-alice"} 0.0015',
     ]);
   });
 

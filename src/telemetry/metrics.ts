@@ -39,7 +39,8 @@ export class MoneyCounter<T extends string> {
  * The sidecar's Prometheus metrics. Money counters are in currency units,
  * exact up to the one rounding of a scrape (see MoneyCounter). The wallet
  * label is filled only when enabled, because per-end-user wallets would make
- * the series count unbounded.
+ * the series count unbounded. It holds the Wallet's name and `namespace` its
+ * namespace, as on the operator's wallet gauges, so the two join.
  */
 export interface SidecarMetrics {
   registry: Registry;
