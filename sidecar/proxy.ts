@@ -16,7 +16,7 @@ import type { RateCard } from '../src/rating/rates.ts';
 import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/rating/rating.ts';
 import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
-import { createGenAiTelemetry, GEN_AI, responseAttributes, type Span } from '../src/telemetry/tracing.ts';
+import { createGenAiTelemetry, GEN_AI, responseAttributes, responseMetadataAttributes, type Span } from '../src/telemetry/tracing.ts';
 import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import type { ConfigSource } from './config-source.ts';
 import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
@@ -621,6 +621,9 @@ export class Proxy {
       else this.log.warn({ err: error, requestId: admitted.requestId, reason }, 'stream ended early; charging the output seen so far');
       res.destroy();
       return { usage, complete, reason };
+    } finally {
+      // Also on a cut stream: the id and model come with the first events, so they are usually known.
+      if (admitted.span.isRecording()) admitted.span.setAttributes(responseMetadataAttributes(meter.responseMetadata()));
     }
     const { usage, complete } = meter.result();
     return { usage, complete, reason: complete ? 'final' : 'missing_usage' };

@@ -2,10 +2,12 @@
  * The sidecar's OpenTelemetry span and duration metric for a model call,
  * recorded by the real OpenTelemetry SDK into in-memory exporters.
  */
+import Anthropic from '@anthropic-ai/sdk';
+import { GoogleGenAI } from '@google/genai';
 import { metrics, propagation, trace, TraceFlags, type Attributes, type TextMapPropagator } from '@opentelemetry/api';
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
-import { InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type Sampler } from '@opentelemetry/sdk-trace';
-import OpenAI from 'openai';
+import { InMemorySpanExporter, SamplingDecision, SimpleSpanProcessor, TracerProvider, type ReadableSpan, type Sampler, type SpanProcessor } from '@opentelemetry/sdk-trace';
+import OpenAI, { AzureOpenAI } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, SIMULATOR_KEY, type Stack } from './support/stack.ts';
 
@@ -25,6 +27,41 @@ spec:
   models: [gpt-4o-mini]
   costs:
     gpt-4o-mini: { input: "0.15", output: "0.60" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: anthropic }
+spec:
+  protocol: anthropic
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [claude-haiku-4-5]
+  costs:
+    claude-haiku-4-5: { input: "1.00", output: "5.00" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: gemini }
+spec:
+  protocol: gemini
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [gemini-2.5-flash]
+  costs:
+    gemini-2.5-flash: { input: "0.30", output: "2.50" }
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ProviderRoute
+metadata: { name: azure }
+spec:
+  protocol: azure-openai
+  baseURL: SIMULATOR_URL
+  credentialSecretRef: { name: keys, key: apiKey }
+  models: [gpt-4o]
+  deployments:
+    - { name: prod-4o, model: gpt-4o }
+  costs:
+    gpt-4o: { input: "2.50", output: "10.00" }
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: PricePlan
@@ -52,7 +89,30 @@ const recordingSampler: Sampler = {
   toString: () => 'RecordingSampler',
 };
 const exporter = new InMemorySpanExporter();
-const provider = new TracerProvider({ sampler: recordingSampler, spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+
+/** Resolvers of nextEndedSpan, oldest first. */
+const spanWaiters: ((span: ReadableSpan) => void)[] = [];
+/** Hands each ended span to the oldest waiter of nextEndedSpan, if any. */
+const waiterProcessor: SpanProcessor = {
+  onStart() {},
+  onEnd(span) {
+    spanWaiters.shift()?.(span);
+  },
+  forceFlush: async () => {},
+  shutdown: async () => {},
+};
+
+/**
+ * Returns a promise of the next span to end. The sidecar ends a streamed
+ * call's span after committing its charge, which is after the client has read
+ * the end of the stream. So a test awaits the span instead of reading the
+ * exporter at once.
+ */
+function nextEndedSpan(): Promise<ReadableSpan> {
+  return new Promise((resolve) => spanWaiters.push(resolve));
+}
+
+const provider = new TracerProvider({ sampler: recordingSampler, spanProcessors: [new SimpleSpanProcessor({ exporter }), waiterProcessor] });
 let stack: Stack;
 
 /** Returns the spans ended so far; the processor hands them to the exporter asynchronously. */
@@ -178,5 +238,113 @@ describe('OpenTelemetry span', () => {
     const [span] = await finishedSpans();
     expect(span?.attributes['error.type']).toBe('insufficient_funds');
     expect(span?.status.code).toBe(2);
+  });
+});
+
+describe('OpenTelemetry span of a streamed response', () => {
+  const WALLET_HEADER = { 'x-tollgate-wallet': 'traced' };
+
+  it('covers an OpenAI stream', async () => {
+    const ended = nextEndedSpan();
+    const client = new OpenAI({ baseURL: `${stack.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: WALLET_HEADER });
+    // The simulator generates 16 tokens, so a limit of 5 stops it with "length".
+    const stream = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'stream me' }], max_tokens: 5, stream: true });
+    const ids = new Set<string>();
+    for await (const chunk of stream) ids.add(chunk.id);
+
+    expect(ids.size).toBe(1);
+    const [id] = ids;
+    expect(id).toMatch(/^chatcmpl-sim\d{8}$/);
+    const span = await ended;
+    expect(span.attributes['gen_ai.response.id']).toBe(id);
+    expect(span.attributes['gen_ai.response.model']).toBe('gpt-4o-mini');
+    expect(span.attributes['gen_ai.response.finish_reasons']).toEqual(['length']);
+  });
+
+  it('covers a cut OpenAI stream', async () => {
+    const ended = nextEndedSpan();
+    const client = new OpenAI({ baseURL: `${stack.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: WALLET_HEADER });
+    const ids = new Set<string>();
+    const failure = await (async () => {
+      const stream = await client.chat.completions.create(
+        { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'cut me' }], stream: true },
+        { headers: { 'x-sim-cut-after': '3' } },
+      );
+      for await (const chunk of stream) ids.add(chunk.id);
+    })().catch((error: unknown) => error);
+
+    expect(failure).toBeInstanceOf(Error);
+    expect(ids.size).toBe(1);
+    const span = await ended;
+    expect(span.attributes['tollgate.usage_estimated']).toBe(true);
+    expect(span.attributes['gen_ai.response.id']).toBe([...ids][0]);
+    expect(span.attributes['gen_ai.response.model']).toBe('gpt-4o-mini');
+    expect(span.attributes['gen_ai.response.finish_reasons']).toBeUndefined();
+  });
+
+  it('covers an Anthropic stream', async () => {
+    const ended = nextEndedSpan();
+    const client = new Anthropic({ baseURL: `${stack.url}/anthropic`, apiKey: 'placeholder', maxRetries: 0, defaultHeaders: WALLET_HEADER });
+    const stream = await client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 5, messages: [{ role: 'user', content: 'stream me' }], stream: true });
+    let messageId: string | undefined;
+    let stopReason: string | null | undefined;
+    for await (const event of stream) {
+      if (event.type === 'message_start') messageId = event.message.id;
+      if (event.type === 'message_delta') stopReason = event.delta.stop_reason;
+    }
+
+    expect(messageId).toMatch(/^msg_sim\d{8}$/);
+    expect(stopReason).toBe('max_tokens');
+    const span = await ended;
+    expect(span.attributes['gen_ai.provider.name']).toBe('anthropic');
+    expect(span.attributes['gen_ai.response.id']).toBe(messageId);
+    expect(span.attributes['gen_ai.response.model']).toBe('claude-haiku-4-5');
+    expect(span.attributes['gen_ai.response.finish_reasons']).toEqual(['max_tokens']);
+  });
+
+  it('covers a Gemini stream', async () => {
+    const ended = nextEndedSpan();
+    const client = new GoogleGenAI({
+      apiKey: 'placeholder',
+      httpOptions: { baseUrl: `${stack.url}/gemini`, headers: WALLET_HEADER, retryOptions: { attempts: 1 } },
+    });
+    const stream = await client.models.generateContentStream({ model: 'gemini-2.5-flash', contents: 'stream me' });
+    const ids = new Set<string | undefined>();
+    for await (const chunk of stream) ids.add(chunk.responseId);
+
+    expect(ids.size).toBe(1);
+    const [id] = ids;
+    expect(id).toMatch(/^resp_sim\d{8}$/);
+    const span = await ended;
+    expect(span.attributes['gen_ai.provider.name']).toBe('gemini');
+    expect(span.attributes['gen_ai.response.id']).toBe(id);
+    expect(span.attributes['gen_ai.response.model']).toBe('gemini-2.5-flash');
+    expect(span.attributes['gen_ai.response.finish_reasons']).toEqual(['STOP']);
+  });
+
+  it('covers an Azure OpenAI stream', async () => {
+    const ended = nextEndedSpan();
+    const client = new AzureOpenAI({
+      endpoint: `${stack.url}/azure`,
+      apiKey: 'placeholder',
+      apiVersion: '2024-10-21',
+      deployment: 'prod-4o',
+      maxRetries: 0,
+      defaultHeaders: WALLET_HEADER,
+    });
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'stream me' }], stream: true });
+    const ids = new Set<string>();
+    for await (const chunk of stream) ids.add(chunk.id);
+
+    // Azure's first chunk, which carries only the prompt's filter results, has an empty id.
+    expect(ids.size).toBe(2);
+    expect(ids.has('')).toBe(true);
+    const id = [...ids].find((candidate) => candidate !== '');
+    expect(id).toMatch(/^chatcmpl-sim\d{8}$/);
+    const span = await ended;
+    expect(span.attributes['gen_ai.provider.name']).toBe('azure-openai');
+    expect(span.attributes['gen_ai.response.id']).toBe(id);
+    expect(span.attributes['gen_ai.response.model']).toBe('gpt-4o');
+    expect(span.attributes['gen_ai.response.finish_reasons']).toEqual(['stop']);
   });
 });

@@ -57,6 +57,22 @@ export interface StreamMeter {
    * reported as an impossible zero are estimated too, with `complete` true.
    */
   result(): { usage: Usage; complete: boolean };
+  /**
+   * Returns the response id, model and finish reasons seen so far, for the
+   * GenAI span attributes. It may be called more than once, also on a stream
+   * that was cut.
+   */
+  responseMetadata(): ResponseMetadata;
+}
+
+/** Identity and outcome of a response, in its provider's own terms. */
+export interface ResponseMetadata {
+  /** The provider's id of the response, or undefined when none was seen. */
+  id: string | undefined;
+  /** The model that generated the response (often a dated version of the requested model), or undefined when none was seen. */
+  model: string | undefined;
+  /** Reasons generation stopped, one per choice or candidate in index order, or empty when none was seen. */
+  finishReasons: string[];
 }
 
 /** Settings of the route a request arrived on that an adapter needs to read the request. */

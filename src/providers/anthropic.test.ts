@@ -51,7 +51,7 @@ function meter(input: string, cuts: number[], promptEstimate = 30) {
     from = cut;
   }
   parts.push(streamMeter.flush());
-  return { output: Buffer.concat(parts), result: streamMeter.result() };
+  return { output: Buffer.concat(parts), result: streamMeter.result(), metadata: streamMeter.responseMetadata() };
 }
 
 describe('AnthropicAdapter.inspect', () => {
@@ -189,6 +189,35 @@ describe('Anthropic stream meter', () => {
     expect(result.complete).toBe(false);
     expect(result.usage.input).toBe(61);
     expect(result.usage.estimated).toBe(true);
+  });
+});
+
+describe('Anthropic stream meter response metadata', () => {
+  const whole = STREAM_HEAD + STREAM_TAIL;
+
+  it('reads metadata at every split point', () => {
+    for (let cut = 0; cut <= whole.length; cut += 7) {
+      const { metadata } = meter(whole, [cut]);
+      expect(metadata, `cut at ${cut}`).toEqual({ id: 'msg_1', model: 'claude-sonnet-4-5', finishReasons: ['end_turn'] });
+    }
+  });
+
+  it('reads a stream cut before message_delta', () => {
+    expect(meter(STREAM_HEAD, []).metadata).toEqual({ id: 'msg_1', model: 'claude-sonnet-4-5', finishReasons: [] });
+  });
+
+  it('reads a message_start without usage', () => {
+    const start = event('message_start', { type: 'message_start', message: { id: 'msg_2', type: 'message', model: 'claude-haiku-4-5', content: [] } });
+    expect(meter(start, []).metadata).toEqual({ id: 'msg_2', model: 'claude-haiku-4-5', finishReasons: [] });
+  });
+
+  it('ignores a null stop reason', () => {
+    const delta = event('message_delta', { type: 'message_delta', delta: { stop_reason: null }, usage: { output_tokens: 15 } });
+    expect(meter(STREAM_HEAD + delta, []).metadata.finishReasons).toEqual([]);
+  });
+
+  it('reads nothing before message_start', () => {
+    expect(meter('event: ping\ndata: {"type":"ping"}\n\n', []).metadata).toEqual({ id: undefined, model: undefined, finishReasons: [] });
   });
 });
 

@@ -5,6 +5,7 @@ import {
   type ProviderAdapter,
   type RequestChanges,
   type RequestInfo,
+  type ResponseMetadata,
   type StreamMeter,
 } from './adapter.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
@@ -110,6 +111,9 @@ class AnthropicStreamMeter implements StreamMeter {
   readonly #usage: Record<string, unknown> = {};
   #sawStart = false;
   #sawDelta = false;
+  #id: string | undefined;
+  #model: string | undefined;
+  #stopReason: string | undefined;
 
   constructor(promptEstimate: number) {
     this.#promptEstimate = promptEstimate;
@@ -138,6 +142,10 @@ class AnthropicStreamMeter implements StreamMeter {
     return { usage, complete: false };
   }
 
+  responseMetadata(): ResponseMetadata {
+    return { id: this.#id, model: this.#model, finishReasons: this.#stopReason === undefined ? [] : [this.#stopReason] };
+  }
+
   #onEvent(event: SseEvent): boolean {
     const type = event.event;
     if (type === 'ping' || type === 'content_block_start' || type === 'content_block_stop' || type === 'message_stop') return true;
@@ -157,18 +165,24 @@ class AnthropicStreamMeter implements StreamMeter {
         break;
       case 'message_start': {
         const message = payload['message'];
-        if (isRecord(message) && isRecord(message['usage'])) {
+        if (!isRecord(message)) break;
+        if (typeof message['id'] === 'string') this.#id = message['id'];
+        if (typeof message['model'] === 'string') this.#model = message['model'];
+        if (isRecord(message['usage'])) {
           this.#sawStart = true;
           this.#merge(message['usage']);
         }
         break;
       }
-      case 'message_delta':
+      case 'message_delta': {
+        const delta = payload['delta'];
+        if (isRecord(delta) && typeof delta['stop_reason'] === 'string') this.#stopReason = delta['stop_reason'];
         if (isRecord(payload['usage'])) {
           this.#sawDelta = true;
           this.#merge(payload['usage']);
         }
         break;
+      }
     }
     return true;
   }

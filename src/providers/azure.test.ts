@@ -104,7 +104,7 @@ function meter(info: RequestInfo, input: string, cuts: number[]) {
     from = cut;
   }
   parts.push(streamMeter.flush());
-  return { output: Buffer.concat(parts).toString('utf8'), result: streamMeter.result() };
+  return { output: Buffer.concat(parts).toString('utf8'), result: streamMeter.result(), metadata: streamMeter.responseMetadata() };
 }
 
 describe('AzureOpenAIAdapter.inspect', () => {
@@ -274,6 +274,25 @@ describe('AzureOpenAIAdapter stream meter', () => {
     expect(result.usage.input).toBe(40);
     expect(result.usage.output).toBe(1);
     expect(result.usage.estimated).toBe(true);
+  });
+});
+
+describe('AzureOpenAIAdapter stream meter response metadata', () => {
+  it('reads past the prompt filter chunk', () => {
+    const upstream = [PROMPT_FILTER_EVENT, ...contentEvents(true), USAGE_EVENT, DONE].join('');
+    for (const cuts of [[], [PROMPT_FILTER_EVENT.length], [upstream.length - 30]]) {
+      expect(meter(chatInfo(), upstream, cuts).metadata).toEqual({ id: 'chatcmpl-1', model: 'gpt-4o-2024-11-20', finishReasons: ['stop'] });
+    }
+  });
+
+  it('skips a blank id and model', () => {
+    expect(meter(chatInfo(), PROMPT_FILTER_EVENT, []).metadata).toEqual({ id: undefined, model: undefined, finishReasons: [] });
+  });
+
+  it('keeps metadata after a blank chunk', () => {
+    const events = contentEvents(true);
+    const { metadata } = meter(chatInfo(), events[0]! + PROMPT_FILTER_EVENT, []);
+    expect(metadata).toEqual({ id: 'chatcmpl-1', model: 'gpt-4o-2024-11-20', finishReasons: [] });
   });
 });
 

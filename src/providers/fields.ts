@@ -60,3 +60,37 @@ function describe(value: unknown): string {
   if (typeof value === 'number' || typeof value === 'boolean') return String(value);
   return Array.isArray(value) ? 'an array' : `a ${typeof value}`;
 }
+
+/**
+ * Choices or candidates per response whose finish reason a stream meter
+ * keeps. A reason at a higher index is dropped, so a malformed stream cannot
+ * grow the list without bound.
+ */
+const MAX_FINISH_REASONS = 128;
+
+/**
+ * Finish reasons of a streamed response by choice or candidate index. A
+ * reason repeated for one index replaces the earlier one. Nothing is
+ * allocated until the first reason arrives.
+ */
+export class FinishReasons {
+  #byIndex: string[] | undefined;
+
+  /**
+   * Records the reason of one choice or candidate. `index` is its `index`
+   * field, and `position` (its place in the event's array) is used instead
+   * when that field is missing or not a non-negative integer.
+   */
+  record(index: unknown, position: number, reason: string): void {
+    const at = typeof index === 'number' && Number.isSafeInteger(index) && index >= 0 ? index : position;
+    if (at >= MAX_FINISH_REASONS) return;
+    this.#byIndex ??= [];
+    this.#byIndex[at] = reason;
+  }
+
+  /** Returns a new array of the reasons in index order, without the indexes that reported none. */
+  list(): string[] {
+    // filter skips the holes that indexes without a reason leave.
+    return this.#byIndex === undefined ? [] : this.#byIndex.filter(() => true);
+  }
+}

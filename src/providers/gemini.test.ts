@@ -43,7 +43,7 @@ function meter(input: string, cuts: number[], promptEstimate = 30) {
     from = cut;
   }
   parts.push(streamMeter.flush());
-  return { output: Buffer.concat(parts), result: streamMeter.result() };
+  return { output: Buffer.concat(parts), result: streamMeter.result(), metadata: streamMeter.responseMetadata() };
 }
 
 describe('GeminiAdapter.inspect', () => {
@@ -316,6 +316,36 @@ describe('Gemini stream meter', () => {
   it('reads events that end with a plain LF', () => {
     const stream = C3_STREAM.replaceAll('\r\n', '\n');
     expect(meter(stream, [100]).result).toEqual({ usage: usage({ input: 1200, output: 20 }), complete: true });
+  });
+});
+
+describe('Gemini stream meter response metadata', () => {
+  it('reads metadata at every split point', () => {
+    const bytes = Buffer.byteLength(C3_STREAM);
+    for (let cut = 0; cut <= bytes; cut += 7) {
+      const { metadata } = meter(C3_STREAM, [cut]);
+      expect(metadata, `cut at ${cut}`).toEqual({ id: 'resp-1', model: 'gemini-2.5-flash', finishReasons: ['STOP'] });
+    }
+  });
+
+  it('orders finish reasons by candidate index', () => {
+    const candidates = [
+      { index: 1, content: { parts: [{ text: 'b' }], role: 'model' }, finishReason: 'MAX_TOKENS' },
+      { index: 0, content: { parts: [{ text: 'a' }], role: 'model' }, finishReason: 'STOP' },
+    ];
+    const stream = `data: ${JSON.stringify({ candidates, modelVersion: 'gemini-2.5-pro', responseId: 'resp-2' })}\r\n\r\n`;
+    expect(meter(stream, []).metadata).toEqual({ id: 'resp-2', model: 'gemini-2.5-pro', finishReasons: ['STOP', 'MAX_TOKENS'] });
+  });
+
+  it('places a candidate without index by position', () => {
+    const candidates = [{ finishReason: 'STOP' }, { finishReason: 'SAFETY' }];
+    const stream = `data: ${JSON.stringify({ candidates, modelVersion: 'gemini-2.5-pro', responseId: 'resp-3' })}\r\n\r\n`;
+    expect(meter(stream, []).metadata.finishReasons).toEqual(['STOP', 'SAFETY']);
+  });
+
+  it('reads a stream cut before finishing', () => {
+    const stream = chunk('alpha', { promptTokenCount: 1200, candidatesTokenCount: 5 });
+    expect(meter(stream, []).metadata).toEqual({ id: 'resp-1', model: 'gemini-2.5-flash', finishReasons: [] });
   });
 });
 

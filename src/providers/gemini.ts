@@ -5,10 +5,11 @@ import {
   type ProviderAdapter,
   type RequestChanges,
   type RequestInfo,
+  type ResponseMetadata,
   type StreamMeter,
 } from './adapter.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
-import { isRecord, pathOnly, readCount, readPositiveInteger } from './fields.ts';
+import { FinishReasons, isRecord, pathOnly, readCount, readPositiveInteger } from './fields.ts';
 import { SseSplitter, type SseEvent } from './sse.ts';
 
 /**
@@ -169,8 +170,11 @@ class GeminiStreamMeter implements StreamMeter {
   readonly #text = new GeneratedText(() => new StreamedTextCounter());
   /** The latest non-null value of each usage field seen so far. */
   readonly #usage: Record<string, unknown> = {};
+  readonly #finishReasons = new FinishReasons();
   #sawUsage = false;
   #finished = false;
+  #id: string | undefined;
+  #model: string | undefined;
 
   constructor(promptEstimate: number) {
     this.#promptEstimate = promptEstimate;
@@ -195,6 +199,10 @@ class GeminiStreamMeter implements StreamMeter {
     return { usage, complete: false };
   }
 
+  responseMetadata(): ResponseMetadata {
+    return { id: this.#id, model: this.#model, finishReasons: this.#finishReasons.list() };
+  }
+
   #onEvent(event: SseEvent): boolean {
     if (event.data === undefined) return true;
     let chunk: unknown;
@@ -205,11 +213,22 @@ class GeminiStreamMeter implements StreamMeter {
     }
     if (!isRecord(chunk)) return true;
 
+    const id = chunk['responseId'];
+    if (typeof id === 'string') this.#id = id;
+    const model = chunk['modelVersion'];
+    if (typeof model === 'string') this.#model = model;
+
     const candidates = chunk['candidates'];
     if (Array.isArray(candidates)) {
-      for (const candidate of candidates) {
+      for (let position = 0; position < candidates.length; position++) {
+        const candidate: unknown = candidates[position];
         this.#text.addCandidate(candidate);
-        if (isRecord(candidate) && typeof candidate['finishReason'] === 'string') this.#finished = true;
+        if (!isRecord(candidate)) continue;
+        const reason = candidate['finishReason'];
+        if (typeof reason === 'string') {
+          this.#finished = true;
+          this.#finishReasons.record(candidate['index'], position, reason);
+        }
       }
     }
 

@@ -69,7 +69,7 @@ function meter(info: RequestInfo, input: string, cuts: number[], promptEstimate 
     from = cut;
   }
   parts.push(streamMeter.flush());
-  return { output: Buffer.concat(parts), result: streamMeter.result() };
+  return { output: Buffer.concat(parts), result: streamMeter.result(), metadata: streamMeter.responseMetadata() };
 }
 
 describe('OpenAIAdapter.inspect', () => {
@@ -311,6 +311,50 @@ describe('OpenAI stream meter', () => {
     expect(result.usage.output).toBe(3);
     expect(result.usage.input).toBe(10);
     expect(result.usage.estimated).toBe(true);
+  });
+});
+
+describe('OpenAI stream meter response metadata', () => {
+  const upstream = [...streamEvents(true), USAGE_EVENT, DONE].join('');
+
+  it('reads metadata at every split point', () => {
+    for (let cut = 0; cut <= upstream.length; cut += 5) {
+      const { metadata } = meter(chatInfo(), upstream, [cut]);
+      expect(metadata, `cut at ${cut}`).toEqual({ id: 'chatcmpl-1', model: 'gpt-4o-2024-08-06', finishReasons: ['stop'] });
+    }
+  });
+
+  it('orders finish reasons by choice index', () => {
+    const finish = (index: number, reason: string) =>
+      `data: ${JSON.stringify({ id: 'chatcmpl-2', model: 'gpt-4o-2024-08-06', choices: [{ index, delta: {}, finish_reason: reason }] })}\n\n`;
+    const { metadata } = meter(chatInfo(), [finish(2, 'stop'), finish(0, 'length'), finish(1, 'content_filter'), DONE].join(''), []);
+    expect(metadata.finishReasons).toEqual(['length', 'content_filter', 'stop']);
+  });
+
+  it('keeps one reason per choice index', () => {
+    const { metadata } = meter(chatInfo(), [...streamEvents(false), streamEvents(false)[4]!.replace('"stop"', '"length"')].join(''), []);
+    expect(metadata.finishReasons).toEqual(['length']);
+  });
+
+  it('places a choice without index by position', () => {
+    const chunk = { id: 'chatcmpl-3', model: 'm', choices: [{ delta: {}, finish_reason: 'stop' }, { index: 'x', delta: {}, finish_reason: 'length' }] };
+    const { metadata } = meter(chatInfo(), `data: ${JSON.stringify(chunk)}\n\n`, []);
+    expect(metadata.finishReasons).toEqual(['stop', 'length']);
+  });
+
+  it('drops finish reasons past the index bound', () => {
+    const chunk = { id: 'chatcmpl-4', model: 'm', choices: [{ index: 127, finish_reason: 'stop' }, { index: 128, finish_reason: 'length' }] };
+    const { metadata } = meter(chatInfo(), `data: ${JSON.stringify(chunk)}\n\n`, []);
+    expect(metadata.finishReasons).toEqual(['stop']);
+  });
+
+  it('reads a stream cut before finishing', () => {
+    const { metadata } = meter(chatInfo(), streamEvents(true).slice(0, 2).join(''), []);
+    expect(metadata).toEqual({ id: 'chatcmpl-1', model: 'gpt-4o-2024-08-06', finishReasons: [] });
+  });
+
+  it('reads nothing from a stream without chunks', () => {
+    expect(meter(chatInfo(), DONE, []).metadata).toEqual({ id: undefined, model: undefined, finishReasons: [] });
   });
 });
 

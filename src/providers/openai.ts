@@ -5,10 +5,11 @@ import {
   type ProviderAdapter,
   type RequestChanges,
   type RequestInfo,
+  type ResponseMetadata,
   type StreamMeter,
 } from './adapter.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
-import { isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
+import { FinishReasons, isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
 import { SseSplitter, type SseEvent } from './sse.ts';
 
 /**
@@ -149,7 +150,10 @@ class OpenAIStreamMeter implements StreamMeter {
   readonly #promptEstimate: number;
   readonly #splitter: SseSplitter;
   readonly #text = new StreamedTextCounter();
+  readonly #finishReasons = new FinishReasons();
   #usage: Record<string, unknown> | undefined;
+  #id: string | undefined;
+  #model: string | undefined;
 
   constructor(hideUsage: boolean, promptEstimate: number) {
     this.#hideUsage = hideUsage;
@@ -170,6 +174,10 @@ class OpenAIStreamMeter implements StreamMeter {
     return { usage: normalizeChatUsage(this.#usage, this.#promptEstimate, this.#text), complete: true };
   }
 
+  responseMetadata(): ResponseMetadata {
+    return { id: this.#id, model: this.#model, finishReasons: this.#finishReasons.list() };
+  }
+
   #onEvent(event: SseEvent): boolean | Buffer {
     const data = event.data;
     if (data === undefined || data === '[DONE]') return true;
@@ -182,9 +190,22 @@ class OpenAIStreamMeter implements StreamMeter {
     }
     if (!isRecord(chunk)) return true;
 
+    // Every chunk repeats the id and model. Azure's first chunk, which carries
+    // only the prompt's filter results, has both empty, so empty ones are skipped.
+    const id = chunk['id'];
+    if (typeof id === 'string' && id.length > 0) this.#id = id;
+    const model = chunk['model'];
+    if (typeof model === 'string' && model.length > 0) this.#model = model;
+
     const choices = chunk['choices'];
     if (Array.isArray(choices)) {
-      for (const choice of choices) if (isRecord(choice)) addMessageText(choice['delta'], this.#text);
+      for (let position = 0; position < choices.length; position++) {
+        const choice: unknown = choices[position];
+        if (!isRecord(choice)) continue;
+        addMessageText(choice['delta'], this.#text);
+        const reason = choice['finish_reason'];
+        if (typeof reason === 'string') this.#finishReasons.record(choice['index'], position, reason);
+      }
     }
 
     // Usage is cumulative where a server sends it more than once, so the latest wins.

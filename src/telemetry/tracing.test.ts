@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import { DURATION_BUCKETS, diagToPino, responseAttributes, TOKEN_BUCKETS } from './tracing.ts';
+import { DURATION_BUCKETS, diagToPino, responseAttributes, responseMetadataAttributes, TOKEN_BUCKETS } from './tracing.ts';
 
 describe('responseAttributes', () => {
   it('reads OpenAI, Anthropic and Gemini bodies', () => {
@@ -30,6 +30,21 @@ describe('responseAttributes', () => {
     expect(responseAttributes({ object: 'list', data: [{ embedding: [0.1] }], model: 'text-embedding-3-small' })).toEqual({ 'gen_ai.response.model': 'text-embedding-3-small' });
     expect(responseAttributes(undefined)).toEqual({});
     expect(responseAttributes({ id: 7, choices: [null, { finish_reason: 3 }] })).toEqual({});
+  });
+});
+
+describe('responseMetadataAttributes', () => {
+  it('converts stream metadata', () => {
+    expect(responseMetadataAttributes({ id: 'msg_1', model: 'claude-haiku-4-5', finishReasons: ['end_turn'] })).toEqual({
+      'gen_ai.response.id': 'msg_1',
+      'gen_ai.response.model': 'claude-haiku-4-5',
+      'gen_ai.response.finish_reasons': ['end_turn'],
+    });
+  });
+
+  it('leaves out missing fields', () => {
+    expect(responseMetadataAttributes({ id: undefined, model: 'gpt-4o-mini', finishReasons: [] })).toEqual({ 'gen_ai.response.model': 'gpt-4o-mini' });
+    expect(responseMetadataAttributes({ id: undefined, model: undefined, finishReasons: [] })).toEqual({});
   });
 });
 

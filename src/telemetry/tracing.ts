@@ -1,5 +1,6 @@
 import { diag, DiagLogLevel, metrics, trace, type Attributes, type DiagLogger, type Histogram, type Span, type Tracer } from '@opentelemetry/api';
 import type { Logger } from 'pino';
+import type { ResponseMetadata } from '../providers/adapter.ts';
 
 /**
  * OpenTelemetry for the sidecar: one client span per model call with the
@@ -59,8 +60,7 @@ export const GEN_AI = {
  * names them differently: OpenAI and Azure (id, model,
  * choices[].finish_reason), Anthropic (id, model, stop_reason) and Gemini
  * (responseId, modelVersion, candidates[].finishReason). Fields a body lacks
- * are left out.
- * NOTE: streamed responses are not read for these attributes yet.
+ * are left out. For streamed responses, see responseMetadataAttributes.
  */
 export function responseAttributes(body: unknown): Attributes {
   if (typeof body !== 'object' || body === null) return {};
@@ -78,6 +78,19 @@ export function responseAttributes(body: unknown): Attributes {
     if (typeof reason === 'string') reasons.push(reason);
   }
   if (reasons.length > 0) attributes[GEN_AI.finishReasons] = reasons;
+  return attributes;
+}
+
+/**
+ * Converts what a stream meter read from a streamed response into the same
+ * GenAI span attributes as responseAttributes, leaving out what the stream
+ * lacked.
+ */
+export function responseMetadataAttributes(metadata: ResponseMetadata): Attributes {
+  const attributes: Attributes = {};
+  if (metadata.id !== undefined) attributes[GEN_AI.responseId] = metadata.id;
+  if (metadata.model !== undefined) attributes[GEN_AI.responseModel] = metadata.model;
+  if (metadata.finishReasons.length > 0) attributes[GEN_AI.finishReasons] = metadata.finishReasons;
   return attributes;
 }
 
