@@ -173,13 +173,13 @@ describe('startDev', () => {
         wallet: 'default/demo',
         currency: 'USD',
         granted: '1.002',
-        spent: '0.00',
-        expired: '0.00',
-        reserved: '0.00',
+        spent: '0',
+        expired: '0',
+        reserved: '0',
         balance: '1.002',
         available: '1.002',
-        providerCost: '0.00',
-        margin: '0.00',
+        providerCost: '0',
+        margin: '0',
         nano: { granted: '1002000000', balance: '1002000000', spent: '0', expired: '0', reserved: '0', providerCost: '0' },
       });
     } finally {

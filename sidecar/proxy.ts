@@ -11,6 +11,7 @@ import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
 import { adapterFor, estimatePromptFromBody, estimatePromptTokens, UnsupportedProtocolError } from '../src/providers/index.ts';
+import { shortestBodyBytes } from '../src/providers/shortest-body.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
 import type { RateCard } from '../src/rating/rates.ts';
 import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/rating/rating.ts';
@@ -42,6 +43,7 @@ const DENIAL_REASONS = [
   'daily_limit',
   'monthly_limit',
   'wallet_closed',
+  'wallet_not_found',
   'wallet_not_allowed',
   'unknown_model',
   'request_id_conflict',
@@ -338,7 +340,7 @@ export class Proxy {
       const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
       const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
       const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      const units = this.checkReserve(result, wallet, info, requestId, hold, price);
+      const units = this.checkReserve(result, wallet, route, info, requestId, hold, price);
 
       const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
       // The body is serialized again even when nothing changed, so that the upstream reads the fields that were
@@ -397,8 +399,8 @@ export class Proxy {
     } catch (error) {
       if (error instanceof WalletResolutionError) {
         // A malformed wallet header is a client error like any other, not a denial by policy.
-        if (error.status === 400) throw new ProxyError(400, 'invalid_request', error.message);
-        throw new ProxyError(error.status, 'wallet_not_allowed', error.message, { denialReason: 'wallet_not_allowed' });
+        if (error.code === 'invalid_request') throw new ProxyError(error.status, error.code, error.message);
+        throw new ProxyError(error.status, error.code, error.message, { denialReason: error.code });
       }
       throw error;
     }
@@ -451,7 +453,15 @@ export class Proxy {
     return rates;
   }
 
-  private checkReserve(result: ReserveResult, wallet: CompiledWallet, info: RequestInfo, requestId: string, hold: HoldRequest, price: Price): number {
+  private checkReserve(
+    result: ReserveResult,
+    wallet: CompiledWallet,
+    route: CompiledRoute,
+    info: RequestInfo,
+    requestId: string,
+    hold: HoldRequest,
+    price: Price,
+  ): number {
     const currency = wallet.currency;
     switch (result.status) {
       case 'reserved':
@@ -469,18 +479,16 @@ export class Proxy {
           );
         }
         return result.units;
-      case 'insufficient_funds':
-        throw new ProxyError(
-          402,
-          'insufficient_funds',
-          `wallet "${wallet.id}" is out of funds: this request may cost up to ${formatAmount(result.required)} ${currency} but only ${formatAmount(result.available)} ${currency} is available; ` +
-            `top up the wallet${this.orSmaller(info, hold, price, result.available)}`,
-          { denialReason: 'insufficient_funds' },
-        );
-      case 'limit_exceeded':
-        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, this.orSmaller(info, hold, price, result.remaining)), {
+      case 'insufficient_funds': {
+        const cheaper = this.cheaperRequest(route, info, hold, price, result.available);
+        throw new ProxyError(402, 'insufficient_funds', insufficientFundsMessage(wallet.id, result, currency, cheaper), { denialReason: 'insufficient_funds' });
+      }
+      case 'limit_exceeded': {
+        const cheaper = this.cheaperRequest(route, info, hold, price, result.remaining);
+        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, cheaper), {
           denialReason: SPEND_LIMITS[result.limit].denialReason,
         });
+      }
       case 'conflict':
         // A key reused with another body gets 422, the status the IETF Idempotency-Key draft specifies.
         if (result.reason === 'fingerprint_mismatch') {
@@ -497,15 +505,26 @@ export class Proxy {
   }
 
   /**
-   * Returns the way to make a refused request cheaper, as " or ..." to append
-   * to the refusal. When the fixed part of the hold alone does not fit
-   * `budget`, only a shorter prompt helps, and nothing does when the
-   * per-request fee alone is too much. Otherwise a lower output limit helps
-   * when the client set one. A limit the sidecar chose already fits.
+   * Returns the change that would make a refused request fit `budget`, or
+   * undefined when no request to this model on this route would fit. The
+   * cheapest request is priced as holdFor prices any: the per-request fee,
+   * one prompt token per byte of the shortest body, and the minimum output.
+   * That minimum is 1 token when the client sets an output limit, and the
+   * sidecar's minimum output limit (hold.minUnits) when it sets none.
    */
-  private orSmaller(info: RequestInfo, hold: HoldRequest, price: Price, budget: bigint): string {
-    if (hold.fixed >= budget) return hold.fixed > this.worstCaseOf(price).perRequest ? ' or send a shorter request' : '';
-    return info.maxOutputTokens === undefined ? '' : ' or lower the output limit';
+  private cheaperRequest(route: CompiledRoute, info: RequestInfo, hold: HoldRequest, price: Price, budget: bigint): CheaperRequest | undefined {
+    const worst = this.worstCaseOf(price);
+    const shortestFixed = BigInt(estimatePromptTokens(shortestBodyBytes(route.protocol, info))) * worst.perPromptToken + worst.perRequest;
+    // A body shorter than the estimate of the shortest one cannot get shorter.
+    const fixedFloor = shortestFixed < hold.fixed ? shortestFixed : hold.fixed;
+    const outputFloor = info.maxOutputTokens === undefined ? hold.minUnits : Math.min(1, hold.minUnits);
+    const outputCost = (units: number) => hold.perUnit * BigInt(units);
+
+    if (fixedFloor + outputCost(outputFloor) > budget) return undefined;
+    if (hold.fixed + outputCost(outputFloor) <= budget) return 'lower the output limit';
+    // From here on the body must get shorter, and it can, because fixedFloor < hold.fixed.
+    if (fixedFloor + outputCost(hold.minUnits) <= budget) return 'send a shorter request';
+    return 'send a shorter request with a lower output limit';
   }
 
   private async forward(request: FastifyRequest, reply: FastifyReply, admitted: Admitted, upstreamPath: string): Promise<void> {
@@ -622,7 +641,7 @@ export class Proxy {
       res.destroy();
       return { usage, complete, reason };
     } finally {
-      // Also on a cut stream: the id and model come with the first events, so they are usually known.
+      // Set on a cut stream too, because the id and model arrive with the first events.
       if (admitted.span.isRecording()) admitted.span.setAttributes(responseMetadataAttributes(meter.responseMetadata()));
     }
     const { usage, complete } = meter.result();
@@ -878,14 +897,41 @@ function spendLimitMessage(
   walletId: string,
   result: Extract<ReserveResult, { status: 'limit_exceeded' }>,
   currency: string,
-  smaller: string,
+  cheaper: CheaperRequest | undefined,
 ): string {
   const { field, wait } = SPEND_LIMITS[result.limit];
   const cost = `this request may cost up to ${formatAmount(result.required)} ${currency}`;
+  const fixes = anyOf([wait, `raise ${field}`, cheaper]);
   if (wait === undefined) {
-    return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; raise ${field}${smaller}`;
+    return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; ${fixes}`;
   }
-  return `wallet "${walletId}" would exceed its ${field} limit: ${cost} and ${formatAmount(result.remaining)} ${currency} remains under the limit; ${wait} or raise ${field}`;
+  return `wallet "${walletId}" would exceed its ${field} limit: ${cost} and ${formatAmount(result.remaining)} ${currency} remains under the limit; ${fixes}`;
+}
+
+/** Builds the message of a refusal for lack of funds, true both when nothing and when too little is available. */
+function insufficientFundsMessage(
+  walletId: string,
+  result: Extract<ReserveResult, { status: 'insufficient_funds' }>,
+  currency: string,
+  cheaper: CheaperRequest | undefined,
+): string {
+  // Commits above their holds can leave the available amount below zero.
+  const available =
+    result.available < 0n ? `nothing is available (${formatAmount(result.available)} ${currency})` : `only ${formatAmount(result.available)} ${currency} is available`;
+  return (
+    `wallet "${walletId}" has insufficient funds for this request: it may cost up to ${formatAmount(result.required)} ${currency}, but ${available}; ` +
+    anyOf(['top up the wallet', cheaper])
+  );
+}
+
+/** A change to a refused request that makes its hold fit, worded for the refusal message. */
+type CheaperRequest = 'lower the output limit' | 'send a shorter request' | 'send a shorter request with a lower output limit';
+
+/** Joins the defined alternatives as "a", "a or b", or "a, b or c". */
+function anyOf(alternatives: (string | undefined)[]): string {
+  const defined = alternatives.filter((alternative) => alternative !== undefined);
+  const last = defined.pop();
+  return defined.length === 0 ? (last ?? '') : `${defined.join(', ')} or ${last}`;
 }
 
 function outcomeOf(error: ProxyError): RequestOutcome {

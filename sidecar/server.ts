@@ -149,19 +149,24 @@ function closeUnusedConnectionsOnClose(app: FastifyInstance<Server, IncomingMess
   });
 }
 
-/** Formats a wallet's ledger state as decimal strings, for people and scripts. */
+/**
+ * Formats a wallet's ledger state for people and scripts: each amount as an
+ * exact decimal string in its shortest form ("12.5", "0.000141", "0"), and
+ * all but available and margin again as integer nano-units under `nano`.
+ */
 export function walletView(wallet: CompiledWallet, state: WalletState) {
+  const exact = (nano: bigint) => formatAmount(nano, 0);
   return {
     wallet: wallet.id,
     currency: wallet.currency,
-    granted: formatAmount(state.granted),
-    spent: formatAmount(state.spent),
-    expired: formatAmount(state.expired),
-    reserved: formatAmount(state.reserved),
-    balance: formatAmount(state.balance),
-    available: formatAmount(state.available),
-    providerCost: formatAmount(state.providerCost),
-    margin: formatAmount(state.spent - state.providerCost),
+    granted: exact(state.granted),
+    spent: exact(state.spent),
+    expired: exact(state.expired),
+    reserved: exact(state.reserved),
+    balance: exact(state.balance),
+    available: exact(state.available),
+    providerCost: exact(state.providerCost),
+    margin: exact(state.spent - state.providerCost),
     nano: {
       granted: state.granted.toString(),
       balance: state.balance.toString(),

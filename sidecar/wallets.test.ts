@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { addYaml, emptyResourceSet } from '../src/config/manifests.ts';
 import { Snapshot } from '../src/config/snapshot.ts';
-import { resolveWallet, type WalletPolicy } from './wallets.ts';
+import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
 
 const PLAN = `
 apiVersion: tollgate.dev/v1alpha1
@@ -38,12 +38,23 @@ function snapshotOf(walletIds: string[], endUserBase?: string): Snapshot {
 const LOCAL: WalletPolicy = { defaultWallet: undefined, allowWalletHeader: true };
 
 function resolutionError(snapshot: Snapshot, headers: Record<string, string>, policy: WalletPolicy): string {
+  return resolutionFailure(snapshot, headers, policy).message;
+}
+
+function resolutionFailure(snapshot: Snapshot, headers: Record<string, string>, policy: WalletPolicy): WalletResolutionError {
   try {
     resolveWallet(snapshot, headers, policy);
   } catch (error) {
-    return (error as Error).message;
+    if (error instanceof WalletResolutionError) return error;
+    throw error;
   }
   throw new Error('resolveWallet did not throw');
+}
+
+/** Returns the code and status of the error that resolveWallet throws. */
+function codeAndStatus(snapshot: Snapshot, headers: Record<string, string>, policy: WalletPolicy): [string, number] {
+  const error = resolutionFailure(snapshot, headers, policy);
+  return [error.code, error.status];
 }
 
 describe('resolveWallet', () => {
@@ -101,5 +112,28 @@ describe('resolveWallet', () => {
         `invalid x-tollgate-end-user "${id}": use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit`,
       );
     }
+  });
+
+  it('codes missing wallets as not found', () => {
+    const snapshot = snapshotOf(['default/platform', 'shop/main'], 'default/platform');
+    const pod: WalletPolicy = { defaultWallet: 'shop/platform', allowWalletHeader: false };
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'bob' }, LOCAL)).toEqual(['wallet_not_found', 403]);
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'acmee' }, LOCAL)).toEqual(['wallet_not_found', 403]);
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'other/acmee' }, LOCAL)).toEqual(['wallet_not_found', 403]);
+    expect(codeAndStatus(snapshot, {}, pod)).toEqual(['wallet_not_found', 403]);
+  });
+
+  it('codes forbidden wallets as not allowed', () => {
+    const snapshot = snapshotOf(['default/platform', 'default/main'], 'default/platform');
+    const pod: WalletPolicy = { defaultWallet: 'default/main', allowWalletHeader: false };
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'main', 'x-tollgate-end-user': 'bob' }, LOCAL)).toEqual(['wallet_not_allowed', 403]);
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'platform' }, pod)).toEqual(['wallet_not_allowed', 403]);
+  });
+
+  it('codes malformed headers as invalid', () => {
+    const snapshot = snapshotOf(['default/platform'], 'default/platform');
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'platform, main' }, LOCAL)).toEqual(['invalid_request', 400]);
+    expect(codeAndStatus(snapshot, { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'Bob' }, LOCAL)).toEqual(['invalid_request', 400]);
+    expect(codeAndStatus(snapshot, {}, LOCAL)).toEqual(['invalid_request', 400]);
   });
 });

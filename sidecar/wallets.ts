@@ -4,14 +4,24 @@ import type { CompiledWallet, Snapshot } from '../src/config/snapshot.ts';
 export const WALLET_HEADER = 'x-tollgate-wallet';
 export const END_USER_HEADER = 'x-tollgate-end-user';
 
-/** Why no wallet could pay: 403 when a wallet is missing or not allowed, 400 when the request's headers are malformed. */
+/** Error codes of WalletResolutionError, as the sidecar returns them. */
+export type WalletErrorCode = 'wallet_not_found' | 'wallet_not_allowed' | 'invalid_request';
+
+/**
+ * Why no wallet could pay, with the HTTP status: 403 when the wallet is
+ * missing (`wallet_not_found`) or the request may not use it
+ * (`wallet_not_allowed`), 400 when the request's headers are malformed
+ * (`invalid_request`).
+ */
 export class WalletResolutionError extends Error {
   override readonly name = 'WalletResolutionError';
+  readonly code: WalletErrorCode;
   readonly status: number;
 
-  constructor(message: string, status = 403) {
+  constructor(code: WalletErrorCode, message: string) {
     super(message);
-    this.status = status;
+    this.code = code;
+    this.status = code === 'invalid_request' ? 400 : 403;
   }
 }
 
@@ -30,7 +40,7 @@ export interface WalletPolicy {
 function single(headers: IncomingHttpHeaders, name: string): string | undefined {
   const raw = headers[name];
   const value = Array.isArray(raw) ? raw.join(', ') : raw;
-  if (value?.includes(',')) throw new WalletResolutionError(`the ${name} header was sent more than once ("${value}"); send it once`, 400);
+  if (value?.includes(',')) throw new WalletResolutionError('invalid_request', `the ${name} header was sent more than once ("${value}"); send it once`);
   return value;
 }
 
@@ -42,12 +52,12 @@ function single(headers: IncomingHttpHeaders, name: string): string | undefined 
 export function resolveWallet(snapshot: Snapshot, headers: IncomingHttpHeaders, policy: WalletPolicy): CompiledWallet {
   const named = single(headers, WALLET_HEADER);
   if (named !== undefined && !policy.allowWalletHeader) {
-    throw new WalletResolutionError(`the ${WALLET_HEADER} header is not allowed here: this sidecar bills its pod's wallet only`);
+    throw new WalletResolutionError('wallet_not_allowed', `the ${WALLET_HEADER} header is not allowed here: this sidecar bills its pod's wallet only`);
   }
 
   const baseId = named ?? policy.defaultWallet;
   if (baseId === undefined) {
-    throw new WalletResolutionError(`no wallet pays for this request: set the ${WALLET_HEADER} header or start the sidecar with a default wallet`, 400);
+    throw new WalletResolutionError('invalid_request', `no wallet pays for this request: set the ${WALLET_HEADER} header or start the sidecar with a default wallet`);
   }
   // The wallet header is allowed in local mode only, where every wallet belongs to the developer, so its error lists them.
   const base = lookup(snapshot, baseId, policy, policy.allowWalletHeader);
@@ -55,12 +65,15 @@ export function resolveWallet(snapshot: Snapshot, headers: IncomingHttpHeaders, 
   const endUser = single(headers, END_USER_HEADER);
   if (endUser === undefined) return base;
   if (!base.endUsersAllowed) {
-    throw new WalletResolutionError(`wallet "${base.id}" does not allow end-user wallets; set spec.endUsers.allowed to true to use the ${END_USER_HEADER} header`);
+    throw new WalletResolutionError(
+      'wallet_not_allowed',
+      `wallet "${base.id}" does not allow end-user wallets; set spec.endUsers.allowed to true to use the ${END_USER_HEADER} header`,
+    );
   }
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(endUser)) {
     throw new WalletResolutionError(
+      'invalid_request',
       `invalid ${END_USER_HEADER} "${endUser}": use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit`,
-      400,
     );
   }
   return lookup(snapshot, `${base.key.namespace}/${base.endUserPrefix}${endUser}`, policy, false);
@@ -83,11 +96,13 @@ function lookup(snapshot: Snapshot, id: string, policy: WalletPolicy, listKnown:
 
   const [walletNamespace = '', name = ''] = fullId.split('/');
   const create = `create a Wallet resource named "${name}" in namespace ${walletNamespace}`;
-  if (!listKnown) throw new WalletResolutionError(`wallet "${fullId}" not found; ${create}`, 403);
+  if (!listKnown) throw new WalletResolutionError('wallet_not_found', `wallet "${fullId}" not found; ${create}`);
 
   const known = listWalletNames(snapshot, walletNamespace);
-  if (known === undefined) throw new WalletResolutionError(`wallet "${fullId}" not found, and namespace ${walletNamespace} has no wallets; ${create}`, 403);
-  throw new WalletResolutionError(`wallet "${fullId}" not found; use one of the wallets in namespace ${walletNamespace} (${known}) or ${create}`, 403);
+  if (known === undefined) {
+    throw new WalletResolutionError('wallet_not_found', `wallet "${fullId}" not found, and namespace ${walletNamespace} has no wallets; ${create}`);
+  }
+  throw new WalletResolutionError('wallet_not_found', `wallet "${fullId}" not found; use one of the wallets in namespace ${walletNamespace} (${known}) or ${create}`);
 }
 
 /**

@@ -109,7 +109,7 @@ spec:
 /** What one round of sendRound adds to tollgate_requests_total, by outcome. */
 const ROUND_OUTCOMES = { admitted: 7, denied: 6, upstream_error: 1 };
 /** What one round of sendRound adds to tollgate_denials_total, by reason. The counts add up to the denied outcome. */
-const ROUND_DENIALS = { insufficient_funds: 2, max_per_request: 1, request_id_conflict: 1, unknown_model: 1, wallet_not_allowed: 1 };
+const ROUND_DENIALS = { insufficient_funds: 2, max_per_request: 1, request_id_conflict: 1, unknown_model: 1, wallet_not_found: 1 };
 /** Requests per round, of every outcome. */
 const ROUND_REQUESTS = ROUND_OUTCOMES.admitted + ROUND_OUTCOMES.denied + ROUND_OUTCOMES.upstream_error;
 
@@ -401,7 +401,7 @@ async function sendRound(round: number): Promise<void> {
 
   const noWallet = await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 16 }, { 'x-tollgate-wallet': `${NAMESPACE}/nobody` });
   expect(noWallet.status).toBe(403);
-  expect(JSON.parse(noWallet.text).error.code).toBe('wallet_not_allowed');
+  expect(JSON.parse(noWallet.text).error.code).toBe('wallet_not_found');
 
   const idempotent = { 'x-tollgate-wallet': `${NAMESPACE}/main`, 'idempotency-key': `round-${round}` };
   expect((await postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages, max_tokens: 16 }, idempotent)).status).toBe(200);
@@ -659,6 +659,7 @@ describe('dashboard series', () => {
       'unknown_model',
       'wallet_closed',
       'wallet_not_allowed',
+      'wallet_not_found',
     ]);
     expect(await labelsOf('enforcement.json', 'Requests billed on estimated usage', ['reason'])).toEqual(['missing_usage']);
   });
@@ -672,7 +673,8 @@ describe('dashboard series', () => {
       request_id_conflict: ROUND_DENIALS.request_id_conflict * rounds,
       unknown_model: ROUND_DENIALS.unknown_model * rounds,
       wallet_closed: 0,
-      wallet_not_allowed: ROUND_DENIALS.wallet_not_allowed * rounds,
+      wallet_not_allowed: 0,
+      wallet_not_found: ROUND_DENIALS.wallet_not_found * rounds,
     });
   });
 

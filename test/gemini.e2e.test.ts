@@ -147,7 +147,8 @@ describe('official @google/genai client through the sidecar', () => {
       .catch((error: unknown) => error);
     expect(failure).toBeInstanceOf(ApiError);
     expect((failure as ApiError).status).toBe(402);
-    expect((failure as Error).message).toContain('is out of funds');
+    // The SDK's message is the JSON error body, so the quotes around the wallet are escaped.
+    expect((failure as Error).message).toContain('has insufficient funds for this request: it may cost up to');
   });
 });
 
@@ -248,7 +249,7 @@ describe('Gemini enforcement', () => {
     const error = JSON.parse(result.text).error;
     expect(error.code).toBe(402);
     expect(error.status).toBe('RESOURCE_EXHAUSTED');
-    expect(error.message).toContain('wallet "default/poor" is out of funds');
+    expect(error.message).toContain('wallet "default/poor" has insufficient funds for this request');
     expect(error.details).toEqual([{ '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: 'INSUFFICIENT_FUNDS', domain: 'tollgate.dev' }]);
     expect(upstreamCount()).toBe(upstreamBefore);
 

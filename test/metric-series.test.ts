@@ -98,7 +98,7 @@ describe('metric series before the first request', () => {
       'tollgate_requests_total{route="openai",model="gpt-4o-mini",outcome="denied"} 0',
     ]);
     const denials = await series('tollgate_denials_total');
-    expect(denials).toHaveLength(8);
+    expect(denials).toHaveLength(9);
     expect(denials).toContain('tollgate_denials_total{route="openai",reason="insufficient_funds"} 0');
 
     const response = await chat('team', 'gpt-4o-mini');

@@ -83,7 +83,7 @@ describe('request log', () => {
     expect(await chat('gpt-4o-mini', 'nobody')).toBe(403);
     const rejected = linesWith('request rejected');
     expect(rejected).toHaveLength(2);
-    expect(rejected[1]!['code']).toBe('wallet_not_allowed');
+    expect(rejected[1]!['code']).toBe('wallet_not_found');
     expect(linesWith('request settled')).toHaveLength(1);
   });
 

@@ -57,7 +57,7 @@ spec:
         fee-model: { input: "0", output: "0", perRequest: "0.004" }
         text-embedding-3-small: { input: "0.02", output: "0" }
         claude-sonnet-4-5: { input: "3.00", cacheWrite5m: "3.75", cachedInput: "0.30", output: "15.00" }
-${['main:100.00', 'drain:0.10', 'drain-anthropic:0.05', 'crowd:0', 'c9:5.000000', 'c10:0.01', 'c10-auto:0.01', 'c15:10.00', 'bad:1.00']
+${['main:100.00', 'drain:0.10', 'drain-anthropic:0.05', 'thin:0.008', 'crowd:0', 'c9:5.000000', 'c10:0.01', 'c10-auto:0.01', 'c15:10.00', 'bad:1.00']
   .map((entry) => {
     const [name, amount] = entry.split(':');
     return `---
@@ -370,7 +370,7 @@ describe('draining a wallet', () => {
     expect(served).toBeGreaterThanOrEqual(3);
     expect(refusal).toBeInstanceOf(OpenAI.APIError);
     expect((refusal as InstanceType<typeof OpenAI.APIError>).status).toBe(402);
-    expect((refusal as Error).message).toContain('is out of funds');
+    expect((refusal as Error).message).toMatch(/^402 wallet "default\/drain" has insufficient funds for this request: it may cost up to [0-9.]+ USD, but only [0-9.]+ USD is available; /);
 
     const state = await stack.ledger.state(walletKey('drain'));
     expect(state.spent).toBe(expectedSpent);
@@ -388,7 +388,25 @@ describe('draining a wallet', () => {
       .catch((error: unknown) => error);
     expect(failure).toBeInstanceOf(Anthropic.APIError);
     expect((failure as InstanceType<typeof Anthropic.APIError>).status).toBe(402);
-    expect((failure as Error).message).toContain('is out of funds');
+    // The body adds 0.00000375 USD per byte (the cache write rate, the dearest prompt rate) to the 0.06 of the output limit,
+    // and the body with one output token would fit.
+    expect((failure as Error).message).toMatch(
+      /^402 wallet "default\/drain-anthropic" has insufficient funds for this request: it may cost up to 0\.060\d+ USD, but only 0\.05 USD is available; top up the wallet or lower the output limit\b/,
+    );
+    expect(upstreamCount()).toBe(upstreamBefore);
+  });
+
+  it('advises only a top-up when no request fits', async () => {
+    // The shortest drain-model request with a limit, {"model":"drain-model","messages":[{"role":"user","content":"x"}],"max_tokens":1},
+    // has 81 bytes at 0.0001 USD and one output token at 0.0004 USD. Its hold of 0.0085 USD is more than the 0.008 USD of the wallet.
+    // This body has 180 bytes, so its hold is 0.018 USD plus 0.0004 USD.
+    const upstreamBefore = upstreamCount();
+    const body = { model: 'drain-model', messages: [{ role: 'user', content: 'x'.repeat(100) }], max_tokens: 1 };
+    const result = await countedDenial('insufficient_funds', 'drain-model', () => postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'thin' }));
+    expect(result.status).toBe(402);
+    const error = JSON.parse(result.text).error;
+    expect(error.code).toBe('insufficient_funds');
+    expect(error.message).toBe('wallet "default/thin" has insufficient funds for this request: it may cost up to 0.0184 USD, but only 0.008 USD is available; top up the wallet');
     expect(upstreamCount()).toBe(upstreamBefore);
   });
 });
@@ -479,7 +497,9 @@ describe('field cases', () => {
     const body = { model: 'c10-model', messages: [{ role: 'user', content: 'c10' }], max_tokens: 1000 };
     const result = await postJson('/openai/v1/chat/completions', body, { 'x-tollgate-wallet': 'c10' });
     expect(result.status).toBe(402);
-    expect(JSON.parse(result.text).error.message).toContain('may cost up to 0.05');
+    expect(JSON.parse(result.text).error.message).toBe(
+      'wallet "default/c10" has insufficient funds for this request: it may cost up to 0.05 USD, but only 0.01 USD is available; top up the wallet or lower the output limit',
+    );
     expect(upstreamCount()).toBe(upstreamBefore);
     const state = await stack.ledger.state(walletKey('c10'));
     expect(state.balance).toBe(parseAmount('0.01'));
@@ -671,6 +691,22 @@ describe('request ids and end users', () => {
     );
     expect(refused.status).toBe(403);
     expect(JSON.parse(refused.text).error.message).toContain('does not allow end-user wallets');
+
+    // An end user without a Wallet of its own gets the same code and status as any missing wallet.
+    const missing = await countedDenial('wallet_not_found', 'unknown', () =>
+      postJson(
+        '/openai/v1/chat/completions',
+        { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'end user' }], max_tokens: 5 },
+        { 'x-tollgate-wallet': 'platform', 'x-tollgate-end-user': 'bob' },
+      ),
+    );
+    expect(missing.status).toBe(403);
+    expect(JSON.parse(missing.text).error).toEqual({
+      message: 'wallet "default/user-bob" not found; create a Wallet resource named "user-bob" in namespace default',
+      type: 'invalid_request_error',
+      code: 'wallet_not_found',
+      param: null,
+    });
     await stack.reconfigure(MANIFESTS);
   });
 });
@@ -717,7 +753,7 @@ describe('bad input', () => {
       () => postJson('/openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }, { 'x-tollgate-wallet': 'acmee' }),
       403,
       'wallet "default/acmee" not found; use one of the wallets in namespace default ' +
-        '(bad, c10, c10-auto, c15, c9, capped, capped-monthly, crowd, drain, drain-anthropic, main) ' +
+        '(bad, c10, c10-auto, c15, c9, capped, capped-monthly, crowd, drain, drain-anthropic, main, thin) ' +
         'or create a Wallet resource named "acmee" in namespace default',
     );
   });

@@ -32,6 +32,15 @@ describe('formatAmount', () => {
     expect(formatAmount(-40_000_000n)).toBe('-0.04');
     expect(formatAmount(0n)).toBe('0.00');
   });
+
+  it('formats the shortest exact form without a minimum', () => {
+    expect(formatAmount(12_500_000_000n, 0)).toBe('12.5');
+    expect(formatAmount(141_000n, 0)).toBe('0.000141');
+    expect(formatAmount(1n, 0)).toBe('0.000000001');
+    expect(formatAmount(-40_000_000n, 0)).toBe('-0.04');
+    expect(formatAmount(3_000_000_000n, 0)).toBe('3');
+    expect(formatAmount(0n, 0)).toBe('0');
+  });
 });
 
 describe('divCeil', () => {

@@ -104,7 +104,7 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
       name: 'tollgate_denials_total',
       help:
         'Requests denied by policy before reaching the provider, by reason: insufficient_funds, max_per_request, daily_limit, monthly_limit, ' +
-        'wallet_closed, wallet_not_allowed, unknown_model or request_id_conflict. Each is also counted once in tollgate_requests_total with outcome "denied", ' +
+        'wallet_closed, wallet_not_found, wallet_not_allowed, unknown_model or request_id_conflict. Each is also counted once in tollgate_requests_total with outcome "denied", ' +
         'so the denial rate is sum(tollgate_denials_total) / sum(tollgate_requests_total).',
       labelNames: ['route', 'reason'],
       registers,
