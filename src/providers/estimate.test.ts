@@ -45,6 +45,35 @@ describe('estimatePromptFromBody', () => {
     expect(estimatePromptFromBody(body)).toBe(7);
   });
 
+  it('leaves out Responses API settings', () => {
+    const body = {
+      model: 'gpt-5',
+      include: ['reasoning.encrypted_content', 'message.output_text.logprobs'],
+      reasoning: { effort: 'high', summary: 'detailed' },
+      truncation: 'auto',
+      prompt_cache_retention: '24h',
+      input: 'Tell me a long story.',
+    };
+    expect(estimatePromptFromBody(body)).toBe(6);
+  });
+
+  it('counts Responses instructions, input items and files', () => {
+    const body = {
+      instructions: 'Be brief.',
+      input: [
+        {
+          role: 'user',
+          content: [
+            { type: 'input_text', text: 'abcdefgh' },
+            { type: 'input_file', filename: 'a.pdf', file_data: `data:application/pdf;base64,${'A'.repeat(4000)}` },
+          ],
+        },
+      ],
+    };
+    // "Be brief." 3, user 1, input_text 3, abcdefgh 2, input_file 3, a.pdf 2; the file's data URL counts nothing
+    expect(estimatePromptFromBody(body)).toBe(14);
+  });
+
   it('counts system prompts, content parts and tools', () => {
     const body = {
       system: [{ type: 'text', text: 'Be brief.' }],

@@ -24,9 +24,11 @@ const BATCH_CHARS = 8192;
  * the body's length bounds the tokens of the text it carries.
  *
  * NOTE: content the provider fetches or expands is not bounded by the body:
- * images, documents and files given by URL or file id, audio input, and the
- * system prompt some providers add when tools are defined. Such requests can
- * use more prompt tokens than this.
+ * images, documents and files given by URL or file id, audio input, the
+ * system prompt some providers add when tools are defined, and the results of
+ * tools the provider runs itself (the Responses API's web_search, file_search,
+ * MCP and code_interpreter tools). Such requests can use more prompt tokens
+ * than this.
  */
 export function estimatePromptTokens(bodyBytes: number): number {
   return wholeTokens(bodyBytes);
@@ -53,8 +55,23 @@ export function estimateTokensFromText(text: string): number {
   return Math.ceil(ascii / 4) + other;
 }
 
-/** Top-level request fields whose text is not sent to the model: the model name and fields for the caller's own records. */
-const NON_PROMPT_FIELDS = new Set(['model', 'metadata', 'user', 'safety_identifier', 'prompt_cache_key', 'service_tier']);
+/**
+ * Top-level request fields whose text is not sent to the model: the model
+ * name, fields for the caller's own records, and the Responses API's
+ * settings that name options rather than carry text.
+ */
+const NON_PROMPT_FIELDS = new Set([
+  'model',
+  'metadata',
+  'user',
+  'safety_identifier',
+  'prompt_cache_key',
+  'service_tier',
+  'include',
+  'reasoning',
+  'truncation',
+  'prompt_cache_retention',
+]);
 
 /**
  * Returns an estimate of the prompt tokens of a parsed request body, for

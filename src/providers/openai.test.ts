@@ -120,13 +120,16 @@ describe('OpenAIAdapter.inspect', () => {
   it('rejects an endpoint it cannot meter', () => {
     let error: unknown;
     try {
-      openai.inspect('/v1/responses', { model: 'm' });
+      openai.inspect('/v1/completions', { model: 'm' });
     } catch (caught) {
       error = caught;
     }
     expect(error).toBeInstanceOf(InvalidRequestError);
     expect((error as InvalidRequestError).status).toBe(404);
     expect((error as InvalidRequestError).code).toBe('unsupported_endpoint');
+    expect((error as InvalidRequestError).message).toBe(
+      'unsupported endpoint /v1/completions: this route meters only /v1/chat/completions, /v1/responses and /v1/embeddings',
+    );
   });
 });
 

@@ -10,12 +10,14 @@ import {
 } from './adapter.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
 import { FinishReasons, isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
+import { isResponsesRequest, prepareResponsesBody, readResponsesRequest, responsesUsageFromJson, ResponsesStreamMeter } from './openai-responses.ts';
 import { SseSplitter, type SseEvent } from './sse.ts';
 
 /**
- * Adapter for the OpenAI Chat Completions and Embeddings APIs, and for
- * servers that copy them (`openai-compatible`: vLLM, llama.cpp, Ollama,
- * DeepSeek and others).
+ * Adapter for the OpenAI Chat Completions, Responses and Embeddings APIs,
+ * and for servers that copy them (`openai-compatible`: vLLM, llama.cpp,
+ * Ollama, DeepSeek and others). The Responses API is read in
+ * openai-responses.ts.
  */
 
 type OpenAIProtocol = 'openai' | 'openai-compatible';
@@ -50,9 +52,10 @@ export class OpenAIAdapter implements ProviderAdapter {
   inspect(path: string, body: Record<string, unknown>): RequestInfo {
     const endpoint = pathOnly(path);
     if (endpoint.endsWith('/embeddings')) return readOpenAIRequest('embeddings', requireModel(body), body);
+    if (endpoint.endsWith('/responses')) return readResponsesRequest(requireModel(body), body);
     if (!endpoint.endsWith('/chat/completions')) {
       throw new InvalidRequestError(
-        `unsupported endpoint ${endpoint}: this route meters only /v1/chat/completions and /v1/embeddings`,
+        `unsupported endpoint ${endpoint}: this route meters only /v1/chat/completions, /v1/responses and /v1/embeddings`,
         404,
         'unsupported_endpoint',
       );
@@ -61,6 +64,7 @@ export class OpenAIAdapter implements ProviderAdapter {
   }
 
   prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
+    if (isResponsesRequest(info)) return prepareResponsesBody(body, changes);
     if (info.operation !== 'chat' || (!info.stream && changes.maxOutputTokens === undefined)) return body;
     const prepared: Record<string, unknown> = { ...body };
 
@@ -83,6 +87,7 @@ export class OpenAIAdapter implements ProviderAdapter {
   }
 
   usageFromJson(body: unknown, info: RequestInfo, promptEstimate: number): { usage: Usage; complete: boolean } {
+    if (isResponsesRequest(info)) return responsesUsageFromJson(body, promptEstimate);
     const prompt = wholeTokens(promptEstimate);
     const usage = isRecord(body) ? body['usage'] : undefined;
 
@@ -101,6 +106,7 @@ export class OpenAIAdapter implements ProviderAdapter {
   }
 
   createStreamMeter(info: RequestInfo, promptEstimate: number): StreamMeter {
+    if (isResponsesRequest(info)) return new ResponsesStreamMeter(promptEstimate);
     return new OpenAIStreamMeter(!info.clientWantsStreamUsage, wholeTokens(promptEstimate));
   }
 

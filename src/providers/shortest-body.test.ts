@@ -20,6 +20,12 @@ describe('shortestBodyBytes', () => {
     expect(shortestBodyBytes('gemini', info('embeddings'))).toBe('{"content":{"parts":[{"text":"x"}]}}'.length);
   });
 
+  it('measures a Responses API body with its own input and limit fields', () => {
+    const responses = (maxOutputTokens?: number) => ({ ...info('chat', maxOutputTokens), api: 'responses' }) as RequestInfo;
+    expect(shortestBodyBytes('openai', responses())).toBe('{"model":"m1","input":"x"}'.length);
+    expect(shortestBodyBytes('openai', responses(500))).toBe('{"model":"m1","input":"x","max_output_tokens":16}'.length);
+  });
+
   it('always sets the output limit Anthropic requires', () => {
     expect(shortestBodyBytes('anthropic', info('chat'))).toBe('{"model":"m1","max_tokens":1,"messages":[{"role":"user","content":"x"}]}'.length);
   });

@@ -1,12 +1,13 @@
 import type { Protocol, RequestInfo } from './adapter.ts';
+import { isResponsesRequest } from './openai-responses.ts';
 
 /**
  * Returns the byte length of the shortest body that the route's endpoint
  * accepts for this operation. It has a one-character prompt, and the model
  * unless the protocol names it in the path (Azure, Gemini). It sets an
  * output limit of 1 when the request sets a limit, and always for Anthropic,
- * which requires one. OpenAI-style bodies use max_tokens, the shorter of the
- * two limit fields.
+ * which requires one. OpenAI-style chat bodies use max_tokens, the shorter of
+ * the two limit fields, and Responses API bodies max_output_tokens.
  */
 export function shortestBodyBytes(protocol: Protocol, info: RequestInfo): number {
   const prompt = 'x';
@@ -17,7 +18,12 @@ export function shortestBodyBytes(protocol: Protocol, info: RequestInfo): number
   switch (protocol) {
     case 'openai':
     case 'openai-compatible':
-      body = embeddings ? { model: info.model, input: prompt } : { model: info.model, messages, ...limit };
+      if (isResponsesRequest(info)) {
+        // The Responses API takes the prompt as a string, and no output limit below 16.
+        body = { model: info.model, input: prompt, ...(info.maxOutputTokens === undefined ? {} : { max_output_tokens: 16 }) };
+      } else {
+        body = embeddings ? { model: info.model, input: prompt } : { model: info.model, messages, ...limit };
+      }
       break;
     case 'azure-openai':
       body = embeddings ? { input: prompt } : { messages, ...limit };

@@ -1,13 +1,14 @@
 /**
  * A provider simulator for tests, benchmarks and local mode: a plain HTTP
- * server that serves OpenAI Chat Completions and Embeddings, the same on
- * Azure OpenAI's deployment and v1 paths, Anthropic Messages, and Gemini
+ * server that serves OpenAI Chat Completions, Responses and Embeddings
+ * (Chat Completions and Embeddings also on Azure OpenAI's deployment and v1
+ * paths), Anthropic Messages, and Gemini
  * generateContent, streamGenerateContent (alt=sse), embedContent and
  * batchEmbedContents requests, JSON and streamed, with deterministic text
  * and usage.
  *
  * It serves POST on the providers' exact paths only: `/v1/chat/completions`,
- * `/v1/embeddings`, `/v1/messages`, `/{v1,v1beta,v1alpha}/models/{model}:{method}`,
+ * `/v1/responses`, `/v1/embeddings`, `/v1/messages`, `/{v1,v1beta,v1alpha}/models/{model}:{method}`,
  * `/openai/deployments/{deployment}/{chat/completions,embeddings}` and
  * `/openai/v1/{chat/completions,embeddings}`. Any other path or method gets
  * a 404 in the format of the provider it looks meant for, as the real

@@ -27,7 +27,7 @@ export interface SimProvider {
 
 /** One simulated endpoint. */
 export interface SimEndpoint {
-  readonly name: 'chat' | 'embeddings' | 'messages' | 'generateContent' | 'embedContent';
+  readonly name: 'chat' | 'responses' | 'embeddings' | 'messages' | 'generateContent' | 'embedContent';
   readonly provider: SimProvider;
   /** Builds the response. `url` is the request URL, which names the model and method of Gemini requests. */
   respond(body: Record<string, unknown>, controls: Controls, id: string, url: URL): SimResponse;

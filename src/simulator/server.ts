@@ -7,6 +7,7 @@ import { InvalidControlError, readControls, type Controls } from './controls.ts'
 import { geminiEndpointFor, geminiProvider, looksLikeGeminiPath } from './gemini.ts';
 import { chatCompletionsEndpoint, embeddingsEndpoint, openaiProvider } from './openai.ts';
 import type { SimEndpoint, SimProvider, SimResponse } from './response.ts';
+import { responsesEndpoint } from './responses.ts';
 
 export interface SimulatorOptions {
   /** Port to listen on. The default, 0, picks a free one. */
@@ -63,7 +64,7 @@ function emptyStats(): SimulatorStats {
   return {
     requests: 0,
     unauthorized: 0,
-    byEndpoint: { chat: 0, embeddings: 0, messages: 0, generateContent: 0, embedContent: 0, other: 0 },
+    byEndpoint: { chat: 0, responses: 0, embeddings: 0, messages: 0, generateContent: 0, embedContent: 0, other: 0 },
     lastRequest: undefined,
     lastCredential: undefined,
     lastHeaders: undefined,
@@ -89,6 +90,8 @@ function endpointFor(method: string | undefined, path: string, azure: ReturnType
   switch (path) {
     case '/v1/chat/completions':
       return chatCompletionsEndpoint;
+    case '/v1/responses':
+      return responsesEndpoint;
     case '/v1/embeddings':
       return embeddingsEndpoint;
     case '/v1/messages':

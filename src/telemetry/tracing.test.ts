@@ -26,6 +26,18 @@ describe('responseAttributes', () => {
     });
   });
 
+  it('reads OpenAI Responses API objects', () => {
+    const response = { id: 'resp_1', object: 'response', model: 'gpt-4.1-mini-2025-04-14', status: 'completed', incomplete_details: null, output: [] };
+    expect(responseAttributes(response)).toEqual({
+      'gen_ai.response.id': 'resp_1',
+      'gen_ai.response.model': 'gpt-4.1-mini-2025-04-14',
+      'gen_ai.response.finish_reasons': ['completed'],
+    });
+    const incomplete = { ...response, status: 'incomplete', incomplete_details: { reason: 'max_output_tokens' } };
+    expect(responseAttributes(incomplete)['gen_ai.response.finish_reasons']).toEqual(['max_output_tokens']);
+    expect(responseAttributes({ ...response, status: undefined })).not.toHaveProperty('gen_ai.response.finish_reasons');
+  });
+
   it('leaves out what a body lacks', () => {
     expect(responseAttributes({ object: 'list', data: [{ embedding: [0.1] }], model: 'text-embedding-3-small' })).toEqual({ 'gen_ai.response.model': 'text-embedding-3-small' });
     expect(responseAttributes(undefined)).toEqual({});

@@ -58,8 +58,10 @@ export const GEN_AI = {
  * finish reasons from a provider's JSON response body, as GenAI span
  * attributes. Each provider
  * names them differently: OpenAI and Azure (id, model,
- * choices[].finish_reason), Anthropic (id, model, stop_reason) and Gemini
- * (responseId, modelVersion, candidates[].finishReason). Fields a body lacks
+ * choices[].finish_reason), the OpenAI Responses API (id, model, and
+ * incomplete_details.reason or else status), Anthropic (id, model,
+ * stop_reason) and Gemini (responseId, modelVersion,
+ * candidates[].finishReason). Fields a body lacks
  * are left out. For streamed responses, see responseMetadataAttributes.
  */
 export function responseAttributes(body: unknown): Attributes {
@@ -73,6 +75,12 @@ export function responseAttributes(body: unknown): Attributes {
 
   const reasons: string[] = [];
   if (typeof record['stop_reason'] === 'string') reasons.push(record['stop_reason']);
+  if (record['object'] === 'response') {
+    // A Responses API object: why it is incomplete when it is, else its status.
+    const details = record['incomplete_details'] as Record<string, unknown> | null | undefined;
+    const reason = details?.['reason'] ?? record['status'];
+    if (typeof reason === 'string') reasons.push(reason);
+  }
   for (const choice of Array.isArray(record['choices']) ? record['choices'] : Array.isArray(record['candidates']) ? record['candidates'] : []) {
     const reason = (choice as Record<string, unknown> | null)?.['finish_reason'] ?? (choice as Record<string, unknown> | null)?.['finishReason'];
     if (typeof reason === 'string') reasons.push(reason);
