@@ -690,19 +690,115 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         // The hold outlives the sweep below.
         expect(await ledger.reserve(wallet, 'held', longHold(250n))).toMatchObject({ status: 'reserved', amount: 250n });
 
-        // balance 400 - reserved 250 leaves 150 of the promo's 300 to take back.
+        // The hold draws on the promo first, so 250 of it waits for the hold and 50 lapses; the paid 100 stays free.
         await ledger.sweep(wallet, expiresAtMs);
         let state = await ledger.state(wallet);
-        expect(state.expired).toBe(150n);
-        expect(state.balance).toBe(250n);
+        expect(state.expired).toBe(50n);
+        expect(state.balance).toBe(350n);
         expect(state.reserved).toBe(250n);
-        expect(state.available).toBe(0n);
+        expect(state.available).toBe(100n);
 
+        // The promo pays the whole charge, and nothing is left of it to lapse.
         expect(await ledger.commit(wallet, 'held', usage(250n))).toEqual({ status: 'committed', charged: 250n, released: 0n, replayed: false });
         state = await ledger.state(wallet);
-        expect(state.balance).toBe(0n);
+        expect(state.balance).toBe(100n);
+        expect(state.expired).toBe(50n);
         expect(state.spent).toBe(250n);
-        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 400n, spent: 250n, expired: 150n, entries: 4, problems: [] });
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 400n, spent: 250n, expired: 50n, entries: 4, problems: [] });
+      });
+
+      it('lapses what a covering hold did not charge when it settles', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 100n);
+        await ledger.credit(wallet, 'promo', 300n, { expiresAtMs });
+        await ledger.reserve(wallet, 'held', longHold(250n));
+        await ledger.sweep(wallet, expiresAtMs);
+
+        // A hold placed after the expiry is paid from the paid funds, and covers no lapsed grant.
+        expect(await ledger.reserve(wallet, 'after', longHold(100n))).toMatchObject({ status: 'reserved', amount: 100n });
+        expect(await ledger.commit(wallet, 'held', usage(30n))).toEqual({ status: 'committed', charged: 30n, released: 220n, replayed: false });
+        let state = await ledger.state(wallet);
+        expect(state.spent).toBe(30n);
+        expect(state.expired).toBe(270n);
+        expect(state.balance).toBe(100n);
+        expect(state.available).toBe(0n);
+
+        // Settling the later hold lapses nothing more.
+        await ledger.commit(wallet, 'after', usage(100n));
+        state = await ledger.state(wallet);
+        expect(state.expired).toBe(270n);
+        expect(state.balance).toBe(0n);
+
+        const entries: Record<string, string>[] = [];
+        for await (const entry of ledger.entries(wallet)) entries.push(entry.fields);
+        expect(entries.filter((fields) => fields['type'] === 'expire')).toEqual([
+          { type: 'expire', id: 'promo', amount: '50' },
+          { type: 'expire', id: 'promo', amount: '220' },
+        ]);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 400n, spent: 130n, expired: 270n, entries: 6, problems: [] });
+      });
+
+      it('lapses the whole cover of a released hold', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'promo', 300n, { expiresAtMs });
+        await ledger.reserve(wallet, 'held', longHold(250n));
+        await ledger.sweep(wallet, expiresAtMs);
+        expect((await ledger.state(wallet)).expired).toBe(50n);
+
+        expect(await ledger.release(wallet, 'held')).toEqual({ status: 'released', amount: 250n });
+        const state = await ledger.state(wallet);
+        expect(state.expired).toBe(300n);
+        expect(state.balance).toBe(0n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 300n, spent: 0n, expired: 300n, entries: 3, problems: [] });
+      });
+
+      it('settles the cover of holds the sweeper expires', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'promo', 100n, { expiresAtMs });
+        // Both holds expire two hours after the promo.
+        await ledger.reserve(wallet, 'answered', fixedHold(60n, { ttlSeconds: 3 * 3600 }));
+        await ledger.reserve(wallet, 'silent', fixedHold(70n, { ttlSeconds: 3 * 3600 }));
+        await ledger.sweep(wallet, expiresAtMs);
+        expect((await ledger.state(wallet)).expired).toBe(0n);
+
+        // Flagging the answer after the lapse keeps the hold's cover.
+        await ledger.markAnswered(wallet, 'answered');
+        expect(await ledger.sweep(wallet, expiresAtMs + 3 * HOUR_MS)).toEqual({ released: 1, charged: 1 });
+        const state = await ledger.state(wallet);
+        // The promo paid the expire-charge of 60, and its other 40 lapsed; the paid grant is whole.
+        expect(state.spent).toBe(60n);
+        expect(state.expired).toBe(40n);
+        expect(state.balance).toBe(1000n);
+        expect(state.reserved).toBe(0n);
+        expect((await ledger.verify(wallet)).ok).toBe(true);
+      });
+
+      it('covers grants that lapse at different times with the holds open at each', async () => {
+        const wallet = newWallet();
+        const earlyMs = Date.now() + HOUR_MS;
+        const lateMs = earlyMs + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'early', 100n, { expiresAtMs: earlyMs });
+        await ledger.credit(wallet, 'late', 100n, { expiresAtMs: lateMs });
+        await ledger.reserve(wallet, 'held', longHold(150n));
+
+        // At the first expiry the hold covers all of "early"; at the second, the 50 it has left covers half of "late".
+        await ledger.sweep(wallet, earlyMs);
+        expect((await ledger.state(wallet)).expired).toBe(0n);
+        await ledger.sweep(wallet, lateMs);
+        expect((await ledger.state(wallet)).expired).toBe(50n);
+
+        // A charge of 120 takes all of "early" and 20 of "late", whose other 30 lapses.
+        await ledger.commit(wallet, 'held', usage(120n));
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(120n);
+        expect(state.expired).toBe(80n);
+        expect(state.balance).toBe(1000n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1200n, spent: 120n, expired: 80n, entries: 7, problems: [] });
       });
 
       it('takes back nothing from an overdrawn wallet', async () => {

@@ -50,6 +50,8 @@ interface Hold {
   units: number;
   expiresAtMs: number;
   answered: boolean;
+  /** Whether the hold was open when grants lapsed, so that it covers their rest (see lapseGrants). */
+  covers: boolean;
   /** Period counters the hold was added to, so that settling it adjusts the same ones. */
   day: string;
   month: string;
@@ -98,6 +100,10 @@ interface Account {
   expiring: ExpiringGrant[];
   /** The value of `spent` up to which charges are attributed to the expiring grants. */
   attributed: bigint;
+  /** Rests of lapsed grants that covering holds may still be charged from, in order of expiry (see lapseGrants). */
+  lapsing: { id: string; amount: bigint }[];
+  /** What the covering holds still hold. */
+  lapsingHeld: bigint;
   /**
    * The stream entries after the checkpoint, oldest first, with the same id
    * scheme and the same fields, in the same order, as the Redis ledger's.
@@ -201,6 +207,7 @@ export class MemoryLedger implements Ledger {
       units: admission.units,
       expiresAtMs,
       answered: false,
+      covers: false,
       day: periods.day,
       month: periods.month,
       fingerprint: hold.fingerprint,
@@ -231,6 +238,7 @@ export class MemoryLedger implements Ledger {
       account.reserved -= open.amount;
       debit(account, requestId, charged, entry, nowMs);
       addToPeriods(account, open.day, open.month, charged - open.amount);
+      if (open.covers) settleCover(account, open.amount, charged, nowMs);
       account.settled.set(requestId, { state: 'committed', charged, released, day: open.day, month: open.month, fingerprint: open.fingerprint });
       return { status: 'committed', charged, released, replayed: false };
     }
@@ -263,6 +271,7 @@ export class MemoryLedger implements Ledger {
       account.due.set(requestId, deadline);
       account.reserved -= open.amount;
       addToPeriods(account, open.day, open.month, -open.amount);
+      if (open.covers) settleCover(account, open.amount, 0n, this.#now());
       account.settled.set(requestId, { state: 'released', charged: 0n, released: open.amount, day: open.day, month: open.month, fingerprint: open.fingerprint });
       return { status: 'released', amount: open.amount };
     }
@@ -375,6 +384,8 @@ export class MemoryLedger implements Ledger {
         due: new DueIndex(),
         grants: new Map(),
         expiring: [],
+        lapsing: [],
+        lapsingHeld: 0n,
         attributed: 0n,
         log: [],
         lastEntry: { ms: -1, sequence: -1 },
@@ -467,6 +478,7 @@ function settleExpired(account: Account, nowMs: number, limit: number, retention
       account.settled.set(requestId, { ...settled, state: 'expired', released: hold.amount });
       result.released += 1;
     }
+    if (hold.covers) settleCover(account, hold.amount, hold.answered ? hold.amount : 0n, clockMs);
   }
   return result;
 }
@@ -544,23 +556,80 @@ function attributeCharges(account: Account): void {
 
 /**
  * Lapses the live grants whose expiry is at or before `nowMs`, earliest
- * first, after attributing the charges so far. Each takes back what is left
- * of it, but no more than the balance beyond the open holds. `clockMs` is the
- * ledger's clock, for the ids of the entries.
+ * first, after attributing the charges so far. Open holds may still be
+ * charged from a grant's rest, so they cover it first: holds draw on
+ * expiring grants before other funds, earliest expiry first, and each grant
+ * gets the part of `reserved` that earlier lapsed grants do not hold yet.
+ * What the holds do not cover is taken back now, but no more than the
+ * balance beyond the open holds. The covered part waits in
+ * `account.lapsing`, every open hold is flagged as covering it, and
+ * settleCover lapses it as those holds settle. `clockMs` is the ledger's
+ * clock, for the ids of the entries.
  */
 function lapseGrants(account: Account, nowMs: number, clockMs: number): void {
   const first = account.expiring[0];
   if (first === undefined || first.expiresAtMs > nowMs) return;
 
   attributeCharges(account);
+  let cover = account.reserved - sum(account.lapsing.map((grant) => grant.amount));
+  let covered = false;
   while (account.expiring[0] !== undefined && account.expiring[0].expiresAtMs <= nowMs) {
     const grant = account.expiring.shift()!;
-    const free = balanceOf(account) - account.reserved;
-    let takenBack = grant.remaining < free ? grant.remaining : free;
-    if (takenBack < 0n) takenBack = 0n;
+    const coveredPart = maxOf(0n, minOf(grant.remaining, cover));
+    cover -= coveredPart;
+    const free = maxOf(0n, balanceOf(account) - account.reserved);
+    const takenBack = minOf(grant.remaining - coveredPart, free);
+    account.expired += takenBack;
+    appendEntry(account, clockMs, { type: 'expire', id: grant.id, amount: takenBack.toString() });
+    if (coveredPart > 0n) {
+      account.lapsing.push({ id: grant.id, amount: coveredPart });
+      covered = true;
+    }
+  }
+  if (covered) {
+    // Every hold open now was placed before these expiries.
+    for (const hold of account.holds.values()) hold.covers = true;
+    account.lapsingHeld = account.reserved;
+  }
+}
+
+/**
+ * Settles a hold flagged by lapseGrants: `amount` was held, `charged` is
+ * what the wallet pays for it (0 when released). The charge is taken from
+ * the lapsing grants first, earliest expiry first, and counts as
+ * attributed, so the live grants do not pay it again. What the remaining
+ * flagged holds no longer cover lapses, latest expiry first.
+ */
+function settleCover(account: Account, amount: bigint, charged: bigint, clockMs: number): void {
+  if (account.lapsing.length === 0) return;
+  const stillHeld = maxOf(0n, account.lapsingHeld - amount);
+  let paid = 0n;
+  for (const grant of account.lapsing) {
+    const paidFromGrant = maxOf(0n, minOf(grant.amount, charged - paid));
+    paid += paidFromGrant;
+    grant.amount -= paidFromGrant;
+  }
+  let excess = sum(account.lapsing.map((grant) => grant.amount)) - stillHeld;
+  for (let i = account.lapsing.length - 1; i >= 0 && excess > 0n; i--) {
+    const grant = account.lapsing[i]!;
+    const takenBack = minOf(grant.amount, excess);
+    if (takenBack === 0n) continue;
+    grant.amount -= takenBack;
+    excess -= takenBack;
     account.expired += takenBack;
     appendEntry(account, clockMs, { type: 'expire', id: grant.id, amount: takenBack.toString() });
   }
+  account.lapsing = account.lapsing.filter((grant) => grant.amount > 0n);
+  account.lapsingHeld = account.lapsing.length === 0 ? 0n : stillHeld;
+  account.attributed += paid;
+}
+
+function minOf(a: bigint, b: bigint): bigint {
+  return a < b ? a : b;
+}
+
+function maxOf(a: bigint, b: bigint): bigint {
+  return a > b ? a : b;
 }
 
 /** Inserts a grant into the live list, keeping the order of expiry, then grant id in byte order. */

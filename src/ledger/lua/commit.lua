@@ -28,6 +28,10 @@ if open then
   settle_hold(id, open, ARGV[10])
   debit(charged, ARGV[2])
   add_to_periods(open.day, open.month, charged - open.amount)
+  if open.covers then
+    local _, _, _, settle_cover = grant_expiry_helpers()
+    settle_cover(open.amount, charged)
+  end
   write_done(id, {
     state = 'committed', charged = charged, released = released,
     day = open.day, month = open.month, fingerprint = open.fingerprint,

@@ -46,26 +46,30 @@ local function server_time_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- An open hold is stored as amount|units|expiresAtMs|answered|day|month|fingerprint.
+-- An open hold is stored as amount|units|expiresAtMs|flags|day|month|fingerprint.
 -- The fingerprint comes last and may itself contain '|'. One pattern match
 -- splits the record, which costs less than a find and a sub per field.
 -- The hold carries `amount` as a number and also as its stored text. `units`
--- and `expires` stay text, because the scripts only copy them.
+-- and `expires` stay text, because the scripts only copy them. `flags` is
+-- 0 to 3: 1 when the upstream answered, plus 2 when the hold covers lapsed
+-- grants (see lapse_grants).
 local function read_hold(id)
   local packed = redis.call('HGET', HOLDS, id)
   if not packed then return nil end
-  local amount, units, expires, answered, day, month, fingerprint =
+  local amount, units, expires, flags, day, month, fingerprint =
     string.match(packed, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
   return {
-    amount = tonumber(amount), amount_text = amount, units = units, expires = expires, answered = answered == '1',
+    amount = tonumber(amount), amount_text = amount, units = units, expires = expires,
+    answered = flags == '1' or flags == '3', covers = flags == '2' or flags == '3',
     day = day, month = month, fingerprint = fingerprint,
   }
 end
 
 -- Stores an open hold. `amount`, `units` and `expires` are decimal strings.
-local function write_hold(id, amount, units, expires, answered, day, month, fingerprint)
+local function write_hold(id, amount, units, expires, answered, day, month, fingerprint, covers)
+  local flags = answered and (covers and '3' or '1') or (covers and '2' or '0')
   redis.call('HSET', HOLDS, id,
-    amount .. '|' .. units .. '|' .. expires .. '|' .. (answered and '1' or '0') .. '|' .. day .. '|' .. month .. '|' .. fingerprint)
+    amount .. '|' .. units .. '|' .. expires .. '|' .. flags .. '|' .. day .. '|' .. month .. '|' .. fingerprint)
 end
 
 -- Deletes an open hold and returns its amount to the wallet's available funds.
@@ -103,6 +107,151 @@ local function append_entry(fields)
   redis.call('XADD', LOG, '*', unpack(fields))
 end
 
+-- Expiring grants. The account hash keeps the wallet's live expiring grants
+-- in the field `expiring`, a JSON array of {grant id, expiry in epoch ms,
+-- remaining amount}, all strings, in order of expiry, then grant id in byte
+-- order. It also keeps the earliest expiry in `nextExpiry`, which reserve
+-- reads with its other account fields, and in `attributed` the value of
+-- `spent` up to which charges are attributed to the grants. A wallet without
+-- live expiring grants has none of the three fields.
+-- NOTE: credit, sweep and a lapse decode and rewrite the whole JSON field, so
+-- their cost grows with the number of live expiring grants of the wallet.
+--
+-- Only credit, sweep and a reserve with a due grant need these helpers, so
+-- one function builds them on demand, and other calls pay for one closure
+-- instead of four. Returns attribute_charges, write_expiring, lapse_grants,
+-- settle_cover.
+local function grant_expiry_helpers()
+  -- Attributes the charges since the last attribution (`spent - attributed`)
+  -- to the grants, earliest expiry first, lowering their remaining amounts.
+  -- A negative difference, left by a late commit that lowered an
+  -- expire-charge, lowers no grant.
+  local function attribute_charges(grants, spent, attributed)
+    local pending = spent - attributed
+    for _, grant in ipairs(grants) do
+      if pending <= 0 then return end
+      local remaining = tonumber(grant[3])
+      local taken = math.min(remaining, pending)
+      grant[3] = amount_string(remaining - taken)
+      pending = pending - taken
+    end
+  end
+
+  -- Stores the live grants with their earliest expiry, and records that the
+  -- charges up to `spent` are attributed.
+  local function write_expiring(grants, spent)
+    if #grants == 0 then
+      redis.call('HDEL', ACCT, 'expiring', 'nextExpiry', 'attributed')
+    else
+      redis.call('HSET', ACCT, 'expiring', cjson.encode(grants), 'nextExpiry', grants[1][2], 'attributed', amount_string(spent))
+    end
+  end
+
+  -- Lapses the grants whose expiry is at or before `now`, earliest first,
+  -- after attributing the charges so far. Open holds may still be charged
+  -- from a grant's rest, so they cover it first: holds draw on expiring
+  -- grants before other funds, earliest expiry first, and each grant gets
+  -- the part of `reserved` that earlier lapsed grants do not hold yet. What
+  -- the holds do not cover is taken back now, but no more than the balance
+  -- beyond the open holds, with an `expire` entry. The covered part waits in
+  -- the field `lapsing`, a JSON array of {grant id, amount} in order of
+  -- expiry, and every open hold is flagged as covering it; settle_cover
+  -- lapses it as those holds settle. `lapsingHeld` is what the flagged holds
+  -- still hold. The caller passes the current totals. Returns the new
+  -- expired total.
+  local function lapse_grants(now, granted, spent, expired, reserved)
+    local fields = redis.call('HMGET', ACCT, 'expiring', 'attributed', 'lapsing')
+    local grants = fields[1] and cjson.decode(fields[1]) or {}
+    attribute_charges(grants, spent, to_amount(fields[2]))
+    local lapsing = fields[3] and cjson.decode(fields[3]) or {}
+    local cover = reserved
+    for _, grant in ipairs(lapsing) do cover = cover - tonumber(grant[2]) end
+
+    local lapsed, covered = 0, false
+    for _, grant in ipairs(grants) do
+      if tonumber(grant[2]) > now then break end
+      local remaining = tonumber(grant[3])
+      local covered_part = math.max(0, math.min(remaining, cover))
+      cover = cover - covered_part
+      local free = granted - spent - expired - reserved
+      if free < 0 then free = 0 end
+      local taken_back = math.min(remaining - covered_part, free)
+      expired = expired + taken_back
+      append_entry({ 'type', 'expire', 'id', grant[1], 'amount', amount_string(taken_back) })
+      if covered_part > 0 then
+        lapsing[#lapsing + 1] = { grant[1], amount_string(covered_part) }
+        covered = true
+      end
+      lapsed = lapsed + 1
+    end
+
+    if covered then
+      -- Every hold open now was placed before these expiries.
+      for _, id in ipairs(redis.call('HKEYS', HOLDS)) do
+        local hold = read_hold(id)
+        if not hold.covers then
+          write_hold(id, hold.amount_text, hold.units, hold.expires, hold.answered, hold.day, hold.month, hold.fingerprint, true)
+        end
+      end
+      redis.call('HSET', ACCT, 'lapsing', cjson.encode(lapsing), 'lapsingHeld', amount_string(reserved))
+    end
+
+    local live = {}
+    for i = lapsed + 1, #grants do live[#live + 1] = grants[i] end
+    redis.call('HSET', ACCT, 'expired', amount_string(expired))
+    write_expiring(live, spent)
+    return expired
+  end
+
+  -- Settles a hold flagged by lapse_grants: `amount` was held, `charged` is
+  -- what the wallet pays for it (0 when released). The charge is taken from
+  -- the lapsing grants first, earliest expiry first, and is then attributed,
+  -- so the live grants do not pay it again. What the remaining flagged holds
+  -- no longer cover lapses, latest expiry first, with an `expire` entry per
+  -- grant.
+  local function settle_cover(amount, charged)
+    local fields = redis.call('HMGET', ACCT, 'lapsing', 'lapsingHeld', 'expired', 'attributed')
+    if not fields[1] then return end
+    local lapsing = cjson.decode(fields[1])
+    local still_held = math.max(0, tonumber(fields[2]) - amount)
+
+    local paid, waiting = 0, 0
+    for _, grant in ipairs(lapsing) do
+      local rest = tonumber(grant[2])
+      local paid_from_grant = math.max(0, math.min(rest, charged - paid))
+      paid = paid + paid_from_grant
+      grant[2] = rest - paid_from_grant
+      waiting = waiting + grant[2]
+    end
+
+    local excess, expired = waiting - still_held, to_amount(fields[3])
+    for i = #lapsing, 1, -1 do
+      if excess <= 0 then break end
+      local taken_back = math.min(lapsing[i][2], excess)
+      if taken_back > 0 then
+        lapsing[i][2] = lapsing[i][2] - taken_back
+        excess = excess - taken_back
+        expired = expired + taken_back
+        append_entry({ 'type', 'expire', 'id', lapsing[i][1], 'amount', amount_string(taken_back) })
+      end
+    end
+
+    local left = {}
+    for _, grant in ipairs(lapsing) do
+      if grant[2] > 0 then left[#left + 1] = { grant[1], amount_string(grant[2]) } end
+    end
+    if #left == 0 then
+      redis.call('HDEL', ACCT, 'lapsing', 'lapsingHeld')
+    else
+      redis.call('HSET', ACCT, 'lapsing', cjson.encode(left), 'lapsingHeld', amount_string(still_held))
+    end
+    redis.call('HSET', ACCT, 'expired', amount_string(expired))
+    if paid > 0 and fields[4] then redis.call('HSET', ACCT, 'attributed', amount_string(tonumber(fields[4]) + paid)) end
+  end
+
+  return attribute_charges, write_expiring, lapse_grants, settle_cover
+end
+
 -- Settles up to `limit` members of the expiry index whose score is at or
 -- before `now`, lowest score first. A member with an open hold is an expired
 -- hold: it is charged at the held amount when the upstream answered, else
@@ -131,6 +280,10 @@ local function settle_expired(now, limit, retention)
         done.state, done.released = 'expired', hold.amount
         released = released + 1
       end
+      if hold.covers then
+        local _, _, _, settle_cover = grant_expiry_helpers()
+        settle_cover(hold.amount, done.charged)
+      end
       write_done(id, done)
     else
       redis.call('HDEL', DONE, id)
@@ -141,72 +294,3 @@ local function settle_expired(now, limit, retention)
   return released, charged, removed, #ids
 end
 
--- Expiring grants. The account hash keeps the wallet's live expiring grants
--- in the field `expiring`, a JSON array of {grant id, expiry in epoch ms,
--- remaining amount}, all strings, in order of expiry, then grant id in byte
--- order. It also keeps the earliest expiry in `nextExpiry`, which reserve
--- reads with its other account fields, and in `attributed` the value of
--- `spent` up to which charges are attributed to the grants. A wallet without
--- live expiring grants has none of the three fields.
--- NOTE: credit, sweep and a lapse decode and rewrite the whole JSON field, so
--- their cost grows with the number of live expiring grants of the wallet.
---
--- Only credit, sweep and a reserve with a due grant need these helpers, so
--- one function builds them on demand, and other calls pay for one closure
--- instead of three. Returns attribute_charges, write_expiring, lapse_grants.
-local function grant_expiry_helpers()
-  -- Attributes the charges since the last attribution (`spent - attributed`)
-  -- to the grants, earliest expiry first, lowering their remaining amounts.
-  -- A negative difference, left by a late commit that lowered an
-  -- expire-charge, lowers no grant.
-  local function attribute_charges(grants, spent, attributed)
-    local pending = spent - attributed
-    for _, grant in ipairs(grants) do
-      if pending <= 0 then return end
-      local remaining = tonumber(grant[3])
-      local taken = math.min(remaining, pending)
-      grant[3] = amount_string(remaining - taken)
-      pending = pending - taken
-    end
-  end
-
-  -- Stores the live grants with their earliest expiry, and records that the
-  -- charges up to `spent` are attributed.
-  local function write_expiring(grants, spent)
-    if #grants == 0 then
-      redis.call('HDEL', ACCT, 'expiring', 'nextExpiry', 'attributed')
-    else
-      redis.call('HSET', ACCT, 'expiring', cjson.encode(grants), 'nextExpiry', grants[1][2], 'attributed', amount_string(spent))
-    end
-  end
-
-  -- Lapses the grants whose expiry is at or before `now`, earliest first,
-  -- after attributing the charges so far. Each takes back what is left of
-  -- it, but no more than the balance beyond the open holds, and appends an
-  -- `expire` entry. The caller passes the current totals. Returns the new
-  -- expired total.
-  local function lapse_grants(now, granted, spent, expired, reserved)
-    local fields = redis.call('HMGET', ACCT, 'expiring', 'attributed')
-    local grants = fields[1] and cjson.decode(fields[1]) or {}
-    attribute_charges(grants, spent, to_amount(fields[2]))
-
-    local lapsed = 0
-    for _, grant in ipairs(grants) do
-      if tonumber(grant[2]) > now then break end
-      local free = granted - spent - expired - reserved
-      if free < 0 then free = 0 end
-      local taken_back = math.min(tonumber(grant[3]), free)
-      expired = expired + taken_back
-      append_entry({ 'type', 'expire', 'id', grant[1], 'amount', amount_string(taken_back) })
-      lapsed = lapsed + 1
-    end
-
-    local live = {}
-    for i = lapsed + 1, #grants do live[#live + 1] = grants[i] end
-    redis.call('HSET', ACCT, 'expired', amount_string(expired))
-    write_expiring(live, spent)
-    return expired
-  end
-
-  return attribute_charges, write_expiring, lapse_grants
-end
