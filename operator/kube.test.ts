@@ -124,9 +124,9 @@ describe('parseResource', () => {
     expect(parsed).toEqual({
       ok: false,
       message:
-        'spec.currency: must be an ISO 4217 code of three capital letters, such as "USD"; ' +
+        'spec.currency: must be three uppercase letters, such as the ISO 4217 code "USD", not "usd"; ' +
         'spec.grants.0.id: must contain only letters, digits and . _ : -; ' +
-        'spec.grants.0.amount: must be a non-negative decimal string such as "12.50" (at most 9 decimals) or nano-units such as "120n"',
+        'spec.grants.0.amount: must be a non-negative decimal string such as "12.50" (at most 9 decimals) or nano-units such as "120n", not "-1"',
     });
   });
 });

@@ -16,6 +16,10 @@ import { findTestBinary, startApiServer, type ApiServer } from './support/apiser
 const REPOSITORY_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NAMESPACE = 'tollgate-crds';
 const CRD_NAMES = ['wallets.tollgate.dev', 'priceplans.tollgate.dev', 'providerroutes.tollgate.dev'];
+const DUPLICATE_EFFECTIVE_FROM =
+  'spec.versions: Invalid value: effectiveFrom must be unique across versions, so that one version is in effect at any time; ' +
+  'the same instant with another offset, such as "2026-01-01T00:00:00Z" and "2026-01-01T00:00:00+00:00", is a duplicate too, ' +
+  'so give each version a different effectiveFrom, or merge the duplicates into one version';
 
 interface CommandResult {
   code: number | null;
@@ -87,6 +91,14 @@ function pricePlan(name: string, spec: Record<string, unknown>): Record<string, 
     metadata: { name, namespace: NAMESPACE },
     spec: { currency: 'USD', versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', markupPercent: '20' }], ...spec },
   };
+}
+
+/** Price versions one day apart from 2026-01-01, written with a "+00:00" offset. */
+function dailyVersions(count: number): Array<{ effectiveFrom: string; markupPercent: string }> {
+  return Array.from({ length: count }, (_, index) => ({
+    effectiveFrom: new Date(Date.UTC(2026, 0, 1 + index)).toISOString().replace('.000Z', '+00:00'),
+    markupPercent: '20',
+  }));
 }
 
 function providerRoute(name: string, spec: Record<string, unknown>): Record<string, unknown> {
@@ -203,9 +215,15 @@ describe('CRDs on a real API server', () => {
     expect(output.trim()).toBe('wallet.tollgate.dev/many-grants created');
   });
 
+  it('accept a price plan with the maximum of versions', async () => {
+    const output = await kubectlOk(['apply', '-f', '-'], stringifyYaml(pricePlan('many-versions', { versions: dailyVersions(100) })));
+    expect(output.trim()).toBe('priceplan.tollgate.dev/many-versions created');
+  });
+
   it('are listed together under the tollgate category', async () => {
     const output = await kubectlOk(['get', '-n', NAMESPACE, 'tollgate', '-o', 'name']);
     expect(output.trimEnd().split('\n').sort()).toEqual([
+      'priceplan.tollgate.dev/many-versions',
       'priceplan.tollgate.dev/standard',
       'providerroute.tollgate.dev/anthropic',
       'providerroute.tollgate.dev/openai',
@@ -319,7 +337,36 @@ describe('API server rejects', () => {
           { name: 'b', effectiveFrom: '2026-01-01T01:00:00+01:00', markupPercent: '25' },
         ],
       }),
-      fragments: ['spec.versions: Invalid value: effectiveFrom must be unique across versions, so that one version is in effect at any time'],
+      fragments: [DUPLICATE_EFFECTIVE_FROM],
+    },
+    {
+      name: 'the same effectiveFrom with Z and +00:00',
+      manifest: pricePlan('same-instant-utc', {
+        versions: [
+          { effectiveFrom: '2026-03-01T12:00:00Z', markupPercent: '20' },
+          { effectiveFrom: '2026-01-01T00:00:00Z', markupPercent: '10' },
+          { effectiveFrom: '2026-03-01T12:00:00.000+00:00', markupPercent: '25' },
+        ],
+      }),
+      fragments: [DUPLICATE_EFFECTIVE_FROM],
+    },
+    {
+      // The API server drops digits beyond nanoseconds, as local mode does.
+      name: 'effectiveFrom times less than a nanosecond apart',
+      manifest: pricePlan('same-nanosecond', {
+        versions: [
+          { effectiveFrom: '2026-01-01T00:00:00.0000000001Z', markupPercent: '20' },
+          { effectiveFrom: '2026-01-01T00:00:00.0000000002Z', markupPercent: '25' },
+        ],
+      }),
+      fragments: [DUPLICATE_EFFECTIVE_FROM],
+    },
+    {
+      name: 'a repeated effectiveFrom among the maximum of versions',
+      manifest: pricePlan('same-instant-max', {
+        versions: [...dailyVersions(99), { effectiveFrom: '2026-02-01T01:00:00+01:00', markupPercent: '30' }],
+      }),
+      fragments: [DUPLICATE_EFFECTIVE_FROM],
     },
     {
       name: 'an effectiveFrom that is no time',

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { NANO_DIGITS } from '../money/money.ts';
 
 export const API_GROUP = 'tollgate.dev';
 export const API_VERSION = 'v1alpha1';
@@ -6,6 +7,33 @@ export const API_GROUP_VERSION = `${API_GROUP}/${API_VERSION}`;
 
 /** Maximum length of a money string. An amount the ledger can hold needs at most 20 characters. */
 export const MAX_MONEY_LENGTH = 32;
+
+/** Maximum number of decimals of a percentage: 4 decimals of a percent are whole parts per million. */
+export const MAX_PERCENT_DECIMALS = 4;
+
+/** Quotes a received value for an error message, cut to 40 characters so that a runaway value stays readable. */
+function quoteInput(input: unknown): string {
+  const text = String(input);
+  return JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}...` : text);
+}
+
+/** Returns the number of decimals of a plain decimal string such as "2.505", or undefined for any other text. */
+function decimalPlaces(text: string): number | undefined {
+  return /^\d+\.(\d+)$/.exec(text)?.[1]?.length;
+}
+
+/** Builds the error of a string that does not match the Money pattern, naming the value and the fix. */
+export function moneyFormatMessage(input: unknown): string {
+  const text = String(input);
+  const places = decimalPlaces(text);
+  if (places !== undefined && places > NANO_DIGITS) {
+    return `must have at most ${NANO_DIGITS} decimals, but ${quoteInput(text)} has ${places}; round it to ${NANO_DIGITS} decimals, because amounts are whole nano-units`;
+  }
+  if (text.includes(',') && /^[\d,.]+$/.test(text)) {
+    return `must use a dot as the decimal separator and no thousands separator, such as "2.50", not ${quoteInput(text)}`;
+  }
+  return `must be a non-negative decimal string such as "12.50" (at most ${NANO_DIGITS} decimals) or nano-units such as "120n", not ${quoteInput(text)}`;
+}
 
 /** A non-negative money amount: decimal currency units ("12.50") or nano-units with an `n` suffix ("120n"). */
 export const Money = z
@@ -16,17 +44,19 @@ export const Money = z
         : `must be a quoted decimal string such as "12.50", not the ${typeof issue.input} ${JSON.stringify(issue.input)} (YAML reads an unquoted 0.5 as a number)`,
   })
   // Bounded so that the API server's cost estimate of CEL rules on amounts stays small.
-  .max(MAX_MONEY_LENGTH, { message: `must be at most ${MAX_MONEY_LENGTH} characters` })
-  .regex(/^(\d+(\.\d{1,9})?|\d+n)$/, {
-    message: 'must be a non-negative decimal string such as "12.50" (at most 9 decimals) or nano-units such as "120n"',
+  .max(MAX_MONEY_LENGTH, {
+    error: (issue) => `must be at most ${MAX_MONEY_LENGTH} characters, but ${quoteInput(issue.input)} has ${String(issue.input).length}`,
   })
+  .regex(/^(\d+(\.\d{1,9})?|\d+n)$/, { error: (issue) => moneyFormatMessage(issue.input) })
   .describe('Money: a decimal string of currency units such as "12.50", or integer nano-units with an "n" suffix such as "120n".');
 
 // `kubectl explain` shows a money field's type only as <string>, so each field's
 // description states what the amount is for and then its format.
 const MONEY_FORMAT =
   'Decimal string of currency units with at most 9 decimals, such as "12.50", or integer nano-units with an "n" suffix, such as "120n".';
-const RATE_FORMAT = 'In currency units per million tokens, as a decimal string with at most 9 decimals, such as "2.50".';
+const RATE_FORMAT =
+  'Per million tokens, as a decimal string of currency units with at most 9 decimals, such as "2.50", ' +
+  'or as integer nano-units with an "n" suffix, such as "2500000000n" for the same 2.50 or "120n" for 0.00000012.';
 
 /** Returns the description of a money field: what the amount is for, then the money format. */
 export function describeMoney(meaning: string): string {
@@ -38,18 +68,44 @@ export function describeRate(meaning: string): string {
   return `${meaning} ${RATE_FORMAT}`;
 }
 
-/** A price per million tokens, in currency units, as a decimal string. */
-export const RatePerMillion = Money.describe('Price per million tokens in currency units, as a decimal string such as "3.75".');
+/** A price per million tokens, in currency units or nano-units, as a money string. */
+export const RatePerMillion = Money.describe(describeRate('Price of one kind of token.'));
+
+const CURRENCY_FORMAT =
+  'Three uppercase letters, such as the ISO 4217 code USD; only the form is checked, not the list of codes. ' +
+  "Amounts in this currency always have 9 decimals (nano-units), whatever the currency's minor unit.";
+
+/** Returns the description of a currency field: what the currency is for, then the format that all currency fields share. */
+export function describeCurrency(meaning: string): string {
+  return `${meaning} ${CURRENCY_FORMAT}`;
+}
 
 export const Currency = z
   .string()
-  .regex(/^[A-Z]{3}$/, { message: 'must be an ISO 4217 code of three capital letters, such as "USD"' })
-  .describe('ISO 4217 currency code, such as USD.');
+  .regex(/^[A-Z]{3}$/, {
+    error: (issue) => `must be three uppercase letters, such as the ISO 4217 code "USD", not ${quoteInput(issue.input)}`,
+  })
+  .describe(describeCurrency('Currency code.'));
+
+/** Builds the error of a string that does not match the Percent pattern, naming the value and the limit. */
+export function percentFormatMessage(input: unknown): string {
+  const text = String(input);
+  const places = decimalPlaces(text);
+  if (places !== undefined && places > MAX_PERCENT_DECIMALS) {
+    return `must have at most ${MAX_PERCENT_DECIMALS} decimals, but ${quoteInput(text)} has ${places}; round it to ${MAX_PERCENT_DECIMALS} decimals`;
+  }
+  return `must be a non-negative decimal percentage with at most ${MAX_PERCENT_DECIMALS} decimals, such as "20" or "12.5", not ${quoteInput(text)}`;
+}
 
 export const Percent = z
-  .string()
-  .regex(/^\d+(\.\d{1,4})?$/, { message: 'must be a non-negative decimal percentage such as "20" or "12.5"' })
-  .describe('A non-negative percentage as a decimal string, such as "20".');
+  .string({
+    error: (issue) =>
+      issue.input === undefined
+        ? 'is required: a decimal percentage such as "20"'
+        : `must be a quoted decimal percentage such as "20", not the ${typeof issue.input} ${JSON.stringify(issue.input)} (YAML reads an unquoted 20 as a number)`,
+  })
+  .regex(/^\d+(\.\d{1,4})?$/, { error: (issue) => percentFormatMessage(issue.input) })
+  .describe(`A non-negative percentage as a decimal string with at most ${MAX_PERCENT_DECIMALS} decimals, such as "20" or "12.5".`);
 
 /**
  * Builds a z.strictObject whose unknown-field error names the field's full path and the

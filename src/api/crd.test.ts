@@ -207,6 +207,30 @@ describe('structural schema', () => {
     expect(nodeAt(schema, 'spec.grants[]').required).toEqual(['id', 'amount']);
   });
 
+  it('describes both forms of a rate', () => {
+    const plan = buildResourceSchema(kind('PricePlan'));
+    expect(nodeAt(plan, 'spec.versions[].models').additionalProperties?.properties?.['input']?.description).toBe(
+      'Rate for prompt tokens that are neither read from nor written to the prompt cache; the cache rates default to it. ' +
+        'Per million tokens, as a decimal string of currency units with at most 9 decimals, such as "2.50", ' +
+        'or as integer nano-units with an "n" suffix, such as "2500000000n" for the same 2.50 or "120n" for 0.00000012.',
+    );
+  });
+
+  it('describes a currency as three letters, not a checked code', () => {
+    const format =
+      'Three uppercase letters, such as the ISO 4217 code USD; only the form is checked, not the list of codes. ' +
+      "Amounts in this currency always have 9 decimals (nano-units), whatever the currency's minor unit.";
+    const wallet = nodeAt(buildResourceSchema(kind('Wallet')), 'spec.currency');
+    expect(wallet.description).toBe(
+      `Currency that the ledger keeps this wallet's money in. It cannot be changed, and the price plan must use the same currency. ${format}`,
+    );
+    const plan = nodeAt(buildResourceSchema(kind('PricePlan')), 'spec.currency');
+    expect(plan.description).toBe(
+      "Currency of the plan's rates. Only Wallets in this currency can use the plan, and the costs of the ProviderRoutes " +
+        `it is used with are read in this currency, without conversion. ${format}`,
+    );
+  });
+
   it('turns enums into enum lists', () => {
     const schema = buildResourceSchema(kind('ProviderRoute'));
     expect(withoutDescription(nodeAt(schema, 'spec.protocol'))).toEqual({
@@ -319,6 +343,11 @@ describe('CEL rules', () => {
     const versions = nodeAt(buildResourceSchema(kind('PricePlan')), 'spec.versions');
     expect(versions['x-kubernetes-validations']?.[0]?.rule).toBe(
       'self.all(v, self.exists_one(w, w.effectiveFrom == v.effectiveFrom))',
+    );
+    expect(versions['x-kubernetes-validations']?.[0]?.message).toBe(
+      'effectiveFrom must be unique across versions, so that one version is in effect at any time; ' +
+        'the same instant with another offset, such as "2026-01-01T00:00:00Z" and "2026-01-01T00:00:00+00:00", is a duplicate too, ' +
+        'so give each version a different effectiveFrom, or merge the duplicates into one version',
     );
     expect(versions.minItems).toBe(1);
     expect(versions.maxItems).toBe(100);

@@ -118,6 +118,12 @@ export interface GeneratedFile {
 // the pattern error only, not a second error from this rule.
 const MONEY_PATTERN = moneyPattern();
 
+/** Message of the CEL rule on PricePlan versions. The zod refinement names the values instead. */
+export const EFFECTIVE_FROM_UNIQUE_MESSAGE =
+  'effectiveFrom must be unique across versions, so that one version is in effect at any time; ' +
+  'the same instant with another offset, such as "2026-01-01T00:00:00Z" and "2026-01-01T00:00:00+00:00", is a duplicate too, ' +
+  'so give each version a different effectiveFrom, or merge the duplicates into one version';
+
 const READY_COLUMN: PrinterColumn = {
   name: 'Ready',
   type: 'string',
@@ -277,10 +283,13 @@ export const RESOURCE_KINDS: ResourceKind[] = [
         fields: {
           'x-kubernetes-validations': [
             {
-              // CEL types a date-time string as a timestamp, so this compares instants:
-              // "…T00:00:00Z" and "…T01:00:00+01:00" collide too.
+              // The API server types a string field of format date-time as a CEL timestamp,
+              // so == compares instants: "…T00:00:00Z" and "…T01:00:00+01:00" collide too.
+              // The message cannot name the instant: concatenating a converted value exceeds the
+              // cost budget, and a Kubernetes 1.29 API server rejects string format() in new rules
+              // (its CEL compatibility version is 1.28, and format() arrives with 1.29).
               rule: 'self.all(v, self.exists_one(w, w.effectiveFrom == v.effectiveFrom))',
-              message: 'effectiveFrom must be unique across versions, so that one version is in effect at any time',
+              message: EFFECTIVE_FROM_UNIQUE_MESSAGE,
             },
           ],
         },

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { API_GROUP_VERSION, Condition, Currency, ModelRates, ObjectMeta, Percent, RatesByModel, strictObject } from './common.ts';
+import { API_GROUP_VERSION, Condition, Currency, describeCurrency, ModelRates, ObjectMeta, Percent, RatesByModel, strictObject } from './common.ts';
 
 export const PriceVersion = strictObject({
   name: z.string().min(1).optional().describe('Label of the version, used in error messages; defaults to its effectiveFrom.'),
@@ -20,13 +20,54 @@ export const PriceVersion = strictObject({
 });
 export type PriceVersion = z.infer<typeof PriceVersion>;
 
+/**
+ * Converts an RFC 3339 time that the PriceVersion schema accepted into nanoseconds since
+ * the epoch, so that "2026-01-01T00:00:00Z" and "2026-01-01T01:00:00+01:00" are equal.
+ * Digits beyond nanoseconds are dropped, as the API server drops them (checked with Kubernetes 1.35).
+ */
+export function effectiveFromNanos(effectiveFrom: string): bigint {
+  const match = /^(.*T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(.*)$/i.exec(effectiveFrom);
+  if (!match) throw new RangeError(`effectiveFrom "${effectiveFrom}" is not an RFC 3339 time`);
+  const wholeSecondsMs = Date.parse(`${match[1]}${match[3]}`);
+  const fractionNanos = (match[2] ?? '').padEnd(9, '0').slice(0, 9);
+  return BigInt(wholeSecondsMs) * 1_000_000n + BigInt(fractionNanos);
+}
+
+/**
+ * Reports each version whose effectiveFrom is the same instant as an earlier version's,
+ * also when the two are written differently ("...Z" and "...+00:00"). Of such versions the
+ * sidecar could only ever apply one. The CRD states the same rule in CEL on spec.versions.
+ */
+function rejectSameEffectiveFrom(versions: PriceVersion[], context: z.RefinementCtx): void {
+  const firstAt = new Map<bigint, number>();
+  versions.forEach((version, index) => {
+    const instant = effectiveFromNanos(version.effectiveFrom);
+    const earlier = firstAt.get(instant);
+    if (earlier === undefined) {
+      firstAt.set(instant, index);
+      return;
+    }
+    const other = versions[earlier]!;
+    context.addIssue({
+      code: 'custom',
+      path: [index, 'effectiveFrom'],
+      message:
+        `${JSON.stringify(version.effectiveFrom)} is the same instant as ${JSON.stringify(other.effectiveFrom)}, ` +
+        `the effectiveFrom of version ${earlier}, so only one of the two could ever be in effect; ` +
+        'give each version a different effectiveFrom, or merge the two versions into one',
+    });
+  });
+}
+
 /** Maximum number of price versions in one PricePlan. */
 export const MAX_PRICE_VERSIONS = 100;
 
 export const PricePlanSpec = strictObject({
   currency: Currency.describe(
-    'ISO 4217 code of the currency of the plan\'s rates, such as USD. Only Wallets in this currency can use the plan, ' +
-      'and the costs of the ProviderRoutes it is used with are read in this currency, without conversion.',
+    describeCurrency(
+      'Currency of the plan\'s rates. Only Wallets in this currency can use the plan, ' +
+        'and the costs of the ProviderRoutes it is used with are read in this currency, without conversion.',
+    ),
   ),
   // Bounded because the API server checks effectiveFrom for duplicates with a CEL rule
   // whose cost grows with the square of the list.
@@ -34,8 +75,9 @@ export const PricePlanSpec = strictObject({
     .array(PriceVersion)
     .min(1)
     .max(MAX_PRICE_VERSIONS)
+    .superRefine(rejectSameEffectiveFrom)
     .describe(
-      'Dated price versions, 1 to 100, each with its own effectiveFrom. The sidecar prices a request with the version whose ' +
+      'Dated price versions, 1 to 100, each with its own effectiveFrom instant. The sidecar prices a request with the version whose ' +
         'effectiveFrom is the latest at or before its clock, and versions inherit no rates from each other.',
     ),
   unknownModels: strictObject({

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { formatAmount, MAX_LEDGER_AMOUNT } from '../money/money.ts';
-import { API_GROUP_VERSION, Condition, Currency, describeMoney, Money, ObjectMeta, strictObject } from './common.ts';
+import { API_GROUP_VERSION, Condition, Currency, describeCurrency, describeMoney, Money, ObjectMeta, strictObject } from './common.ts';
 
 export const Grant = strictObject({
   id: z
@@ -60,8 +60,9 @@ export const MAX_GRANTS = 200;
 
 export const WalletSpec = strictObject({
   currency: Currency.describe(
-    'ISO 4217 code of the currency that the ledger keeps this wallet\'s money in, such as USD. ' +
-      'It cannot be changed, and the price plan must use the same currency.',
+    describeCurrency(
+      'Currency that the ledger keeps this wallet\'s money in. It cannot be changed, and the price plan must use the same currency.',
+    ),
   ),
   pricePlanRef: strictObject({
     name: z

@@ -13,9 +13,17 @@ describe('parseAmount', () => {
     expect(parseAmount('120n')).toBe(120n);
   });
 
-  it('rejects more than nine decimals naming the value', () => {
+  it('rejects more than nine decimals naming the value and count', () => {
     expect(() => parseAmount('0.0000000001', 'grant')).toThrow(InvalidAmountError);
-    expect(() => parseAmount('0.0000000001', 'grant')).toThrow(/invalid grant "0.0000000001"/);
+    expect(() => parseAmount('0.0000000001', 'grant')).toThrow(
+      'invalid grant "0.0000000001": it has 10 decimals, but at most 9 fit in nano-units; round it to 9 decimals',
+    );
+  });
+
+  it('quotes a malformed amount', () => {
+    expect(() => parseAmount('2.5O', 'rate')).toThrow(
+      'invalid rate "2.5O": write a decimal string such as "12.50" or integer nano-units such as "12500000000n"',
+    );
   });
 
   it('rejects floats in exponent form and garbage', () => {

@@ -43,7 +43,7 @@ export function parseAmount(text: string, what = 'amount'): bigint {
   const fraction = decimal[3] ?? '';
   if (fraction.length > NANO_DIGITS) {
     throw new InvalidAmountError(
-      `invalid ${what} "${text}": at most ${NANO_DIGITS} decimal places fit in nano-units; round it or write it in nano-units with an "n" suffix`,
+      `invalid ${what} "${text}": it has ${fraction.length} decimals, but at most ${NANO_DIGITS} fit in nano-units; round it to ${NANO_DIGITS} decimals`,
     );
   }
   const magnitude = BigInt(decimal[2]!) * NANO_PER_UNIT + BigInt(fraction.padEnd(NANO_DIGITS, '0'));

@@ -1,4 +1,4 @@
-import type { PricePlan } from '../api/price-plan.ts';
+import { effectiveFromNanos, type PricePlan } from '../api/price-plan.ts';
 import type { ProviderRoute } from '../api/provider-route.ts';
 import { compileRates, percentToPpm, type RateCard } from './rates.ts';
 import type { Price } from './rating.ts';
@@ -17,8 +17,15 @@ export class UnknownModelError extends Error {
 interface CompiledVersion {
   name: string;
   effectiveFromMs: number;
+  effectiveFromNanos: bigint;
   markupPpm: bigint | undefined;
   models: Map<string, RateCard>;
+}
+
+/** Orders versions by their exact effectiveFrom instant, latest first. */
+function latestFirst(a: CompiledVersion, b: CompiledVersion): number {
+  if (a.effectiveFromNanos === b.effectiveFromNanos) return 0;
+  return a.effectiveFromNanos > b.effectiveFromNanos ? -1 : 1;
 }
 
 /** A price plan compiled for one provider route: resolves a model to its Price at a moment. */
@@ -37,11 +44,17 @@ export class Pricer {
     const planName = `${plan.metadata.namespace ?? 'default'}/${plan.metadata.name}`;
     this.currency = plan.spec.currency;
 
+    // Sorted by the exact instant, latest first, so that of two versions less than a
+    // millisecond apart the later one wins from that millisecond on.
     this.versions = plan.spec.versions
       .map((version, index) => ({
         name: version.name ?? version.effectiveFrom,
         effectiveFromMs: Date.parse(version.effectiveFrom),
-        markupPpm: version.markupPercent === undefined ? undefined : percentToPpm(version.markupPercent),
+        effectiveFromNanos: effectiveFromNanos(version.effectiveFrom),
+        markupPpm:
+          version.markupPercent === undefined
+            ? undefined
+            : percentToPpm(version.markupPercent, `PricePlan ${planName} versions[${index}].markupPercent`),
         models: new Map(
           Object.entries(version.models).map(([model, rates]) => [
             model,
@@ -49,7 +62,7 @@ export class Pricer {
           ]),
         ),
       }))
-      .sort((a, b) => b.effectiveFromMs - a.effectiveFromMs);
+      .sort(latestFirst);
 
     const routeName = `${route.metadata.namespace ?? 'default'}/${route.metadata.name}`;
     this.costs = new Map(

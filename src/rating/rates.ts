@@ -1,5 +1,5 @@
 import type { ModelRates } from '../api/common.ts';
-import { parseAmount } from '../money/money.ts';
+import { InvalidAmountError, parseAmount } from '../money/money.ts';
 
 const PPM = 1_000_000n;
 
@@ -60,10 +60,25 @@ export function compileRates(rates: ModelRates, where: string): RateCard {
   return card;
 }
 
-/** Parses a decimal percentage ("12.5") into parts per million of the base (125000). */
-export function percentToPpm(percent: string): bigint {
-  const [whole = '0', fraction = ''] = percent.split('.');
-  return BigInt(whole) * 10_000n + BigInt(fraction.padEnd(4, '0').slice(0, 4));
+const PERCENT = /^(\d+)(?:\.(\d+))?$/;
+
+/**
+ * Parses a decimal percentage ("12.5") into parts per million of the base (125000).
+ * Throws InvalidAmountError naming the value for anything else, and for more than 4
+ * decimals, which would not be a whole number of parts per million.
+ */
+export function percentToPpm(percent: string, field = 'percentage'): bigint {
+  const match = PERCENT.exec(percent);
+  if (!match) {
+    throw new InvalidAmountError(`invalid ${field} "${percent}": write a non-negative decimal percentage such as "20" or "12.5"`);
+  }
+  const fraction = match[2] ?? '';
+  if (fraction.length > 4) {
+    throw new InvalidAmountError(
+      `invalid ${field} "${percent}": it has ${fraction.length} decimals, but at most 4 fit in parts per million; round it to 4 decimals`,
+    );
+  }
+  return BigInt(match[1]!) * 10_000n + BigInt(fraction.padEnd(4, '0'));
 }
 
 export { PPM };

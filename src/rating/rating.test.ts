@@ -3,7 +3,8 @@ import { parseAmount } from '../money/money.ts';
 import type { PricePlan } from '../api/price-plan.ts';
 import type { ProviderRoute } from '../api/provider-route.ts';
 import type { ModelRates } from '../api/common.ts';
-import { compileRates } from './rates.ts';
+import { InvalidAmountError } from '../money/money.ts';
+import { compileRates, percentToPpm } from './rates.ts';
 import { rate, worstCaseRates, type Price } from './rating.ts';
 import { Pricer, UnknownModelError } from './plan.ts';
 import { emptyUsage, type Usage } from './usage.ts';
@@ -76,6 +77,15 @@ describe('rate', () => {
     // 1 token at 0.0005/M is 0.5 nano and 1 at 0.0005/M is 0.5 nano: exactly 1 nano in all, not 2.
     const price = explicitPrice({ input: '0.0005', output: '0.0005' });
     expect(rate(price, usage({ input: 1, output: 1 })).charged).toBe(1n);
+  });
+
+  it('rounds the provider cost up per request, as the charge', () => {
+    // 3 tokens at 0.0001/M cost 0.3 nano-units, and 0.36 with the 20 % markup: each side rounds up to 1.
+    const cost = compileRates({ input: '0.0001', output: '0' }, 'test');
+    const price: Price = { model: 'm', version: 'v1', cost, charge: undefined, markupPpm: 200_000n };
+    const rated = rate(price, usage({ input: 3 }));
+    expect(rated.providerCost).toBe(1n);
+    expect(rated.charged).toBe(1n);
   });
 
   it('applies a markup over provider cost with one rounding', () => {
@@ -183,6 +193,24 @@ describe('Pricer', () => {
     expect(() => pricer.priceOf('m', Date.parse('2025-12-31T23:59:59Z'))).toThrow(/no version in effect/);
   });
 
+  it('orders versions less than a millisecond apart by their exact instant', () => {
+    const pricer = new Pricer(
+      plan([
+        { name: 'first', effectiveFrom: '2026-01-01T00:00:00.0001Z', models: { m: { input: '1', output: '1' } } },
+        { name: 'second', effectiveFrom: '2026-01-01T00:00:00.0002Z', models: { m: { input: '2', output: '2' } } },
+      ]),
+      route(['m']),
+    );
+    expect(pricer.priceOf('m', Date.parse('2026-01-01T00:00:01Z')).version).toBe('second');
+  });
+
+  it('names an unvalidated markup with five decimals', () => {
+    const unchecked = plan([{ effectiveFrom: '2026-01-01T00:00:00Z', markupPercent: '33.33333', models: {} }]);
+    expect(() => new Pricer(unchecked, route(['m']))).toThrow(
+      'invalid PricePlan team-a/standard versions[0].markupPercent "33.33333": it has 5 decimals, but at most 4 fit in parts per million; round it to 4 decimals',
+    );
+  });
+
   it('marks up the route cost for models without explicit rates', () => {
     const pricer = new Pricer(
       plan([{ effectiveFrom: '2026-01-01T00:00:00Z', markupPercent: '25', models: {} }]),
@@ -191,5 +219,26 @@ describe('Pricer', () => {
     const rated = rate(pricer.priceOf('gpt-4o-mini', at), usage({ input: 1_000_000, output: 1_000_000 }));
     expect(rated.providerCost).toBe(parseAmount('0.75'));
     expect(rated.charged).toBe(parseAmount('0.9375'));
+  });
+});
+
+describe('percentToPpm', () => {
+  it('converts up to four decimals exactly', () => {
+    expect(percentToPpm('20')).toBe(200_000n);
+    expect(percentToPpm('12.5')).toBe(125_000n);
+    expect(percentToPpm('33.3333')).toBe(333_333n);
+  });
+
+  it('rejects a fifth decimal instead of truncating it', () => {
+    expect(() => percentToPpm('33.33333', 'markupPercent')).toThrow(InvalidAmountError);
+    expect(() => percentToPpm('33.33333', 'markupPercent')).toThrow(
+      'invalid markupPercent "33.33333": it has 5 decimals, but at most 4 fit in parts per million; round it to 4 decimals',
+    );
+  });
+
+  it('quotes a malformed percentage', () => {
+    expect(() => percentToPpm('20%')).toThrow(
+      'invalid percentage "20%": write a non-negative decimal percentage such as "20" or "12.5"',
+    );
   });
 });
