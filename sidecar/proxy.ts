@@ -8,13 +8,14 @@ import type { CompiledRoute, CompiledWallet, Snapshot } from '../src/config/snap
 import type { HoldRequest, Ledger, ReserveResult } from '../src/ledger/ledger.ts';
 import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
-import type { ProviderAdapter, RequestInfo } from '../src/providers/adapter.ts';
+import type { ProviderAdapter, RequestChanges, RequestInfo, ToolUseLimit } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
 import { adapterFor, estimatePromptFromBody, estimatePromptTokens, UnsupportedProtocolError } from '../src/providers/index.ts';
 import { shortestBodyBytes } from '../src/providers/shortest-body.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
 import type { RateCard } from '../src/rating/rates.ts';
 import { rate, worstCaseRates, type Price, type WorstCaseRates } from '../src/rating/rating.ts';
+import { worstCaseUnitCharge } from '../src/rating/units.ts';
 import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import { createGenAiTelemetry, GEN_AI, responseAttributes, responseMetadataAttributes, type Span } from '../src/telemetry/tracing.ts';
@@ -28,6 +29,11 @@ export interface ProxyOptions {
   defaultMaxOutputTokens: number;
   /** The smallest output limit worth forwarding when the wallet cannot afford the default one. */
   minOutputTokens: number;
+  /**
+   * Use limit set on each server tool that the plan charges per use (web search, web fetch)
+   * where the client set none, lowered to what the wallet affords.
+   */
+  defaultMaxToolUses: number;
   /** Seconds a hold lives before the sweeper settles it; longer than any upstream call. */
   holdTtlSeconds: number;
   /** Largest JSON response read to find its usage. */
@@ -139,6 +145,19 @@ interface Admitted {
   /** Set once the request is counted in tollgate_requests_total, so that a later failure does not count it again. */
   counted: boolean;
 }
+
+/** The part of a hold for server tool uses that the plan charges per use. */
+interface ToolHold {
+  /** Nano-units held for tool uses, part of the hold's fixed amount. */
+  amount: bigint;
+  /** Each charged limit with the worst-case charge of one use and the uses held. */
+  limits: { limit: ToolUseLimit; perUse: bigint; uses: number }[];
+  /** Use limit the sidecar sets on the charged limits the client left unset, or undefined when there are none. */
+  sidecarMaxUses: number | undefined;
+}
+
+/** Maximum number of extra reserves per request, each with a lower sidecar tool use limit than the rejected one before it. */
+const MAX_TOOL_LIMIT_RETRIES = 3;
 
 interface Settlement {
   usage: Usage;
@@ -338,11 +357,11 @@ export class Proxy {
       knownRequestId = requestId;
       // Only a caller-chosen id can come back with another body, so only then is the body fingerprinted.
       const fingerprint = clientId === undefined ? '' : hash('sha256', raw, 'base64url');
-      const hold = this.holdFor(price, info, promptBound, wallet, fingerprint);
-      const result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      const units = this.checkReserve(result, wallet, route, info, requestId, hold, price);
+      const { result, hold, tools } = await this.reserve(price, info, promptBound, wallet, fingerprint, requestId);
+      const units = this.checkReserve(result, wallet, route, info, requestId, hold, price, tools);
 
-      const changes = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
+      const changes: RequestChanges = info.maxOutputTokens === undefined && info.operation === 'chat' ? { maxOutputTokens: units } : {};
+      if (tools.sidecarMaxUses !== undefined) changes.toolUseLimits = sidecarToolLimits(tools);
       // The body is serialized again even when nothing changed, so that the upstream reads the fields that were
       // priced: a client's bytes could repeat a key ("max_tokens" twice) that another JSON parser resolves differently.
       const body = JSON.stringify(adapter.prepare(parsed, info, changes));
@@ -418,12 +437,63 @@ export class Proxy {
   }
 
   /**
-   * Builds the worst-case hold: every prompt token at the dearest prompt rate
-   * (the body's byte length bounds its token count), plus the output limit at
-   * the dearest output rate. Without a client limit, the ledger picks the
-   * largest output limit the wallet can afford.
+   * Reserves the worst case of a request. When the ledger rejects the hold
+   * with the sidecar's tool use limit (defaultMaxToolUses), it reserves again
+   * with the largest limit that fits, down to one use. So a request is
+   * rejected only when one use does not fit.
    */
-  private holdFor(price: Price, info: RequestInfo, promptBound: number, wallet: CompiledWallet, fingerprint: string): HoldRequest {
+  private async reserve(
+    price: Price,
+    info: RequestInfo,
+    promptBound: number,
+    wallet: CompiledWallet,
+    fingerprint: string,
+    requestId: string,
+  ): Promise<{ result: ReserveResult; hold: HoldRequest; tools: ToolHold }> {
+    let tools = this.toolHoldFor(price, info, this.options.defaultMaxToolUses);
+    let hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
+    let result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+    for (let retry = 0; retry < MAX_TOOL_LIMIT_RETRIES; retry++) {
+      const uses = affordableToolUses(result, hold, tools);
+      if (uses === undefined) break;
+      tools = this.toolHoldFor(price, info, uses);
+      hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
+      result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+    }
+    return { result, hold, tools };
+  }
+
+  /**
+   * Prices the server tool uses a request may make: each use limit at the
+   * worst-case charge of one use, with `sidecarMaxUses` uses where the client
+   * set no limit. Tools whose units the plan does not charge are left out,
+   * and their limits are not changed.
+   */
+  private toolHoldFor(price: Price, info: RequestInfo, sidecarMaxUses: number): ToolHold {
+    const tools: ToolHold = { amount: 0n, limits: [], sidecarMaxUses: undefined };
+    for (const limit of info.toolUseLimits ?? []) {
+      let perUse = 0n;
+      for (const unit of limit.units) {
+        const charge = worstCaseUnitCharge(price, unit);
+        if (charge > perUse) perUse = charge;
+      }
+      if (perUse === 0n) continue;
+      if (limit.maxUses === undefined) tools.sidecarMaxUses = sidecarMaxUses;
+      const uses = limit.maxUses ?? sidecarMaxUses;
+      tools.amount += perUse * BigInt(uses);
+      tools.limits.push({ limit, perUse, uses });
+    }
+    return tools;
+  }
+
+  /**
+   * Builds the worst-case hold: every prompt token at the dearest prompt rate
+   * (the body's byte length bounds its token count), the per-request fee, the
+   * server tool uses, plus the output limit at the dearest output rate.
+   * Without a client limit, the ledger picks the largest output limit the
+   * wallet can afford.
+   */
+  private holdFor(price: Price, info: RequestInfo, promptBound: number, wallet: CompiledWallet, fingerprint: string, tools: ToolHold): HoldRequest {
     const worst = this.worstCaseOf(price);
     const modelMax = price.charge?.maxOutputTokens ?? price.cost.maxOutputTokens ?? this.options.defaultMaxOutputTokens;
     let minUnits = 0;
@@ -433,7 +503,7 @@ export class Proxy {
       minUnits = info.maxOutputTokens ?? Math.min(this.options.minOutputTokens, modelMax);
     }
     return {
-      fixed: BigInt(promptBound) * worst.perPromptToken + worst.perRequest,
+      fixed: BigInt(promptBound) * worst.perPromptToken + worst.perRequest + tools.amount,
       perUnit: worst.perOutputToken,
       minUnits,
       maxUnits,
@@ -461,6 +531,7 @@ export class Proxy {
     requestId: string,
     hold: HoldRequest,
     price: Price,
+    tools: ToolHold,
   ): number {
     const currency = wallet.currency;
     switch (result.status) {
@@ -480,12 +551,13 @@ export class Proxy {
         }
         return result.units;
       case 'insufficient_funds': {
-        const cheaper = this.cheaperRequest(route, info, hold, price, result.available);
-        throw new ProxyError(402, 'insufficient_funds', insufficientFundsMessage(wallet.id, result, currency, cheaper), { denialReason: 'insufficient_funds' });
+        const cheaper = this.cheaperRequests(route, info, hold, price, result.available, tools);
+        const message = insufficientFundsMessage(wallet.id, result, currency, toolFeeClause(tools, currency), cheaper);
+        throw new ProxyError(402, 'insufficient_funds', message, { denialReason: 'insufficient_funds' });
       }
       case 'limit_exceeded': {
-        const cheaper = this.cheaperRequest(route, info, hold, price, result.remaining);
-        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, cheaper), {
+        const cheaper = this.cheaperRequests(route, info, hold, price, result.remaining, tools);
+        throw new ProxyError(402, 'spend_limit_exceeded', spendLimitMessage(wallet.id, result, currency, toolFeeClause(tools, currency), cheaper), {
           denialReason: SPEND_LIMITS[result.limit].denialReason,
         });
       }
@@ -502,6 +574,37 @@ export class Proxy {
       case 'wallet_closed':
         throw new ProxyError(403, 'wallet_closed', `wallet "${wallet.id}" is closed and accepts no new requests`, { denialReason: 'wallet_closed' });
     }
+  }
+
+  /**
+   * Returns the changes that would each make a rejected request fit `budget`:
+   * the token change of cheaperRequest with the tool uses unchanged, a lower
+   * client tool use limit, and removing the charged tools. When no single
+   * change fits but one combined with removing the tools does, it returns the
+   * combination. It returns an empty list when no request to this model on
+   * this route fits.
+   */
+  private cheaperRequests(route: CompiledRoute, info: RequestInfo, hold: HoldRequest, price: Price, budget: bigint, tools: ToolHold): string[] {
+    const tokenFixed = hold.fixed - tools.amount;
+    const tokensOnly = (fixed: bigint, tokenBudget: bigint) => this.cheaperRequest(route, info, { ...hold, fixed }, price, tokenBudget);
+    const keptTools = tokensOnly(tokenFixed, budget - tools.amount);
+    if (tools.limits.length === 0) return keptTools === undefined ? [] : [keptTools];
+
+    const alternatives: string[] = keptTools === undefined ? [] : [keptTools];
+    const outputFloor = hold.perUnit * BigInt(info.maxOutputTokens === undefined ? hold.minUnits : Math.min(1, hold.minUnits));
+    const lowerable = tools.limits.filter(({ limit, uses }) => limit.maxUses !== undefined && uses > 1);
+    const oneUseEach = tools.limits.reduce((sum, { perUse }) => sum + perUse, 0n);
+    if (lowerable.length > 0 && tokenFixed + oneUseEach + outputFloor <= budget) {
+      alternatives.push(`lower ${lowerable.map(({ limit }) => limit.field).join(' and ')}`);
+    }
+    const removal = `remove ${tools.limits.map(({ limit }) => limit.tools).join(' and ')}`;
+    if (tokenFixed + outputFloor <= budget) {
+      alternatives.push(removal);
+    } else if (alternatives.length === 0) {
+      const withoutTools = tokensOnly(tokenFixed, budget);
+      if (withoutTools !== undefined) alternatives.push(`${removal} and ${withoutTools}`);
+    }
+    return alternatives;
   }
 
   /**
@@ -897,11 +1000,12 @@ function spendLimitMessage(
   walletId: string,
   result: Extract<ReserveResult, { status: 'limit_exceeded' }>,
   currency: string,
-  cheaper: CheaperRequest | undefined,
+  toolFees: string,
+  cheaper: string[],
 ): string {
   const { field, wait } = SPEND_LIMITS[result.limit];
-  const cost = `this request may cost up to ${formatAmount(result.required)} ${currency}`;
-  const fixes = anyOf([wait, `raise ${field}`, cheaper]);
+  const cost = `this request may cost up to ${formatAmount(result.required)} ${currency}${toolFees}`;
+  const fixes = anyOf([wait, `raise ${field}`, ...cheaper]);
   if (wait === undefined) {
     return `wallet "${walletId}" allows at most ${formatAmount(result.remaining)} ${currency} per request (${field}), and ${cost}; ${fixes}`;
   }
@@ -913,19 +1017,66 @@ function insufficientFundsMessage(
   walletId: string,
   result: Extract<ReserveResult, { status: 'insufficient_funds' }>,
   currency: string,
-  cheaper: CheaperRequest | undefined,
+  toolFees: string,
+  cheaper: string[],
 ): string {
   // Commits above their holds can leave the available amount below zero.
   const available =
     result.available < 0n ? `nothing is available (${formatAmount(result.available)} ${currency})` : `only ${formatAmount(result.available)} ${currency} is available`;
   return (
-    `wallet "${walletId}" has insufficient funds for this request: it may cost up to ${formatAmount(result.required)} ${currency}, but ${available}; ` +
-    anyOf(['top up the wallet', cheaper])
+    `wallet "${walletId}" has insufficient funds for this request: it may cost up to ${formatAmount(result.required)} ${currency}${toolFees}, but ${available}; ` +
+    anyOf(['top up the wallet', ...cheaper])
   );
 }
 
 /** A change to a refused request that makes its hold fit, worded for the refusal message. */
 type CheaperRequest = 'lower the output limit' | 'send a shorter request' | 'send a shorter request with a lower output limit';
+
+/**
+ * Describes the tool uses in a hold for a rejection message, such as
+ * ", including 0.02 USD for 2 uses of the web_search_20250305 tool at 0.01 USD each",
+ * or returns an empty string when the hold has none.
+ */
+function toolFeeClause(tools: ToolHold, currency: string): string {
+  if (tools.limits.length === 0) return '';
+  const parts = tools.limits.map(
+    ({ limit, perUse, uses }) => `${uses} ${uses === 1 ? 'use' : 'uses'} of ${limit.tools} at ${formatAmount(perUse)} ${currency} each`,
+  );
+  return `, including ${formatAmount(tools.amount)} ${currency} for ${parts.join(' and ')}`;
+}
+
+/**
+ * Returns the sidecar tool use limit for the next reserve after a rejected
+ * one: the largest that the budget of the rejection leaves room for, with
+ * the output at the hold's minimum. It is at least 1, so that a final
+ * rejection states the smallest amount the request needs. Returns undefined
+ * when the sidecar set no limit above 1, when the ledger rejected the hold
+ * for a reason other than funds or a spend limit, or when the budget
+ * already covers the current limit.
+ */
+function affordableToolUses(result: ReserveResult, hold: HoldRequest, tools: ToolHold): number | undefined {
+  const current = tools.sidecarMaxUses;
+  if (current === undefined || current <= 1) return undefined;
+  let budget: bigint;
+  if (result.status === 'insufficient_funds') budget = result.available;
+  else if (result.status === 'limit_exceeded') budget = result.remaining;
+  else return undefined;
+
+  let perSidecarUse = 0n;
+  for (const { limit, perUse } of tools.limits) if (limit.maxUses === undefined) perSidecarUse += perUse;
+  const rest = hold.fixed - perSidecarUse * BigInt(current) + hold.perUnit * BigInt(hold.minUnits);
+  const spare = budget - rest;
+  if (spare < perSidecarUse) return 1;
+  const uses = spare / perSidecarUse;
+  return uses < BigInt(current) ? Number(uses) : undefined;
+}
+
+/** Returns the use limit the sidecar sets on each charged tool limit that the client left unset. */
+function sidecarToolLimits(tools: ToolHold): Map<ToolUseLimit, number> {
+  const limits = new Map<ToolUseLimit, number>();
+  for (const { limit, uses } of tools.limits) if (limit.maxUses === undefined) limits.set(limit, uses);
+  return limits;
+}
 
 /** Joins the defined alternatives as "a", "a or b", or "a, b or c". */
 function anyOf(alternatives: (string | undefined)[]): string {

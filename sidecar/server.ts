@@ -23,6 +23,7 @@ export const DEFAULT_SIDECAR_OPTIONS: Omit<SidecarOptions, 'walletPolicy'> = {
   bodyLimitSetting: 'tollgate dev --body-limit BYTES, or the Helm value sidecar.bodyLimit for a sidecar in a pod',
   defaultMaxOutputTokens: 4096,
   minOutputTokens: 16,
+  defaultMaxToolUses: 5,
   holdTtlSeconds: 900,
   maxResponseBytes: 32 * 1024 * 1024,
   walletLabel: true,

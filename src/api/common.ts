@@ -213,7 +213,8 @@ export const ModelRates = strictObject({
     .optional()
     .describe(
       'Fees per unit other than tokens, by unit name, in currency units per unit (not per million), such as web_search: "0.01". ' +
-        'The sidecar counts web_search and web_fetch uses in Anthropic responses, the only units it meters; a unit without a fee costs nothing.',
+        'The sidecar meters web_search and web_fetch uses of Anthropic Messages and web_search uses of the OpenAI Responses API, ' +
+        'and holds the fees of the uses a request allows before forwarding it; it meters no other unit, and a unit without a fee costs nothing.',
     ),
   maxOutputTokens: z
     .number()

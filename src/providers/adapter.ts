@@ -21,6 +21,30 @@ export interface RequestInfo {
   clientWantsStreamUsage: boolean;
   /** The operation: chat (generation) or embeddings (input only). */
   operation: 'chat' | 'embeddings';
+  /**
+   * Limits on the uses of server-side tools that the provider bills per use,
+   * such as web search, one per limit field. Undefined when the request
+   * enables no such tool.
+   */
+  toolUseLimits?: ToolUseLimit[];
+}
+
+/**
+ * One request field that bounds the uses of server-side tools billed per use:
+ * Anthropic's `max_uses` of one web search or web fetch tool, or the
+ * Responses API's `max_tool_calls`, which bounds all built-in tool calls.
+ */
+export interface ToolUseLimit {
+  /** Path of the field in the request body, for messages, such as `tools[1].max_uses` or `max_tool_calls`. */
+  field: string;
+  /** The tools it bounds, for messages, such as `the web_search_20250305 tool`. */
+  tools: string;
+  /** Units (`web_search`, `web_fetch`) that one use of these tools is metered as. */
+  units: string[];
+  /** The limit the client set, or undefined when the client set none. */
+  maxUses: number | undefined;
+  /** Position of the tool in the body's `tools` array, when the limit is a field of one tool. */
+  toolIndex?: number;
 }
 
 /** Changes the sidecar makes to a request body before forwarding it. */
@@ -30,6 +54,11 @@ export interface RequestChanges {
    * none, or to lower the client's limit to what the wallet can pay for.
    */
   maxOutputTokens?: number;
+  /**
+   * Use limits to set, keyed by the entries of RequestInfo.toolUseLimits
+   * that they fill in. Only limits that the client left unset are set.
+   */
+  toolUseLimits?: ReadonlyMap<ToolUseLimit, number>;
 }
 
 /**

@@ -256,3 +256,72 @@ describe('Anthropic error body and headers', () => {
     expect(anthropic.defaultHeaders).toEqual({ 'anthropic-version': DEFAULT_ANTHROPIC_VERSION });
   });
 });
+
+describe('Anthropic server tool limits', () => {
+  const tools = [
+    { name: 'lookup', input_schema: { type: 'object' } },
+    { type: 'web_search_20250305', name: 'web_search', max_uses: 3 },
+    { type: 'web_fetch_20250910', name: 'web_fetch' },
+    { type: 'code_execution_20250825', name: 'code_execution' },
+  ];
+  const body = { model: 'claude-sonnet-4-5', max_tokens: 100, messages: [], tools };
+
+  it('reads max_uses of web search and fetch tools', () => {
+    expect(anthropic.inspect(MESSAGES, body).toolUseLimits).toEqual([
+      { field: 'tools[1].max_uses', tools: 'the web_search_20250305 tool', units: ['web_search'], maxUses: 3, toolIndex: 1 },
+      { field: 'tools[2].max_uses', tools: 'the web_fetch_20250910 tool', units: ['web_fetch'], maxUses: undefined, toolIndex: 2 },
+    ]);
+  });
+
+  it('leaves requests without those tools unlimited', () => {
+    expect(anthropic.inspect(MESSAGES, { ...body, tools: [tools[0], tools[3]] }).toolUseLimits).toBeUndefined();
+  });
+
+  it('rejects a malformed max_uses naming the tool', () => {
+    const bad = { ...body, tools: [{ type: 'web_search_20260209', name: 'web_search', max_uses: 0 }] };
+    expect(() => anthropic.inspect(MESSAGES, bad)).toThrow('invalid field "tools[0].max_uses": expected a positive integer, got 0');
+  });
+
+  it('sets max_uses only on the limits the sidecar chose', () => {
+    const info = anthropic.inspect(MESSAGES, body);
+    const prepared = anthropic.prepare(body, info, { toolUseLimits: new Map([[info.toolUseLimits![1]!, 2]]) });
+    expect(prepared).toEqual({ ...body, tools: [tools[0], tools[1], { ...tools[2], max_uses: 2 }, tools[3]] });
+    expect(body.tools[2]).not.toHaveProperty('max_uses');
+  });
+
+  it('never raises a client max_uses', () => {
+    const info = anthropic.inspect(MESSAGES, body);
+    const prepared = anthropic.prepare(body, info, { toolUseLimits: new Map([[info.toolUseLimits![0]!, 5]]) });
+    expect(prepared['tools']).toEqual(tools);
+  });
+
+  it('counts the tool uses of a stream cut before message_delta', () => {
+    const toolUse = (index: number, name: string) =>
+      event('content_block_start', { type: 'content_block_start', index, content_block: { type: 'server_tool_use', id: `srvtoolu_${index}`, name, input: {} } });
+    const result = event('content_block_start', {
+      type: 'content_block_start',
+      index: 1,
+      content_block: { type: 'web_search_tool_result', tool_use_id: 'srvtoolu_0', content: [] },
+    });
+    const stream = [
+      messageStart({ input_tokens: 25, output_tokens: 1, server_tool_use: { web_search_requests: 0, web_fetch_requests: 0 } }),
+      toolUse(0, 'web_search'),
+      result,
+      toolUse(2, 'web_search'),
+      toolUse(3, 'web_fetch'),
+      toolUse(4, 'code_execution'),
+    ].join('');
+    const { result: metered } = meter(stream, []);
+    expect(metered.complete).toBe(false);
+    expect(metered.usage.units).toEqual({ web_search: 2, web_fetch: 1 });
+  });
+
+  it('takes the final tool uses of message_delta', () => {
+    const stream = [
+      messageStart({ input_tokens: 25, output_tokens: 1 }),
+      event('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'server_tool_use', id: 'srvtoolu_0', name: 'web_search', input: {} } }),
+      event('message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { output_tokens: 15, server_tool_use: { web_search_requests: 3, web_fetch_requests: 0 } } }),
+    ].join('');
+    expect(meter(stream, []).result.usage.units).toEqual({ web_search: 3 });
+  });
+});

@@ -7,6 +7,7 @@ import {
   type RequestInfo,
   type ResponseMetadata,
   type StreamMeter,
+  type ToolUseLimit,
 } from './adapter.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
 import { isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
@@ -55,13 +56,18 @@ export class AnthropicAdapter implements ProviderAdapter {
       throw new InvalidRequestError('missing required field "max_tokens": the Messages API requires an output limit');
     }
     // Anthropic streams always carry usage, so there is nothing to hide from the client.
-    return { model, stream, maxOutputTokens: maxTokens, clientWantsStreamUsage: true, operation: 'chat' };
+    const info: RequestInfo = { model, stream, maxOutputTokens: maxTokens, clientWantsStreamUsage: true, operation: 'chat' };
+    const toolUseLimits = readServerToolLimits(body['tools']);
+    if (toolUseLimits.length > 0) info.toolUseLimits = toolUseLimits;
+    return info;
   }
 
   prepare(body: Record<string, unknown>, _info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
+    const tools = changes.toolUseLimits === undefined ? undefined : limitServerToolUses(body['tools'], changes.toolUseLimits);
     const limit = changes.maxOutputTokens;
-    if (limit === undefined) return body;
+    if (limit === undefined) return tools === undefined ? body : { ...body, tools };
     const prepared: Record<string, unknown> = { ...body, max_tokens: limit };
+    if (tools !== undefined) prepared['tools'] = tools;
 
     // The thinking budget counts toward max_tokens and must stay below it.
     const thinking = body['thinking'];
@@ -98,6 +104,54 @@ export class AnthropicAdapter implements ProviderAdapter {
 }
 
 /**
+ * Units that the server tools of each type prefix are metered as. The dated
+ * types (`web_search_20250305`, `web_fetch_20250910` and later ones in
+ * `@anthropic-ai/sdk` 1.17) all take `max_uses`, and a type prefix also
+ * covers versions released after that package.
+ */
+const SERVER_TOOL_UNITS: readonly (readonly [prefix: string, unit: string])[] = [
+  ['web_search_', 'web_search'],
+  ['web_fetch_', 'web_fetch'],
+];
+
+/** Returns the unit that a tool of this type is metered as, or undefined for a tool billed by tokens only. */
+function serverToolUnit(type: unknown): string | undefined {
+  if (typeof type !== 'string') return undefined;
+  return SERVER_TOOL_UNITS.find(([prefix]) => type.startsWith(prefix))?.[1];
+}
+
+/** Reads the `max_uses` of each web search and web fetch tool in `tools`, rejecting a value that is not a positive integer. */
+function readServerToolLimits(tools: unknown): ToolUseLimit[] {
+  if (!Array.isArray(tools)) return [];
+  const limits: ToolUseLimit[] = [];
+  for (let index = 0; index < tools.length; index++) {
+    const tool: unknown = tools[index];
+    if (!isRecord(tool)) continue;
+    const unit = serverToolUnit(tool['type']);
+    if (unit === undefined) continue;
+    const field = `tools[${index}].max_uses`;
+    const maxUses = tool['max_uses'];
+    if (maxUses !== undefined && maxUses !== null && (typeof maxUses !== 'number' || !Number.isSafeInteger(maxUses) || maxUses < 1)) {
+      throw new InvalidRequestError(`invalid field "${field}": expected a positive integer, got ${JSON.stringify(maxUses)}`);
+    }
+    limits.push({ field, tools: `the ${String(tool['type'])} tool`, units: [unit], maxUses: typeof maxUses === 'number' ? maxUses : undefined, toolIndex: index });
+  }
+  return limits;
+}
+
+/** Returns a copy of `tools` with `max_uses` set on each server tool that `limits` names and the client left unlimited. */
+function limitServerToolUses(tools: unknown, limits: ReadonlyMap<ToolUseLimit, number>): unknown[] | undefined {
+  if (!Array.isArray(tools) || limits.size === 0) return undefined;
+  const copy: unknown[] = [...tools];
+  for (const [limit, maxUses] of limits) {
+    const tool: unknown = limit.toolIndex === undefined ? undefined : copy[limit.toolIndex];
+    if (!isRecord(tool) || (tool['max_uses'] !== undefined && tool['max_uses'] !== null)) continue;
+    copy[limit.toolIndex!] = { ...tool, max_uses: maxUses };
+  }
+  return copy;
+}
+
+/**
  * Meters one Messages stream, passing every byte through. `message_start`
  * carries the prompt counts and a placeholder output count. `message_delta`
  * carries cumulative counts, so the latest value of each field wins and
@@ -109,6 +163,8 @@ class AnthropicStreamMeter implements StreamMeter {
   readonly #text = new StreamedTextCounter();
   /** The latest non-null value of each usage field seen so far. */
   readonly #usage: Record<string, unknown> = {};
+  /** Server tool uses by unit, counted from the blocks that start them. */
+  readonly #toolUses: Record<string, number> = {};
   #sawStart = false;
   #sawDelta = false;
   #id: string | undefined;
@@ -132,13 +188,19 @@ class AnthropicStreamMeter implements StreamMeter {
     if (this.#sawDelta) {
       return { usage: normalizeMessagesUsage(this.#usage, this.#promptEstimate, this.#text), complete: true };
     }
-    if (!this.#sawStart) return { usage: estimatedUsage(this.#promptEstimate, this.#text), complete: false };
+    if (!this.#sawStart) {
+      const usage = estimatedUsage(this.#promptEstimate, this.#text);
+      this.#addToolUses(usage);
+      return { usage, complete: false };
+    }
 
     // Cut before message_delta: message_start's output count is a placeholder,
-    // so the output is estimated from the deltas seen.
+    // so the output is estimated from the deltas seen, and the tool uses are
+    // the server_tool_use blocks seen.
     const partial = { ...this.#usage, output_tokens: undefined };
     const usage = normalizeMessagesUsage(partial, this.#promptEstimate, this.#text);
     usage.estimated = true;
+    this.#addToolUses(usage);
     return { usage, complete: false };
   }
 
@@ -146,10 +208,23 @@ class AnthropicStreamMeter implements StreamMeter {
     return { id: this.#id, model: this.#model, finishReasons: this.#stopReason === undefined ? [] : [this.#stopReason] };
   }
 
+  /** Raises each unit count of a cut stream's usage to the tool uses seen, where they are more. */
+  #addToolUses(usage: Usage): void {
+    for (const unit in this.#toolUses) {
+      const seen = this.#toolUses[unit]!;
+      if (seen > (usage.units?.[unit] ?? 0)) {
+        usage.units ??= {};
+        usage.units[unit] = seen;
+      }
+    }
+  }
+
   #onEvent(event: SseEvent): boolean {
     const type = event.event;
-    if (type === 'ping' || type === 'content_block_start' || type === 'content_block_stop' || type === 'message_stop') return true;
+    if (type === 'ping' || type === 'content_block_stop' || type === 'message_stop') return true;
     if (event.data === undefined) return true;
+    // Most block starts are not parsed: a web search result block repeats whole pages.
+    if (type === 'content_block_start' && !event.data.includes('"server_tool_use"')) return true;
 
     let payload: unknown;
     try {
@@ -160,6 +235,9 @@ class AnthropicStreamMeter implements StreamMeter {
     if (!isRecord(payload)) return true;
 
     switch (type ?? payload['type']) {
+      case 'content_block_start':
+        this.#countToolUse(payload['content_block']);
+        break;
       case 'content_block_delta':
         addDeltaText(payload['delta'], this.#text);
         break;
@@ -185,6 +263,17 @@ class AnthropicStreamMeter implements StreamMeter {
       }
     }
     return true;
+  }
+
+  /**
+   * Counts a `server_tool_use` block of a metered tool, for a stream cut before its final usage.
+   * NOTE: a use that the provider then rejects (`max_uses_exceeded`) is counted too.
+   */
+  #countToolUse(block: unknown): void {
+    if (!isRecord(block) || block['type'] !== 'server_tool_use') return;
+    const unit = block['name'];
+    if (unit !== 'web_search' && unit !== 'web_fetch') return;
+    this.#toolUses[unit] = (this.#toolUses[unit] ?? 0) + 1;
   }
 
   #merge(usage: Record<string, unknown>): void {

@@ -274,3 +274,82 @@ describe('Responses stream meter', () => {
     expect(result.usage.output).toBe(4);
   });
 });
+
+describe('Responses web search tools', () => {
+  const tools = [{ type: 'function', name: 'lookup', parameters: {} }, { type: 'web_search_preview_2025_03_11' }];
+  const searchCall = (id: string, action: Record<string, unknown> | undefined) => ({ id, type: 'web_search_call', status: 'completed', ...(action ? { action } : {}) });
+  const output = [
+    searchCall('ws_1', { type: 'search', query: 'alpha' }),
+    searchCall('ws_2', { type: 'open_page', url: 'https://example.com' }),
+    searchCall('ws_3', { type: 'find_in_page', url: 'https://example.com', pattern: 'x' }),
+    searchCall('ws_4', undefined),
+    { id: 'msg_1', type: 'message', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: 'hi', annotations: [] }] },
+  ];
+
+  it('reads max_tool_calls as the web search limit', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools, max_tool_calls: 3 });
+    expect(info.toolUseLimits).toEqual([{ field: 'max_tool_calls', tools: 'the web_search_preview_2025_03_11 tool', units: ['web_search'], maxUses: 3 }]);
+  });
+
+  it('leaves requests without web search unlimited', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools: [tools[0]], max_tool_calls: 3 });
+    expect(info.toolUseLimits).toBeUndefined();
+  });
+
+  it('rejects a malformed max_tool_calls', () => {
+    expect(() => inspect({ model: 'gpt-4.1-mini', input: 'hi', tools, max_tool_calls: 0 })).toThrow('invalid field "max_tool_calls": expected a positive integer, got 0');
+  });
+
+  it('sets max_tool_calls the sidecar chose', () => {
+    const body = { model: 'gpt-4.1-mini', input: 'hi', tools, max_output_tokens: 100 };
+    const info = inspect(body);
+    const prepared = openai.prepare(body, info, { toolUseLimits: new Map([[info.toolUseLimits![0]!, 4]]) });
+    expect(prepared).toEqual({ ...body, max_tool_calls: 4 });
+    expect(body).not.toHaveProperty('max_tool_calls');
+  });
+
+  it('keeps the client max_tool_calls', () => {
+    const body = { model: 'gpt-4.1-mini', input: 'hi', tools, max_tool_calls: 2 };
+    const info = inspect(body);
+    expect(openai.prepare(body, info, { toolUseLimits: new Map([[info.toolUseLimits![0]!, 4]]) })).toBe(body);
+  });
+
+  it('counts search calls of a JSON response', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools });
+    // Page actions are not billable searches, and a call without an action is counted.
+    const { usage } = openai.usageFromJson(responseObject('completed', USAGE, { output }), info, 0);
+    expect(usage.units).toEqual({ web_search: 2 });
+  });
+
+  it('prefers the reported tool usage', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools });
+    const toolUsage = { image_gen: { input_tokens: 0, output_tokens: 0, total_tokens: 0 }, web_search: { num_requests: 5 } };
+    const { usage } = openai.usageFromJson(responseObject('completed', USAGE, { output, tool_usage: toolUsage }), info, 0);
+    expect(usage.units).toEqual({ web_search: 5 });
+  });
+
+  it('counts the searches of a response without usage', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools });
+    const { usage, complete } = openai.usageFromJson(responseObject('completed', undefined, { output }), info, 0);
+    expect(complete).toBe(false);
+    expect(usage.units).toEqual({ web_search: 2 });
+  });
+
+  it('reads the searches of a stream from its terminal event', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools, stream: true });
+    const stream = streamEvents('response.completed', USAGE, true, { output }).join('');
+    for (let cut = 0; cut <= stream.length; cut += 11) {
+      expect(meter(info, stream, [cut]).result.usage.units, `cut at ${cut}`).toEqual({ web_search: 2 });
+    }
+  });
+
+  it('counts finished search items of a cut stream', () => {
+    const info = inspect({ model: 'gpt-4.1-mini', input: 'hi', tools, stream: true });
+    const items = [0, 1, 2].map((index) => event('response.output_item.done', { output_index: index, item: output[index] }, 20 + index));
+    const unnamed = event('response.output_item.done', { output_index: 3, item: output[3] }, 23, false);
+    const message = event('response.output_item.done', { output_index: 4, item: output[4] }, 24);
+    const { result } = meter(info, [...streamEvents(undefined), ...items, unnamed, message].join(''), []);
+    expect(result.complete).toBe(false);
+    expect(result.usage.units).toEqual({ web_search: 2 });
+  });
+});

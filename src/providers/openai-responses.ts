@@ -1,7 +1,7 @@
 import type { Usage } from '../rating/usage.ts';
-import { InvalidRequestError, type RequestChanges, type RequestInfo, type ResponseMetadata, type StreamMeter } from './adapter.ts';
+import { InvalidRequestError, type RequestChanges, type RequestInfo, type ResponseMetadata, type StreamMeter, type ToolUseLimit } from './adapter.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
-import { isRecord, readFlag, readPositiveInteger } from './fields.ts';
+import { isRecord, readCount, readFlag, readPositiveInteger } from './fields.ts';
 import { normalizeChatUsage } from './openai.ts';
 import { SseSplitter, type SseEvent } from './sse.ts';
 
@@ -65,7 +65,7 @@ export function readResponsesRequest(model: string, body: Record<string, unknown
   checkInput(body['input']);
 
   const stream = readFlag(body, 'stream');
-  return {
+  const info: ResponsesRequestInfo = {
     model,
     stream,
     maxOutputTokens: readPositiveInteger(body, 'max_output_tokens'),
@@ -73,6 +73,31 @@ export function readResponsesRequest(model: string, body: Record<string, unknown
     clientWantsStreamUsage: stream,
     operation: 'chat',
     api: 'responses',
+  };
+  const webSearch = readWebSearchLimit(body);
+  if (webSearch !== undefined) info.toolUseLimits = [webSearch];
+  return info;
+}
+
+/**
+ * Returns the limit on web searches of a request with a hosted web search tool
+ * (`web_search`, `web_search_preview` and their dated types in `openai` 7.60,
+ * matched by prefix so that later dated types count too), or undefined
+ * without one. `max_tool_calls` bounds all built-in tool calls of a response
+ * together, and each search is one of them.
+ * NOTE: the hold assumes one billable search per `web_search_call`; the
+ * provider's `tool_usage.web_search.num_requests` could report more.
+ */
+function readWebSearchLimit(body: Record<string, unknown>): ToolUseLimit | undefined {
+  const tools = body['tools'];
+  if (!Array.isArray(tools)) return undefined;
+  const webSearch = tools.find((tool: unknown) => isRecord(tool) && typeof tool['type'] === 'string' && tool['type'].startsWith('web_search'));
+  if (webSearch === undefined) return undefined;
+  return {
+    field: 'max_tool_calls',
+    tools: `the ${String((webSearch as Record<string, unknown>)['type'])} tool`,
+    units: ['web_search'],
+    maxUses: readPositiveInteger(body, 'max_tool_calls'),
   };
 }
 
@@ -98,26 +123,66 @@ function checkInput(input: unknown): void {
   }
 }
 
-/** Returns the body to forward, with `max_output_tokens` set when the sidecar chose a limit. */
+/**
+ * Returns the body to forward, with `max_output_tokens` set when the sidecar
+ * chose an output limit, and `max_tool_calls` when it chose a tool use limit.
+ */
 export function prepareResponsesBody(body: Record<string, unknown>, changes: RequestChanges): Record<string, unknown> {
-  if (changes.maxOutputTokens === undefined) return body;
+  let maxToolCalls: number | undefined;
+  for (const [limit, maxUses] of changes.toolUseLimits ?? []) if (limit.field === 'max_tool_calls') maxToolCalls = maxUses;
+  const setToolLimit = maxToolCalls !== undefined && (body['max_tool_calls'] === undefined || body['max_tool_calls'] === null);
+  if (changes.maxOutputTokens === undefined && !setToolLimit) return body;
+  const prepared = { ...body };
   // NOTE: OpenAI rejects a max_output_tokens below 16. The sidecar's default minimum
   // output limit is 16, but a lower limit set here reaches the provider and fails there.
-  return { ...body, max_output_tokens: changes.maxOutputTokens };
+  if (changes.maxOutputTokens !== undefined) prepared['max_output_tokens'] = changes.maxOutputTokens;
+  // NOTE: max_tool_calls also bounds the request's other built-in tools, such as file search.
+  if (setToolLimit) prepared['max_tool_calls'] = maxToolCalls;
+  return prepared;
 }
 
-/**
- * Reads the usage of a complete response object, estimating what it lacks (see normalizeResponsesUsage).
- * NOTE: web searches (`tool_usage.web_search.num_requests`) are not counted as `web_search`
- * units, so a plan's per-search fee is not charged on this endpoint.
- */
+/** Reads the usage of a complete response object, estimating what it lacks (see normalizeResponsesUsage), with its web searches. */
 export function responsesUsageFromJson(body: unknown, promptEstimate: number): { usage: Usage; complete: boolean } {
   const prompt = wholeTokens(promptEstimate);
   const text = new ResponseText();
   if (isRecord(body)) addOutputText(body['output'], text);
   const usage = isRecord(body) ? body['usage'] : undefined;
-  if (!isRecord(usage)) return { usage: estimatedUsage(prompt, text), complete: false };
-  return { usage: normalizeResponsesUsage(usage, prompt, text), complete: true };
+  const result = isRecord(usage) ? { usage: normalizeResponsesUsage(usage, prompt, text), complete: true } : { usage: estimatedUsage(prompt, text), complete: false };
+  if (isRecord(body)) setWebSearches(result.usage, webSearchesOf(body));
+  return result;
+}
+
+/**
+ * Returns the billable web searches of a response object: the provider's
+ * `tool_usage.web_search.num_requests` when it sent one, else its
+ * `web_search_call` output items that ran a search.
+ */
+export function webSearchesOf(response: Record<string, unknown>): number {
+  const toolUsage = response['tool_usage'];
+  const reported = isRecord(toolUsage) && isRecord(toolUsage['web_search']) ? readCount(toolUsage['web_search']['num_requests']) : undefined;
+  if (reported !== undefined) return reported;
+
+  const output = response['output'];
+  if (!Array.isArray(output)) return 0;
+  let searches = 0;
+  for (const item of output) if (isBillableSearch(item)) searches++;
+  return searches;
+}
+
+/**
+ * Tells whether an output item is a web search call that ran a search. Calls
+ * that open or search within a page (`open_page`, `find_in_page` actions) are
+ * left out, because the `openai` package documents them as not billable
+ * searches. A call without an action is counted.
+ */
+function isBillableSearch(item: unknown): boolean {
+  if (!isRecord(item) || item['type'] !== 'web_search_call') return false;
+  const action = item['action'];
+  return !isRecord(action) || (action['type'] !== 'open_page' && action['type'] !== 'find_in_page');
+}
+
+function setWebSearches(usage: Usage, searches: number): void {
+  if (searches > 0) usage.units = { ...usage.units, web_search: searches };
 }
 
 /**
@@ -184,6 +249,8 @@ const TEXT_DELTA_EVENTS: ReadonlySet<string> = new Set([
  */
 const RESPONSE_EVENTS: ReadonlySet<string> = new Set(['response.created']);
 const TERMINAL_EVENTS: ReadonlySet<string> = new Set(['response.completed', 'response.incomplete', 'response.failed']);
+/** The event of a finished output item, read for the web searches of a stream that is cut before its terminal event. */
+const ITEM_DONE_EVENT = 'response.output_item.done';
 
 /**
  * Meters one Responses API stream. It passes every byte through unchanged,
@@ -198,6 +265,8 @@ export class ResponsesStreamMeter implements StreamMeter {
   readonly #splitter: SseSplitter;
   readonly #text = new StreamedTextCounter();
   #usage: Record<string, unknown> | undefined;
+  /** Billable web searches: those of the finished items until the terminal event, then the terminal response's. */
+  #webSearches = 0;
   #id: string | undefined;
   #model: string | undefined;
   #finishReason: string | undefined;
@@ -216,8 +285,12 @@ export class ResponsesStreamMeter implements StreamMeter {
   }
 
   result(): { usage: Usage; complete: boolean } {
-    if (this.#usage === undefined) return { usage: estimatedUsage(this.#promptEstimate, this.#text), complete: false };
-    return { usage: normalizeResponsesUsage(this.#usage, this.#promptEstimate, this.#text), complete: true };
+    const result =
+      this.#usage === undefined
+        ? { usage: estimatedUsage(this.#promptEstimate, this.#text), complete: false }
+        : { usage: normalizeResponsesUsage(this.#usage, this.#promptEstimate, this.#text), complete: true };
+    setWebSearches(result.usage, this.#webSearches);
+    return result;
   }
 
   /** The finish reason is the terminal status, or the reason a response is incomplete (such as `max_output_tokens`). */
@@ -227,8 +300,13 @@ export class ResponsesStreamMeter implements StreamMeter {
 
   #onEvent(event: SseEvent): true {
     const named = event.event;
-    if (named !== undefined && !TEXT_DELTA_EVENTS.has(named) && !RESPONSE_EVENTS.has(named) && !TERMINAL_EVENTS.has(named)) return true;
     if (event.data === undefined) return true;
+    if (named === ITEM_DONE_EVENT) {
+      // Only web search items are parsed, because a finished message item repeats its whole text.
+      if (event.data.includes('"web_search_call"')) this.#readItemDone(event.data);
+      return true;
+    }
+    if (named !== undefined && !TEXT_DELTA_EVENTS.has(named) && !RESPONSE_EVENTS.has(named) && !TERMINAL_EVENTS.has(named)) return true;
 
     let payload: unknown;
     try {
@@ -246,8 +324,20 @@ export class ResponsesStreamMeter implements StreamMeter {
       this.#readIdentity(payload['response']);
     } else if (TERMINAL_EVENTS.has(type)) {
       this.#readTerminal(payload['response']);
+    } else if (type === ITEM_DONE_EVENT && isBillableSearch(payload['item'])) {
+      this.#webSearches++;
     }
     return true;
+  }
+
+  #readItemDone(data: string): void {
+    let payload: unknown;
+    try {
+      payload = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (isRecord(payload) && isBillableSearch(payload['item'])) this.#webSearches++;
   }
 
   #readIdentity(response: unknown): void {
@@ -263,6 +353,7 @@ export class ResponsesStreamMeter implements StreamMeter {
     this.#readIdentity(response);
     const usage = response['usage'];
     if (isRecord(usage)) this.#usage = usage;
+    this.#webSearches = webSearchesOf(response);
     this.#finishReason = responseFinishReason(response);
   }
 }

@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Controls } from './controls.ts';
 import { bearerToken } from './openai.ts';
 import { invalidRequest, type SimEndpoint, type SimProvider, type SimResponse, type StreamEvent } from './response.ts';
+import { isRecord } from '../providers/fields.ts';
 import { contentTokens, DEFAULT_OUTPUT_TOKENS, generatedPieces, messagesTokens } from './text.ts';
 
 /** The Anthropic Messages API, as the `@anthropic-ai/sdk` package's types describe it. */
@@ -53,13 +54,17 @@ function respondToMessages(body: Record<string, unknown>, controls: Controls, id
     return invalidRequest(anthropicProvider, 'max_tokens: Field required', id);
   }
 
+  const searches = webSearches(body['tools'], controls);
+  if (typeof searches === 'string') return invalidRequest(anthropicProvider, searches, id);
+
   // The length the simulated model generates when no limit stops it.
   const naturalLength = controls.outputTokens ?? DEFAULT_OUTPUT_TOKENS;
   const tokens = Math.min(limit, naturalLength);
   const stopReason = limit < naturalLength ? 'max_tokens' : 'end_turn';
   const inputTokens = contentTokens(body['system']) + messagesTokens(body['messages']);
-  const usage = controls.omitUsage ? undefined : (controls.usage ?? messagesUsage(inputTokens, tokens));
+  const usage = controls.omitUsage ? undefined : (controls.usage ?? messagesUsage(inputTokens, tokens, searches));
   const pieces = generatedPieces(tokens, controls.chunks ?? tokens);
+  const searchBlocks = webSearchBlocks(id, searches);
 
   const message: Record<string, unknown> = {
     id: `msg_${id}`,
@@ -74,9 +79,9 @@ function respondToMessages(body: Record<string, unknown>, controls: Controls, id
     diagnostics: null,
   };
 
-  if (body['stream'] === true) return { kind: 'stream', events: messageEvents(message, pieces, stopReason, usage) };
+  if (body['stream'] === true) return { kind: 'stream', events: messageEvents(message, searchBlocks, pieces, stopReason, usage) };
 
-  message['content'] = [{ type: 'text', text: pieces.join(''), citations: null }];
+  message['content'] = [...searchBlocks, { type: 'text', text: pieces.join(''), citations: null }];
   message['stop_reason'] = stopReason;
   if (usage !== undefined) message['usage'] = usage;
   return { kind: 'json', status: 200, body: message };
@@ -89,6 +94,7 @@ function respondToMessages(body: Record<string, unknown>, controls: Controls, id
  */
 function messageEvents(
   message: Record<string, unknown>,
+  searchBlocks: Record<string, unknown>[],
   pieces: string[],
   stopReason: string,
   usage: Record<string, unknown> | undefined,
@@ -100,12 +106,27 @@ function messageEvents(
 
   const start = usage === undefined ? message : { ...message, usage: { ...usage, output_tokens: 1 } };
   event('message_start', { type: 'message_start', message: start });
-  event('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '', citations: null } });
-  event('ping', { type: 'ping' });
-  for (const piece of pieces) {
-    event('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: piece } }, true);
+  // A ping follows the first block start, as in Anthropic's streams.
+  const startBlock = (index: number, block: Record<string, unknown>): void => {
+    event('content_block_start', { type: 'content_block_start', index, content_block: block });
+    if (index === 0) event('ping', { type: 'ping' });
+  };
+  // A server tool use block starts with an empty input, which one input_json_delta then fills in. A result block arrives whole.
+  for (const [index, block] of searchBlocks.entries()) {
+    if (block['type'] === 'server_tool_use') {
+      startBlock(index, { ...block, input: {} });
+      event('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: JSON.stringify(block['input']) } });
+    } else {
+      startBlock(index, block);
+    }
+    event('content_block_stop', { type: 'content_block_stop', index });
   }
-  event('content_block_stop', { type: 'content_block_stop', index: 0 });
+  const textIndex = searchBlocks.length;
+  startBlock(textIndex, { type: 'text', text: '', citations: null });
+  for (const piece of pieces) {
+    event('content_block_delta', { type: 'content_block_delta', index: textIndex, delta: { type: 'text_delta', text: piece } }, true);
+  }
+  event('content_block_stop', { type: 'content_block_stop', index: textIndex });
 
   const delta: Record<string, unknown> = {
     type: 'message_delta',
@@ -117,8 +138,8 @@ function messageEvents(
   return events;
 }
 
-function messagesUsage(inputTokens: number, outputTokens: number): Record<string, unknown> {
-  return {
+function messagesUsage(inputTokens: number, outputTokens: number, webSearchRequests: number): Record<string, unknown> {
+  const usage: Record<string, unknown> = {
     input_tokens: inputTokens,
     cache_creation_input_tokens: 0,
     cache_read_input_tokens: 0,
@@ -126,6 +147,52 @@ function messagesUsage(inputTokens: number, outputTokens: number): Record<string
     output_tokens: outputTokens,
     service_tier: 'standard',
   };
+  if (webSearchRequests > 0) usage['server_tool_use'] = { web_search_requests: webSearchRequests, web_fetch_requests: 0 };
+  return usage;
+}
+
+/**
+ * Returns how many web searches the simulated model runs: none without a
+ * web search tool (a type that starts with `web_search_`), else the
+ * `x-sim-web-searches` control (default 1) up to the tool's `max_uses`.
+ * Returns the error message of an invalid `max_uses`.
+ */
+function webSearches(tools: unknown, controls: Controls): number | string {
+  if (!Array.isArray(tools)) return 0;
+  for (const [index, tool] of tools.entries()) {
+    if (!isRecord(tool) || typeof tool['type'] !== 'string' || !tool['type'].startsWith('web_search_')) continue;
+    const maxUses = tool['max_uses'];
+    if (maxUses === undefined || maxUses === null) return controls.webSearches ?? 1;
+    if (typeof maxUses !== 'number' || !Number.isSafeInteger(maxUses) || maxUses < 1) {
+      return `tools.${index}.${tool['type']}.max_uses: Input should be greater than 0`;
+    }
+    return Math.min(controls.webSearches ?? 1, maxUses);
+  }
+  return 0;
+}
+
+/** Builds a `server_tool_use` block and its `web_search_tool_result` block for each search. */
+function webSearchBlocks(id: string, searches: number): Record<string, unknown>[] {
+  const blocks: Record<string, unknown>[] = [];
+  for (let search = 1; search <= searches; search++) {
+    const toolUseId = `srvtoolu_${id}_${search}`;
+    blocks.push({ type: 'server_tool_use', id: toolUseId, name: 'web_search', input: { query: `simulated query ${search}` }, caller: { type: 'direct' } });
+    blocks.push({
+      type: 'web_search_tool_result',
+      tool_use_id: toolUseId,
+      caller: { type: 'direct' },
+      content: [
+        {
+          type: 'web_search_result',
+          url: `https://example.com/result-${search}`,
+          title: `Simulated result ${search}`,
+          encrypted_content: Buffer.from(`simulated page ${search}`).toString('base64'),
+          page_age: null,
+        },
+      ],
+    });
+  }
+  return blocks;
 }
 
 /** Returns the cumulative counts of `message_delta`, which carries no `cache_creation` split or service tier. */

@@ -23,6 +23,11 @@ export interface Controls {
   cutAfter: number | undefined;
   /** `x-sim-output-tokens`: output length when the request's limit allows it. */
   outputTokens: number | undefined;
+  /**
+   * `x-sim-web-searches`: web searches the model runs when the request
+   * enables a web search tool (default 1), up to the request's limit on them.
+   */
+  webSearches: number | undefined;
 }
 
 /** An `x-sim-*` header with a value the simulator cannot use. */
@@ -31,6 +36,7 @@ export class InvalidControlError extends Error {
 }
 
 const MAX_DELAY_MS = 600_000;
+const MAX_WEB_SEARCHES = 1000;
 
 /** Reads the controls of one request, or throws InvalidControlError naming a malformed header. */
 export function readControls(headers: IncomingHttpHeaders): Controls {
@@ -43,6 +49,7 @@ export function readControls(headers: IncomingHttpHeaders): Controls {
     chunkDelayMs: readInteger(headers, 'x-sim-chunk-delay-ms', 0, MAX_DELAY_MS) ?? 0,
     cutAfter: readInteger(headers, 'x-sim-cut-after', 0, 1_000_000),
     outputTokens: readInteger(headers, 'x-sim-output-tokens', 0, MAX_OUTPUT_TOKENS),
+    webSearches: readInteger(headers, 'x-sim-web-searches', 0, MAX_WEB_SEARCHES),
   };
 }
 

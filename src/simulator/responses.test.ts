@@ -215,3 +215,56 @@ describe('simulator: OpenAI responses', () => {
     expect((error as InstanceType<typeof OpenAI.APIError>).type).toBe('rate_limit_exceeded');
   });
 });
+
+describe('simulator: OpenAI responses web search', () => {
+  const request = { ...REQUEST, tools: [{ type: 'web_search' as const }] };
+
+  it('adds a search call item per search', async () => {
+    const response = await openai.responses.create(request, { headers: { 'x-sim-web-searches': '2' } });
+    expect(response.output.map((item) => item.type)).toEqual(['web_search_call', 'web_search_call', 'message']);
+    expect(response.output[1]).toEqual({
+      id: expect.stringMatching(/^ws_resp_sim\d{8}_2$/),
+      type: 'web_search_call',
+      status: 'completed',
+      action: { type: 'search', query: 'simulated query 2', queries: ['simulated query 2'] },
+    });
+    expect(response.tool_usage?.web_search).toEqual({ num_requests: 2 });
+    expect(response.output_text).toBe(generatedText(16));
+  });
+
+  it('stops at max_tool_calls', async () => {
+    const response = await openai.responses.create({ ...request, max_tool_calls: 1 }, { headers: { 'x-sim-web-searches': '3' } });
+    expect(response.output.filter((item) => item.type === 'web_search_call')).toHaveLength(1);
+    expect(response.max_tool_calls).toBe(1);
+    expect(response.tool_usage?.web_search.num_requests).toBe(1);
+  });
+
+  it('runs no search without the tool', async () => {
+    const response = await openai.responses.create(REQUEST, { headers: { 'x-sim-web-searches': '3' } });
+    expect(response.output.map((item) => item.type)).toEqual(['message']);
+    expect(response.tool_usage).toBeUndefined();
+  });
+
+  it('streams the events of each search', async () => {
+    const { text } = await post('/v1/responses', { ...request, stream: true }, { 'x-sim-web-searches': '1' });
+    const events = parseEvents(text);
+    expect(events.slice(2, 8).map((event) => event.event)).toEqual([
+      'response.output_item.added',
+      'response.web_search_call.in_progress',
+      'response.web_search_call.searching',
+      'response.web_search_call.completed',
+      'response.output_item.done',
+      'response.output_item.added',
+    ]);
+    expect(events[3]!.data).toEqual({ type: 'response.web_search_call.in_progress', output_index: 0, item_id: expect.stringMatching(/^ws_resp_sim\d{8}_1$/), sequence_number: 3 });
+    const terminal = events.at(-1)!.data['response'] as Record<string, unknown>;
+    expect((terminal['output'] as Array<Record<string, unknown>>).map((item) => item['type'])).toEqual(['web_search_call', 'message']);
+    expect(events.every((event, index) => event.data['sequence_number'] === index)).toBe(true);
+  });
+
+  it('streams a response the SDK assembles', async () => {
+    const response = await openai.responses.stream(request, { headers: { 'x-sim-web-searches': '2' } }).finalResponse();
+    expect(response.output.map((item) => item.type)).toEqual(['web_search_call', 'web_search_call', 'message']);
+    expect(response.output_text).toBe(generatedText(16));
+  });
+});

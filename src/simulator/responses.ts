@@ -25,6 +25,8 @@ interface ResponseShape {
   body: Record<string, unknown>;
   limit: number | undefined;
   incomplete: boolean;
+  /** Web searches the model ran, or undefined when the request enables no web search tool. */
+  webSearches: number | undefined;
 }
 
 /** Builds a response, JSON or streamed, for a body with a model and an input. */
@@ -44,6 +46,12 @@ export function respondToResponses(body: Record<string, unknown>, controls: Cont
     );
   }
 
+  const maxToolCalls = body['max_tool_calls'];
+  if (maxToolCalls !== undefined && maxToolCalls !== null && (typeof maxToolCalls !== 'number' || !Number.isSafeInteger(maxToolCalls) || maxToolCalls < 0)) {
+    return invalidRequest(openaiProvider, `Invalid 'max_tool_calls': expected a non-negative integer, but got ${JSON.stringify(maxToolCalls)} instead.`, id);
+  }
+  const webSearches = hasWebSearchTool(body['tools']) ? Math.min(controls.webSearches ?? 1, typeof maxToolCalls === 'number' ? maxToolCalls : Infinity) : undefined;
+
   // The length the simulated model generates when no limit stops it.
   const naturalLength = controls.outputTokens ?? DEFAULT_OUTPUT_TOKENS;
   const tokens = limit === undefined ? naturalLength : Math.min(limit, naturalLength);
@@ -55,13 +63,35 @@ export function respondToResponses(body: Record<string, unknown>, controls: Cont
     body,
     limit,
     incomplete: limit !== undefined && limit < naturalLength,
+    webSearches,
   };
   const inputTokens = responsesInputTokens(body);
   const usage = controls.omitUsage ? undefined : (controls.usage ?? responsesUsage(inputTokens, tokens));
   const pieces = generatedPieces(tokens, controls.chunks ?? tokens);
 
   if (body['stream'] === true) return { kind: 'stream', events: responseEvents(shape, pieces, usage) };
-  return { kind: 'json', status: 200, body: responseObject(shape, [messageItem(shape, pieces.join(''), true)], usage, true) };
+  const output = [...webSearchItems(shape, true), messageItem(shape, pieces.join(''), true)];
+  return { kind: 'json', status: 200, body: responseObject(shape, output, usage, true) };
+}
+
+/** Tells whether `tools` has a hosted web search tool (`web_search`, `web_search_preview` or a dated type of either). */
+function hasWebSearchTool(tools: unknown): boolean {
+  return Array.isArray(tools) && tools.some((tool: unknown) => isRecord(tool) && typeof tool['type'] === 'string' && tool['type'].startsWith('web_search'));
+}
+
+/** Builds one `web_search_call` item per search the model ran. Before it is done an item has status `in_progress` and no query. */
+function webSearchItems(shape: ResponseShape, done: boolean): Record<string, unknown>[] {
+  const items: Record<string, unknown>[] = [];
+  for (let search = 1; search <= (shape.webSearches ?? 0); search++) {
+    const query = `simulated query ${search}`;
+    items.push({
+      id: `ws_${shape.id}_${search}`,
+      type: 'web_search_call',
+      status: done ? 'completed' : 'in_progress',
+      action: done ? { type: 'search', query, queries: [query] } : { type: 'search' },
+    });
+  }
+  return items;
 }
 
 /**
@@ -113,7 +143,7 @@ function responseObject(shape: ResponseShape, output: unknown[], usage: Record<s
     incomplete_details: done && shape.incomplete ? { reason: 'max_output_tokens' } : null,
     instructions: typeof body['instructions'] === 'string' ? body['instructions'] : null,
     max_output_tokens: shape.limit ?? null,
-    max_tool_calls: null,
+    max_tool_calls: typeof body['max_tool_calls'] === 'number' ? body['max_tool_calls'] : null,
     model: shape.model,
     output,
     parallel_tool_calls: true,
@@ -124,7 +154,7 @@ function responseObject(shape: ResponseShape, output: unknown[], usage: Record<s
     temperature: typeof body['temperature'] === 'number' ? body['temperature'] : 1,
     text: { format: { type: 'text' }, verbosity: 'medium' },
     tool_choice: 'auto',
-    tools: [],
+    tools: Array.isArray(body['tools']) ? body['tools'] : [],
     top_logprobs: 0,
     top_p: typeof body['top_p'] === 'number' ? body['top_p'] : 1,
     truncation: 'disabled',
@@ -132,8 +162,17 @@ function responseObject(shape: ResponseShape, output: unknown[], usage: Record<s
   };
   if (!done) response['usage'] = null;
   else if (usage !== undefined) response['usage'] = usage;
+  if (done && shape.webSearches !== undefined) response['tool_usage'] = toolUsage(shape.webSearches);
   response['user'] = null;
   return response;
+}
+
+/** Builds the `tool_usage` of a response with web searches, with zero image generation, as the `openai` package's types describe it. */
+function toolUsage(webSearches: number): Record<string, unknown> {
+  return {
+    image_gen: { input_tokens: 0, input_tokens_details: { image_tokens: 0, text_tokens: 0 }, output_tokens: 0, total_tokens: 0 },
+    web_search: { num_requests: webSearches },
+  };
 }
 
 /** Builds the assistant message item. Before it is done it has no content and status `in_progress`. */
@@ -165,19 +204,30 @@ function responseEvents(shape: ResponseShape, pieces: string[], usage: Record<st
     events.push({ text: `event: ${type}\ndata: ${JSON.stringify(data)}\n\n`, content });
   };
   const text = pieces.join('');
-  const position = { item_id: shape.messageId, output_index: 0, content_index: 0 };
+  const searches = webSearchItems(shape, true);
+  const messageIndex = searches.length;
+  const position = { item_id: shape.messageId, output_index: messageIndex, content_index: 0 };
 
   emit('response.created', { response: responseObject(shape, [], undefined, false) });
   emit('response.in_progress', { response: responseObject(shape, [], undefined, false) });
-  emit('response.output_item.added', { output_index: 0, item: messageItem(shape, '', false) });
+  const started = webSearchItems(shape, false);
+  for (const [index, search] of searches.entries()) {
+    const call = { output_index: index, item_id: search['id'] };
+    emit('response.output_item.added', { output_index: index, item: started[index] });
+    emit('response.web_search_call.in_progress', call);
+    emit('response.web_search_call.searching', call);
+    emit('response.web_search_call.completed', call);
+    emit('response.output_item.done', { output_index: index, item: search });
+  }
+  emit('response.output_item.added', { output_index: messageIndex, item: messageItem(shape, '', false) });
   emit('response.content_part.added', { ...position, part: outputText('') });
   for (const piece of pieces) emit('response.output_text.delta', { ...position, delta: piece, logprobs: [] }, true);
   emit('response.output_text.done', { ...position, text, logprobs: [] });
   emit('response.content_part.done', { ...position, part: outputText(text) });
 
   const item = messageItem(shape, text, true);
-  emit('response.output_item.done', { output_index: 0, item });
+  emit('response.output_item.done', { output_index: messageIndex, item });
   const terminal = shape.incomplete ? 'response.incomplete' : 'response.completed';
-  emit(terminal, { response: responseObject(shape, [item], usage, true) });
+  emit(terminal, { response: responseObject(shape, [...searches, item], usage, true) });
   return events;
 }

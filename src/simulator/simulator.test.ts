@@ -356,3 +356,39 @@ describe('simulator output through the adapters', () => {
     });
   });
 });
+
+describe('simulator: Anthropic web search', () => {
+  const request = { model: 'claude-sonnet-4-5', max_tokens: 1024, messages: [{ role: 'user' as const, content: 'alpha delta echo' }] };
+  const tool = { type: 'web_search_20250305' as const, name: 'web_search' as const };
+
+  it('runs one search by default', async () => {
+    const message = await anthropic.messages.create({ ...request, tools: [tool] });
+    expect(message.content.map((block) => block.type)).toEqual(['server_tool_use', 'web_search_tool_result', 'text']);
+    expect(message.content[0]).toEqual({ type: 'server_tool_use', id: expect.stringMatching(/^srvtoolu_sim\d{8}_1$/), name: 'web_search', input: { query: 'simulated query 1' }, caller: { type: 'direct' } });
+    expect(message.usage.server_tool_use).toEqual({ web_search_requests: 1, web_fetch_requests: 0 });
+  });
+
+  it('stops at max_uses', async () => {
+    const message = await anthropic.messages.create({ ...request, tools: [{ ...tool, max_uses: 2 }] }, { headers: { 'x-sim-web-searches': '4' } });
+    expect(message.content.filter((block) => block.type === 'server_tool_use')).toHaveLength(2);
+    expect(message.usage.server_tool_use?.web_search_requests).toBe(2);
+  });
+
+  it('runs no search without the tool', async () => {
+    const message = await anthropic.messages.create(request, { headers: { 'x-sim-web-searches': '4' } });
+    expect(message.content.map((block) => block.type)).toEqual(['text']);
+    expect(message.usage.server_tool_use).toBeUndefined();
+  });
+
+  it('streams searches the SDK assembles', async () => {
+    const message = await anthropic.messages.stream({ ...request, tools: [tool] }, { headers: { 'x-sim-web-searches': '2' } }).finalMessage();
+    expect(message.content.map((block) => block.type)).toEqual(['server_tool_use', 'web_search_tool_result', 'server_tool_use', 'web_search_tool_result', 'text']);
+    expect(message.content[2]).toMatchObject({ type: 'server_tool_use', input: { query: 'simulated query 2' } });
+    expect(message.usage.server_tool_use).toEqual({ web_search_requests: 2, web_fetch_requests: 0 });
+  });
+
+  it('rejects a max_uses below 1', async () => {
+    const error = await anthropic.messages.create({ ...request, tools: [{ ...tool, max_uses: 0 }] }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(Anthropic.BadRequestError);
+  });
+});
