@@ -10,7 +10,7 @@ import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestChanges, RequestInfo, ToolUseLimit } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
-import { adapterFor, estimatePromptFromBody, estimatePromptTokens, UnsupportedProtocolError } from '../src/providers/index.ts';
+import { adapterFor, estimatePromptFromBody, estimatePromptTokens, UnsupportedProtocolError, type EndpointKind } from '../src/providers/index.ts';
 import { shortestBodyBytes } from '../src/providers/shortest-body.ts';
 import { UnknownModelError } from '../src/rating/plan.ts';
 import type { RateCard } from '../src/rating/rates.ts';
@@ -69,7 +69,8 @@ const MAX_INITIAL_SERIES = 1000;
  *   reached, or cut a pass-through response
  * - ledger_error: the ledger was unavailable, so nothing was forwarded
  * - internal_error: any other 5xx that the sidecar returned itself
- * - passthrough: a GET or HEAD, such as a models list, forwarded without billing
+ * - passthrough: a GET or HEAD of an endpoint that lists or describes
+ *   models, forwarded without billing
  */
 export type RequestOutcome = 'admitted' | 'denied' | 'invalid' | 'upstream_error' | 'ledger_error' | 'internal_error' | 'passthrough';
 
@@ -81,6 +82,10 @@ export const UNKNOWN_MODEL = 'unknown';
 export interface ProxyErrorOptions extends ErrorOptions {
   /** Set when policy denies the request, so that it is counted as denied. */
   denialReason?: DenialReason;
+  /** The request field the error is about, for the `param` of OpenAI-format errors. */
+  param?: string | undefined;
+  /** Headers to send with the error response, such as `allow` on a 405. */
+  headers?: Record<string, string>;
 }
 
 /** An error returned in the provider's own format, with nothing forwarded and nothing debited. */
@@ -89,6 +94,8 @@ export class ProxyError extends Error {
   readonly status: number;
   readonly code: string;
   readonly denialReason: DenialReason | undefined;
+  readonly param: string | undefined;
+  readonly headers: Readonly<Record<string, string>>;
   /** The requested model, once it was priced. Before pricing it is whatever the client sent. */
   model: string | undefined;
   /** The request id and the paying wallet, once they are known, for the log line of the rejection. */
@@ -100,6 +107,8 @@ export class ProxyError extends Error {
     this.status = status;
     this.code = code;
     this.denialReason = options?.denialReason;
+    this.param = options?.param;
+    this.headers = options?.headers ?? {};
   }
 }
 
@@ -264,15 +273,9 @@ export class Proxy {
    */
   async handle(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const startedNs = process.hrtime.bigint();
-    const matched = this.routeFor(request.url);
-    if (!matched) {
-      throw new ProxyError(404, 'unknown_route', `no provider route serves path "${request.url.split('?')[0]}"; use one of the prefixes: ${this.knownPrefixes()}`);
-    }
-    const { route, upstreamPath } = matched;
-    if (UNSAFE_PATH.test(upstreamPath.split('?')[0]!)) {
-      throw new ProxyError(400, 'invalid_path', `the path "${request.url.split('?')[0]}" has dot segments, empty segments or encoded slashes or dots; send the endpoint's plain path`);
-    }
-    const adapter = this.adapterOf(route);
+    // The server runs checkRequest before reading the body too. It runs again here, because the
+    // configuration may have changed since, and the route of the current snapshot must serve the request.
+    const { route, upstreamPath, adapter } = this.checkRequest(request);
 
     if (request.method === 'GET' || request.method === 'HEAD') {
       await this.passThrough(request, reply, route, adapter, upstreamPath);
@@ -296,6 +299,39 @@ export class Proxy {
       if (!admitted.counted) this.count(admitted, 'internal_error');
       this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
     }
+  }
+
+  /**
+   * Checks what can be checked before the body is read: the route, the path,
+   * the method and the content type. Only POST is metered. GET and HEAD are
+   * forwarded only to the endpoints that list or describe models (see
+   * ProviderAdapter.endpointKind), because the other GET endpoints read data
+   * of the provider account that all tenants share. Any other method gets a
+   * 405. Throws ProxyError, with the caller's request id for the log line.
+   */
+  checkRequest(request: FastifyRequest): { route: CompiledRoute; upstreamPath: string; adapter: ProviderAdapter } {
+    try {
+      const target = this.targetOf(request.url);
+      checkMethod(request, target.route, target.adapter, target.upstreamPath);
+      if (request.method === 'POST') checkContentType(request.headers['content-type'], target.adapter);
+      return target;
+    } catch (error) {
+      if (error instanceof ProxyError && error.requestId === undefined) error.requestId = loggableRequestId(request.headers);
+      throw error;
+    }
+  }
+
+  /** Finds the route and adapter of a URL, rejecting an unknown route or an unsafe path. */
+  private targetOf(url: string): { route: CompiledRoute; upstreamPath: string; adapter: ProviderAdapter } {
+    const matched = this.routeFor(url);
+    if (!matched) {
+      throw new ProxyError(404, 'unknown_route', `no provider route serves path "${url.split('?')[0]}"; use one of the prefixes: ${this.knownPrefixes()}`);
+    }
+    const { route, upstreamPath } = matched;
+    if (UNSAFE_PATH.test(upstreamPath.split('?')[0]!)) {
+      throw new ProxyError(400, 'invalid_path', `the path "${url.split('?')[0]}" has dot segments, empty segments or encoded slashes or dots; send the endpoint's plain path`);
+    }
+    return { route, upstreamPath, adapter: this.adapterOf(route) };
   }
 
   private adapterOf(route: CompiledRoute): ProviderAdapter {
@@ -944,7 +980,7 @@ export class Proxy {
     }
   }
 
-  /** Forwards a GET or HEAD request, such as a models list, without metering or billing it. */
+  /** Forwards a GET or HEAD request to a models endpoint, which checkRequest allowed, without metering or billing it. */
   private async passThrough(request: FastifyRequest, reply: FastifyReply, route: CompiledRoute, adapter: ProviderAdapter, upstreamPath: string): Promise<void> {
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(request.headers)) {
@@ -967,11 +1003,17 @@ export class Proxy {
       reply.raw.end();
     } catch (error) {
       // The status line is out, so the client learns of the cut only by the connection closing.
-      this.log.warn({ err: error, url: request.url, route: route.name }, 'pass-through response was cut; closing the client connection');
+      this.log.warn({ err: error, path: pathOf(request.url), route: route.name }, 'pass-through response was cut; closing the client connection');
       reply.raw.destroy();
       outcome = 'upstream_error';
     }
     this.metrics.requests.inc({ route: route.name, model: UNKNOWN_MODEL, outcome });
+    if (this.log.isLevelEnabled('debug')) {
+      this.log.debug(
+        { requestId: loggableRequestId(request.headers), route: route.name, method: request.method, path: pathOf(request.url), status: upstream.statusCode, outcome },
+        'forwarded without billing',
+      );
+    }
   }
 
   /** Writes a provider-format error on a hijacked response. */
@@ -980,8 +1022,8 @@ export class Proxy {
       res.destroy();
       return;
     }
-    const body = JSON.stringify(adapter.errorBody({ status: error.status, code: error.code, message: error.message }));
-    res.writeHead(error.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    const body = JSON.stringify(adapter.errorBody({ status: error.status, code: error.code, message: error.message, param: error.param }));
+    res.writeHead(error.status, { ...error.headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   }
 }
@@ -1109,9 +1151,68 @@ function inspect(adapter: ProviderAdapter, path: string, body: Record<string, un
   try {
     return adapter.inspect(path, body, route);
   } catch (error) {
-    if (error instanceof InvalidRequestError) throw new ProxyError(error.status, error.code, error.message);
+    if (error instanceof InvalidRequestError) throw new ProxyError(error.status, error.code, error.message, { param: error.param });
     throw error;
   }
+}
+
+/** Methods that checkMethod forwards. A route serves no other. */
+const FORWARDED_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'POST']);
+
+/** The `allow` header of a 405 on each kind of endpoint. */
+const ALLOWED_METHODS: Record<EndpointKind, string> = { metered: 'POST', models: 'GET, HEAD' };
+
+/**
+ * Rejects a method that the endpoint is not served with. A GET or HEAD of
+ * anything but a models endpoint gets a 404. Any method other than GET, HEAD
+ * and POST gets a 405, whose `allow` header lists the methods the path takes,
+ * and is empty on a path that the route does not serve. A POST to an
+ * unmetered endpoint is left to the adapter's inspect, whose 404 names it.
+ */
+function checkMethod(request: FastifyRequest, route: CompiledRoute, adapter: ProviderAdapter, upstreamPath: string): void {
+  const method = request.method;
+  if (method === 'POST') return;
+  const kind = adapter.endpointKind(upstreamPath, route.basePath);
+  if (!FORWARDED_METHODS.has(method) && kind !== undefined) {
+    throw new ProxyError(405, 'method_not_allowed', `${method} is not allowed on ${pathOf(request.url)}: ${servedEndpoints(adapter)}`, {
+      headers: { allow: ALLOWED_METHODS[kind] },
+    });
+  }
+  // A path that the route serves with no method is unknown, whatever the method.
+  if (kind !== 'models') {
+    throw new ProxyError(404, 'unsupported_endpoint', `unsupported endpoint ${method} ${pathOf(upstreamPath)}: ${servedEndpoints(adapter)}`);
+  }
+}
+
+/** Describes what a route of the adapter's protocol serves, for the 404 and 405 messages. */
+function servedEndpoints(adapter: ProviderAdapter): string {
+  return `this route meters POST to ${adapter.meteredEndpoints}, and forwards GET and HEAD without billing only to ${adapter.modelsEndpoints}`;
+}
+
+/** Media types of uploads (multipart forms, audio, images, video), whose bodies are never JSON. */
+const UPLOAD_MEDIA_TYPE = /^(multipart|audio|image|video)\//;
+
+/**
+ * Rejects a body whose content type is clearly not JSON. A missing or other
+ * content type is accepted, because clients differ: curl's `-d` sends JSON
+ * as application/x-www-form-urlencoded, for one.
+ */
+function checkContentType(contentType: string | undefined, adapter: ProviderAdapter): void {
+  if (contentType === undefined) return;
+  const mediaType = contentType.split(';', 1)[0]!.trim().toLowerCase();
+  if (!UPLOAD_MEDIA_TYPE.test(mediaType)) return;
+  throw new ProxyError(
+    415,
+    'unsupported_media_type',
+    `the request body is ${mediaType}, but this route takes only JSON bodies, on the endpoints it meters (${adapter.meteredEndpoints}). ` +
+      'The sidecar does not forward uploads such as files or audio; send a JSON object with content-type: application/json',
+  );
+}
+
+/** Returns a URL's path without the query string, which may carry a credential (Gemini's `key`). */
+function pathOf(url: string): string {
+  const query = url.indexOf('?');
+  return query === -1 ? url : url.slice(0, query);
 }
 
 function endSpanWithError(span: Span, error: unknown, errorType?: string): void {

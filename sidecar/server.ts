@@ -80,6 +80,10 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
   app.route({
     method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
     url: PROXY_ROUTE_URL,
+    // onRequest runs before fastify reads the body, so a request that the route does not serve is rejected unread.
+    onRequest: async (request) => {
+      proxy.checkRequest(request);
+    },
     handler: (request, reply) => proxy.handle(request, reply),
   });
 
@@ -232,10 +236,10 @@ function sendProxyError(reply: FastifyReply, route: CompiledRoute | undefined, e
   const protocol = route?.protocol ?? 'openai';
   // A protocol without an adapter gets its error in OpenAI's format, the one most clients read.
   const adapter = supportsProtocol(protocol) ? adapterFor(protocol) : adapterFor('openai');
-  const body = adapter.errorBody({ status: error.status, code: error.code, message: error.message });
+  const body = adapter.errorBody({ status: error.status, code: error.code, message: error.message, param: error.param });
   if (reply.sent || reply.raw.headersSent) {
     reply.raw.destroy();
     return;
   }
-  void reply.code(error.status).header('content-type', 'application/json').send(body);
+  void reply.code(error.status).headers(error.headers).header('content-type', 'application/json').send(body);
 }

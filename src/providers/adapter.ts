@@ -1,4 +1,5 @@
 import type { Usage } from '../rating/usage.ts';
+import type { EndpointKind } from './endpoints.ts';
 
 export type Protocol = 'openai' | 'anthropic' | 'openai-compatible' | 'gemini' | 'azure-openai';
 
@@ -117,6 +118,8 @@ export interface ErrorDetails {
   /** Short machine-readable code, for example `insufficient_funds` or `unknown_model`. */
   code: string;
   message: string;
+  /** The request field the error is about, such as `input[0]`, or undefined when it is not about one field. */
+  param?: string | undefined;
 }
 
 export interface ProviderAdapter {
@@ -127,6 +130,19 @@ export interface ProviderAdapter {
    * deployment the request names, looked up in `route`.
    */
   inspect(path: string, body: Record<string, unknown>, route?: RouteContext): RequestInfo;
+  /**
+   * Classifies an upstream path by what the sidecar does with it (see
+   * EndpointKind), from the path alone, or returns undefined for a path that
+   * the route serves with no method. A models endpoint is one that only lists
+   * or describes models. Every other GET endpoint reads data of the provider
+   * account that all tenants share, so it is not a models endpoint.
+   * `basePath` is the route's upstream path prefix (see isModelsPath).
+   */
+  endpointKind(path: string, basePath: string): EndpointKind | undefined;
+  /** The metered endpoints, for messages, such as `/v1/messages`. */
+  readonly meteredEndpoints: string;
+  /** The models endpoints, for messages, such as `/v1/models and /v1/models/{model}`. */
+  readonly modelsEndpoints: string;
   /**
    * Returns the body to forward: output limit set where needed, stream usage
    * requested. It does not modify the body passed in, and does not throw, so
@@ -157,10 +173,13 @@ export class InvalidRequestError extends Error {
   override readonly name = 'InvalidRequestError';
   readonly status: number;
   readonly code: string;
+  /** The request field the error is about, such as `model` or `input[2]`, for the `param` of OpenAI-format errors. */
+  readonly param: string | undefined;
 
-  constructor(message: string, status = 400, code = 'invalid_request') {
+  constructor(message: string, status = 400, code = 'invalid_request', param?: string) {
     super(message);
     this.status = status;
     this.code = code;
+    this.param = param;
   }
 }

@@ -74,6 +74,24 @@ describe('AnthropicAdapter.inspect', () => {
   });
 });
 
+describe('AnthropicAdapter.endpointKind', () => {
+  it('classifies metered and models endpoints', () => {
+    const cases: Array<[string, ReturnType<typeof anthropic.endpointKind>]> = [
+      ['/v1/messages', 'metered'],
+      ['/v1/models', 'models'],
+      ['/v1/models?beta=true&limit=20', 'models'],
+      ['/v1/models/claude-sonnet-4-5', 'models'],
+      ['/v1/messages/batches', undefined],
+      ['/v1/messages/batches/msgbatch_1/results', undefined],
+      ['/v1/files', undefined],
+      ['/v1/organizations/me', undefined],
+      ['/v1/messages/count_tokens', undefined],
+      ['/v1/files/file_1/v1/models', undefined],
+    ];
+    for (const [path, kind] of cases) expect(anthropic.endpointKind(path, ''), path).toBe(kind);
+  });
+});
+
 describe('AnthropicAdapter.prepare', () => {
   it('sets max_tokens without modifying the client body', () => {
     const body = { model: 'm', max_tokens: 8000 };

@@ -9,6 +9,7 @@ import {
   type StreamMeter,
   type ToolUseLimit,
 } from './adapter.ts';
+import { isModelsPath, type EndpointKind } from './endpoints.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
 import { isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
 import { SseSplitter, type SseEvent } from './sse.ts';
@@ -33,9 +34,14 @@ const ERROR_TYPES: ReadonlyMap<number, string> = new Map([
   [529, 'overloaded_error'],
 ]);
 
+/** `/v1/models` and `/v1/models/{model_id}`. */
+const MODELS_PATHS: readonly RegExp[] = [/\/v1\/models(?:\/[^/]+)?$/];
+
 export class AnthropicAdapter implements ProviderAdapter {
   readonly protocol = 'anthropic' as const;
   readonly defaultHeaders: Readonly<Record<string, string>> = { 'anthropic-version': DEFAULT_ANTHROPIC_VERSION };
+  readonly meteredEndpoints = '/v1/messages';
+  readonly modelsEndpoints = '/v1/models and /v1/models/{model_id}';
 
   inspect(path: string, body: Record<string, unknown>): RequestInfo {
     const endpoint = pathOnly(path);
@@ -43,7 +49,7 @@ export class AnthropicAdapter implements ProviderAdapter {
       // NOTE: /v1/messages/count_tokens costs nothing but is rejected too,
       // because RequestInfo has no operation for an unbilled call.
       throw new InvalidRequestError(
-        `unsupported endpoint ${endpoint}: this route meters only /v1/messages`,
+        `unsupported endpoint ${endpoint}: this route meters only ${this.meteredEndpoints}`,
         404,
         'unsupported_endpoint',
       );
@@ -53,13 +59,18 @@ export class AnthropicAdapter implements ProviderAdapter {
     const stream = readFlag(body, 'stream');
     const maxTokens = readPositiveInteger(body, 'max_tokens');
     if (maxTokens === undefined) {
-      throw new InvalidRequestError('missing required field "max_tokens": the Messages API requires an output limit');
+      throw new InvalidRequestError('missing required field "max_tokens": the Messages API requires an output limit', 400, 'invalid_request', 'max_tokens');
     }
     // Anthropic streams always carry usage, so there is nothing to hide from the client.
     const info: RequestInfo = { model, stream, maxOutputTokens: maxTokens, clientWantsStreamUsage: true, operation: 'chat' };
     const toolUseLimits = readServerToolLimits(body['tools']);
     if (toolUseLimits.length > 0) info.toolUseLimits = toolUseLimits;
     return info;
+  }
+
+  endpointKind(path: string, basePath: string): EndpointKind | undefined {
+    if (pathOnly(path).endsWith('/messages')) return 'metered';
+    return isModelsPath(path, basePath, MODELS_PATHS) ? 'models' : undefined;
   }
 
   prepare(body: Record<string, unknown>, _info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
@@ -132,7 +143,7 @@ function readServerToolLimits(tools: unknown): ToolUseLimit[] {
     const field = `tools[${index}].max_uses`;
     const maxUses = tool['max_uses'];
     if (maxUses !== undefined && maxUses !== null && (typeof maxUses !== 'number' || !Number.isSafeInteger(maxUses) || maxUses < 1)) {
-      throw new InvalidRequestError(`invalid field "${field}": expected a positive integer, got ${JSON.stringify(maxUses)}`);
+      throw new InvalidRequestError(`invalid field "${field}": expected a positive integer, got ${JSON.stringify(maxUses)}`, 400, 'invalid_request', field);
     }
     limits.push({ field, tools: `the ${String(tool['type'])} tool`, units: [unit], maxUses: typeof maxUses === 'number' ? maxUses : undefined, toolIndex: index });
   }

@@ -198,6 +198,30 @@ describe('AzureOpenAIAdapter.inspect', () => {
   });
 });
 
+describe('AzureOpenAIAdapter.endpointKind', () => {
+  it('classifies metered and models endpoints', () => {
+    const cases: Array<[string, ReturnType<typeof azure.endpointKind>]> = [
+      ['/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21', 'metered'],
+      ['/openai/deployments/embedder/embeddings?api-version=2024-10-21', 'metered'],
+      ['/openai/v1/chat/completions', 'metered'],
+      ['/openai/v1/embeddings', 'metered'],
+      ['/openai/models?api-version=2024-10-21', 'models'],
+      ['/openai/models/gpt-4o-2024-08-06?api-version=2024-10-21', 'models'],
+      ['/openai/v1/models', 'models'],
+      ['/openai/v1/models/gpt-4o', 'models'],
+      ['/openai/deployments?api-version=2022-12-01', 'models'],
+      ['/openai/deployments/prod-4o?api-version=2022-12-01', 'models'],
+      ['/openai/v1/responses/resp_1', undefined],
+      ['/openai/files?api-version=2024-10-21', undefined],
+      ['/openai/v1/files', undefined],
+      ['/openai/fine_tuning/jobs?api-version=2024-10-21', undefined],
+      ['/openai/batches?api-version=2024-10-21', undefined],
+      ['/openai/files/file-1/openai/models', undefined],
+    ];
+    for (const [path, kind] of cases) expect(azure.endpointKind(path, ''), path).toBe(kind);
+  });
+});
+
 describe('AzureOpenAIAdapter.prepare', () => {
   it('sets max_tokens for a non-reasoning base model', () => {
     const prepared = azure.prepare({ messages: MESSAGES, stream: true }, chatInfo(), { maxOutputTokens: 512 });

@@ -8,6 +8,7 @@ import {
   type RouteContext,
   type StreamMeter,
 } from './adapter.ts';
+import { isModelsPath, type EndpointKind } from './endpoints.ts';
 import { pathOnly } from './fields.ts';
 import { OpenAIAdapter, readOpenAIRequest } from './openai.ts';
 
@@ -34,6 +35,18 @@ type Operation = RequestInfo['operation'];
 const DEPLOYMENT_PATH = /\/openai\/deployments\/([^/]+)\/(chat\/completions|embeddings)$/;
 const V1_PATH = /\/openai\/v1\/(chat\/completions|embeddings)$/;
 
+const METERED_ENDPOINTS =
+  '/openai/deployments/{deployment}/chat/completions, /openai/deployments/{deployment}/embeddings, /openai/v1/chat/completions and /openai/v1/embeddings';
+
+/**
+ * Models and deployments, listed or one by id: `/openai/models` (where the
+ * `AzureOpenAI` client's `models.list()` goes), `/openai/v1/models` (the
+ * plain `OpenAI` client on a v1 base URL) and `/openai/deployments`.
+ * NOTE: Azure serves `/openai/deployments` only on older data-plane API
+ * versions, such as 2022-12-01, and returns 404 on the others.
+ */
+const MODELS_PATHS: readonly RegExp[] = [/\/openai(?:\/v1)?\/models(?:\/[^/]+)?$/, /\/openai\/deployments(?:\/[^/]+)?$/];
+
 /**
  * Base models that get `max_completion_tokens`: the o-series reasoning models, which
  * reject `max_tokens`, and the gpt-5 and codex reasoning models, treated the same way.
@@ -43,6 +56,8 @@ const NEEDS_MAX_COMPLETION_TOKENS = /^(o\d|gpt-5|codex)/;
 export class AzureOpenAIAdapter implements ProviderAdapter {
   readonly protocol = 'azure-openai' as const;
   readonly defaultHeaders: Readonly<Record<string, string>> = {};
+  readonly meteredEndpoints = METERED_ENDPOINTS;
+  readonly modelsEndpoints = '/openai/models, /openai/v1/models and /openai/deployments, each also with /{id}';
   /** Sets `max_completion_tokens` when the client set no limit. */
   readonly #completionLimit = new OpenAIAdapter('openai');
   /** Sets `max_tokens` when the client set no limit, as OpenAI-compatible servers expect. */
@@ -51,6 +66,12 @@ export class AzureOpenAIAdapter implements ProviderAdapter {
   inspect(path: string, body: Record<string, unknown>, route?: RouteContext): RequestInfo {
     const { deployment, operation } = readEndpoint(path, body);
     return readOpenAIRequest(operation, baseModelOf(deployment, route), body);
+  }
+
+  endpointKind(path: string, basePath: string): EndpointKind | undefined {
+    const endpoint = pathOnly(path);
+    if (DEPLOYMENT_PATH.test(endpoint) || V1_PATH.test(endpoint)) return 'metered';
+    return isModelsPath(path, basePath, MODELS_PATHS) ? 'models' : undefined;
   }
 
   prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
@@ -93,8 +114,7 @@ function readEndpoint(path: string, body: Record<string, unknown>): { deployment
   if (v1 !== null) return { deployment: requireDeploymentField(body), operation: operationOf(v1[1]!) };
 
   throw new InvalidRequestError(
-    `unsupported endpoint ${endpoint}: this route meters only /openai/deployments/{deployment}/chat/completions, ` +
-      '/openai/deployments/{deployment}/embeddings, /openai/v1/chat/completions and /openai/v1/embeddings',
+    `unsupported endpoint ${endpoint}: this route meters only ${METERED_ENDPOINTS}`,
     404,
     'unsupported_endpoint',
   );
@@ -114,6 +134,7 @@ function requireApiVersion(path: string): void {
         'set apiVersion or OPENAI_API_VERSION for the AzureOpenAI client, for example 2024-10-21',
       400,
       'missing_api_version',
+      'api-version',
     );
   }
 }
@@ -123,6 +144,9 @@ function requireDeploymentField(body: Record<string, unknown>): string {
   if (typeof model !== 'string' || model.length === 0) {
     throw new InvalidRequestError(
       'missing or invalid field "model": on /openai/v1 paths it must be the name of an Azure deployment, as a non-empty string',
+      400,
+      'invalid_request',
+      'model',
     );
   }
   return model;

@@ -29,6 +29,9 @@ export function requireModel(body: Record<string, unknown>): string {
       model === undefined
         ? 'missing required field "model": set it to the id of the model to call'
         : `invalid field "model": expected a non-empty string, got ${describe(model)}`,
+      400,
+      'invalid_request',
+      'model',
     );
   }
   return model;
@@ -39,7 +42,7 @@ export function readFlag(body: Record<string, unknown>, field: string): boolean 
   const value = body[field];
   if (value === undefined || value === null) return false;
   if (typeof value !== 'boolean') {
-    throw new InvalidRequestError(`invalid field "${field}": expected true or false, got ${describe(value)}`);
+    throw new InvalidRequestError(`invalid field "${field}": expected true or false, got ${describe(value)}`, 400, 'invalid_request', field);
   }
   return value;
 }
@@ -49,7 +52,7 @@ export function readPositiveInteger(body: Record<string, unknown>, field: string
   const value = body[field];
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
-    throw new InvalidRequestError(`invalid field "${field}": expected a positive integer, got ${describe(value)}`);
+    throw new InvalidRequestError(`invalid field "${field}": expected a positive integer, got ${describe(value)}`, 400, 'invalid_request', field);
   }
   return value;
 }

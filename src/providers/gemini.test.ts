@@ -154,6 +154,30 @@ describe('GeminiAdapter.inspect', () => {
   });
 });
 
+describe('GeminiAdapter.endpointKind', () => {
+  it('classifies metered and models endpoints', () => {
+    const cases: Array<[string, ReturnType<typeof gemini.endpointKind>]> = [
+      ['/v1beta/models/gemini-2.5-flash:generateContent', 'metered'],
+      ['/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse', 'metered'],
+      ['/v1/models/gemini-embedding-001:batchEmbedContents', 'metered'],
+      ['/v1beta/models', 'models'],
+      ['/v1beta/models?pageSize=50&pageToken=abc', 'models'],
+      ['/v1/models/gemini-2.5-flash', 'models'],
+      ['/v1alpha/models/gemini-2.0-flash-001', 'models'],
+      ['/v1beta/models/gemini-2.5-flash:countTokens', undefined],
+      ['/v1beta/models/gemini-2.5-flash:predict', undefined],
+      ['/v1beta/tunedModels', undefined],
+      ['/v1beta/tunedModels/my-model', undefined],
+      ['/v1beta/files', undefined],
+      ['/v1beta/cachedContents', undefined],
+      ['/v1beta/batches/b1', undefined],
+      ['/models', undefined],
+      ['/v1beta/files/f1/v1beta/models', undefined],
+    ];
+    for (const [path, kind] of cases) expect(gemini.endpointKind(path, ''), path).toBe(kind);
+  });
+});
+
 describe('GeminiAdapter.prepare', () => {
   it('sets maxOutputTokens without modifying the client body', () => {
     const body = { contents: CONTENTS, generationConfig: { temperature: 0.2 } };

@@ -8,6 +8,7 @@ import {
   type ResponseMetadata,
   type StreamMeter,
 } from './adapter.ts';
+import { isModelsPath, type EndpointKind } from './endpoints.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
 import { FinishReasons, isRecord, pathOnly, readCount, readPositiveInteger } from './fields.ts';
 import { SseSplitter, type SseEvent } from './sse.ts';
@@ -28,10 +29,19 @@ import { SseSplitter, type SseEvent } from './sse.ts';
 
 type Method = 'generateContent' | 'streamGenerateContent' | 'embedContent' | 'batchEmbedContents';
 
+const GEMINI_METERED_ENDPOINTS = '/v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse, :embedContent and :batchEmbedContents';
+
 const METHODS: ReadonlySet<string> = new Set<Method>(['generateContent', 'streamGenerateContent', 'embedContent', 'batchEmbedContents']);
 
 /** `.../models/{model}:{method}`, with the model id limited to the characters Google's ids use. */
 const MODEL_PATH = /\/models\/([A-Za-z0-9][A-Za-z0-9._-]*):([A-Za-z]+)$/;
+
+/**
+ * `models` and `models/{model}` under an API version (`v1`, `v1beta`,
+ * `v1alpha`), without a `:method`. Tuned models (`tunedModels/...`) belong
+ * to the provider account, so they are left out.
+ */
+const MODELS_PATHS: readonly RegExp[] = [/\/v[0-9]+(?:alpha|beta)?\/models(?:\/[A-Za-z0-9][A-Za-z0-9._-]*)?$/];
 
 /** `google.rpc.Code` names by HTTP status, as Google APIs pair them in error bodies. */
 const ERROR_STATUSES: ReadonlyMap<number, string> = new Map([
@@ -56,6 +66,8 @@ const ERROR_STATUSES: ReadonlyMap<number, string> = new Map([
 export class GeminiAdapter implements ProviderAdapter {
   readonly protocol = 'gemini' as const;
   readonly defaultHeaders: Readonly<Record<string, string>> = {};
+  readonly meteredEndpoints = GEMINI_METERED_ENDPOINTS;
+  readonly modelsEndpoints = '/v1beta/models and /v1beta/models/{model} (also under /v1 and /v1alpha)';
 
   inspect(path: string, body: Record<string, unknown>): RequestInfo {
     const { model, method } = parseEndpoint(path);
@@ -94,6 +106,12 @@ export class GeminiAdapter implements ProviderAdapter {
     }
     // Every chunk of a Gemini stream carries usage, so there is nothing to hide from the client.
     return { model, stream, maxOutputTokens, clientWantsStreamUsage: true, operation: 'chat' };
+  }
+
+  endpointKind(path: string, basePath: string): EndpointKind | undefined {
+    const match = MODEL_PATH.exec(pathOnly(path));
+    if (match !== null && METHODS.has(match[2]!)) return 'metered';
+    return isModelsPath(path, basePath, MODELS_PATHS) ? 'models' : undefined;
   }
 
   prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
@@ -351,7 +369,7 @@ function parseEndpoint(path: string): { model: string; method: Method } {
   const match = MODEL_PATH.exec(endpoint);
   if (match === null || !METHODS.has(match[2]!)) {
     throw new InvalidRequestError(
-      `unsupported endpoint ${endpoint}: this route meters only /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse, :embedContent and :batchEmbedContents`,
+      `unsupported endpoint ${endpoint}: this route meters only ${GEMINI_METERED_ENDPOINTS}`,
       404,
       'unsupported_endpoint',
     );

@@ -5,6 +5,7 @@ import { GeminiAdapter } from './gemini.ts';
 import { OpenAIAdapter } from './openai.ts';
 
 export * from './adapter.ts';
+export { isModelsPath, type EndpointKind } from './endpoints.ts';
 export { estimatePromptFromBody, estimatePromptTokens, estimateTokensFromText, countTextTokens } from './estimate.ts';
 export { SseSplitter, SseEventTooLargeError, type SseEvent, type SseVisitor } from './sse.ts';
 

@@ -138,6 +138,48 @@ describe('OpenAIAdapter.inspect of /v1/responses', () => {
     );
   });
 
+  it('rejects an item without type or role as a reference', () => {
+    for (const item of [{ id: 'msg_0' }, { id: 'msg_0', type: null }, { id: 'msg_0', type: null, role: null }]) {
+      const error = rejection({ model: 'gpt-4.1-mini', input: [{ role: 'user', content: 'hi' }, item] });
+      expect(error.code, JSON.stringify(item)).toBe('unsupported_parameter');
+      expect(error.param, JSON.stringify(item)).toBe('input[1]');
+      expect(error.message, JSON.stringify(item)).toBe(
+        'unsupported input item 1 without "type" and "role": the provider reads it as an item_reference and adds the stored item it names, ' +
+          'which the sidecar cannot see or price; send the item itself in "input", with its "type" (or its "role" for a message)',
+      );
+    }
+  });
+
+  it('accepts items that have a type or a role', () => {
+    const input = [
+      { role: 'user', content: 'hi' },
+      { role: 'assistant', content: 'hello', type: null },
+      { type: 'message', role: 'developer', content: [{ type: 'input_text', text: 'be brief' }] },
+      { type: 'function_call', call_id: 'call_1', name: 'lookup', arguments: '{}' },
+      { type: 'function_call_output', call_id: 'call_1', output: '42' },
+      { type: 'reasoning', id: 'rs_1', summary: [], encrypted_content: 'opaque' },
+      { type: 'compaction_trigger' },
+    ];
+    expect(inspect({ model: 'gpt-4.1-mini', input }).model).toBe('gpt-4.1-mini');
+  });
+
+  it('names the field of each unsupported parameter', () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ previous_response_id: 'resp_0' }, 'previous_response_id'],
+      [{ conversation: 'conv_0' }, 'conversation'],
+      [{ prompt: { id: 'pmpt_0' } }, 'prompt'],
+      [{ background: true }, 'background'],
+      [{ input: [{ type: 'item_reference', id: 'msg_0' }] }, 'input[0]'],
+      [{ input: 7 }, 'input'],
+      [{ max_output_tokens: 0 }, 'max_output_tokens'],
+      [{ stream: 'yes' }, 'stream'],
+      [{ model: 7 }, 'model'],
+    ];
+    for (const [fields, param] of cases) {
+      expect(rejection({ model: 'gpt-4.1-mini', input: 'hi', ...fields }).param, JSON.stringify(fields)).toBe(param);
+    }
+  });
+
   it('still rejects the other responses endpoints', () => {
     const error = rejection({ model: 'gpt-4.1-mini' }, '/v1/responses/resp_1/cancel');
     expect(error.status).toBe(404);

@@ -51,7 +51,7 @@ const UNBOUNDED_INPUT_FIELDS: ReadonlyMap<string, string> = new Map([
 export function readResponsesRequest(model: string, body: Record<string, unknown>): ResponsesRequestInfo {
   for (const [field, reason] of UNBOUNDED_INPUT_FIELDS) {
     if (body[field] !== undefined && body[field] !== null) {
-      throw new InvalidRequestError(`unsupported field "${field}": it ${reason}`, 400, 'unsupported_parameter');
+      throw new InvalidRequestError(`unsupported field "${field}": it ${reason}`, 400, 'unsupported_parameter', field);
     }
   }
   if (readFlag(body, 'background')) {
@@ -60,6 +60,7 @@ export function readResponsesRequest(model: string, body: Record<string, unknown
         'so the sidecar cannot meter it; send the request without "background", and set "stream": true for a long response',
       400,
       'unsupported_parameter',
+      'background',
     );
   }
   checkInput(body['input']);
@@ -108,19 +109,42 @@ function readWebSearchLimit(body: Record<string, unknown>): ToolUseLimit | undef
 function checkInput(input: unknown): void {
   if (input === undefined || input === null || typeof input === 'string') return;
   if (!Array.isArray(input)) {
-    throw new InvalidRequestError(`invalid field "input": expected a string or an array of input items, got ${typeof input}`);
+    throw new InvalidRequestError(`invalid field "input": expected a string or an array of input items, got ${typeof input}`, 400, 'invalid_request', 'input');
   }
   for (let index = 0; index < input.length; index++) {
     const item: unknown = input[index];
-    if (isRecord(item) && item['type'] === 'item_reference') {
+    if (!isRecord(item)) continue;
+    if (item['type'] === 'item_reference') {
       throw new InvalidRequestError(
         `unsupported input item ${index} of type "item_reference": the provider adds the stored item it names, which the sidecar cannot see or price; ` +
           'send the item itself in "input"',
         400,
         'unsupported_parameter',
+        `input[${index}]`,
+      );
+    }
+    if (isUntypedReference(item)) {
+      throw new InvalidRequestError(
+        `unsupported input item ${index} without "type" and "role": the provider reads it as an item_reference and adds the stored item it names, ` +
+          'which the sidecar cannot see or price; send the item itself in "input", with its "type" (or its "role" for a message)',
+        400,
+        'unsupported_parameter',
+        `input[${index}]`,
       );
     }
   }
+}
+
+/**
+ * Tells whether an input item is an item reference written without its
+ * type. In the `openai` package's input item types (7.60), `type` is
+ * optional only on messages, which require `role`, and on item references,
+ * which have no `role` (and allow `"type": null`). So an item with neither
+ * is a reference.
+ */
+function isUntypedReference(item: Record<string, unknown>): boolean {
+  const absent = (value: unknown) => value === undefined || value === null;
+  return absent(item['type']) && absent(item['role']);
 }
 
 /**

@@ -133,6 +133,38 @@ describe('OpenAIAdapter.inspect', () => {
   });
 });
 
+describe('OpenAIAdapter.endpointKind', () => {
+  it('classifies metered and models endpoints', () => {
+    const cases: Array<[string, string, ReturnType<typeof openai.endpointKind>]> = [
+      ['/v1/chat/completions', '', 'metered'],
+      ['/v1/responses', '', 'metered'],
+      ['/v1/embeddings', '', 'metered'],
+      ['/v1/models', '', 'models'],
+      ['/v1/models?limit=5', '', 'models'],
+      ['/v1/models/gpt-4o-mini', '', 'models'],
+      ['/v1/models/ft:gpt-4o-mini:acme::abc123', '', 'models'],
+      ['/openai/v1/models', '/openai', 'models'],
+      ['/v1/models', '/v1', 'models'],
+      ['/v1/responses/resp_1', '', undefined],
+      ['/v1/responses/resp_1/input_items', '', undefined],
+      ['/v1/files', '', undefined],
+      ['/v1/files/file-1/content', '', undefined],
+      ['/v1/batches', '', undefined],
+      ['/v1/fine_tuning/jobs', '', undefined],
+      ['/v1/chat/completions/chatcmpl-1', '', undefined],
+      ['/v1/models/gpt-4o-mini/extra', '', undefined],
+      ['/v1/models/', '', undefined],
+      ['/models', '', undefined],
+    ];
+    for (const [path, basePath, kind] of cases) expect(compatible.endpointKind(path, basePath), `${basePath} ${path}`).toBe(kind);
+  });
+
+  it('rejects a models path after other segments', () => {
+    expect(openai.endpointKind('/v1/files/file-1/content/v1/models', '')).toBeUndefined();
+    expect(openai.endpointKind('/openai/v1/files/v1/models/m', '/openai')).toBeUndefined();
+  });
+});
+
 describe('OpenAIAdapter.prepare', () => {
   it('requests stream usage and keeps other stream options', () => {
     const body = { model: 'm', stream: true, stream_options: { include_obfuscation: false } };
@@ -386,6 +418,15 @@ describe('OpenAI error body', () => {
     expect(apiError.message).toBe('402 wallet team-a cannot pay 0.05 USD; add funds');
     expect(apiError.code).toBe('insufficient_funds');
     expect(apiError.type).toBe('insufficient_quota');
+  });
+
+  it('sets param to the field of the error', () => {
+    expect(openai.errorBody({ status: 400, code: 'unsupported_parameter', message: 'm', param: 'input[0]' })).toEqual({
+      error: { message: 'm', type: 'invalid_request_error', code: 'unsupported_parameter', param: 'input[0]' },
+    });
+    expect(openai.errorBody({ status: 402, code: 'insufficient_funds', message: 'm' })).toEqual({
+      error: { message: 'm', type: 'insufficient_quota', code: 'insufficient_funds', param: null },
+    });
   });
 
   it('sends the credential as a bearer token', () => {

@@ -8,6 +8,7 @@ import {
   type ResponseMetadata,
   type StreamMeter,
 } from './adapter.ts';
+import { isModelsPath, type EndpointKind } from './endpoints.ts';
 import { estimatedUsage, ResponseText, StreamedTextCounter, wholeTokens, type OutputText } from './estimate.ts';
 import { FinishReasons, isRecord, pathOnly, readCount, readFlag, readPositiveInteger, requireModel } from './fields.ts';
 import { isResponsesRequest, prepareResponsesBody, readResponsesRequest, responsesUsageFromJson, ResponsesStreamMeter } from './openai-responses.ts';
@@ -25,6 +26,12 @@ type LimitField = 'max_completion_tokens' | 'max_tokens';
 
 const LIMIT_FIELDS: readonly LimitField[] = ['max_completion_tokens', 'max_tokens'];
 
+/** Path endings of the endpoints that `inspect` meters. */
+const METERED_SUFFIXES: readonly string[] = ['/chat/completions', '/responses', '/embeddings'];
+
+/** `/v1/models` and `/v1/models/{model}`. A model segment may contain colons, as the ids of fine-tuned models do. */
+const MODELS_PATHS: readonly RegExp[] = [/\/v1\/models(?:\/[^/]+)?$/];
+
 /** Error `type` values by HTTP status, as the OpenAI API uses them. */
 const ERROR_TYPES: ReadonlyMap<number, string> = new Map([
   [400, 'invalid_request_error'],
@@ -41,6 +48,8 @@ const ERROR_TYPES: ReadonlyMap<number, string> = new Map([
 export class OpenAIAdapter implements ProviderAdapter {
   readonly protocol: OpenAIProtocol;
   readonly defaultHeaders: Readonly<Record<string, string>> = {};
+  readonly meteredEndpoints = '/v1/chat/completions, /v1/responses and /v1/embeddings';
+  readonly modelsEndpoints = '/v1/models and /v1/models/{model}';
   /** The output-limit field set when the client set none: OpenAI deprecated `max_tokens`, while many compatible servers know only it. */
   readonly #limitField: LimitField;
 
@@ -55,12 +64,18 @@ export class OpenAIAdapter implements ProviderAdapter {
     if (endpoint.endsWith('/responses')) return readResponsesRequest(requireModel(body), body);
     if (!endpoint.endsWith('/chat/completions')) {
       throw new InvalidRequestError(
-        `unsupported endpoint ${endpoint}: this route meters only /v1/chat/completions, /v1/responses and /v1/embeddings`,
+        `unsupported endpoint ${endpoint}: this route meters only ${this.meteredEndpoints}`,
         404,
         'unsupported_endpoint',
       );
     }
     return readOpenAIRequest('chat', requireModel(body), body);
+  }
+
+  endpointKind(path: string, basePath: string): EndpointKind | undefined {
+    const endpoint = pathOnly(path);
+    if (METERED_SUFFIXES.some((suffix) => endpoint.endsWith(suffix))) return 'metered';
+    return isModelsPath(path, basePath, MODELS_PATHS) ? 'models' : undefined;
   }
 
   prepare(body: Record<string, unknown>, info: RequestInfo, changes: RequestChanges): Record<string, unknown> {
@@ -112,7 +127,7 @@ export class OpenAIAdapter implements ProviderAdapter {
 
   errorBody(error: ErrorDetails): Record<string, unknown> {
     const type = ERROR_TYPES.get(error.status) ?? (error.status >= 500 ? 'server_error' : 'invalid_request_error');
-    return { error: { message: error.message, type, code: error.code, param: null } };
+    return { error: { message: error.message, type, code: error.code, param: error.param ?? null } };
   }
 
   credentialHeaders(credential: string): Record<string, string> {

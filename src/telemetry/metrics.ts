@@ -76,7 +76,7 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
         'invalid (any other client error, such as an unknown route, an unsafe path, a body over the size limit or invalid JSON), ' +
         'upstream_error (the provider returned an error status, could not be reached or cut a pass-through response), ledger_error (the ledger was unavailable), ' +
         'internal_error (any other server error of the sidecar, such as a protocol without an adapter) ' +
-        'or passthrough (a GET or HEAD, such as a models list, forwarded without billing). ' +
+        'or passthrough (a GET or HEAD of an endpoint that lists or describes models, forwarded without billing). ' +
         'The route label is "(none)" when the path matches no route, and the model label is "unknown" unless the model was priced. ' +
         'Not counted: /healthz, /readyz, /metrics and /tollgate/v1/wallets, and requests rejected with 503 while the sidecar shuts down.',
       labelNames: ['route', 'model', 'outcome'],
