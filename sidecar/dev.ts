@@ -5,6 +5,7 @@ import { secretsResolver, type CredentialResolver } from '../src/config/snapshot
 import { GrantExpiredError, type Ledger, type WalletKey } from '../src/ledger/ledger.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
+import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
@@ -134,6 +135,8 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   const sidecarOptions: SidecarOptions = {
     ...DEFAULT_SIDECAR_OPTIONS,
     walletPolicy: { defaultWallet, allowWalletHeader: true },
+    // Queued commits are kept no longer than the ledger keeps the records they may settle.
+    settledRetentionMs: options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS,
     ...options.sidecar,
   };
   const sidecar = createSidecar(config, ledger, metrics, sidecarOptions, log);

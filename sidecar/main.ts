@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
-import { parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
+import { DEFAULT_SETTLED_RETENTION_MS, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
@@ -78,7 +78,8 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const labelWallets = walletLabel(env);
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
-  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs: settledRetention(env) });
+  const settledRetentionMs = settledRetention(env) ?? DEFAULT_SETTLED_RETENTION_MS;
+  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs });
   const metrics = createSidecarMetrics();
   const sidecar = createSidecar(
     config,
@@ -91,6 +92,8 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
       bodyLimitSetting: 'the Helm value sidecar.bodyLimit of the tollgate chart (the operator flag --sidecar-body-limit)',
       walletPolicy: { defaultWallet: wallet, allowWalletHeader: false },
       walletLabel: labelWallets,
+      // Queued commits are kept no longer than the ledger keeps the records they may settle.
+      settledRetentionMs,
     },
     log,
   );

@@ -5,8 +5,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import type { CompiledRoute, CompiledWallet, Snapshot } from '../src/config/snapshot.ts';
-import type { HoldRequest, Ledger, ReserveResult } from '../src/ledger/ledger.ts';
+import type { CommitEntry, CommitResult, HoldRequest, Ledger, ReserveResult } from '../src/ledger/ledger.ts';
 import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
+import { MIN_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestChanges, RequestInfo, ToolUseLimit } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
@@ -20,6 +21,7 @@ import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import { createGenAiTelemetry, GEN_AI, responseAttributes, responseMetadataAttributes, type Span } from '../src/telemetry/tracing.ts';
 import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { CommitQueue, DEFAULT_COMMIT_QUEUE_OPTIONS, type AbandonReason, type CommitQueueOptions, type PendingCommit } from './commit-queue.ts';
 import type { ConfigSource } from './config-source.ts';
 import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
 
@@ -40,7 +42,26 @@ export interface ProxyOptions {
   maxResponseBytes: number;
   /** Whether metrics carry a wallet label. */
   walletLabel: boolean;
+  /**
+   * The ledger's retention of settled records in milliseconds (its
+   * settledRetentionMs). A commit waits in the commit queue at most this
+   * long, because once the ledger has removed the record of a hold that the
+   * sweeper charged, a late commit would charge the request again. Default
+   * MIN_SETTLED_RETENTION_MS, which is safe for every ledger.
+   */
+  settledRetentionMs?: number;
+  /** Changes to the commit queue's limits and waits (DEFAULT_COMMIT_QUEUE_OPTIONS). */
+  commitQueue?: Partial<Omit<CommitQueueOptions, 'maxAgeMs'>>;
 }
+
+/** Attempts of a commit in the request path before it goes to the commit queue, and the waits between them. */
+const COMMIT_ATTEMPT_WAITS_MS = [50, 100];
+
+/**
+ * Outcome of a served request's commit: the ledger took it, it waits in the
+ * commit queue, or the sweeper will settle its hold.
+ */
+type CommitOutcome = 'committed' | 'queued' | 'not_committed';
 
 /** Values of the reason label of tollgate_denials_total: the error code, except that spend limits name the limit. */
 const DENIAL_REASONS = [
@@ -193,6 +214,8 @@ export class Proxy {
   private readonly worstCases = new WeakMap<RateCard, { markupPpm: bigint; rates: WorstCaseRates }>();
   /** The snapshot whose metric series exist (see initializeSeries). */
   private seriesSnapshot: Snapshot | undefined;
+  /** Commits that failed because the ledger was unavailable, retried in the background. */
+  private readonly commits: CommitQueue;
 
   constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
     this.config = config;
@@ -201,6 +224,16 @@ export class Proxy {
     this.options = options;
     this.log = log;
     this.initializeSeries(config.current());
+    this.commits = new CommitQueue(
+      ledger,
+      log,
+      { ...DEFAULT_COMMIT_QUEUE_OPTIONS, ...options.commitQueue, maxAgeMs: options.settledRetentionMs ?? MIN_SETTLED_RETENTION_MS },
+      {
+        committed: (commit, result) => this.onCommitted(commit, result),
+        abandoned: (commit, reason) => this.onAbandoned(commit, reason),
+        pendingChanged: (pending) => metrics.pendingCommits.set(pending),
+      },
+    );
   }
 
   /**
@@ -247,7 +280,13 @@ export class Proxy {
     }
   }
 
+  /**
+   * Tries to commit what the commit queue holds for a few seconds
+   * (shutdownFlushMs), logs what is left, then closes the HTTP clients.
+   * Close the server first, so that no request settles afterwards.
+   */
   async close(): Promise<void> {
+    await this.commits.close();
     await Promise.all([...this.agents.values()].map((agent) => agent.close()));
   }
 
@@ -839,7 +878,7 @@ export class Proxy {
       estimated: usage.estimated,
     };
     const upstreamNs = process.hrtime.bigint() - upstreamStartNs;
-    const committed = await this.commitWithRetry(admitted, entry);
+    const commit = await this.commit(admitted, entry);
 
     if (!res.destroyed && response) {
       response.headers['content-length'] = String(response.body.length);
@@ -855,7 +894,7 @@ export class Proxy {
       res.end();
     }
 
-    this.record(admitted, usage, tokens, rated, committed);
+    this.record(admitted, usage, tokens, rated, commit);
     const totalNs = process.hrtime.bigint() - admitted.startedNs;
     this.metrics.overhead.observe({ route }, seconds(totalNs - upstreamNs));
   }
@@ -872,33 +911,96 @@ export class Proxy {
     return new ProxyError(502, 'upstream_cut', `the upstream ended its response early, so it was not relayed and ${billed}; retry the request`);
   }
 
-  private async commitWithRetry(admitted: Admitted, entry: Parameters<Ledger['commit']>[2]): Promise<boolean> {
-    for (let attempt = 0; attempt < 3; attempt++) {
+  /**
+   * Commits the actual cost of a served call: up to three attempts here, then,
+   * when the ledger is unavailable, the commit queue, which keeps retrying in
+   * the background. The client's response does not wait for the queue.
+   */
+  private async commit(admitted: Admitted, entry: CommitEntry): Promise<CommitOutcome> {
+    const commit: PendingCommit = {
+      wallet: admitted.wallet.key,
+      walletId: admitted.wallet.id,
+      currency: admitted.wallet.currency,
+      requestId: admitted.requestId,
+      entry,
+      held: admitted.hold,
+    };
+    let failure: unknown;
+    for (let attempt = 0; attempt <= COMMIT_ATTEMPT_WAITS_MS.length; attempt++) {
+      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, COMMIT_ATTEMPT_WAITS_MS[attempt - 1]));
+      const end = this.metrics.ledgerDuration.startTimer({ operation: 'commit' });
       try {
-        await this.timedLedger('commit', () => this.ledger.commit(admitted.wallet.key, admitted.requestId, entry));
-        return true;
+        const result = await this.ledger.commit(commit.wallet, commit.requestId, entry);
+        return this.onCommitted(commit, result) ? 'committed' : 'not_committed';
       } catch (error) {
-        this.log.error({ err: error, requestId: admitted.requestId, wallet: admitted.wallet.id, attempt }, 'commit failed');
-        await new Promise((resolve) => setTimeout(resolve, 50 * 2 ** attempt));
+        failure = error;
+      } finally {
+        end();
       }
     }
+
     this.metrics.commitFailures.inc({ route: admitted.route.name });
-    return false;
+    const fields = {
+      err: failure,
+      requestId: commit.requestId,
+      wallet: commit.walletId,
+      route: admitted.route.name,
+      charged: entry.charged.toString(),
+      attempts: COMMIT_ATTEMPT_WAITS_MS.length + 1,
+    };
+    if (!(failure instanceof LedgerUnavailableError)) {
+      this.log.error(fields, 'commit failed; the call was served, and the sweeper settles its hold, charging an answered hold in full');
+      this.onAbandoned(commit, 'rejected');
+      return 'not_committed';
+    }
+    // When the queue is full or closing, it logs why itself.
+    if (!this.commits.add(commit)) return 'not_committed';
+    this.log.warn(fields, 'commit failed because the ledger is unavailable; the call was served, so its commit is queued and retried until the ledger takes it');
+    return 'queued';
   }
 
-  private record(admitted: Admitted, usage: Usage, tokens: Record<string, number>, rated: { charged: bigint; providerCost: bigint }, committed: boolean): void {
-    const { route, wallet, info } = admitted;
+  /**
+   * Counts the charge of a commit that the ledger took, now or from the
+   * commit queue, and warns when it is above the hold. Returns false when
+   * the ledger refused the commit.
+   */
+  private onCommitted(commit: PendingCommit, result: CommitResult): boolean {
+    const { entry } = commit;
+    if (result.status === 'conflict') {
+      this.log.error(
+        { requestId: commit.requestId, wallet: commit.walletId, charged: entry.charged.toString() },
+        'ledger refused the commit because the hold was already released; the served call is not charged',
+      );
+      return false;
+    }
+
     const labels = {
-      currency: wallet.currency,
-      route: route.name,
-      model: info.model,
-      namespace: wallet.key.namespace,
-      wallet: this.options.walletLabel ? wallet.key.name : '',
+      currency: commit.currency,
+      route: entry.route,
+      model: entry.model,
+      namespace: commit.wallet.namespace,
+      wallet: this.options.walletLabel ? commit.wallet.name : '',
     };
+    this.metrics.charged.add(labels, entry.charged);
+    this.metrics.providerCost.add(labels, entry.providerCost);
+    // Usage beyond the hold, such as hosted tool results, is charged in full, because the platform paid the provider for it.
+    if (entry.charged > commit.held) {
+      this.log.warn(
+        { requestId: commit.requestId, wallet: commit.walletId, currency: commit.currency, held: commit.held.toString(), charged: entry.charged.toString() },
+        'charge exceeds its hold; the wallet is debited in full, so it can go below zero and then rejects calls until it is topped up',
+      );
+    }
+    return true;
+  }
+
+  private onAbandoned(commit: PendingCommit, reason: AbandonReason): void {
+    this.metrics.abandonedCommits.inc({ route: commit.entry.route, reason });
+  }
+
+  private record(admitted: Admitted, usage: Usage, tokens: Record<string, number>, rated: { charged: bigint; providerCost: bigint }, commit: CommitOutcome): void {
+    const { route, wallet, info } = admitted;
     this.count(admitted, 'admitted');
     this.recordTelemetry(admitted, usage, rated);
-    this.metrics.charged.add(labels, rated.charged);
-    this.metrics.providerCost.add(labels, rated.providerCost);
     for (const kind in tokens) {
       const count = tokens[kind]!;
       if (count > 0) this.metrics.tokens.inc({ route: route.name, model: info.model, kind }, count);
@@ -914,7 +1016,8 @@ export class Proxy {
         charged: rated.charged.toString(),
         providerCost: rated.providerCost.toString(),
         estimated: usage.estimated,
-        committed,
+        committed: commit === 'committed',
+        commitQueued: commit === 'queued',
       },
       'request settled',
     );

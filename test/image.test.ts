@@ -188,14 +188,15 @@ describe('the container image', () => {
     });
     await waitFor('the sidecar to be ready', [operator, sidecar], async () => ((await fetch(`http://127.0.0.1:${adminPort}/readyz`)).ok ? true : undefined));
 
-    // 1,000 input tokens at 0.15 and 200 output tokens at 0.60 per million: 0.00015 + 0.00012 USD.
+    // 20 input tokens at 0.15 and 200 output tokens at 0.60 per million: 0.000003 + 0.00012 USD. The
+    // usage stays within the hold (the body's bytes bound the prompt), so the sidecar has nothing to warn about.
     const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
-    const usage = { prompt_tokens: 1000, completion_tokens: 200, total_tokens: 1200 };
+    const usage = { prompt_tokens: 20, completion_tokens: 200, total_tokens: 220 };
     const { response } = await client.chat.completions
       .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'from the image' }], max_tokens: 300 }, { headers: { 'x-sim-usage': JSON.stringify(usage) } })
       .withResponse();
-    expect(response.headers.get('x-tollgate-charged')).toBe('0.00027');
-    expect((await ledger.state(WALLET)).spent).toBe(270_000n);
+    expect(response.headers.get('x-tollgate-charged')).toBe('0.000123');
+    expect((await ledger.state(WALLET)).spent).toBe(123_000n);
 
     sidecar.child.kill('SIGTERM');
     operator.child.kill('SIGTERM');

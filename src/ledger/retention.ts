@@ -12,9 +12,9 @@ export const DEFAULT_SETTLED_RETENTION_MS = 7 * UNIT_MS.d;
  * Shortest allowed retention of settled records: 1 hour. A record must
  * outlive every later call that carries the same request id and has to see
  * the first result. That is a commit after the sweeper settled an expired
- * hold, whose hold lived up to the sidecar's hold TTL (15 minutes), and the
- * sidecar's commit retries (three attempts, under a second of backoff).
- * An hour leaves room above both.
+ * hold, whose hold lived up to the sidecar's hold TTL (15 minutes). The
+ * sidecar keeps a commit that the ledger could not take for at most the
+ * retention, so every retention leaves room for those retries.
  */
 export const MIN_SETTLED_RETENTION_MS = UNIT_MS.h;
 

@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { formatAmount } from '../money/money.ts';
 
 /**
@@ -54,6 +54,8 @@ export interface SidecarMetrics {
   upstreamDuration: Histogram<'route'>;
   overhead: Histogram<'route'>;
   commitFailures: Counter<'route'>;
+  pendingCommits: Gauge;
+  abandonedCommits: Counter<'route' | 'reason'>;
 }
 
 type MoneyLabel = 'currency' | 'route' | 'model' | 'namespace' | 'wallet';
@@ -90,13 +92,15 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     }),
     charged: new MoneyCounter({
       name: 'tollgate_charged_total',
-      help: 'Amount charged to wallets, in currency units.',
+      help:
+        "Amount charged to wallets by the sidecar's commits, in currency units, counted when the ledger takes the commit: a queued commit counts once a retry succeeds. " +
+        'Holds that the sweeper settles are not counted (see tollgate_commits_abandoned_total).',
       labelNames: MONEY_LABELS,
       registers,
     }),
     providerCost: new MoneyCounter({
       name: 'tollgate_provider_cost_total',
-      help: 'Provider cost of the same requests, in currency units.',
+      help: 'Provider cost of the requests counted in tollgate_charged_total, in currency units, counted at the same time.',
       labelNames: MONEY_LABELS,
       registers,
     }),
@@ -138,8 +142,24 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     }),
     commitFailures: new Counter({
       name: 'tollgate_commit_failures_total',
-      help: 'Served requests whose commit to the ledger failed; their holds are settled by the sweeper.',
+      help:
+        'Served requests whose commit to the ledger failed in the request path (three attempts). ' +
+        'Their commits are queued and retried in the background (tollgate_commits_pending) unless the queue is full.',
       labelNames: ['route'],
+      registers,
+    }),
+    pendingCommits: new Gauge({
+      name: 'tollgate_commits_pending',
+      help: 'Commits of served requests that wait in the queue for the ledger to be available again.',
+      registers,
+    }),
+    abandonedCommits: new Counter({
+      name: 'tollgate_commits_abandoned_total',
+      help:
+        'Commits of served requests that the sidecar gave up on, by reason: queue_full, too_old (waited as long as the ledger keeps settled records), ' +
+        'rejected (the ledger failed the commit with another error than being unavailable) or shutdown. ' +
+        'The sweeper settles their holds, charging answered holds at the held amount instead of the actual cost.',
+      labelNames: ['route', 'reason'],
       registers,
     }),
   };
