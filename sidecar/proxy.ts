@@ -874,7 +874,7 @@ export class Proxy {
       providerCost: rated.providerCost,
       model: admitted.info.model,
       route,
-      tokens,
+      tokens: withUnits(tokens, usage.units),
       estimated: usage.estimated,
     };
     const upstreamNs = process.hrtime.bigint() - upstreamStartNs;
@@ -1005,6 +1005,10 @@ export class Proxy {
       const count = tokens[kind]!;
       if (count > 0) this.metrics.tokens.inc({ route: route.name, model: info.model, kind }, count);
     }
+    for (const unit in usage.units) {
+      const count = usage.units[unit]!;
+      if (count > 0) this.metrics.units.inc({ route: route.name, model: info.model, unit }, count);
+    }
     if (!this.log.isLevelEnabled('info')) return;
     this.log.info(
       {
@@ -1016,6 +1020,7 @@ export class Proxy {
         charged: rated.charged.toString(),
         providerCost: rated.providerCost.toString(),
         estimated: usage.estimated,
+        ...(usage.units === undefined || Object.keys(usage.units).length === 0 ? {} : { units: usage.units }),
         committed: commit === 'committed',
         commitQueued: commit === 'queued',
       },
@@ -1418,6 +1423,22 @@ function tokenCounts(usage: Usage): Record<string, number> {
     output: usage.output,
     reasoning: usage.reasoning,
   };
+}
+
+/**
+ * Returns the counts for a ledger entry: the token counts, and each priced
+ * unit that the call used (such as web_search) under its name, so that the
+ * entry explains a charge for tool uses.
+ */
+function withUnits(tokens: Record<string, number>, units: Usage['units']): Record<string, number> {
+  let counts = tokens;
+  for (const unit in units) {
+    const count = units[unit]!;
+    if (count <= 0) continue;
+    if (counts === tokens) counts = { ...tokens };
+    counts[unit] = count;
+  }
+  return counts;
 }
 
 function seconds(ns: bigint): number {

@@ -134,6 +134,13 @@ describe('Anthropic web search fees', () => {
     expect(after.spent - before.spent).toBe(withMarkup(cost));
     expect(parseAmount(response.headers.get('x-tollgate-charged')!)).toBe(withMarkup(cost));
     expect(after.reserved).toBe(0n);
+
+    // The ledger entry and the metrics name the searches that most of the charge is for.
+    const entries: Record<string, string>[] = [];
+    for await (const entry of stack.ledger.entries(walletKey('main'))) entries.push(entry.fields);
+    expect(JSON.parse(entries.at(-1)!['tokens']!)).toMatchObject({ input: 3, output: 16, web_search: 3 });
+    const metrics = await (await fetch(`${stack.url}/metrics`)).text();
+    expect(metrics).toContain('tollgate_units_total{route="anthropic",model="claude-sonnet-4-5",unit="web_search"} 3');
   });
 
   it('bills the searches of a stream', async () => {

@@ -46,6 +46,7 @@ export interface SidecarMetrics {
   registry: Registry;
   requests: Counter<'route' | 'model' | 'outcome'>;
   tokens: Counter<'route' | 'model' | 'kind'>;
+  units: Counter<'route' | 'model' | 'unit'>;
   charged: MoneyCounter<MoneyLabel>;
   providerCost: MoneyCounter<MoneyLabel>;
   denials: Counter<'route' | 'reason'>;
@@ -88,6 +89,12 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
       name: 'tollgate_tokens_total',
       help: 'Tokens metered, by kind (input, cache_read, cache_write_5m, cache_write_1h, output, reasoning).',
       labelNames: ['route', 'model', 'kind'],
+      registers,
+    }),
+    units: new Counter({
+      name: 'tollgate_units_total',
+      help: 'Priced units other than tokens that calls used, such as web_search and web_fetch, by unit name.',
+      labelNames: ['route', 'model', 'unit'],
       registers,
     }),
     charged: new MoneyCounter({
