@@ -940,10 +940,10 @@ spec:
   });
 
   it('counts a GET error status as upstream_error', async () => {
-    // The simulator serves no GET endpoint, so it returns 404.
-    const result = await countedOnce(requestSeries('openai', 'unknown', 'upstream_error'), () => sendRaw('GET', '/openai/v1/models'));
+    // The simulator does not know this model, so it returns 404.
+    const result = await countedOnce(requestSeries('openai', 'unknown', 'upstream_error'), () => sendRaw('GET', '/openai/v1/models/gpt-unknown'));
     expect(result.status).toBe(404);
-    expect(JSON.parse(result.text).error.message).toBe('Invalid URL (GET /v1/models)');
+    expect(JSON.parse(result.text).error.code).toBe('model_not_found');
   });
 
   it('counts an unreachable GET upstream as upstream_error', async () => {

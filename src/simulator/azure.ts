@@ -44,14 +44,14 @@ const PROMPT_FILTER_RESULTS = [{ prompt_index: 0, content_filter_results: CLEAN_
 
 export const azureProvider: SimProvider = {
   /**
-   * Returns the `api-key` header. The v1 paths also take `Authorization: Bearer`,
-   * as the plain OpenAI client sends it.
+   * Returns the `api-key` header. Paths under `/openai/v1/` also take
+   * `Authorization: Bearer`, as the plain OpenAI client sends it.
    */
   credential(headers: IncomingHttpHeaders, url: URL): string | undefined {
     const header = headers['api-key'];
     const key = Array.isArray(header) ? header[0] : header;
     if (key !== undefined && key.length > 0) return key;
-    return V1_PATH.test(url.pathname) ? bearerToken(headers) : undefined;
+    return url.pathname.startsWith('/openai/v1/') ? bearerToken(headers) : undefined;
   },
 
   /** Builds Azure's error shape, in which `code` is a string. */

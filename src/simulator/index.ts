@@ -10,7 +10,9 @@
  * It serves POST on the providers' exact paths only: `/v1/chat/completions`,
  * `/v1/responses`, `/v1/embeddings`, `/v1/messages`, `/{v1,v1beta,v1alpha}/models/{model}:{method}`,
  * `/openai/deployments/{deployment}/{chat/completions,embeddings}` and
- * `/openai/v1/{chat/completions,embeddings}`. Any other path or method gets
+ * `/openai/v1/{chat/completions,embeddings}`. It serves GET and HEAD on the
+ * models endpoints of each provider from a fixed catalog (see models.ts).
+ * Any other path or method gets
  * a 404 in the format of the provider it looks meant for, as the real
  * provider would send, so a wrong base URL fails here as it fails there.
  *

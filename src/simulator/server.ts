@@ -5,6 +5,7 @@ import { anthropicProvider, messagesEndpoint } from './anthropic.ts';
 import { azureProvider, createAzureEndpoints, isAzurePath, looksLikeAzurePath } from './azure.ts';
 import { InvalidControlError, readControls, type Controls } from './controls.ts';
 import { geminiEndpointFor, geminiProvider, looksLikeGeminiPath } from './gemini.ts';
+import { modelsEndpointFor, type ModelsEndpoint } from './models.ts';
 import { chatCompletionsEndpoint, embeddingsEndpoint, openaiProvider } from './openai.ts';
 import type { SimEndpoint, SimProvider, SimResponse } from './response.ts';
 import { responsesEndpoint } from './responses.ts';
@@ -32,9 +33,12 @@ export interface SimulatorStats {
   requests: number;
   /** Requests rejected with 401 for a missing or wrong credential. */
   unauthorized: number;
-  /** Requests received per endpoint, with unserved paths and methods under `other`. */
-  byEndpoint: Record<SimEndpoint['name'] | 'other', number>;
-  /** Parsed body of the latest authorized request. */
+  /**
+   * Requests received per endpoint, with GET and HEAD of the models endpoints
+   * under `models` and unserved paths and methods under `other`.
+   */
+  byEndpoint: Record<SimEndpoint['name'] | 'models' | 'other', number>;
+  /** Parsed body of the latest authorized request, or undefined when it was a models request, which has no body. */
   lastRequest: Record<string, unknown> | undefined;
   /**
    * Credential of the latest authorized request, so a test can check which key
@@ -64,7 +68,7 @@ function emptyStats(): SimulatorStats {
   return {
     requests: 0,
     unauthorized: 0,
-    byEndpoint: { chat: 0, responses: 0, embeddings: 0, messages: 0, generateContent: 0, embedContent: 0, other: 0 },
+    byEndpoint: { chat: 0, responses: 0, embeddings: 0, messages: 0, generateContent: 0, embedContent: 0, models: 0, other: 0 },
     lastRequest: undefined,
     lastCredential: undefined,
     lastHeaders: undefined,
@@ -77,7 +81,8 @@ export const processStats: SimulatorStats = emptyStats();
 
 /**
  * Finds the endpoint of a request by its method and whole path, as each
- * provider serves them from its API root. Every endpoint takes POST only.
+ * provider serves them from its API root. Every endpoint takes POST only,
+ * and modelsEndpointFor finds the GET and HEAD endpoints.
  * A path with an extra prefix, a missing `/v1` or a trailing slash matches
  * none, because the real provider rejects it with 404.
  */
@@ -125,9 +130,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     // Joined as text, so a path that starts with // stays a path.
     const url = new URL(`http://simulator${request.url ?? '/'}`);
     const path = url.pathname;
+    const models = modelsEndpointFor(request.method, path, request.headers, url, options.azureDeployments);
+    if (models !== undefined) return handleModels(request, response, id, url, models);
+
     const endpoint = endpointFor(request.method, path, azure);
-    count(stats, endpoint);
-    count(processStats, endpoint);
+    count(stats, endpoint?.name);
+    count(processStats, endpoint?.name);
 
     if (endpoint === undefined) {
       await readBody(request);
@@ -137,14 +145,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     const provider = endpoint.provider;
 
-    const credential = provider.credential(request.headers, url);
-    if (credential === undefined || (options.expectedKey !== undefined && credential !== options.expectedKey)) {
-      stats.unauthorized++;
-      processStats.unauthorized++;
-      await readBody(request);
-      const message = credential === undefined ? 'missing API key' : 'invalid API key';
-      return sendJson(response, 401, provider, provider.errorBody(401, message, id), id);
-    }
+    const credential = await authenticate(request, response, provider, url, id);
+    if (credential === undefined) return;
 
     const raw = await readBody(request);
     if (raw === undefined) return sendJson(response, 413, provider, provider.errorBody(413, `request body exceeds ${MAX_BODY_BYTES} bytes`, id), id);
@@ -160,24 +162,46 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     record(stats, request, body as Record<string, unknown>, credential);
     record(processStats, request, body as Record<string, unknown>, credential);
 
-    let controls: Controls;
-    try {
-      controls = readControls(request.headers);
-    } catch (error) {
-      if (!(error instanceof InvalidControlError)) throw error;
-      return sendJson(response, 400, provider, provider.errorBody(400, error.message, id), id);
-    }
-
-    if (controls.latencyMs > 0) {
-      await sleep(controls.latencyMs);
-      if (response.destroyed) return;
-    }
-    if (controls.status !== undefined) {
-      return sendJson(response, controls.status, provider, provider.errorBody(controls.status, `simulated failure with status ${controls.status}`, id), id);
-    }
+    const controls = await applyControls(request, response, provider, id);
+    if (controls === undefined) return;
 
     const result = endpoint.respond(body as Record<string, unknown>, controls, id, url);
     await send(response, result, controls, provider, id);
+  }
+
+  /** Serves a GET or HEAD of a models endpoint, which has no body to read. */
+  async function handleModels(request: IncomingMessage, response: ServerResponse, id: string, url: URL, models: ModelsEndpoint): Promise<void> {
+    count(stats, 'models');
+    count(processStats, 'models');
+    const provider = models.provider;
+
+    const credential = await authenticate(request, response, provider, url, id);
+    if (credential === undefined) return;
+    await readBody(request);
+    record(stats, request, undefined, credential);
+    record(processStats, request, undefined, credential);
+
+    const controls = await applyControls(request, response, provider, id);
+    if (controls === undefined) return;
+    const result = models.respond(url, id);
+    if (result.kind !== 'json') throw new Error('a models endpoint returned a stream');
+    sendJson(response, result.status, provider, result.body, id);
+  }
+
+  /**
+   * Returns the request's credential, or sends the provider's 401 and returns
+   * undefined when it is missing or is not `expectedKey`.
+   */
+  async function authenticate(request: IncomingMessage, response: ServerResponse, provider: SimProvider, url: URL, id: string): Promise<string | undefined> {
+    const credential = provider.credential(request.headers, url);
+    if (credential !== undefined && (options.expectedKey === undefined || credential === options.expectedKey)) return credential;
+
+    stats.unauthorized++;
+    processStats.unauthorized++;
+    await readBody(request);
+    const message = credential === undefined ? 'missing API key' : 'invalid API key';
+    sendJson(response, 401, provider, provider.errorBody(401, message, id), id);
+    return undefined;
   }
 
   await new Promise<void>((resolve, reject) => {
@@ -218,12 +242,38 @@ function providerForUnserved(path: string, headers: IncomingHttpHeaders, url: UR
   return openaiProvider;
 }
 
-function count(stats: SimulatorStats, endpoint: SimEndpoint | undefined): void {
+function count(stats: SimulatorStats, endpoint: keyof SimulatorStats['byEndpoint'] | undefined): void {
   stats.requests++;
-  stats.byEndpoint[endpoint?.name ?? 'other']++;
+  stats.byEndpoint[endpoint ?? 'other']++;
 }
 
-function record(stats: SimulatorStats, request: IncomingMessage, body: Record<string, unknown>, credential: string): void {
+/**
+ * Reads the request's controls and applies its latency and error status.
+ * Returns undefined once it has sent a response (an invalid control or the
+ * simulated error) or the client has gone.
+ */
+async function applyControls(request: IncomingMessage, response: ServerResponse, provider: SimProvider, id: string): Promise<Controls | undefined> {
+  let controls: Controls;
+  try {
+    controls = readControls(request.headers);
+  } catch (error) {
+    if (!(error instanceof InvalidControlError)) throw error;
+    sendJson(response, 400, provider, provider.errorBody(400, error.message, id), id);
+    return undefined;
+  }
+
+  if (controls.latencyMs > 0) {
+    await sleep(controls.latencyMs);
+    if (response.destroyed) return undefined;
+  }
+  if (controls.status !== undefined) {
+    sendJson(response, controls.status, provider, provider.errorBody(controls.status, `simulated failure with status ${controls.status}`, id), id);
+    return undefined;
+  }
+  return controls;
+}
+
+function record(stats: SimulatorStats, request: IncomingMessage, body: Record<string, unknown> | undefined, credential: string): void {
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(request.headers)) {
     if (value === undefined) continue;

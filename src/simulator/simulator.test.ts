@@ -253,7 +253,7 @@ describe('simulator: credentials and counters', () => {
 
     const counters = sim.stats();
     expect(counters.requests).toBe(4);
-    expect(counters.byEndpoint).toEqual({ chat: 1, responses: 0, embeddings: 1, messages: 1, generateContent: 0, embedContent: 0, other: 1 });
+    expect(counters.byEndpoint).toEqual({ chat: 1, responses: 0, embeddings: 1, messages: 1, generateContent: 0, embedContent: 0, models: 0, other: 1 });
     expect(counters.lastCredential).toBe(KEY);
     expect(counters.lastRequest).toEqual({ model: 'claude-sonnet-4-5', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] });
     // @anthropic-ai/sdk 1.x sends the API key as a bearer token.
