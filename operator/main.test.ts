@@ -142,6 +142,28 @@ describe('parseOperatorArgs', () => {
     expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-body-limit', 'big'], {})).toThrow(ConfigurationError);
   });
 
+  it('reads the sidecar tool use limit', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})?.sidecarMaxToolUses).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_MAX_TOOL_USES: '' })?.sidecarMaxToolUses).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_MAX_TOOL_USES: '12' })?.sidecarMaxToolUses).toBe(12);
+    expect(parseOperatorArgs(['--redis', 'r', '--sidecar-max-tool-uses', '1000'], {})?.sidecarMaxToolUses).toBe(1000);
+    expect(parseOperatorArgs(['--redis', 'r', '--sidecar-max-tool-uses', '2'], { TOLLGATE_SIDECAR_MAX_TOOL_USES: '12' })?.sidecarMaxToolUses).toBe(2);
+  });
+
+  it('rejects an invalid sidecar tool use limit', () => {
+    const hint = 'use a whole number of tool uses from 1 to 1000, such as 10';
+    for (const text of ['0', '1001', '-1', '2.5', '1e2', ' 10', 'many']) {
+      expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_MAX_TOOL_USES: text }), text).toThrow(
+        `invalid TOLLGATE_SIDECAR_MAX_TOOL_USES "${text}": ${hint}`,
+      );
+    }
+    expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-max-tool-uses', '5000'], { TOLLGATE_SIDECAR_MAX_TOOL_USES: '12' })).toThrow(
+      `invalid --sidecar-max-tool-uses "5000": ${hint}`,
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-max-tool-uses', ''], {})).toThrow(`invalid --sidecar-max-tool-uses "": ${hint}`);
+    expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-max-tool-uses', '0'], {})).toThrow(ConfigurationError);
+  });
+
   it('reads the sidecar wallet label setting', () => {
     expect(parseOperatorArgs(['--redis', 'r'], {})?.sidecarWalletLabel).toBe(true);
     expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_WALLET_LABEL: '' })?.sidecarWalletLabel).toBe(true);

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
-import { DEFAULT_SIDECAR_OPTIONS, parseBodyLimit, parseWalletLabel } from '../sidecar/server.ts';
+import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
@@ -65,6 +65,9 @@ Options:
   --sidecar-image IMAGE      Image of the injected sidecar [TOLLGATE_SIDECAR_IMAGE] (required with the webhook)
   --sidecar-body-limit BYTES Largest request body the injected sidecars accept, in bytes, such as 8388608
                              [TOLLGATE_SIDECAR_BODY_LIMIT] (default: ${DEFAULT_SIDECAR_OPTIONS.bodyLimit})
+  --sidecar-max-tool-uses N  Use limit the injected sidecars set on each charged server tool, such as web
+                             search, in a request that sets none, lowered to what the wallet affords; from 1
+                             to ${MAX_TOOL_USE_LIMIT} [TOLLGATE_SIDECAR_MAX_TOOL_USES] (default: ${DEFAULT_SIDECAR_OPTIONS.defaultMaxToolUses})
   --no-sidecar-wallet-label  Injected sidecars leave the wallet label of tollgate_charged_total and
                              tollgate_provider_cost_total empty, which keeps one series per model and
                              route instead of one per wallet [TOLLGATE_SIDECAR_WALLET_LABEL=false]
@@ -108,6 +111,8 @@ export interface OperatorConfig {
   sidecarImage: string | undefined;
   /** Request body limit of the injected sidecars, in bytes, or undefined for the sidecar's default. */
   sidecarBodyLimit?: number | undefined;
+  /** Use limit the injected sidecars set on charged server tools, or undefined for the sidecar's default. */
+  sidecarMaxToolUses?: number | undefined;
   /** Whether the injected sidecars fill the wallet label of their money counters. Undefined means true. */
   sidecarWalletLabel?: boolean | undefined;
   /** Secret key in each pod's namespace that contains the Redis URL for the injected sidecars, or undefined for a plain value. */
@@ -153,6 +158,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       'config-url': { type: 'string' },
       'sidecar-image': { type: 'string' },
       'sidecar-body-limit': { type: 'string' },
+      'sidecar-max-tool-uses': { type: 'string' },
       'no-sidecar-wallet-label': { type: 'boolean' },
       'sidecar-redis-secret': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -202,7 +208,8 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     throw new ConfigurationError(`invalid --lease-duration ${leaseDurationMs / 1000}: the Lease stores whole seconds`);
   }
   const resyncMs = seconds(values.resync, 'TOLLGATE_RESYNC', 60);
-  const sidecarBodyLimit = parseSidecarBodyLimit(values['sidecar-body-limit'], env);
+  const sidecarBodyLimit = parseSidecarSetting(values['sidecar-body-limit'], '--sidecar-body-limit', 'TOLLGATE_SIDECAR_BODY_LIMIT', env, parseBodyLimit);
+  const sidecarMaxToolUses = parseSidecarSetting(values['sidecar-max-tool-uses'], '--sidecar-max-tool-uses', 'TOLLGATE_SIDECAR_MAX_TOOL_USES', env, parseMaxToolUses);
   const sidecarWalletLabel = values['no-sidecar-wallet-label'] ? false : parseSidecarWalletLabel(env);
   const redisSecretText = pick(values['sidecar-redis-secret'], 'TOLLGATE_SIDECAR_REDIS_SECRET');
   const sidecarRedisSecret = redisSecretText === undefined ? undefined : parseSecretKeyRef(redisSecretText, values['sidecar-redis-secret'] === undefined ? 'TOLLGATE_SIDECAR_REDIS_SECRET' : '--sidecar-redis-secret');
@@ -236,6 +243,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     configUrl: pick(values['config-url'], 'TOLLGATE_CONFIG_URL') ?? `http://${webhookService}.${namespace}.svc:${http.port}`,
     sidecarImage: pick(values['sidecar-image'], 'TOLLGATE_SIDECAR_IMAGE'),
     sidecarBodyLimit,
+    sidecarMaxToolUses,
     sidecarWalletLabel,
     sidecarRedisSecret,
     sidecarImagePullPolicy: env['TOLLGATE_SIDECAR_IMAGE_PULL_POLICY'] || undefined,
@@ -244,17 +252,24 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
 }
 
 /**
- * Parses the injected sidecars' body limit with the sidecar's own parser, so that the
- * operator rejects at start a value that every injected sidecar would reject. The
- * error names the flag when it is given, else the variable.
+ * Parses a numeric setting of the injected sidecars with the sidecar's own parser, so
+ * that the operator rejects at start a value that every injected sidecar would reject.
+ * Returns undefined when neither the flag nor the variable is set. The error names
+ * the flag when it is given, else the variable.
  */
-function parseSidecarBodyLimit(flag: string | undefined, env: NodeJS.ProcessEnv): number | undefined {
-  const text = flag ?? (env['TOLLGATE_SIDECAR_BODY_LIMIT'] || undefined);
+function parseSidecarSetting(
+  flag: string | undefined,
+  flagName: string,
+  variable: string,
+  env: NodeJS.ProcessEnv,
+  parse: (text: string, setting: string) => number,
+): number | undefined {
+  const text = flag ?? (env[variable] || undefined);
   if (text === undefined) return undefined;
 
-  const setting = flag === undefined ? 'TOLLGATE_SIDECAR_BODY_LIMIT' : '--sidecar-body-limit';
+  const setting = flag === undefined ? variable : flagName;
   try {
-    return parseBodyLimit(text, setting);
+    return parse(text, setting);
   } catch (error) {
     throw new ConfigurationError((error as Error).message, { cause: error });
   }
@@ -476,6 +491,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     ...(config.sidecarRedisSecret === undefined ? {} : { sidecarRedisSecret: config.sidecarRedisSecret }),
     ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
     ...(config.sidecarBodyLimit === undefined ? {} : { sidecarBodyLimit: config.sidecarBodyLimit }),
+    ...(config.sidecarMaxToolUses === undefined ? {} : { sidecarMaxToolUses: config.sidecarMaxToolUses }),
     ...(config.sidecarWalletLabel === undefined ? {} : { sidecarWalletLabel: config.sidecarWalletLabel }),
     log,
     registry: metrics.registry,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bodyLimit, settledRetention, walletLabel } from './main.ts';
+import { bodyLimit, maxToolUses, settledRetention, walletLabel } from './main.ts';
 
 describe('settledRetention', () => {
   it('reads TOLLGATE_LEDGER_RETENTION', () => {
@@ -35,6 +35,27 @@ describe('bodyLimit', () => {
     for (const text of ['4MB', '0', '-1', '1.5', ' 1024', '0x400', '9007199254740992']) {
       expect(() => bodyLimit({ TOLLGATE_BODY_LIMIT: text }), text).toThrow(
         `invalid TOLLGATE_BODY_LIMIT "${text}": use a whole number of bytes from 1 to 9007199254740991, such as 8388608 for 8 MiB`,
+      );
+    }
+  });
+});
+
+describe('maxToolUses', () => {
+  it('reads TOLLGATE_MAX_TOOL_USES', () => {
+    expect(maxToolUses({ TOLLGATE_MAX_TOOL_USES: '12' })).toBe(12);
+    expect(maxToolUses({ TOLLGATE_MAX_TOOL_USES: '1' })).toBe(1);
+    expect(maxToolUses({ TOLLGATE_MAX_TOOL_USES: '1000' })).toBe(1000);
+  });
+
+  it('keeps 5 when unset', () => {
+    expect(maxToolUses({})).toBe(5);
+    expect(maxToolUses({ TOLLGATE_MAX_TOOL_USES: '' })).toBe(5);
+  });
+
+  it('rejects a value outside 1 to 1000', () => {
+    for (const text of ['0', '1001', '-1', '2.5', '1e2', ' 10', '0x10', 'ten', '9007199254740993']) {
+      expect(() => maxToolUses({ TOLLGATE_MAX_TOOL_USES: text }), text).toThrow(
+        `invalid TOLLGATE_MAX_TOOL_USES "${text}": use a whole number of tool uses from 1 to 1000, such as 10`,
       );
     }
   });

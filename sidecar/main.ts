@@ -7,7 +7,7 @@ import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
 import { compileSnapshot, OperatorConfig } from './config-source.ts';
-import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLimit, parseWalletLabel } from './server.ts';
+import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from './server.ts';
 
 /**
  * Reads a route's credential from the Secret files the injector mounts at
@@ -57,6 +57,17 @@ export function bodyLimit(env: NodeJS.ProcessEnv): number {
 }
 
 /**
+ * Returns the use limit that the sidecar sets on each charged server tool of a
+ * request that sets none, from TOLLGATE_MAX_TOOL_USES, or the default when it
+ * is unset.
+ */
+export function maxToolUses(env: NodeJS.ProcessEnv): number {
+  const text = env.TOLLGATE_MAX_TOOL_USES;
+  if (!text) return DEFAULT_SIDECAR_OPTIONS.defaultMaxToolUses;
+  return parseMaxToolUses(text, 'TOLLGATE_MAX_TOOL_USES');
+}
+
+/**
  * Returns whether the money counters carry the paying wallet's id in their
  * wallet label, from TOLLGATE_WALLET_LABEL: "false" turns the label off, and
  * "true" or unset keeps it on. The webhook sets "false" when the operator's
@@ -75,6 +86,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const credentials = fileCredentials(env.TOLLGATE_CREDENTIALS_DIR ?? '/var/run/tollgate/credentials');
   const wallet = env.TOLLGATE_WALLET ? `${namespace}/${env.TOLLGATE_WALLET}` : undefined;
   const maxBodyBytes = bodyLimit(env);
+  const defaultMaxToolUses = maxToolUses(env);
   const labelWallets = walletLabel(env);
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
@@ -91,6 +103,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
       // The webhook sets TOLLGATE_BODY_LIMIT from the operator's setting, so a user raises it there.
       bodyLimitSetting: 'the Helm value sidecar.bodyLimit of the tollgate chart (the operator flag --sidecar-body-limit)',
       walletPolicy: { defaultWallet: wallet, allowWalletHeader: false },
+      defaultMaxToolUses,
       walletLabel: labelWallets,
       // Queued commits are kept no longer than the ledger keeps the records they may settle.
       settledRetentionMs,

@@ -197,6 +197,28 @@ export function parseBodyLimit(text: string, setting: string): number {
 }
 
 /**
+ * Largest tool use limit an operator can set, an estimate rather than a
+ * provider limit. Each use adds its results to the model's context, so a
+ * request is expected to fill its context window long before this many uses.
+ * A higher limit would only make the sidecar hold more of the wallet for every
+ * request with the tool, which leaves less for concurrent requests.
+ */
+export const MAX_TOOL_USE_LIMIT = 1000;
+
+/**
+ * Parses a tool use limit setting, the sidecar's defaultMaxToolUses: a whole
+ * number from 1 to MAX_TOOL_USE_LIMIT. `setting` names the option or variable
+ * in the error message.
+ */
+export function parseMaxToolUses(text: string, setting: string): number {
+  const uses = /^[0-9]+$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(uses) || uses < 1 || uses > MAX_TOOL_USE_LIMIT) {
+    throw new RangeError(`invalid ${setting} "${text}": use a whole number of tool uses from 1 to ${MAX_TOOL_USE_LIMIT}, such as 10`);
+  }
+  return uses;
+}
+
+/**
  * Parses a wallet label setting: "true" or "false". Undefined or empty text
  * means the setting is unset and gives the default, true. `setting` names the
  * option or variable in the error message.

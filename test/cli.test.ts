@@ -13,6 +13,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { parseAmount } from '../src/money/money.ts';
+import { startSimulator } from '../src/simulator/index.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
 const run = promisify(execFile);
@@ -364,6 +365,91 @@ describe('tollgate command', () => {
     } finally {
       dev.kill('SIGTERM');
       await exited;
+    }
+  });
+
+  it('documents the tool use limit in help', async () => {
+    const dev = await tollgate(['dev', '--help']);
+    expect(dev.stdout).toContain(
+      '  --max-tool-uses N  Use limit the sidecar sets on each charged server tool,\n' +
+        '                     such as web search, in a request that sets none, lowered\n' +
+        '                     to what the wallet affords; from 1 to 1000 (default: 5)\n',
+    );
+    const sidecar = await tollgate(['sidecar', '--help']);
+    expect(sidecar.stdout).toContain(
+      '  TOLLGATE_MAX_TOOL_USES     Use limit set on each charged server tool (web search) in a request that sets none, 1 to 1000 (default 5)\n',
+    );
+    const operator = await tollgate(['operator', '--help']);
+    expect(operator.stdout).toContain(
+      '  --sidecar-max-tool-uses N  Use limit the injected sidecars set on each charged server tool, such as web\n' +
+        '                             search, in a request that sets none, lowered to what the wallet affords; from 1\n' +
+        '                             to 1000 [TOLLGATE_SIDECAR_MAX_TOOL_USES] (default: 5)\n',
+    );
+  });
+
+  it('rejects an invalid dev tool use limit', async () => {
+    for (const text of ['0', '1001', 'many']) {
+      const result = await tollgate(['dev', '--max-tool-uses', text]);
+      expect(result.code, text).toBe(2);
+      expect(result.stderr, text).toBe(`invalid --max-tool-uses "${text}": use a whole number of tool uses from 1 to 1000, such as 10\n`);
+    }
+  });
+
+  it('applies the dev tool use limit', async () => {
+    // The routes carry a key in a Secret manifest, so dev forwards to this simulator, whose stats record the forwarded body.
+    const simulator = await startSimulator({ host: '127.0.0.1', port: 0, expectedKey: 'sk-cli-test' });
+    const manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-cli-tools-'));
+    const route = (name: string, protocol: string, model: string) =>
+      `apiVersion: tollgate.dev/v1alpha1\nkind: ProviderRoute\nmetadata: { name: ${name} }\nspec:\n  protocol: ${protocol}\n` +
+      `  baseURL: ${simulator.url}\n  credentialSecretRef: { name: keys, key: apiKey }\n  models: [${model}]\n` +
+      `  costs:\n    ${model}: { input: "1", output: "2", units: { web_search: "0.01" } }\n`;
+    await writeFile(
+      path.join(manifests, 'resources.yaml'),
+      [
+        'apiVersion: v1\nkind: Secret\nmetadata: { name: keys }\nstringData: { apiKey: sk-cli-test }\n',
+        route('anthropic', 'anthropic', 'claude-sonnet-4-5'),
+        route('openai', 'openai', 'gpt-4.1-mini'),
+        'apiVersion: tollgate.dev/v1alpha1\nkind: PricePlan\nmetadata: { name: plan }\nspec:\n  currency: USD\n' +
+          '  versions:\n    - effectiveFrom: "2026-01-01T00:00:00Z"\n      markupPercent: "20"\n',
+        'apiVersion: tollgate.dev/v1alpha1\nkind: Wallet\nmetadata: { name: team }\nspec:\n  currency: USD\n' +
+          '  pricePlanRef: { name: plan }\n  grants: [{ id: initial, amount: "100" }]\n',
+      ].join('---\n'),
+    );
+    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', '--manifests', manifests, '--max-tool-uses', '12'], {
+      cwd: ROOT,
+      env: { ...process.env, LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = once(dev, 'exit');
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let stdout = '';
+        dev.stdout.on('data', (chunk: Buffer) => {
+          stdout += chunk.toString();
+          const match = /listening on (http:\/\/\S+)/.exec(stdout);
+          if (match) resolve(match[1]!);
+        });
+        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}`)));
+      });
+      const post = (urlPath: string, body: unknown) =>
+        fetch(`${url}${urlPath}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+      // 12 is above the sidecar's default of 5, and the wallet affords 12 searches, so the limit in the body comes from the option.
+      const message = { model: 'claude-sonnet-4-5', max_tokens: 64, messages: [{ role: 'user', content: 'alpha' }] };
+      const tool = { type: 'web_search_20250305', name: 'web_search' };
+      const messageResponse = await post('/anthropic/v1/messages', { ...message, tools: [tool] });
+      expect(messageResponse.status).toBe(200);
+      expect(simulator.stats().lastRequest).toEqual({ ...message, tools: [{ ...tool, max_uses: 12 }] });
+
+      const request = { model: 'gpt-4.1-mini', input: 'alpha', max_output_tokens: 64, tools: [{ type: 'web_search' }] };
+      const responsesResponse = await post('/openai/v1/responses', request);
+      expect(responsesResponse.status).toBe(200);
+      expect(simulator.stats().lastRequest).toEqual({ ...request, max_tool_calls: 12 });
+    } finally {
+      dev.kill('SIGTERM');
+      await exited;
+      await simulator.close();
+      await rm(manifests, { recursive: true, force: true });
     }
   });
 

@@ -283,6 +283,46 @@ describe('helm template', () => {
     );
   });
 
+  it('passes the sidecar tool use limit', async () => {
+    const fromSet = operatorEnv(find(await template(['sidecar.maxToolUses=12']), 'Deployment', 'tollgate'));
+    expect(fromSet['TOLLGATE_SIDECAR_MAX_TOOL_USES']).toBe('12');
+    expect(parseOperatorArgs([], fromSet)?.sidecarMaxToolUses).toBe(12);
+
+    const valuesFile = path.join(workDir, 'max-tool-uses-values.yaml');
+    await writeFile(valuesFile, 'sidecar:\n  maxToolUses: 1000\n');
+    const fromFile = operatorEnv(find(await template([], ['--values', valuesFile]), 'Deployment', 'tollgate'));
+    expect(fromFile['TOLLGATE_SIDECAR_MAX_TOOL_USES']).toBe('1000');
+    expect(parseOperatorArgs([], fromFile)?.sidecarMaxToolUses).toBe(1000);
+
+    const fromString = operatorEnv(find(await template([], ['--set-string', 'sidecar.maxToolUses=3']), 'Deployment', 'tollgate'));
+    expect(fromString['TOLLGATE_SIDECAR_MAX_TOOL_USES']).toBe('3');
+
+    // Unset, the variable is absent and the injected sidecars keep their default.
+    const unset = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
+    expect(unset['TOLLGATE_SIDECAR_MAX_TOOL_USES']).toBeUndefined();
+    expect(parseOperatorArgs([], unset)?.sidecarMaxToolUses).toBeUndefined();
+  });
+
+  it('rejects an invalid sidecar tool use limit', async () => {
+    const notNumber = await helm(['template', RELEASE, CHART, '--set', 'sidecar.maxToolUses=ten']);
+    expect(notNumber.code).toBe(1);
+    expect(notNumber.stderr).toContain("at '/sidecar/maxToolUses': 'ten' does not match pattern");
+    for (const value of ['0', '1001', '2.5', '-1']) {
+      const rejected = await helm(['template', RELEASE, CHART, '--set', `sidecar.maxToolUses=${value}`]);
+      expect(rejected.code, value).toBe(1);
+      expect(rejected.stderr, value).toContain("at '/sidecar/maxToolUses'");
+    }
+    const tooLargeString = await helm(['template', RELEASE, CHART, '--set-string', 'sidecar.maxToolUses=1001']);
+    expect(tooLargeString.code).toBe(1);
+    expect(tooLargeString.stderr).toContain("at '/sidecar/maxToolUses': '1001' does not match pattern");
+
+    // The operator rejects at start a value set in its environment by hand, which the schema never checks.
+    const valid = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
+    expect(() => parseOperatorArgs([], { ...valid, TOLLGATE_SIDECAR_MAX_TOOL_USES: '1001' })).toThrow(
+      'invalid TOLLGATE_SIDECAR_MAX_TOOL_USES "1001": use a whole number of tool uses from 1 to 1000, such as 10',
+    );
+  });
+
   it('passes the sidecar wallet label setting', async () => {
     const unset = operatorEnv(find(await template(), 'Deployment', 'tollgate'));
     expect(unset['TOLLGATE_SIDECAR_WALLET_LABEL']).toBe('true');

@@ -35,7 +35,7 @@ import {
 } from '../operator/webhook/certs.ts';
 import { createKubeClients, loadKubeConfig } from '../operator/kube.ts';
 import { startWebhook, type WebhookServer } from '../operator/webhook/server.ts';
-import { bodyLimit, walletLabel } from '../sidecar/main.ts';
+import { bodyLimit, maxToolUses, walletLabel } from '../sidecar/main.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const OPERATOR_NAMESPACE = 'tollgate-system';
@@ -46,6 +46,7 @@ const CONFIG_URL = 'http://tollgate.tollgate-system.svc:8080';
 const REDIS_URL = 'redis://redis.tollgate-system.svc:6379/0';
 /** 16 MiB, four times the sidecar's default, so that the injected value is visible. */
 const SIDECAR_BODY_LIMIT = 16_777_216;
+const SIDECAR_MAX_TOOL_USES = 12;
 const PLACEHOLDER = 'tollgate-sidecar-holds-the-key';
 const POLL_INTERVAL_MS = 100;
 const WAIT_TIMEOUT_MS = 60_000;
@@ -304,6 +305,7 @@ describe('sidecar injector on a real API server', () => {
       configUrl: CONFIG_URL,
       redisUrl: REDIS_URL,
       sidecarBodyLimit: SIDECAR_BODY_LIMIT,
+      sidecarMaxToolUses: SIDECAR_MAX_TOOL_USES,
       sidecarWalletLabel: false,
       log,
       registry,
@@ -373,12 +375,14 @@ describe('sidecar injector on a real API server', () => {
       TOLLGATE_CONFIG_URL: CONFIG_URL,
       TOLLGATE_REDIS_URL: REDIS_URL,
       TOLLGATE_BODY_LIMIT: '16777216',
+      TOLLGATE_MAX_TOOL_USES: '12',
       TOLLGATE_WALLET_LABEL: 'false',
       TOLLGATE_CREDENTIALS_DIR: '/var/run/tollgate/credentials',
       TOLLGATE_LISTEN: '127.0.0.1:8787',
       TOLLGATE_ADMIN_LISTEN: '0.0.0.0:9464',
     });
     expect(bodyLimit(envOf(sidecar))).toBe(SIDECAR_BODY_LIMIT);
+    expect(maxToolUses(envOf(sidecar))).toBe(SIDECAR_MAX_TOOL_USES);
     expect(walletLabel(envOf(sidecar))).toBe(false);
     expect(sidecar?.env?.[0]?.valueFrom?.fieldRef?.fieldPath).toBe('metadata.namespace');
     expect(pod.metadata?.annotations).toEqual({

@@ -278,6 +278,12 @@ describe('injectSidecar sidecar container', () => {
     expect(sidecar.env?.find((variable) => variable.name === 'TOLLGATE_BODY_LIMIT')).toBeUndefined();
   });
 
+  it('passes the tool use limit when set', () => {
+    const withLimit = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ maxToolUses: 12 })).patch));
+    expect(withLimit.env?.filter((variable) => variable.name === 'TOLLGATE_MAX_TOOL_USES')).toEqual([{ name: 'TOLLGATE_MAX_TOOL_USES', value: '12' }]);
+    expect(sidecar.env?.find((variable) => variable.name === 'TOLLGATE_MAX_TOOL_USES')).toBeUndefined();
+  });
+
   it('reads the Redis URL from a Secret when set', () => {
     const fromSecret = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ redisUrlSecret: { name: 'tollgate-redis', key: 'url' } })).patch));
     const variables = fromSecret.env?.filter((variable) => variable.name === 'TOLLGATE_REDIS_URL');

@@ -79,6 +79,8 @@ export interface InjectionContext {
   settledRetentionMs?: number;
   /** Largest request body the sidecar accepts, in bytes, or undefined for the sidecar's default. */
   bodyLimit?: number;
+  /** Use limit the sidecar sets on each charged server tool of a request that sets none, or undefined for the sidecar's default. */
+  maxToolUses?: number;
   /** Whether the sidecar fills the wallet label of its money counters. Undefined keeps the sidecar's default, true. */
   walletLabel?: boolean;
   /** Validated ProviderRoutes of the pod's namespace. */
@@ -272,6 +274,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     // The operator's ledger and the sidecars must keep settled records equally long.
     ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
     ...(context.bodyLimit === undefined ? [] : [{ name: 'TOLLGATE_BODY_LIMIT', value: String(context.bodyLimit) }]),
+    ...(context.maxToolUses === undefined ? [] : [{ name: 'TOLLGATE_MAX_TOOL_USES', value: String(context.maxToolUses) }]),
     // The sidecar fills the wallet label by default, so only "off" needs the variable.
     ...(context.walletLabel === false ? [{ name: 'TOLLGATE_WALLET_LABEL', value: 'false' }] : []),
     { name: 'TOLLGATE_CREDENTIALS_DIR', value: CREDENTIALS_DIR },

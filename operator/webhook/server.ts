@@ -71,6 +71,8 @@ export interface WebhookOptions {
   settledRetentionMs?: number;
   /** Request body limit in bytes that injected sidecars get as TOLLGATE_BODY_LIMIT, or absent for the sidecar's default. */
   sidecarBodyLimit?: number;
+  /** Tool use limit that injected sidecars get as TOLLGATE_MAX_TOOL_USES, or absent for the sidecar's default. */
+  sidecarMaxToolUses?: number;
   /** Whether injected sidecars fill the wallet label of their money counters. False sets TOLLGATE_WALLET_LABEL=false on them, and absent means true. */
   sidecarWalletLabel?: boolean;
   log: Logger;
@@ -223,6 +225,7 @@ class AdmissionHandler {
       ...(this.options.sidecarRedisSecret === undefined ? {} : { redisUrlSecret: this.options.sidecarRedisSecret }),
       ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
       ...(this.options.sidecarBodyLimit === undefined ? {} : { bodyLimit: this.options.sidecarBodyLimit }),
+      ...(this.options.sidecarMaxToolUses === undefined ? {} : { maxToolUses: this.options.sidecarMaxToolUses }),
       ...(this.options.sidecarWalletLabel === undefined ? {} : { walletLabel: this.options.sidecarWalletLabel }),
       routes: resources.routes,
       wallets: resources.wallets,

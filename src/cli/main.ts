@@ -26,6 +26,9 @@ Options:
                      default, at least 1h
   --body-limit BYTES Largest request body the sidecar accepts, in bytes
                      (default: 4194304, which is 4 MiB)
+  --max-tool-uses N  Use limit the sidecar sets on each charged server tool,
+                     such as web search, in a request that sets none, lowered
+                     to what the wallet affords; from 1 to 1000 (default: 5)
   --no-wallet-label  Leave the wallet label of tollgate_charged_total and
                      tollgate_provider_cost_total empty, so that the metrics keep
                      one series per model and route instead of one per wallet
@@ -49,6 +52,7 @@ sets its environment:
   TOLLGATE_ADMIN_LISTEN      Address of /metrics, /healthz and /readyz (off when unset)
   TOLLGATE_LEDGER_RETENTION  How long settled requests are kept, such as 7d (the ledger's default when unset)
   TOLLGATE_BODY_LIMIT        Largest request body in bytes (default 4194304)
+  TOLLGATE_MAX_TOOL_USES     Use limit set on each charged server tool (web search) in a request that sets none, 1 to 1000 (default 5)
   TOLLGATE_WALLET_LABEL      false leaves the wallet label of the money counters empty (default true)
   OTEL_EXPORTER_OTLP_ENDPOINT  Turns on OpenTelemetry export; the SDK reads the other OTEL_* variables
   LOG_LEVEL                  pino log level (default info)`;
@@ -106,6 +110,7 @@ async function dev(args: string[]): Promise<number> {
       wallet: { type: 'string' },
       'ledger-retention': { type: 'string' },
       'body-limit': { type: 'string' },
+      'max-tool-uses': { type: 'string' },
       'no-wallet-label': { type: 'boolean', default: false },
       'no-watch': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -133,15 +138,15 @@ async function dev(args: string[]): Promise<number> {
   }
 
   // The sidecar is the top of the dependency tree, so the command loads it lazily.
-  const { parseBodyLimit } = await import('../../sidecar/server.ts');
+  const { parseBodyLimit, parseMaxToolUses } = await import('../../sidecar/server.ts');
   let bodyLimit: number | undefined;
-  if (values['body-limit'] !== undefined) {
-    try {
-      bodyLimit = parseBodyLimit(values['body-limit'], '--body-limit');
-    } catch (error) {
-      console.error((error as Error).message);
-      return 2;
-    }
+  let defaultMaxToolUses: number | undefined;
+  try {
+    if (values['body-limit'] !== undefined) bodyLimit = parseBodyLimit(values['body-limit'], '--body-limit');
+    if (values['max-tool-uses'] !== undefined) defaultMaxToolUses = parseMaxToolUses(values['max-tool-uses'], '--max-tool-uses');
+  } catch (error) {
+    console.error((error as Error).message);
+    return 2;
   }
 
   const { startDev } = await import('../../sidecar/dev.ts');
@@ -162,6 +167,7 @@ async function dev(args: string[]): Promise<number> {
       sidecar: {
         ...(bodyLimit === undefined ? {} : { bodyLimit }),
         bodyLimitSetting: 'tollgate dev --body-limit BYTES',
+        ...(defaultMaxToolUses === undefined ? {} : { defaultMaxToolUses }),
         walletLabel: !values['no-wallet-label'],
       },
     });

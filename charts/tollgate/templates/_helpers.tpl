@@ -53,15 +53,15 @@ app.kubernetes.io/part-of: tollgate
 {{- end -}}
 
 {{/*
-sidecar.bodyLimit as decimal text, empty when unset. A number from a values file
-arrives as a float64, which quote would print as 8.388608e+06.
+A numeric value, such as sidecar.bodyLimit, as decimal text, empty when unset.
+A number from a values file arrives as a float64, which quote would print as
+8.388608e+06.
 */}}
-{{- define "tollgate.sidecarBodyLimit" -}}
-{{- $limit := .Values.sidecar.bodyLimit -}}
-{{- if kindIs "float64" $limit -}}
-{{- if eq $limit (float64 (int64 $limit)) }}{{ int64 $limit }}{{ else }}{{ $limit }}{{ end -}}
-{{- else if not (kindIs "invalid" $limit) -}}
-{{- $limit -}}
+{{- define "tollgate.decimal" -}}
+{{- if kindIs "float64" . -}}
+{{- if eq . (float64 (int64 .)) }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
+{{- else if not (kindIs "invalid" .) -}}
+{{- . -}}
 {{- end -}}
 {{- end -}}
 
