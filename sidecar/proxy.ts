@@ -48,6 +48,9 @@ export interface ProxyOptions {
    * long, because once the ledger has removed the record of a hold that the
    * sweeper charged, a late commit would charge the request again. Default
    * MIN_SETTLED_RETENTION_MS, which is safe for every ledger.
+   * NOTE: records are kept by the retention of the process that settled them
+   * (a sidecar's reserve or the operator's sweep). Give every process the same
+   * retention, or a commit queued longer than the shortest one may be charged twice.
    */
   settledRetentionMs?: number;
   /** Changes to the commit queue's limits and waits (DEFAULT_COMMIT_QUEUE_OPTIONS). */
@@ -346,7 +349,8 @@ export class Proxy {
    * forwarded only to the endpoints that list or describe models (see
    * ProviderAdapter.endpointKind), because the other GET endpoints read data
    * of the provider account that all tenants share. Any other method gets a
-   * 405. Throws ProxyError, with the caller's request id for the log line.
+   * 405 on a metered or models path and a 404 elsewhere. Throws ProxyError,
+   * with the caller's request id for the log line.
    */
   checkRequest(request: FastifyRequest): { route: CompiledRoute; upstreamPath: string; adapter: ProviderAdapter } {
     try {
@@ -1273,9 +1277,10 @@ const ALLOWED_METHODS: Record<EndpointKind, string> = { metered: 'POST', models:
 /**
  * Rejects a method that the endpoint is not served with. A GET or HEAD of
  * anything but a models endpoint gets a 404. Any method other than GET, HEAD
- * and POST gets a 405, whose `allow` header lists the methods the path takes,
- * and is empty on a path that the route does not serve. A POST to an
- * unmetered endpoint is left to the adapter's inspect, whose 404 names it.
+ * and POST gets a 405 on a metered or models path, whose `allow` header lists
+ * the methods the path takes, and a 404 on a path that the route does not
+ * serve. A POST to an unmetered endpoint is left to the adapter's inspect,
+ * whose 404 names it.
  */
 function checkMethod(request: FastifyRequest, route: CompiledRoute, adapter: ProviderAdapter, upstreamPath: string): void {
   const method = request.method;

@@ -252,6 +252,8 @@ export class MemoryLedger implements Ledger {
     // The upstream served the call although no hold is open: the sweeper
     // released or charged it, or the request was never reserved. Debit the
     // difference to what was already charged for it.
+    // NOTE: as in commit.lua, a lower late charge of a hold that covered a
+    // lapsed grant returns the difference to the funds instead of lapsing it.
     const alreadyCharged = settled?.state === 'expired_charged' ? settled.charged : 0n;
     const { day, month } = settled ?? periodFields(nowMs);
     debit(account, requestId, charged - alreadyCharged, entry, nowMs);
@@ -588,6 +590,9 @@ function lapseGrants(account: Account, nowMs: number, clockMs: number): void {
   }
   if (covered) {
     // Every hold open now was placed before these expiries.
+    // NOTE: the flagged holds share one pool, as in the Redis scripts: a hold
+    // placed after an earlier lapse and flagged at a later one can be charged
+    // from the earlier grant's rest too.
     for (const hold of account.holds.values()) hold.covers = true;
     account.lapsingHeld = account.reserved;
   }

@@ -48,6 +48,9 @@ if done and done.state == 'released' then return { 'conflict', 'released' } end
 -- The upstream served the call although no hold is open: the sweeper
 -- released or charged it, or it was never reserved. Debit the difference to
 -- what was already charged for it.
+-- NOTE: when the expire-charge was paid from a lapsed grant's rest (a hold
+-- that covered it, see settle_cover), a lower late charge returns the
+-- difference to the wallet's funds instead of lapsing it.
 local already_charged, day, month, fingerprint = 0, ARGV[8], ARGV[9], ''
 if done then
   day, month, fingerprint = done.day, done.month, done.fingerprint
