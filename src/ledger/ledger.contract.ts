@@ -777,6 +777,29 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect((await ledger.verify(wallet)).ok).toBe(true);
       });
 
+      it('charges a hold only from grants that were live when it was placed', async () => {
+        const wallet = newWallet();
+        const earlyMs = Date.now() + HOUR_MS;
+        const lateMs = earlyMs + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'early', 100n, { expiresAtMs: earlyMs });
+        await ledger.credit(wallet, 'late', 30n, { expiresAtMs: lateMs });
+        await ledger.reserve(wallet, 'first', longHold(100n));
+        await ledger.sweep(wallet, earlyMs);
+        // Placed after "early" lapsed, this hold may be charged from "late" and the paid grant only.
+        await ledger.reserve(wallet, 'second', longHold(50n));
+        await ledger.sweep(wallet, lateMs);
+
+        // "late" pays 30 of the 50, the paid grant 20; releasing the first hold lapses all of "early".
+        await ledger.commit(wallet, 'second', usage(50n));
+        await ledger.release(wallet, 'first');
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(50n);
+        expect(state.expired).toBe(100n);
+        expect(state.balance).toBe(980n);
+        expect(await ledger.verify(wallet)).toEqual({ ok: true, granted: 1130n, spent: 50n, expired: 100n, entries: 7, problems: [] });
+      });
+
       it('covers grants that lapse at different times with the holds open at each', async () => {
         const wallet = newWallet();
         const earlyMs = Date.now() + HOUR_MS;

@@ -50,8 +50,8 @@ interface Hold {
   units: number;
   expiresAtMs: number;
   answered: boolean;
-  /** Whether the hold was open when grants lapsed, so that it covers their rest (see lapseGrants). */
-  covers: boolean;
+  /** The lapse epoch whose grants and later ones the hold may be charged from, or undefined (see lapseGrants). */
+  epoch: number | undefined;
   /** Period counters the hold was added to, so that settling it adjusts the same ones. */
   day: string;
   month: string;
@@ -101,9 +101,11 @@ interface Account {
   /** The value of `spent` up to which charges are attributed to the expiring grants. */
   attributed: bigint;
   /** Rests of lapsed grants that covering holds may still be charged from, in order of expiry (see lapseGrants). */
-  lapsing: { id: string; amount: bigint }[];
-  /** What the covering holds still hold. */
-  lapsingHeld: bigint;
+  lapsing: { id: string; amount: bigint; epoch: number }[];
+  /** What the open holds of each lapse epoch still hold. */
+  lapsingHeld: Map<number, bigint>;
+  /** The number of lapses that left a covered part. */
+  lapseEpoch: number;
   /**
    * The stream entries after the checkpoint, oldest first, with the same id
    * scheme and the same fields, in the same order, as the Redis ledger's.
@@ -207,7 +209,7 @@ export class MemoryLedger implements Ledger {
       units: admission.units,
       expiresAtMs,
       answered: false,
-      covers: false,
+      epoch: undefined,
       day: periods.day,
       month: periods.month,
       fingerprint: hold.fingerprint,
@@ -238,7 +240,7 @@ export class MemoryLedger implements Ledger {
       account.reserved -= open.amount;
       debit(account, requestId, charged, entry, nowMs);
       addToPeriods(account, open.day, open.month, charged - open.amount);
-      if (open.covers) settleCover(account, open.amount, charged, nowMs);
+      if (open.epoch !== undefined) settleCover(account, open.epoch, open.amount, charged, nowMs);
       account.settled.set(requestId, { state: 'committed', charged, released, day: open.day, month: open.month, fingerprint: open.fingerprint });
       return { status: 'committed', charged, released, replayed: false };
     }
@@ -273,7 +275,7 @@ export class MemoryLedger implements Ledger {
       account.due.set(requestId, deadline);
       account.reserved -= open.amount;
       addToPeriods(account, open.day, open.month, -open.amount);
-      if (open.covers) settleCover(account, open.amount, 0n, this.#now());
+      if (open.epoch !== undefined) settleCover(account, open.epoch, open.amount, 0n, this.#now());
       account.settled.set(requestId, { state: 'released', charged: 0n, released: open.amount, day: open.day, month: open.month, fingerprint: open.fingerprint });
       return { status: 'released', amount: open.amount };
     }
@@ -387,7 +389,8 @@ export class MemoryLedger implements Ledger {
         grants: new Map(),
         expiring: [],
         lapsing: [],
-        lapsingHeld: 0n,
+        lapsingHeld: new Map(),
+        lapseEpoch: 0,
         attributed: 0n,
         log: [],
         lastEntry: { ms: -1, sequence: -1 },
@@ -480,7 +483,7 @@ function settleExpired(account: Account, nowMs: number, limit: number, retention
       account.settled.set(requestId, { ...settled, state: 'expired', released: hold.amount });
       result.released += 1;
     }
-    if (hold.covers) settleCover(account, hold.amount, hold.answered ? hold.amount : 0n, clockMs);
+    if (hold.epoch !== undefined) settleCover(account, hold.epoch, hold.amount, hold.answered ? hold.amount : 0n, clockMs);
   }
   return result;
 }
@@ -564,16 +567,20 @@ function attributeCharges(account: Account): void {
  * gets the part of `reserved` that earlier lapsed grants do not hold yet.
  * What the holds do not cover is taken back now, but no more than the
  * balance beyond the open holds. The covered part waits in
- * `account.lapsing`, every open hold is flagged as covering it, and
- * settleCover lapses it as those holds settle. `clockMs` is the ledger's
- * clock, for the ids of the entries.
+ * `account.lapsing` with the lapse's epoch, and every open hold not flagged
+ * yet is flagged with that epoch: it may be charged from the grants of its
+ * epoch and later ones. settleCover lapses the waiting amounts as those
+ * holds settle. `clockMs` is the ledger's clock, for the ids of the entries.
  */
 function lapseGrants(account: Account, nowMs: number, clockMs: number): void {
   const first = account.expiring[0];
   if (first === undefined || first.expiresAtMs > nowMs) return;
 
   attributeCharges(account);
+  const epoch = account.lapseEpoch + 1;
   let cover = account.reserved - sum(account.lapsing.map((grant) => grant.amount));
+  // Without waiting amounts, no flag of an open hold counts any more.
+  const fresh = account.lapsing.length === 0;
   let covered = false;
   while (account.expiring[0] !== undefined && account.expiring[0].expiresAtMs <= nowMs) {
     const grant = account.expiring.shift()!;
@@ -584,48 +591,69 @@ function lapseGrants(account: Account, nowMs: number, clockMs: number): void {
     account.expired += takenBack;
     appendEntry(account, clockMs, { type: 'expire', id: grant.id, amount: takenBack.toString() });
     if (coveredPart > 0n) {
-      account.lapsing.push({ id: grant.id, amount: coveredPart });
+      account.lapsing.push({ id: grant.id, amount: coveredPart, epoch });
       covered = true;
     }
   }
-  if (covered) {
-    // Every hold open now was placed before these expiries.
-    // NOTE: the flagged holds share one pool, as in the Redis scripts: a hold
-    // placed after an earlier lapse and flagged at a later one can be charged
-    // from the earlier grant's rest too.
-    for (const hold of account.holds.values()) hold.covers = true;
-    account.lapsingHeld = account.reserved;
+  if (!covered) return;
+
+  // Every hold open now was placed before these expiries.
+  if (fresh) account.lapsingHeld.clear();
+  let flagged = 0n;
+  for (const hold of account.holds.values()) {
+    if (fresh || hold.epoch === undefined) {
+      hold.epoch = epoch;
+      flagged += hold.amount;
+    }
   }
+  if (flagged > 0n) account.lapsingHeld.set(epoch, flagged);
+  account.lapseEpoch = epoch;
 }
 
 /**
- * Settles a hold flagged by lapseGrants: `amount` was held, `charged` is
- * what the wallet pays for it (0 when released). The charge is taken from
- * the lapsing grants first, earliest expiry first, and counts as
- * attributed, so the live grants do not pay it again. What the remaining
- * flagged holds no longer cover lapses, latest expiry first.
+ * Settles a hold flagged by lapseGrants with `epoch`: `amount` was held,
+ * `charged` is what the wallet pays for it (0 when released). The charge is
+ * taken from the waiting grants of that epoch and later, earliest expiry
+ * first, and counts as attributed, so the live grants do not pay it again.
+ * The grants of the first k epochs can only be charged to the holds of the
+ * first k epochs, so what those holds no longer cover lapses, latest expiry
+ * first.
  */
-function settleCover(account: Account, amount: bigint, charged: bigint, clockMs: number): void {
+function settleCover(account: Account, epoch: number, amount: bigint, charged: bigint, clockMs: number): void {
   if (account.lapsing.length === 0) return;
-  const stillHeld = maxOf(0n, account.lapsingHeld - amount);
+  const held = account.lapsingHeld;
+  held.set(epoch, maxOf(0n, (held.get(epoch) ?? 0n) - amount));
+
   let paid = 0n;
   for (const grant of account.lapsing) {
-    const paidFromGrant = maxOf(0n, minOf(grant.amount, charged - paid));
-    paid += paidFromGrant;
+    if (grant.epoch < epoch || paid >= charged) continue;
+    const paidFromGrant = minOf(grant.amount, charged - paid);
     grant.amount -= paidFromGrant;
+    paid += paidFromGrant;
   }
-  let excess = sum(account.lapsing.map((grant) => grant.amount)) - stillHeld;
-  for (let i = account.lapsing.length - 1; i >= 0 && excess > 0n; i--) {
-    const grant = account.lapsing[i]!;
-    const takenBack = minOf(grant.amount, excess);
-    if (takenBack === 0n) continue;
-    grant.amount -= takenBack;
-    excess -= takenBack;
-    account.expired += takenBack;
-    appendEntry(account, clockMs, { type: 'expire', id: grant.id, amount: takenBack.toString() });
+
+  const lapsing = account.lapsing;
+  for (let firstIndex = 0; firstIndex < lapsing.length; ) {
+    const through = lapsing[firstIndex]!.epoch;
+    let last = firstIndex;
+    while (last + 1 < lapsing.length && lapsing[last + 1]!.epoch === through) last++;
+    let excess = sum(lapsing.slice(0, last + 1).map((grant) => grant.amount));
+    for (const [heldEpoch, heldAmount] of held) if (heldEpoch <= through) excess -= heldAmount;
+    for (let i = last; i >= 0 && excess > 0n; i--) {
+      const grant = lapsing[i]!;
+      const takenBack = minOf(grant.amount, excess);
+      if (takenBack === 0n) continue;
+      grant.amount -= takenBack;
+      excess -= takenBack;
+      account.expired += takenBack;
+      appendEntry(account, clockMs, { type: 'expire', id: grant.id, amount: takenBack.toString() });
+    }
+    firstIndex = last + 1;
   }
-  account.lapsing = account.lapsing.filter((grant) => grant.amount > 0n);
-  account.lapsingHeld = account.lapsing.length === 0 ? 0n : stillHeld;
+
+  account.lapsing = lapsing.filter((grant) => grant.amount > 0n);
+  for (const [heldEpoch, heldAmount] of held) if (heldAmount === 0n) held.delete(heldEpoch);
+  if (account.lapsing.length === 0) held.clear();
   account.attributed += paid;
 }
 

@@ -28,9 +28,9 @@ if open then
   settle_hold(id, open, ARGV[10])
   debit(charged, ARGV[2])
   add_to_periods(open.day, open.month, charged - open.amount)
-  if open.covers then
+  if open.epoch then
     local _, _, _, settle_cover = grant_expiry_helpers()
-    settle_cover(open.amount, charged)
+    settle_cover(open.epoch, open.amount, charged)
   end
   write_done(id, {
     state = 'committed', charged = charged, released = released,

@@ -51,8 +51,8 @@ end
 -- splits the record, which costs less than a find and a sub per field.
 -- The hold carries `amount` as a number and also as its stored text. `units`
 -- and `expires` stay text, because the scripts only copy them. `flags` is
--- 0 to 3: 1 when the upstream answered, plus 2 when the hold covers lapsed
--- grants (see lapse_grants).
+-- 1 when the upstream answered, else 0, followed by ':<epoch>' when the hold
+-- covers lapsed grants (see lapse_grants).
 local function read_hold(id)
   local packed = redis.call('HGET', HOLDS, id)
   if not packed then return nil end
@@ -60,14 +60,15 @@ local function read_hold(id)
     string.match(packed, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
   return {
     amount = tonumber(amount), amount_text = amount, units = units, expires = expires,
-    answered = flags == '1' or flags == '3', covers = flags == '2' or flags == '3',
+    answered = string.byte(flags, 1) == 49, epoch = #flags > 1 and tonumber(string.sub(flags, 3)) or nil,
     day = day, month = month, fingerprint = fingerprint,
   }
 end
 
 -- Stores an open hold. `amount`, `units` and `expires` are decimal strings.
-local function write_hold(id, amount, units, expires, answered, day, month, fingerprint, covers)
-  local flags = answered and (covers and '3' or '1') or (covers and '2' or '0')
+local function write_hold(id, amount, units, expires, answered, day, month, fingerprint, epoch)
+  local flags = answered and '1' or '0'
+  if epoch then flags = flags .. ':' .. epoch end
   redis.call('HSET', HOLDS, id,
     amount .. '|' .. units .. '|' .. expires .. '|' .. flags .. '|' .. day .. '|' .. month .. '|' .. fingerprint)
 end
@@ -153,19 +154,28 @@ local function grant_expiry_helpers()
   -- grants before other funds, earliest expiry first, and each grant gets
   -- the part of `reserved` that earlier lapsed grants do not hold yet. What
   -- the holds do not cover is taken back now, but no more than the balance
-  -- beyond the open holds, with an `expire` entry. The covered part waits in
-  -- the field `lapsing`, a JSON array of {grant id, amount} in order of
-  -- expiry, and every open hold is flagged as covering it; settle_cover
-  -- lapses it as those holds settle. `lapsingHeld` is what the flagged holds
-  -- still hold. The caller passes the current totals. Returns the new
+  -- beyond the open holds, with an `expire` entry.
+  --
+  -- The covered part waits in the field `lapsing`, a JSON array of {grant
+  -- id, amount, epoch} in order of expiry. Each lapse that leaves a covered
+  -- part is an epoch (the counter `lapseEpoch`), and every open hold that is
+  -- not flagged yet is flagged with it: a hold may be charged from the
+  -- grants of its epoch and later ones, which were live when it was placed.
+  -- `lapsingHeld` is a JSON array of {epoch, amount}: what the open holds of
+  -- each epoch still hold. settle_cover lapses the waiting amounts as those
+  -- holds settle. The caller passes the current totals. Returns the new
   -- expired total.
   local function lapse_grants(now, granted, spent, expired, reserved)
-    local fields = redis.call('HMGET', ACCT, 'expiring', 'attributed', 'lapsing')
+    local fields = redis.call('HMGET', ACCT, 'expiring', 'attributed', 'lapsing', 'lapsingHeld', 'lapseEpoch')
     local grants = fields[1] and cjson.decode(fields[1]) or {}
     attribute_charges(grants, spent, to_amount(fields[2]))
     local lapsing = fields[3] and cjson.decode(fields[3]) or {}
+    local held = fields[4] and cjson.decode(fields[4]) or {}
+    local epoch = to_amount(fields[5]) + 1
     local cover = reserved
     for _, grant in ipairs(lapsing) do cover = cover - tonumber(grant[2]) end
+    -- Without waiting amounts, no flag of an open hold counts any more.
+    local fresh = #lapsing == 0
 
     local lapsed, covered = 0, false
     for _, grant in ipairs(grants) do
@@ -179,7 +189,7 @@ local function grant_expiry_helpers()
       expired = expired + taken_back
       append_entry({ 'type', 'expire', 'id', grant[1], 'amount', amount_string(taken_back) })
       if covered_part > 0 then
-        lapsing[#lapsing + 1] = { grant[1], amount_string(covered_part) }
+        lapsing[#lapsing + 1] = { grant[1], amount_string(covered_part), epoch }
         covered = true
       end
       lapsed = lapsed + 1
@@ -187,17 +197,17 @@ local function grant_expiry_helpers()
 
     if covered then
       -- Every hold open now was placed before these expiries.
-      -- NOTE: the flagged holds share one pool. A hold placed after an earlier
-      -- lapse and flagged at a later one can be charged from the earlier
-      -- grant's rest too, which then lapses less than it should. Only holds
-      -- open across two lapses of one wallet mix like this.
+      local flagged = 0
+      if fresh then held = {} end
       for _, id in ipairs(redis.call('HKEYS', HOLDS)) do
         local hold = read_hold(id)
-        if not hold.covers then
-          write_hold(id, hold.amount_text, hold.units, hold.expires, hold.answered, hold.day, hold.month, hold.fingerprint, true)
+        if fresh or not hold.epoch then
+          write_hold(id, hold.amount_text, hold.units, hold.expires, hold.answered, hold.day, hold.month, hold.fingerprint, epoch)
+          flagged = flagged + hold.amount
         end
       end
-      redis.call('HSET', ACCT, 'lapsing', cjson.encode(lapsing), 'lapsingHeld', amount_string(reserved))
+      if flagged > 0 then held[#held + 1] = { epoch, amount_string(flagged) } end
+      redis.call('HSET', ACCT, 'lapsing', cjson.encode(lapsing), 'lapsingHeld', cjson.encode(held), 'lapseEpoch', epoch)
     end
 
     local live = {}
@@ -207,47 +217,66 @@ local function grant_expiry_helpers()
     return expired
   end
 
-  -- Settles a hold flagged by lapse_grants: `amount` was held, `charged` is
-  -- what the wallet pays for it (0 when released). The charge is taken from
-  -- the lapsing grants first, earliest expiry first, and is then attributed,
-  -- so the live grants do not pay it again. What the remaining flagged holds
-  -- no longer cover lapses, latest expiry first, with an `expire` entry per
-  -- grant.
-  local function settle_cover(amount, charged)
+  -- Settles a hold flagged by lapse_grants with `epoch`: `amount` was held,
+  -- `charged` is what the wallet pays for it (0 when released). The charge
+  -- is taken from the waiting grants of that epoch and later, earliest
+  -- expiry first, and is then attributed, so the live grants do not pay it
+  -- again. The grants of the first k epochs can only be charged to the holds
+  -- of the first k epochs, so what those holds no longer cover lapses,
+  -- latest expiry first, with an `expire` entry per grant.
+  local function settle_cover(epoch, amount, charged)
     local fields = redis.call('HMGET', ACCT, 'lapsing', 'lapsingHeld', 'expired', 'attributed')
     if not fields[1] then return end
-    local lapsing = cjson.decode(fields[1])
-    local still_held = math.max(0, tonumber(fields[2]) - amount)
-
-    local paid, waiting = 0, 0
-    for _, grant in ipairs(lapsing) do
-      local rest = tonumber(grant[2])
-      local paid_from_grant = math.max(0, math.min(rest, charged - paid))
-      paid = paid + paid_from_grant
-      grant[2] = rest - paid_from_grant
-      waiting = waiting + grant[2]
+    local lapsing, held = cjson.decode(fields[1]), cjson.decode(fields[2])
+    for _, pair in ipairs(held) do
+      pair[2] = tonumber(pair[2])
+      if pair[1] == epoch then pair[2] = math.max(0, pair[2] - amount) end
     end
 
-    local excess, expired = waiting - still_held, to_amount(fields[3])
-    for i = #lapsing, 1, -1 do
-      if excess <= 0 then break end
-      local taken_back = math.min(lapsing[i][2], excess)
-      if taken_back > 0 then
-        lapsing[i][2] = lapsing[i][2] - taken_back
-        excess = excess - taken_back
-        expired = expired + taken_back
-        append_entry({ 'type', 'expire', 'id', lapsing[i][1], 'amount', amount_string(taken_back) })
+    local paid = 0
+    for _, grant in ipairs(lapsing) do
+      grant[2] = tonumber(grant[2])
+      if grant[3] >= epoch and paid < charged then
+        local paid_from_grant = math.min(grant[2], charged - paid)
+        grant[2] = grant[2] - paid_from_grant
+        paid = paid + paid_from_grant
       end
     end
 
-    local left = {}
+    local expired = to_amount(fields[3])
+    local first = 1
+    while first <= #lapsing do
+      local last, through = first, lapsing[first][3]
+      while last < #lapsing and lapsing[last + 1][3] == through do last = last + 1 end
+      local excess = 0
+      for i = 1, last do excess = excess + lapsing[i][2] end
+      for _, pair in ipairs(held) do
+        if pair[1] <= through then excess = excess - pair[2] end
+      end
+      for i = last, 1, -1 do
+        if excess <= 0 then break end
+        local taken_back = math.min(lapsing[i][2], excess)
+        if taken_back > 0 then
+          lapsing[i][2] = lapsing[i][2] - taken_back
+          excess = excess - taken_back
+          expired = expired + taken_back
+          append_entry({ 'type', 'expire', 'id', lapsing[i][1], 'amount', amount_string(taken_back) })
+        end
+      end
+      first = last + 1
+    end
+
+    local left, left_held = {}, {}
     for _, grant in ipairs(lapsing) do
-      if grant[2] > 0 then left[#left + 1] = { grant[1], amount_string(grant[2]) } end
+      if grant[2] > 0 then left[#left + 1] = { grant[1], amount_string(grant[2]), grant[3] } end
+    end
+    for _, pair in ipairs(held) do
+      if pair[2] > 0 then left_held[#left_held + 1] = { pair[1], amount_string(pair[2]) } end
     end
     if #left == 0 then
       redis.call('HDEL', ACCT, 'lapsing', 'lapsingHeld')
     else
-      redis.call('HSET', ACCT, 'lapsing', cjson.encode(left), 'lapsingHeld', amount_string(still_held))
+      redis.call('HSET', ACCT, 'lapsing', cjson.encode(left), 'lapsingHeld', cjson.encode(left_held))
     end
     redis.call('HSET', ACCT, 'expired', amount_string(expired))
     if paid > 0 and fields[4] then redis.call('HSET', ACCT, 'attributed', amount_string(tonumber(fields[4]) + paid)) end
@@ -284,9 +313,9 @@ local function settle_expired(now, limit, retention)
         done.state, done.released = 'expired', hold.amount
         released = released + 1
       end
-      if hold.covers then
+      if hold.epoch then
         local _, _, _, settle_cover = grant_expiry_helpers()
-        settle_cover(hold.amount, done.charged)
+        settle_cover(hold.epoch, hold.amount, done.charged)
       end
       write_done(id, done)
     else

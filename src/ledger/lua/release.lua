@@ -6,9 +6,9 @@ local open = read_hold(id)
 if open then
   settle_hold(id, open, ARGV[2])
   add_to_periods(open.day, open.month, -open.amount)
-  if open.covers then
+  if open.epoch then
     local _, _, _, settle_cover = grant_expiry_helpers()
-    settle_cover(open.amount, 0)
+    settle_cover(open.epoch, open.amount, 0)
   end
   write_done(id, {
     state = 'released', charged = 0, released = open.amount,
