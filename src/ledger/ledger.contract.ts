@@ -777,6 +777,28 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect((await ledger.verify(wallet)).ok).toBe(true);
       });
 
+      it('lapses what a late commit takes off an expire-charge of lapsed credit', async () => {
+        const wallet = newWallet();
+        const expiresAtMs = Date.now() + HOUR_MS;
+        await ledger.credit(wallet, 'paid', 1000n);
+        await ledger.credit(wallet, 'promo', 100n, { expiresAtMs });
+        await spend(wallet, 'before', 70n);
+        // An answered hold of 60 open across the expiry covers the promo's last 30, then the sweeper charges it in full.
+        await ledger.reserve(wallet, 'late', fixedHold(60n, { ttlSeconds: 3 * 3600 }));
+        await ledger.markAnswered(wallet, 'late');
+        await ledger.sweep(wallet, expiresAtMs);
+        expect(await ledger.sweep(wallet, expiresAtMs + 4 * HOUR_MS)).toEqual({ released: 0, charged: 1 });
+        expect((await ledger.state(wallet)).balance).toBe(970n);
+
+        // The call cost 10: the promo pays it, its other 20 lapse, and the paid grant gets back its 30.
+        await ledger.commit(wallet, 'late', usage(10n));
+        const state = await ledger.state(wallet);
+        expect(state.spent).toBe(80n);
+        expect(state.expired).toBe(20n);
+        expect(state.balance).toBe(1000n);
+        expect(await ledger.verify(wallet)).toMatchObject({ ok: true, granted: 1100n, spent: 80n, expired: 20n });
+      });
+
       it('charges a hold only from grants that were live when it was placed', async () => {
         const wallet = newWallet();
         const earlyMs = Date.now() + HOUR_MS;

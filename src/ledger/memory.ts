@@ -64,6 +64,7 @@ type SettledState = 'committed' | 'released' | 'expired' | 'expired_charged';
 interface Settled {
   state: SettledState;
   charged: bigint;
+  /** What was returned; for expired_charged, the part of the charge that lapsed grants paid (see settleCover). */
   released: bigint;
   day: string;
   month: string;
@@ -254,12 +255,19 @@ export class MemoryLedger implements Ledger {
     // The upstream served the call although no hold is open: the sweeper
     // released or charged it, or the request was never reserved. Debit the
     // difference to what was already charged for it.
-    // NOTE: as in commit.lua, a lower late charge of a hold that covered a
-    // lapsed grant returns the difference to the funds instead of lapsing it.
-    const alreadyCharged = settled?.state === 'expired_charged' ? settled.charged : 0n;
+    const expireCharged = settled?.state === 'expired_charged';
+    const alreadyCharged = expireCharged ? settled.charged : 0n;
     const { day, month } = settled ?? periodFields(nowMs);
     debit(account, requestId, charged - alreadyCharged, entry, nowMs);
     addToPeriods(account, day, month, charged - alreadyCharged);
+    // Lapsed grants paid the expire-charge first, so what they paid beyond the actual charge lapses, as in commit.lua.
+    const lapsedShare = expireCharged ? settled.released : 0n;
+    if (lapsedShare > charged) {
+      const lapseBack = lapsedShare - charged;
+      account.expired += lapseBack;
+      account.attributed -= lapseBack;
+      appendEntry(account, nowMs, { type: 'expire', id: requestId, amount: lapseBack.toString() });
+    }
     account.settled.set(requestId, { state: 'committed', charged, released: 0n, day, month, fingerprint: settled?.fingerprint ?? '' });
     account.due.set(requestId, nowMs + this.#retentionMs);
     return { status: 'committed', charged, released: 0n, replayed: false };
@@ -476,14 +484,16 @@ function settleExpired(account: Account, nowMs: number, limit: number, retention
       account.spent += hold.amount;
       const amount = hold.amount.toString();
       appendEntry(account, clockMs, { type: 'expire-charge', id: requestId, amount, charged: amount, providerCost: '0' });
-      account.settled.set(requestId, { ...settled, state: 'expired_charged', charged: hold.amount });
+      // The part of the charge that lapsed grants paid is kept in `released`, for a late commit that lowers it.
+      const paid = hold.epoch === undefined ? 0n : settleCover(account, hold.epoch, hold.amount, hold.amount, clockMs);
+      account.settled.set(requestId, { ...settled, state: 'expired_charged', charged: hold.amount, released: paid });
       result.charged += 1;
     } else {
       addToPeriods(account, hold.day, hold.month, -hold.amount);
       account.settled.set(requestId, { ...settled, state: 'expired', released: hold.amount });
+      if (hold.epoch !== undefined) settleCover(account, hold.epoch, hold.amount, 0n, clockMs);
       result.released += 1;
     }
-    if (hold.epoch !== undefined) settleCover(account, hold.epoch, hold.amount, hold.answered ? hold.amount : 0n, clockMs);
   }
   return result;
 }
@@ -617,10 +627,10 @@ function lapseGrants(account: Account, nowMs: number, clockMs: number): void {
  * first, and counts as attributed, so the live grants do not pay it again.
  * The grants of the first k epochs can only be charged to the holds of the
  * first k epochs, so what those holds no longer cover lapses, latest expiry
- * first.
+ * first. Returns what the waiting grants paid of the charge.
  */
-function settleCover(account: Account, epoch: number, amount: bigint, charged: bigint, clockMs: number): void {
-  if (account.lapsing.length === 0) return;
+function settleCover(account: Account, epoch: number, amount: bigint, charged: bigint, clockMs: number): bigint {
+  if (account.lapsing.length === 0) return 0n;
   const held = account.lapsingHeld;
   held.set(epoch, maxOf(0n, (held.get(epoch) ?? 0n) - amount));
 
@@ -655,6 +665,7 @@ function settleCover(account: Account, epoch: number, amount: bigint, charged: b
   for (const [heldEpoch, heldAmount] of held) if (heldAmount === 0n) held.delete(heldEpoch);
   if (account.lapsing.length === 0) held.clear();
   account.attributed += paid;
+  return paid;
 }
 
 function minOf(a: bigint, b: bigint): bigint {

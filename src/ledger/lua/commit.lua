@@ -48,17 +48,24 @@ if done and done.state == 'released' then return { 'conflict', 'released' } end
 -- The upstream served the call although no hold is open: the sweeper
 -- released or charged it, or it was never reserved. Debit the difference to
 -- what was already charged for it.
--- NOTE: when the expire-charge was paid from a lapsed grant's rest (a hold
--- that covered it, see settle_cover), a lower late charge returns the
--- difference to the wallet's funds instead of lapsing it.
-local already_charged, day, month, fingerprint = 0, ARGV[8], ARGV[9], ''
+local already_charged, lapsed_share, day, month, fingerprint = 0, 0, ARGV[8], ARGV[9], ''
 if done then
   day, month, fingerprint = done.day, done.month, done.fingerprint
-  if done.state == 'expired_charged' then already_charged = done.charged end
+  -- An expire-charge keeps in `released` the part that lapsed grants paid (see settle_expired).
+  if done.state == 'expired_charged' then already_charged, lapsed_share = done.charged, done.released end
 end
 local delta = charged - already_charged
 debit(delta, amount_string(delta))
 add_to_periods(day, month, delta)
+-- Lapsed grants paid the expire-charge first, so what they paid beyond the
+-- actual charge lapses instead of returning to the funds.
+if lapsed_share > charged then
+  local lapse_back = lapsed_share - charged
+  add('expired', lapse_back)
+  append_entry({ 'type', 'expire', 'id', id, 'amount', amount_string(lapse_back) })
+  local attributed = redis.call('HGET', ACCT, 'attributed')
+  if attributed then redis.call('HSET', ACCT, 'attributed', amount_string(tonumber(attributed) - lapse_back)) end
+end
 write_done(id, { state = 'committed', charged = charged, released = 0, day = day, month = month, fingerprint = fingerprint })
 redis.call('ZADD', HEXP, ARGV[10], id)
 return { 'committed', ARGV[2], '0', '0' }

@@ -223,10 +223,11 @@ local function grant_expiry_helpers()
   -- expiry first, and is then attributed, so the live grants do not pay it
   -- again. The grants of the first k epochs can only be charged to the holds
   -- of the first k epochs, so what those holds no longer cover lapses,
-  -- latest expiry first, with an `expire` entry per grant.
+  -- latest expiry first, with an `expire` entry per grant. Returns what the
+  -- waiting grants paid of the charge.
   local function settle_cover(epoch, amount, charged)
     local fields = redis.call('HMGET', ACCT, 'lapsing', 'lapsingHeld', 'expired', 'attributed')
-    if not fields[1] then return end
+    if not fields[1] then return 0 end
     local lapsing, held = cjson.decode(fields[1]), cjson.decode(fields[2])
     for _, pair in ipairs(held) do
       pair[2] = tonumber(pair[2])
@@ -280,6 +281,7 @@ local function grant_expiry_helpers()
     end
     redis.call('HSET', ACCT, 'expired', amount_string(expired))
     if paid > 0 and fields[4] then redis.call('HSET', ACCT, 'attributed', amount_string(tonumber(fields[4]) + paid)) end
+    return paid
   end
 
   return attribute_charges, write_expiring, lapse_grants, settle_cover
@@ -315,7 +317,9 @@ local function settle_expired(now, limit, retention)
       end
       if hold.epoch then
         local _, _, _, settle_cover = grant_expiry_helpers()
-        settle_cover(hold.epoch, hold.amount, done.charged)
+        local paid = settle_cover(hold.epoch, hold.amount, done.charged)
+        -- An expire-charge keeps in `released` the part that lapsed grants paid, for a late commit that lowers it.
+        if hold.answered then done.released = paid end
       end
       write_done(id, done)
     else
