@@ -64,7 +64,7 @@ type SettledState = 'committed' | 'released' | 'expired' | 'expired_charged';
 interface Settled {
   state: SettledState;
   charged: bigint;
-  /** What was returned; for expired_charged, the part of the charge that lapsed grants paid (see settleCover). */
+  /** Amount returned to the wallet; for expired_charged, the part of the charge that lapsed grants paid (see settleCover). */
   released: bigint;
   day: string;
   month: string;

@@ -279,7 +279,7 @@ const ITEM_DONE_EVENT = 'response.output_item.done';
 /**
  * Meters one Responses API stream. It passes every byte through unchanged,
  * counts the text deltas, and reads usage, status and identity from the
- * response object of the terminal event. Events are told apart by their
+ * response object of the terminal event. Events are distinguished by their
  * `event:` line, so the data of the many events it has no use for (the
  * `.done` events repeat the whole text) is not parsed. An event without that
  * line is parsed to read its `type`.
@@ -317,7 +317,7 @@ export class ResponsesStreamMeter implements StreamMeter {
     return result;
   }
 
-  /** The finish reason is the terminal status, or the reason a response is incomplete (such as `max_output_tokens`). */
+  /** Returns the id, the model, and as finish reason the terminal status or why the response is incomplete (such as `max_output_tokens`). */
   responseMetadata(): ResponseMetadata {
     return { id: this.#id, model: this.#model, finishReasons: this.#finishReason === undefined ? [] : [this.#finishReason] };
   }
