@@ -107,6 +107,17 @@ describe('parseOperatorArgs', () => {
     });
   });
 
+  it('reads the ledger timeout, the flag over the variable', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})).toMatchObject({ ledgerTimeoutMs: undefined });
+    expect(parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'r', TOLLGATE_LEDGER_TIMEOUT: '750ms' })).toMatchObject({ ledgerTimeoutMs: 750 });
+    expect(parseOperatorArgs(['--redis', 'r', '--ledger-timeout', '5s'], { TOLLGATE_LEDGER_TIMEOUT: '750ms' })).toMatchObject({ ledgerTimeoutMs: 5000 });
+    expect(parseOperatorArgs(['--redis', 'r', '--ledger-timeout', '0s'], {})).toMatchObject({ ledgerTimeoutMs: 0 });
+    expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-timeout', '5ms'], {})).toThrow(
+      'invalid --ledger-timeout "5ms": use a duration from 10ms to 10m, such as 2s, or 0s for no limit',
+    );
+    expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-timeout', 'soon'], {})).toThrow(ConfigurationError);
+  });
+
   it('rejects a retention below an hour and an invalid duration', () => {
     expect(() => parseOperatorArgs(['--redis', 'r', '--ledger-retention', '30m'], {})).toThrow(
       'invalid retention of settled records 30m: use at least 1h (in whole milliseconds)',

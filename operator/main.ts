@@ -12,7 +12,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
-import { RedisLedger } from '../src/ledger/redis.ts';
+import { parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
@@ -42,6 +42,9 @@ Options:
   --ledger-retention DURATION  How long the ledger keeps settled requests, so that a retried request
                              is not billed again, such as 7d or 36h; at least 1h [TOLLGATE_LEDGER_RETENTION]
                              (default: 7d). Give the sidecars the same value.
+  --ledger-timeout DURATION  How long a ledger operation waits for Redis, for the operator and the
+                             injected sidecars, whose requests then fail with 503, such as 2s or 500ms;
+                             0s for no limit [TOLLGATE_LEDGER_TIMEOUT] (default: 2s)
   --compact-after DURATION   At each resync, fold each wallet's ledger entries older than this, such as
                              90d, into its checkpoint and delete them from Redis [TOLLGATE_LEDGER_COMPACT_AFTER]
                              (default: off). Export the entries first to keep them.
@@ -85,6 +88,8 @@ export interface OperatorConfig {
   redisUrl: string;
   /** How long the ledger keeps settled records, in milliseconds; the ledger's default when undefined. */
   settledRetentionMs?: number | undefined;
+  /** How long a ledger operation waits for Redis, in milliseconds, here and in the injected sidecars; RedisLedger's default when undefined. */
+  ledgerTimeoutMs?: number | undefined;
   /** Age in milliseconds beyond which the resync compacts a wallet's entries; no compaction when undefined. */
   compactAfterMs?: number | undefined;
   httpHost: string;
@@ -138,6 +143,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       'watch-namespace': { type: 'string' },
       redis: { type: 'string' },
       'ledger-retention': { type: 'string' },
+      'ledger-timeout': { type: 'string' },
       'compact-after': { type: 'string' },
       'http-listen': { type: 'string' },
       'webhook-listen': { type: 'string' },
@@ -191,6 +197,13 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     }
   };
   const settledRetentionMs = duration(values['ledger-retention'], 'TOLLGATE_LEDGER_RETENTION', validateSettledRetention);
+  const ledgerTimeoutText = pick(values['ledger-timeout'], 'TOLLGATE_LEDGER_TIMEOUT');
+  let ledgerTimeoutMs: number | undefined;
+  try {
+    ledgerTimeoutMs = ledgerTimeoutText === undefined ? undefined : parseLedgerTimeout(ledgerTimeoutText, values['ledger-timeout'] === undefined ? 'TOLLGATE_LEDGER_TIMEOUT' : '--ledger-timeout');
+  } catch (error) {
+    throw new ConfigurationError((error as Error).message, { cause: error });
+  }
   const compactAfterMs = duration(values['compact-after'], 'TOLLGATE_LEDGER_COMPACT_AFTER', (ms) => {
     if (ms <= 0) throw new RangeError(`invalid TOLLGATE_LEDGER_COMPACT_AFTER / flag value ${ms} ms: use a positive duration such as 90d`);
   });
@@ -220,6 +233,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     watchNamespace: pick(values['watch-namespace'], 'TOLLGATE_WATCH_NAMESPACE'),
     redisUrl,
     settledRetentionMs,
+    ledgerTimeoutMs,
     compactAfterMs,
     httpHost: http.host,
     httpPort: http.port,
@@ -376,7 +390,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
   const log = options.log.child({ identity: config.identity });
   const clients = createKubeClients(loadKubeConfig({ kubeconfig: config.kubeconfig }));
   const metrics = createOperatorMetrics({ defaultMetrics: options.defaultMetrics ?? true });
-  const ledger = new RedisLedger(config.redisUrl, { settledRetentionMs: config.settledRetentionMs, logger: log });
+  const ledger = new RedisLedger(config.redisUrl, { settledRetentionMs: config.settledRetentionMs, timeoutMs: config.ledgerTimeoutMs, logger: log });
   const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });
 
   const informers = {} as Record<ResourceKind, Informer>;
@@ -490,6 +504,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     redisUrl: config.redisUrl,
     ...(config.sidecarRedisSecret === undefined ? {} : { sidecarRedisSecret: config.sidecarRedisSecret }),
     ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
+    ...(config.ledgerTimeoutMs === undefined ? {} : { ledgerTimeoutMs: config.ledgerTimeoutMs }),
     ...(config.sidecarBodyLimit === undefined ? {} : { sidecarBodyLimit: config.sidecarBodyLimit }),
     ...(config.sidecarMaxToolUses === undefined ? {} : { sidecarMaxToolUses: config.sidecarMaxToolUses }),
     ...(config.sidecarWalletLabel === undefined ? {} : { sidecarWalletLabel: config.sidecarWalletLabel }),

@@ -25,6 +25,8 @@ export interface DevOptions {
   wallet: string | undefined;
   /** How long the ledger keeps settled requests, in milliseconds; the ledger's default (7 days) when undefined. */
   settledRetentionMs?: number | undefined;
+  /** How long a Redis ledger operation waits for an answer, in milliseconds; RedisLedger's default (2 s) when undefined. */
+  ledgerTimeoutMs?: number | undefined;
   /** Environment that may hold provider keys (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
   env: NodeJS.ProcessEnv;
   log: Logger;
@@ -116,7 +118,7 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   };
   const ledgerOptions = options.settledRetentionMs === undefined ? {} : { settledRetentionMs: options.settledRetentionMs };
   const ledger: Ledger = options.redisUrl
-    ? new RedisLedger(options.redisUrl, ledgerOptions)
+    ? new RedisLedger(options.redisUrl, { ...ledgerOptions, timeoutMs: options.ledgerTimeoutMs, logger: log })
     : new MemoryLedger({ ...ledgerOptions, maxLogEntries: DEV_MAX_LOG_ENTRIES });
   opened.push(() => ledger.quit());
   // Grants added to the manifests while it runs are credited before the new configuration serves.

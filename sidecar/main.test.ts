@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bodyLimit, maxToolUses, settledRetention, walletLabel } from './main.ts';
+import { bodyLimit, ledgerTimeout, maxToolUses, settledRetention, walletLabel } from './main.ts';
 
 describe('settledRetention', () => {
   it('reads TOLLGATE_LEDGER_RETENTION', () => {
@@ -17,6 +17,28 @@ describe('settledRetention', () => {
       'invalid TOLLGATE_LEDGER_RETENTION "a week": use a duration such as 7d, 36h, 90m or 45s (units ms, s, m, h, d)',
     );
     expect(() => settledRetention({ TOLLGATE_LEDGER_RETENTION: '59m' })).toThrow('invalid retention of settled records 59m');
+  });
+});
+
+describe('ledgerTimeout', () => {
+  it('reads TOLLGATE_LEDGER_TIMEOUT', () => {
+    expect(ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: '500ms' })).toBe(500);
+    expect(ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: '1m30s' })).toBe(90_000);
+    expect(ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: '0s' })).toBe(0);
+  });
+
+  it('keeps 2 s when unset', () => {
+    expect(ledgerTimeout({})).toBe(2000);
+    expect(ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: '' })).toBe(2000);
+  });
+
+  it('rejects a value outside 10 ms to 10 minutes', () => {
+    for (const text of ['9ms', '11m', '1d']) {
+      expect(() => ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: text }), text).toThrow(
+        `invalid TOLLGATE_LEDGER_TIMEOUT "${text}": use a duration from 10ms to 10m, such as 2s, or 0s for no limit`,
+      );
+    }
+    expect(() => ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: '2' })).toThrow('invalid TOLLGATE_LEDGER_TIMEOUT "2": use a duration such as');
   });
 });
 

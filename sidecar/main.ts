@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
-import { RedisLedger } from '../src/ledger/redis.ts';
+import { DEFAULT_LEDGER_TIMEOUT_MS, parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
@@ -47,6 +47,17 @@ export function settledRetention(env: NodeJS.ProcessEnv): number | undefined {
 }
 
 /**
+ * Returns how long a ledger operation waits for Redis, in milliseconds, from
+ * TOLLGATE_LEDGER_TIMEOUT (a duration such as 2s; 0s for no limit), or the
+ * default when it is unset. The webhook sets it from the operator's setting.
+ */
+export function ledgerTimeout(env: NodeJS.ProcessEnv): number {
+  const text = env.TOLLGATE_LEDGER_TIMEOUT;
+  if (!text) return DEFAULT_LEDGER_TIMEOUT_MS;
+  return parseLedgerTimeout(text, 'TOLLGATE_LEDGER_TIMEOUT');
+}
+
+/**
  * Returns the largest request body the sidecar accepts, in bytes, from
  * TOLLGATE_BODY_LIMIT, or the default when it is unset.
  */
@@ -88,10 +99,11 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const maxBodyBytes = bodyLimit(env);
   const defaultMaxToolUses = maxToolUses(env);
   const labelWallets = walletLabel(env);
+  const timeoutMs = ledgerTimeout(env);
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
   const settledRetentionMs = settledRetention(env) ?? DEFAULT_SETTLED_RETENTION_MS;
-  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs });
+  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs, timeoutMs, logger: log });
   const metrics = createSidecarMetrics();
   const sidecar = createSidecar(
     config,

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import type { CompiledRoute, CompiledWallet, Snapshot } from '../src/config/snapshot.ts';
 import type { CommitEntry, CommitResult, HoldRequest, Ledger, ReserveResult } from '../src/ledger/ledger.ts';
-import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
+import { LedgerTimeoutError, LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import { MIN_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestChanges, RequestInfo, ToolUseLimit } from '../src/providers/adapter.ts';
@@ -520,6 +520,9 @@ export class Proxy {
    * with the sidecar's tool use limit (defaultMaxToolUses), it reserves again
    * with the largest limit that fits, down to one use. So a request is
    * rejected only when one use does not fit.
+   *
+   * A reserve that gets no answer in time may still run when Redis catches
+   * up, so a release for the request follows it (see releaseLateHold).
    */
   private async reserve(
     price: Price,
@@ -531,15 +534,38 @@ export class Proxy {
   ): Promise<{ result: ReserveResult; hold: HoldRequest; tools: ToolHold }> {
     let tools = this.toolHoldFor(price, info, this.options.defaultMaxToolUses);
     let hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
-    let result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-    for (let retry = 0; retry < MAX_TOOL_LIMIT_RETRIES; retry++) {
-      const uses = affordableToolUses(result, hold, tools);
-      if (uses === undefined) break;
-      tools = this.toolHoldFor(price, info, uses);
-      hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
-      result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+    try {
+      let result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+      for (let retry = 0; retry < MAX_TOOL_LIMIT_RETRIES; retry++) {
+        const uses = affordableToolUses(result, hold, tools);
+        if (uses === undefined) break;
+        tools = this.toolHoldFor(price, info, uses);
+        hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
+        result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+      }
+      return { result, hold, tools };
+    } catch (error) {
+      if (error instanceof ProxyError && error.cause instanceof LedgerTimeoutError) this.releaseLateHold(wallet, requestId);
+      throw error;
     }
-    return { result, hold, tools };
+  }
+
+  /**
+   * Sends a release after a reserve that timed out. Redis runs one
+   * connection's commands in order, so when the late reserve places its hold,
+   * this release returns it at once instead of leaving the wallet's funds held
+   * until the sweeper expires the hold. Not awaited: the client already has
+   * its 503.
+   */
+  private releaseLateHold(wallet: CompiledWallet, requestId: string): void {
+    this.ledger.release(wallet.key, requestId).then(
+      (result) => {
+        if (result.status === 'released') this.log.info({ requestId, wallet: wallet.id, released: result.amount.toString() }, 'released a hold that a timed-out reserve placed late');
+      },
+      (error: unknown) => {
+        this.log.warn({ err: error, requestId, wallet: wallet.id }, 'release after a timed-out reserve failed; a hold placed late stays until the sweeper expires it');
+      },
+    );
   }
 
   /**
@@ -916,9 +942,10 @@ export class Proxy {
   }
 
   /**
-   * Commits the actual cost of a served call: up to three attempts here, then,
-   * when the ledger is unavailable, the commit queue, which keeps retrying in
-   * the background. The client's response does not wait for the queue.
+   * Commits the actual cost of a served call: up to three attempts here (one
+   * when Redis did not answer in time), then, when the ledger is unavailable,
+   * the commit queue, which keeps retrying in the background. The client's
+   * response does not wait for the queue.
    */
   private async commit(admitted: Admitted, entry: CommitEntry): Promise<CommitOutcome> {
     const commit: PendingCommit = {
@@ -930,7 +957,9 @@ export class Proxy {
       held: admitted.hold,
     };
     let failure: unknown;
+    let attempts = 0;
     for (let attempt = 0; attempt <= COMMIT_ATTEMPT_WAITS_MS.length; attempt++) {
+      attempts++;
       if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, COMMIT_ATTEMPT_WAITS_MS[attempt - 1]));
       const end = this.metrics.ledgerDuration.startTimer({ operation: 'commit' });
       try {
@@ -941,6 +970,8 @@ export class Proxy {
       } finally {
         end();
       }
+      // A stalled Redis would hold up the response for a timeout per attempt; the commit queue retries instead.
+      if (failure instanceof LedgerTimeoutError) break;
     }
 
     this.metrics.commitFailures.inc({ route: admitted.route.name });
@@ -950,7 +981,7 @@ export class Proxy {
       wallet: commit.walletId,
       route: admitted.route.name,
       charged: entry.charged.toString(),
-      attempts: COMMIT_ATTEMPT_WAITS_MS.length + 1,
+      attempts,
     };
     if (!(failure instanceof LedgerUnavailableError)) {
       this.log.error(fields, 'commit failed; the call was served, and the sweeper settles its hold, charging an answered hold in full');

@@ -3,9 +3,12 @@
  * the append-only file is stopped while a call is in flight and started
  * again on the same port and data. The sidecar queues the commit that fails
  * and commits it at the call's actual cost once Redis is back. A sidecar that
- * stops first logs what it could not commit. Also covers the warning for a
- * charge above its hold. The upstream is a local server whose responses wait
- * until the test releases them, so that Redis goes down at a known point.
+ * stops first logs what it could not commit. A paused redis-server (SIGSTOP)
+ * stands for one that keeps its connections but does not answer: the sidecar
+ * gives up after the ledger timeout and settles what runs late. Also covers
+ * the warning for a charge above its hold. The upstream is a local server
+ * whose responses wait until the test releases them, so that Redis goes down
+ * at a known point.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -18,7 +21,7 @@ import { StaticConfig } from '../sidecar/config-source.ts';
 import { applyGrants } from '../sidecar/dev.ts';
 import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar, type SidecarOptions } from '../sidecar/server.ts';
 import type { LedgerEntry, WalletKey } from '../src/ledger/ledger.ts';
-import { RedisLedger } from '../src/ledger/redis.ts';
+import { RedisLedger, type RedisLedgerOptions } from '../src/ledger/redis.ts';
 import { createSidecarMetrics, type SidecarMetrics } from '../src/telemetry/metrics.ts';
 import { compileYaml } from './support/stack.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
@@ -79,6 +82,8 @@ interface GatedUpstream {
   url: string;
   /** Resolves when the next call reaches the upstream, where a stream has sent its first chunk; rejects after 10 s. */
   nextCall(): Promise<HeldCall>;
+  /** How many calls reached the upstream so far. */
+  received(): number;
   close(): Promise<void>;
 }
 
@@ -90,7 +95,9 @@ interface GatedUpstream {
 async function startGatedUpstream(): Promise<GatedUpstream> {
   const arrived: HeldCall[] = [];
   const waiting: ((call: HeldCall) => void)[] = [];
+  let received = 0;
   const announce = (call: HeldCall) => {
+    received++;
     const waiter = waiting.shift();
     if (waiter) waiter(call);
     else arrived.push(call);
@@ -149,6 +156,7 @@ async function startGatedUpstream(): Promise<GatedUpstream> {
         });
       });
     },
+    received: () => received,
     close: () => {
       server.closeAllConnections();
       return new Promise((resolve) => server.close(() => resolve()));
@@ -180,7 +188,7 @@ afterEach(async () => {
 });
 
 /** Starts redis-server with the append-only file, the gated upstream and a sidecar on the Redis ledger. */
-async function start(grant: string, options: Partial<SidecarOptions> = {}): Promise<Setup> {
+async function start(grant: string, options: Partial<SidecarOptions> = {}, ledgerOptions: RedisLedgerOptions = {}): Promise<Setup> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tollgate-commit-outage-'));
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
   const redisOptions = { dir, appendonly: true, appendfsync: 'always' as const };
@@ -190,7 +198,7 @@ async function start(grant: string, options: Partial<SidecarOptions> = {}): Prom
 
   const lines: LogLine[] = [];
   const log = pino({ level: 'info' }, { write: (raw: string) => void lines.push(JSON.parse(raw) as LogLine) });
-  const ledger = new RedisLedger(redis.url);
+  const ledger = new RedisLedger(redis.url, ledgerOptions);
   const config = new StaticConfig(compileYaml(manifests(upstream.url, grant), 'unused'));
   await applyGrants(ledger, config.current().resources, log);
 
@@ -366,6 +374,68 @@ describe('commit during a Redis outage', () => {
     const state = await reader.state(WALLET);
     expect(state.reserved).toBe(held);
     expect(state.spent).toBe(0n);
+  }, 60_000);
+});
+
+describe('a Redis that stops answering', () => {
+  it('a reserve while Redis is paused', async () => {
+    const { url, ledger, metrics, upstream, lines } = await start('1.00', {}, { timeoutMs: 300 });
+    const port = setup!.redis.port;
+
+    setup!.redis.pause();
+    const refused = await chat(url, 'stalled-reserve', false);
+    expect(refused.status).toBe(503);
+    const body = (await refused.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('ledger_unavailable');
+    expect(body.error.message).toBe(
+      'the billing ledger is unavailable, so the request was not forwarded; retry shortly ' +
+        `(ledger reserve for wallet default/team got no answer from Redis at 127.0.0.1:${port} within 300 ms. ` +
+        'Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ' +
+        'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent))',
+    );
+    expect(upstream.received()).toBe(0);
+
+    setup!.redis.resume();
+    await waitFor('the release of the late hold', () => linesWith(lines, 'released a hold that a timed-out reserve placed late').length === 1);
+    const released = linesWith(lines, 'released a hold that a timed-out reserve placed late')[0]!;
+    expect(released['requestId']).toBe('stalled-reserve');
+    expect(released['wallet']).toBe('default/team');
+    expect(BigInt(String(released['released']))).toBeGreaterThan(CHARGED);
+    expect(await ledger.state(WALLET)).toMatchObject({ balance: 1_000_000_000n, reserved: 0n, holds: 0, spent: 0n });
+
+    // A retry under the same request id is served and charged once.
+    const retry = chat(url, 'stalled-reserve', false);
+    (await upstream.nextCall()).release();
+    expect((await retry).status).toBe(200);
+    expect((await entriesOf(ledger)).map((fields) => [fields['type'], fields['id'], fields['amount']])).toEqual([
+      ['grant', 'start', '1000000000'],
+      ['debit', 'stalled-reserve', String(CHARGED)],
+    ]);
+    expect(await ledger.state(WALLET)).toMatchObject({ balance: 1_000_000_000n - CHARGED, reserved: 0n, holds: 0, spent: CHARGED });
+    expect(await metricValue(metrics, 'tollgate_requests_total{route="gated",model="gpt-4o-mini",outcome="ledger_error"}')).toBe('1');
+  }, 60_000);
+
+  it('a commit while Redis is paused', async () => {
+    const { url, ledger, metrics, upstream, lines } = await start('1.00', { commitQueue: { initialBackoffMs: 200, maxBackoffMs: 1_000 } }, { timeoutMs: 300 });
+
+    const response = chat(url, 'stalled-commit', false);
+    const call = await upstream.nextCall();
+    setup!.redis.pause();
+    call.release();
+    expect((await response).status).toBe(200);
+
+    const queued = linesWith(lines, QUEUED_MESSAGE);
+    expect(queued.map((line) => [line['requestId'], line['attempts'], (line['err'] as { type: string }).type])).toEqual([['stalled-commit', 1, 'LedgerTimeoutError']]);
+    expect(await metricValue(metrics, 'tollgate_commits_pending')).toBe('1');
+
+    setup!.redis.resume();
+    await waitFor('the commit queue to drain', async () => (await metricValue(metrics, 'tollgate_commits_pending')) === '0');
+    expect((await entriesOf(ledger)).map((fields) => [fields['type'], fields['id'], fields['amount'], fields['providerCost']])).toEqual([
+      ['grant', 'start', '1000000000', undefined],
+      ['debit', 'stalled-commit', String(CHARGED), String(PROVIDER_COST)],
+    ]);
+    expect(await ledger.state(WALLET)).toMatchObject({ balance: 1_000_000_000n - CHARGED, reserved: 0n, holds: 0, spent: CHARGED, providerCost: PROVIDER_COST });
+    expect((await ledger.verify(WALLET)).ok).toBe(true);
   }, 60_000);
 });
 

@@ -201,6 +201,7 @@ describe('helm template', () => {
       LOG_LEVEL: 'info',
       TOLLGATE_REDIS_URL: 'redis://redis:6379/0',
       TOLLGATE_LEDGER_RETENTION: '7d',
+      TOLLGATE_LEDGER_TIMEOUT: '2s',
       TOLLGATE_WEBHOOK_LISTEN: '0.0.0.0:9443',
       TOLLGATE_HTTP_LISTEN: '0.0.0.0:8080',
       TOLLGATE_LEASE_NAME: 'tollgate',
@@ -231,6 +232,25 @@ describe('helm template', () => {
     const invalid = await helm(['template', RELEASE, CHART, '--set', 'ledger.compactAfter=90 days']);
     expect(invalid.code).toBe(1);
     expect(invalid.stderr).toContain("at '/ledger/compactAfter': '90 days' does not match pattern");
+  });
+
+  it('passes the ledger timeout, and rejects one the operator would refuse', async () => {
+    for (const [text, ms] of [['500ms', 500], ['0s', 0], ['10m', 600_000], ['10ms', 10]] as const) {
+      const env = operatorEnv(find(await template([`ledger.timeout=${text}`]), 'Deployment', 'tollgate'));
+      expect(env['TOLLGATE_LEDGER_TIMEOUT'], text).toBe(text);
+      expect(parseOperatorArgs([], env)?.ledgerTimeoutMs, text).toBe(ms);
+    }
+    for (const text of ['9ms', '10m1s', '1h']) {
+      const result = await helm(['template', RELEASE, CHART, '--set', `ledger.timeout=${text}`]);
+      expect(result.code, text).toBe(1);
+      expect(result.stderr, text).toContain(`ledger.timeout "${text}" is outside 10ms to 10m`);
+      expect(() => parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'redis://r:6379', TOLLGATE_LEDGER_TIMEOUT: text }), text).toThrow(
+        `invalid TOLLGATE_LEDGER_TIMEOUT "${text}": use a duration from 10ms to 10m`,
+      );
+    }
+    const malformed = await helm(['template', RELEASE, CHART, '--set', 'ledger.timeout=2 seconds']);
+    expect(malformed.code).toBe(1);
+    expect(malformed.stderr).toContain("at '/ledger/timeout': '2 seconds' does not match pattern");
   });
 
   it('rejects a retention the operator would refuse', async () => {

@@ -272,6 +272,14 @@ describe('injectSidecar sidecar container', () => {
     });
   });
 
+  it('passes the ledger timeout when set', () => {
+    const withTimeout = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ ledgerTimeoutMs: 750 })).patch));
+    expect(withTimeout.env?.find((variable) => variable.name === 'TOLLGATE_LEDGER_TIMEOUT')).toEqual({ name: 'TOLLGATE_LEDGER_TIMEOUT', value: '750ms' });
+    const noLimit = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ ledgerTimeoutMs: 0 })).patch));
+    expect(noLimit.env?.find((variable) => variable.name === 'TOLLGATE_LEDGER_TIMEOUT')).toEqual({ name: 'TOLLGATE_LEDGER_TIMEOUT', value: '0ms' });
+    expect(sidecar.env?.find((variable) => variable.name === 'TOLLGATE_LEDGER_TIMEOUT')).toBeUndefined();
+  });
+
   it('passes the body limit when set', () => {
     const withLimit = sidecarOf(applyPatch(labelledPod(), injectSidecar(labelledPod(), context({ bodyLimit: 16_777_216 })).patch));
     expect(withLimit.env?.find((variable) => variable.name === 'TOLLGATE_BODY_LIMIT')).toEqual({ name: 'TOLLGATE_BODY_LIMIT', value: '16777216' });

@@ -77,6 +77,8 @@ export interface InjectionContext {
   redisUrlSecret?: SecretKeyRef;
   /** Retention of the ledger's settled records, in milliseconds; the sidecar's default when undefined. */
   settledRetentionMs?: number;
+  /** How long a ledger operation waits for Redis, in milliseconds (0 for no limit); the sidecar's default when undefined. */
+  ledgerTimeoutMs?: number;
   /** Largest request body the sidecar accepts, in bytes, or undefined for the sidecar's default. */
   bodyLimit?: number;
   /** Use limit the sidecar sets on each charged server tool of a request that sets none, or undefined for the sidecar's default. */
@@ -273,6 +275,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
       : { name: 'TOLLGATE_REDIS_URL', valueFrom: { secretKeyRef: { name: context.redisUrlSecret.name, key: context.redisUrlSecret.key } } },
     // The operator's ledger and the sidecars must keep settled records equally long.
     ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
+    ...(context.ledgerTimeoutMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_TIMEOUT', value: `${context.ledgerTimeoutMs}ms` }]),
     ...(context.bodyLimit === undefined ? [] : [{ name: 'TOLLGATE_BODY_LIMIT', value: String(context.bodyLimit) }]),
     ...(context.maxToolUses === undefined ? [] : [{ name: 'TOLLGATE_MAX_TOOL_USES', value: String(context.maxToolUses) }]),
     // The sidecar fills the wallet label by default, so only "off" needs the variable.

@@ -69,6 +69,8 @@ export interface WebhookOptions {
   sidecarRedisSecret?: SecretKeyRef;
   /** Retention of the ledger's settled records that injected sidecars get, in milliseconds. */
   settledRetentionMs?: number;
+  /** Ledger timeout that injected sidecars get as TOLLGATE_LEDGER_TIMEOUT, in milliseconds, or absent for the sidecar's default. */
+  ledgerTimeoutMs?: number;
   /** Request body limit in bytes that injected sidecars get as TOLLGATE_BODY_LIMIT, or absent for the sidecar's default. */
   sidecarBodyLimit?: number;
   /** Tool use limit that injected sidecars get as TOLLGATE_MAX_TOOL_USES, or absent for the sidecar's default. */
@@ -224,6 +226,7 @@ class AdmissionHandler {
       redisUrl: this.options.redisUrl,
       ...(this.options.sidecarRedisSecret === undefined ? {} : { redisUrlSecret: this.options.sidecarRedisSecret }),
       ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
+      ...(this.options.ledgerTimeoutMs === undefined ? {} : { ledgerTimeoutMs: this.options.ledgerTimeoutMs }),
       ...(this.options.sidecarBodyLimit === undefined ? {} : { bodyLimit: this.options.sidecarBodyLimit }),
       ...(this.options.sidecarMaxToolUses === undefined ? {} : { maxToolUses: this.options.sidecarMaxToolUses }),
       ...(this.options.sidecarWalletLabel === undefined ? {} : { walletLabel: this.options.sidecarWalletLabel }),

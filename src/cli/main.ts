@@ -24,6 +24,10 @@ Options:
                      How long the ledger keeps settled requests, so that a retry
                      with the same request id is not billed again: 7d by
                      default, at least 1h
+  --ledger-timeout DURATION
+                     How long a Redis ledger operation waits for an answer
+                     before the request fails with 503: 2s by default, 0s for
+                     no limit
   --body-limit BYTES Largest request body the sidecar accepts, in bytes
                      (default: 4194304, which is 4 MiB)
   --max-tool-uses N  Use limit the sidecar sets on each charged server tool,
@@ -51,6 +55,7 @@ sets its environment:
   TOLLGATE_LISTEN            Proxy address (default 127.0.0.1:8787)
   TOLLGATE_ADMIN_LISTEN      Address of /metrics, /healthz and /readyz (off when unset)
   TOLLGATE_LEDGER_RETENTION  How long settled requests are kept, such as 7d (the ledger's default when unset)
+  TOLLGATE_LEDGER_TIMEOUT    How long a ledger operation waits for Redis before the request fails with 503 (default 2s; 0s for no limit)
   TOLLGATE_BODY_LIMIT        Largest request body in bytes (default 4194304)
   TOLLGATE_MAX_TOOL_USES     Use limit set on each charged server tool (web search) in a request that sets none, 1 to 1000 (default 5)
   TOLLGATE_WALLET_LABEL      false leaves the wallet label of the money counters empty (default true)
@@ -109,6 +114,7 @@ async function dev(args: string[]): Promise<number> {
       redis: { type: 'string' },
       wallet: { type: 'string' },
       'ledger-retention': { type: 'string' },
+      'ledger-timeout': { type: 'string' },
       'body-limit': { type: 'string' },
       'max-tool-uses': { type: 'string' },
       'no-wallet-label': { type: 'boolean', default: false },
@@ -126,15 +132,18 @@ async function dev(args: string[]): Promise<number> {
     return 2;
   }
   let settledRetentionMs: number | undefined;
-  if (values['ledger-retention'] !== undefined) {
-    const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
-    try {
+  let ledgerTimeoutMs: number | undefined;
+  const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
+  const { parseLedgerTimeout } = await import('../ledger/redis.ts');
+  try {
+    if (values['ledger-retention'] !== undefined) {
       settledRetentionMs = parseDurationMs(values['ledger-retention'], '--ledger-retention');
       validateSettledRetention(settledRetentionMs);
-    } catch (error) {
-      console.error((error as Error).message);
-      return 2;
     }
+    if (values['ledger-timeout'] !== undefined) ledgerTimeoutMs = parseLedgerTimeout(values['ledger-timeout'], '--ledger-timeout');
+  } catch (error) {
+    console.error((error as Error).message);
+    return 2;
   }
 
   // The sidecar is the top of the dependency tree, so the command loads it lazily.
@@ -161,6 +170,7 @@ async function dev(args: string[]): Promise<number> {
       redisUrl: values.redis,
       wallet: values.wallet,
       settledRetentionMs,
+      ledgerTimeoutMs,
       env: process.env,
       log,
       watch: !values['no-watch'],

@@ -7,7 +7,7 @@ import { startRedis } from '../../test/support/redis.ts';
 import type { RunningRedis } from '../../test/support/redis.ts';
 import { describeLedgerContract } from './ledger.contract.ts';
 import type { HoldRequest, ReserveResult } from './ledger.ts';
-import { LedgerUnavailableError } from './ledger.ts';
+import { LedgerTimeoutError, LedgerUnavailableError } from './ledger.ts';
 import { MemoryLedger } from './memory.ts';
 import { RedisLedger, describeConnectionError, walletKeys } from './redis.ts';
 
@@ -215,6 +215,47 @@ class Relay {
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 }
+
+describe('RedisLedger on a server that stops answering', () => {
+  it('operations while Redis is paused', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const ledger = new RedisLedger(server.url, { timeoutMs: 200 });
+    const wallet = { namespace: 'stalled', name: 'w' };
+    try {
+      await ledger.credit(wallet, 'g', 1000n);
+      server.pause();
+
+      const [reserve, state] = await Promise.all([failure(ledger.reserve(wallet, 'late', hold(300n))), failure(ledger.state(wallet))]);
+      for (const [error, operation] of [[reserve, 'reserve'], [state, 'state']] as const) {
+        expect(error).toBeInstanceOf(LedgerTimeoutError);
+        expect(error).toBeInstanceOf(LedgerUnavailableError);
+        expect(error.message).toBe(
+          `ledger ${operation} for wallet stalled/w got no answer from Redis at 127.0.0.1:${server.port} within 200 ms. ` +
+            'Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ' +
+            'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent)',
+        );
+      }
+
+      // The reserve that timed out runs when Redis catches up, before the commands sent after it.
+      const release = ledger.release(wallet, 'late');
+      server.resume();
+      expect(await release).toEqual({ status: 'released', amount: 300n });
+      expect(await ledger.state(wallet)).toMatchObject({ balance: 1000n, reserved: 0n, holds: 0, spent: 0n });
+    } finally {
+      server.resume();
+      await ledger.quit();
+      await server.stop();
+    }
+  });
+
+  it('a timeout outside 10 ms to 10 minutes', () => {
+    for (const timeoutMs of [5, 600_001, 1.5, -1]) {
+      expect(() => new RedisLedger(redis.url, { timeoutMs }), String(timeoutMs)).toThrow(
+        `invalid ledger timeout "${timeoutMs}ms": use a duration from 10ms to 10m, such as 2s, or 0s for no limit`,
+      );
+    }
+  });
+});
 
 describe('RedisLedger without a server', () => {
   it('raises LedgerUnavailableError after Redis stops', { timeout: 30_000 }, async () => {

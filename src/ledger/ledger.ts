@@ -292,7 +292,18 @@ export interface VerifyResult {
 
 /** Raised when the ledger's store cannot be reached; the sidecar fails closed on it. */
 export class LedgerUnavailableError extends Error {
-  override readonly name = 'LedgerUnavailableError';
+  override readonly name: string = 'LedgerUnavailableError';
+}
+
+/**
+ * Raised when the ledger's store took longer than the ledger's timeout to
+ * answer. The operation may still run later, when the store catches up, so a
+ * caller must not assume it did not happen: the ledger's operations are
+ * idempotent on their ids, and a hold whose request was given up is settled
+ * by the sweeper when it expires.
+ */
+export class LedgerTimeoutError extends LedgerUnavailableError {
+  override readonly name: string = 'LedgerTimeoutError';
 }
 
 /** Raised when a grant would push a stored amount above MAX_LEDGER_AMOUNT. */

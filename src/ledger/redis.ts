@@ -56,6 +56,7 @@ import type {
 import {
   EXPIRED_HOLDS_SETTLED_PER_RESERVE,
   GrantExpiredError,
+  LedgerTimeoutError,
   LedgerUnavailableError,
   addEntry,
   compareTotals,
@@ -71,7 +72,7 @@ import {
   validateHoldRequest,
   walletId,
 } from './ledger.ts';
-import { DEFAULT_SETTLED_RETENTION_MS, validateSettledRetention } from './retention.ts';
+import { DEFAULT_SETTLED_RETENTION_MS, parseDurationMs, validateSettledRetention } from './retention.ts';
 import { MAX_LEDGER_AMOUNT } from '../money/money.ts';
 
 /** The Lua scripts in ./lua, by ioredis command name. Each gets common.lua in front. */
@@ -126,6 +127,30 @@ const UNAVAILABLE_REPLY = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BU
 /** Replies that reject the connection's credentials: the ledger is unusable until the URL is fixed. */
 const CREDENTIALS_REPLY = /^(WRONGPASS|NOAUTH)\b/;
 
+/**
+ * Default of RedisLedgerOptions.timeoutMs: 2 s. A ledger script takes tens of
+ * microseconds, and a healthy Redis answers within milliseconds even while it
+ * rewrites its AOF, so only a stalled or unreachable server takes this long.
+ */
+export const DEFAULT_LEDGER_TIMEOUT_MS = 2000;
+/** Shortest timeout other than 0 (no limit): shorter ones would fail calls on ordinary scheduling delays. */
+const MIN_LEDGER_TIMEOUT_MS = 10;
+/** Longest timeout: a request held longer than this waits for a ledger that is gone. */
+const MAX_LEDGER_TIMEOUT_MS = 600_000;
+
+/** Throws a RangeError unless `ms` is 0 or a whole number of milliseconds from 10 ms to 10 minutes. */
+export function validateLedgerTimeout(ms: number, setting = 'ledger timeout', text = `${ms}ms`): void {
+  if (ms === 0 || (Number.isSafeInteger(ms) && ms >= MIN_LEDGER_TIMEOUT_MS && ms <= MAX_LEDGER_TIMEOUT_MS)) return;
+  throw new RangeError(`invalid ${setting} "${text}": use a duration from ${MIN_LEDGER_TIMEOUT_MS}ms to 10m, such as 2s, or 0s for no limit`);
+}
+
+/** Parses a ledger timeout written as a duration (2s, 500ms; 0s for no limit), naming `setting` in errors. */
+export function parseLedgerTimeout(text: string, setting: string): number {
+  const ms = parseDurationMs(text, setting);
+  validateLedgerTimeout(ms, setting, text);
+  return ms;
+}
+
 let scriptSources: Record<ScriptCommand, string> | undefined;
 
 function loadScripts(): Record<ScriptCommand, string> {
@@ -164,6 +189,14 @@ export interface RedisLedgerOptions {
    */
   redisOptions?: RedisOptions;
   /**
+   * How long an operation waits for Redis, in milliseconds, before it fails
+   * with LedgerTimeoutError; default DEFAULT_LEDGER_TIMEOUT_MS (2 s), 0 for no
+   * limit. A stalled server (a paused process, a slow fork for persistence, a
+   * long script) or a network that drops packets keeps a connection open
+   * without answering, and without this limit every request would wait for it.
+   */
+  timeoutMs?: number;
+  /**
    * Logger (pino or compatible) for the connection the ledger opens from a
    * URL. It logs the first error after each loss of the connection and the
    * reconnection, not every retry.
@@ -183,6 +216,7 @@ export class RedisLedger implements Ledger {
   readonly #now: () => number;
   readonly #retentionMs: number;
   readonly #retentionText: string;
+  readonly #timeoutMs: number;
   /** The state of the connection that the ledger opened from a URL, or undefined for a caller's client, on which the ledger does not listen. */
   readonly #connection: WatchedConnection | undefined;
   /** Whether the connection's socket is corked until the check phase. */
@@ -200,6 +234,8 @@ export class RedisLedger implements Ledger {
     this.#retentionMs = options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS;
     validateSettledRetention(this.#retentionMs);
     this.#retentionText = String(this.#retentionMs);
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_LEDGER_TIMEOUT_MS;
+    validateLedgerTimeout(this.#timeoutMs);
 
     if (typeof client === 'string') {
       const owned = new Redis(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
@@ -475,10 +511,22 @@ export class RedisLedger implements Ledger {
 
   async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>): Promise<T> {
     try {
-      return await run();
+      return await (this.#timeoutMs === 0 ? run() : withDeadline(run(), this.#timeoutMs));
     } catch (error) {
+      if (error instanceof DeadlineExceeded) throw this.#timedOut(operation, wallet, error);
       throw asLedgerError(error, operation, wallet, this.#address(), this.#connection?.lastError);
     }
+  }
+
+  #timedOut(operation: string, wallet: WalletKey, error: DeadlineExceeded): LedgerTimeoutError {
+    const down = this.#connection?.lastError;
+    return new LedgerTimeoutError(
+      `ledger ${operation} for wallet ${walletId(wallet)} got no answer from ${this.#address()} within ${error.ms} ms` +
+        (down === undefined ? '' : ` (connection: ${down.replace(/\.+$/, '')})`) +
+        '. Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ' +
+        'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent)',
+      { cause: error },
+    );
   }
 
   /** Names the Redis server for error messages: host and port, never the URL, which may hold a password. */
@@ -590,6 +638,37 @@ function parseCheckpoint(fields: string[]): Checkpoint | undefined {
  */
 function lastIdBefore(beforeMs: number): string {
   return beforeMs === 0 ? '0-0' : `${beforeMs - 1}-18446744073709551615`;
+}
+
+/** The rejection of withDeadline. */
+class DeadlineExceeded extends Error {
+  readonly ms: number;
+
+  constructor(ms: number) {
+    super(`no answer within ${ms} ms`);
+    this.ms = ms;
+  }
+}
+
+/**
+ * Settles like `promise`, or rejects with DeadlineExceeded after `ms`. The
+ * command behind `promise` stays in the client's queue and may still run:
+ * a Redis command cannot be taken back once it is sent.
+ */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new DeadlineExceeded(ms)), ms);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
+  });
 }
 
 /** Turns a stream entry's flat field list into an object, keeping the order. */

@@ -35,6 +35,14 @@ export interface RunningRedis {
   port: number;
   /** The data directory. */
   dir: string;
+  /**
+   * Pauses the process (SIGSTOP): it keeps its connections and its port but
+   * answers nothing, like a server blocked by a long command or behind a
+   * network that drops packets.
+   */
+  pause(): void;
+  /** Lets a paused process run again (SIGCONT). */
+  resume(): void;
   /** Stops the server (SIGTERM, then SIGKILL after 10 s) and deletes a temporary data directory; safe to call twice. */
   stop(): Promise<void>;
 }
@@ -59,7 +67,11 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Runni
         url: `redis://127.0.0.1:${port}`,
         port,
         dir,
+        pause: () => void child.kill('SIGSTOP'),
+        resume: () => void child.kill('SIGCONT'),
         stop: async () => {
+          // A paused process would not act on SIGTERM.
+          child.kill('SIGCONT');
           await stopProcess(child);
           if (ownsDir) await rm(dir, { recursive: true, force: true });
         },

@@ -102,3 +102,21 @@ window fails the install instead of making every operator replica exit at start.
 {{- end -}}
 {{- $text -}}
 {{- end -}}
+
+{{/*
+ledger.timeout, checked as the operator checks it: 0 or from 10ms to 10m, summed like
+ledger.settledRetention.
+*/}}
+{{- define "tollgate.ledgerTimeout" -}}
+{{- $text := toString .Values.ledger.timeout -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d)" $text -1 -}}
+{{- $unit := regexFind "(ms|s|m|h|d)$" . -}}
+{{- $total = add $total (mul (atoi (trimSuffix $unit .)) (get $units $unit)) -}}
+{{- end -}}
+{{- if and (ne (int64 $total) 0) (or (lt (int64 $total) 10) (gt (int64 $total) 600000)) -}}
+{{- fail (printf "ledger.timeout %q is outside 10ms to 10m: use a duration such as 2s (the default), or 0s for no limit" $text) -}}
+{{- end -}}
+{{- $text -}}
+{{- end -}}
