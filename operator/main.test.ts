@@ -107,6 +107,16 @@ describe('parseOperatorArgs', () => {
     });
   });
 
+  it('rejects an invalid Redis Cluster URL at start', () => {
+    expect(() => parseOperatorArgs(['--redis', 'redis+cluster://redis-0.redis:6379?db=1'], {})).toThrow(ConfigurationError);
+    expect(() => parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'redis+cluster://redis-0.redis:6379?db=1' })).toThrow(
+      'invalid Redis URL "redis+cluster://redis-0.redis:6379?db=***": unknown query parameter "db"',
+    );
+    expect(parseOperatorArgs(['--redis', 'redis+cluster://redis-0.redis:6379?node=redis-1.redis:6379'], {})).toMatchObject({
+      redisUrl: 'redis+cluster://redis-0.redis:6379?node=redis-1.redis:6379',
+    });
+  });
+
   it('reads the ledger timeout, the flag over the variable', () => {
     expect(parseOperatorArgs(['--redis', 'r'], {})).toMatchObject({ ledgerTimeoutMs: undefined });
     expect(parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'r', TOLLGATE_LEDGER_TIMEOUT: '750ms' })).toMatchObject({ ledgerTimeoutMs: 750 });

@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
 import { parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
+import { parseRedisUrl } from '../src/ledger/redis-connect.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
@@ -38,7 +39,8 @@ Options:
   --kubeconfig PATH          Kubeconfig file (default: in-cluster service account, else KUBECONFIG or ~/.kube/config)
   --namespace NS             Namespace of the operator and its Lease [TOLLGATE_NAMESPACE] (default: the Pod's namespace, else "default")
   --watch-namespace NS       Watch Tollgate resources in this namespace only [TOLLGATE_WATCH_NAMESPACE] (default: all namespaces)
-  --redis URL                Redis ledger URL, redis://host:port [TOLLGATE_REDIS_URL] (required)
+  --redis URL                Redis ledger URL, redis://host:port [TOLLGATE_REDIS_URL] (required);
+                             redis+cluster://host:port for a Redis Cluster
   --ledger-retention DURATION  How long the ledger keeps settled requests, so that a retried request
                              is not billed again, such as 7d or 36h; at least 1h [TOLLGATE_LEDGER_RETENTION]
                              (default: 7d). Give the sidecars the same value.
@@ -185,6 +187,11 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
 
   const redisUrl = pick(values.redis, 'TOLLGATE_REDIS_URL');
   if (!redisUrl) throw new ConfigurationError('missing Redis URL: pass --redis redis://host:port or set TOLLGATE_REDIS_URL');
+  try {
+    parseRedisUrl(redisUrl);
+  } catch (error) {
+    throw new ConfigurationError((error as Error).message, { cause: error });
+  }
   const duration = (flag: string | undefined, variable: string, check?: (ms: number) => void): number | undefined => {
     const text = pick(flag, variable);
     if (text === undefined) return undefined;

@@ -307,6 +307,23 @@ describe('tollgate command', () => {
     expect(result.stderr).toContain('invalid retention of settled records 30m: use at least 1h (in whole milliseconds)');
   });
 
+  it('a dev ledger timeout outside 10 ms to 10 minutes', async () => {
+    const result = await tollgate(['dev', '--ledger-timeout', '5ms']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('invalid --ledger-timeout "5ms": use a duration from 10ms to 10m, such as 2s, or 0s for no limit');
+  });
+
+  it('an invalid Redis Cluster URL for dev and ledger', async () => {
+    const url = 'redis+cluster://ledger:s3cret@127.0.0.1:7000/2';
+    const expected = 'invalid Redis URL "redis+cluster://ledger:***@127.0.0.1:7000/2": database 2 is not available, because a Redis Cluster has only database 0; remove "/2" from the URL';
+    for (const args of [['dev', '--redis', url], ['ledger', 'state', '--redis', url, '--wallet', 'team-a/cli']]) {
+      const result = await tollgate(args);
+      expect(result.code, args[0]).toBe(2);
+      expect(result.stderr.split('\n')[0], args[0]).toBe(expected);
+      expect(result.stderr, args[0]).not.toContain('s3cret');
+    }
+  });
+
   it('rejects an invalid dev port', async () => {
     const result = await tollgate(['dev', '--port', '99999']);
     expect(result.code).toBe(2);

@@ -217,6 +217,16 @@ describe('helm template', () => {
     });
   });
 
+  it('takes a Redis Cluster URL', async () => {
+    const url = 'rediss+cluster://redis-0.redis:6379?node=redis-1.redis:6379';
+    const env = operatorEnv(find(await template([`ledger.redisUrl=${url}`]), 'Deployment', 'tollgate'));
+    expect(env['TOLLGATE_REDIS_URL']).toBe(url);
+    expect(parseOperatorArgs([], env)?.redisUrl).toBe(url);
+    const invalid = await helm(['template', RELEASE, CHART, '--set', 'ledger.redisUrl=memcached://cache:11211']);
+    expect(invalid.code).toBe(1);
+    expect(invalid.stderr).toContain("at '/ledger/redisUrl': 'memcached://cache:11211' does not match pattern");
+  });
+
   it('reads the Redis URL from a Secret when one is named', async () => {
     const env = envOf(
       find(await template(['ledger.existingSecret.name=redis-auth', 'ledger.existingSecret.key=url']), 'Deployment', 'tollgate'),

@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import { parseArgs } from 'node:util';
 import { compareEntryIds, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
+import { parseRedisUrl } from '../ledger/redis-connect.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
 
@@ -16,7 +17,8 @@ Commands:
             delete them from Redis. They cannot be read back afterwards: export them first.
 
 Options:
-  --redis URL        Redis ledger URL (default: TOLLGATE_REDIS_URL)
+  --redis URL        Redis ledger URL (default: TOLLGATE_REDIS_URL): redis://HOST:PORT,
+                     or redis+cluster://HOST:PORT for a Redis Cluster
   --wallet NS/NAME   The wallet
   --before WHEN      compact (required) and export: only entries older than WHEN, an age
                      such as 30d or 12h, or a time such as 2025-06-01T00:00:00Z
@@ -74,6 +76,13 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
   const misuse = checkOptions(action as Command, options);
   if (misuse) {
     console.error(`${misuse}\n\n${LEDGER_USAGE}`);
+    return 2;
+  }
+
+  try {
+    parseRedisUrl(values.redis);
+  } catch (error) {
+    console.error(`${(error as Error).message}\n\n${LEDGER_USAGE}`);
     return 2;
   }
 

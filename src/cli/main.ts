@@ -18,7 +18,9 @@ Options:
   --manifests PATH   Folder or file of Wallet, PricePlan, ProviderRoute and Secret manifests (default: examples)
   --host HOST        Address to listen on (default: 127.0.0.1)
   --port PORT        Port to listen on (default: 8787; 0 picks a free port)
-  --redis URL        Use the Redis ledger at URL instead of the in-memory ledger
+  --redis URL        Use the Redis ledger at URL instead of the in-memory ledger:
+                     redis://HOST:PORT, or redis+cluster://HOST:PORT for a
+                     Redis Cluster
   --wallet NAME      Wallet that pays when a request names none, as NAMESPACE/NAME or NAME
   --ledger-retention DURATION
                      How long the ledger keeps settled requests, so that a retry
@@ -49,7 +51,8 @@ sets its environment:
 
   TOLLGATE_NAMESPACE         Namespace of the pod and its wallets (required)
   TOLLGATE_CONFIG_URL        The operator's snapshot server, such as http://tollgate.tollgate-system.svc:8080 (required)
-  TOLLGATE_REDIS_URL         Redis ledger URL, redis://host:port (required)
+  TOLLGATE_REDIS_URL         Redis ledger URL, redis://host:port (required);
+                             redis+cluster://host:port for a Redis Cluster
   TOLLGATE_WALLET            Wallet of the namespace that pays for the pod's calls
   TOLLGATE_CREDENTIALS_DIR   Folder of the mounted provider Secrets, <secret>/<key> (default /var/run/tollgate/credentials)
   TOLLGATE_LISTEN            Proxy address (default 127.0.0.1:8787)
@@ -135,7 +138,9 @@ async function dev(args: string[]): Promise<number> {
   let ledgerTimeoutMs: number | undefined;
   const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
   const { parseLedgerTimeout } = await import('../ledger/redis.ts');
+  const { parseRedisUrl } = await import('../ledger/redis-connect.ts');
   try {
+    if (values.redis !== undefined) parseRedisUrl(values.redis);
     if (values['ledger-retention'] !== undefined) {
       settledRetentionMs = parseDurationMs(values['ledger-retention'], '--ledger-retention');
       validateSettledRetention(settledRetentionMs);
@@ -195,13 +200,16 @@ async function dev(args: string[]): Promise<number> {
   // The handlers go in before the banner: a signal that arrives while none is installed ends the process at once, without the stop.
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  printBanner(server, describeLedger(values.redis));
+  printBanner(server, await describeLedger(values.redis));
   return new Promise<number>(() => {});
 }
 
-/** Names the ledger for the banner: the Redis server's address without its credentials, or the in-memory ledger. */
-function describeLedger(redisUrl: string | undefined): string {
+/** Names the ledger for the banner: the Redis server's or cluster's address without credentials, or the in-memory ledger. */
+async function describeLedger(redisUrl: string | undefined): Promise<string> {
   if (redisUrl === undefined) return 'in memory (lost when dev stops; --redis URL keeps it in Redis)';
+  const { describeCluster, parseRedisUrl } = await import('../ledger/redis-connect.ts');
+  const target = parseRedisUrl(redisUrl);
+  if (target.kind === 'cluster') return describeCluster(target.seeds).replace(/^the /, '');
   try {
     const url = new URL(redisUrl);
     return `Redis at ${url.host}${url.pathname.length > 1 ? ` database ${url.pathname.slice(1)}` : ''}`;

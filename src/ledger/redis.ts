@@ -34,6 +34,7 @@
 import { readFileSync } from 'node:fs';
 import { Redis, Cluster, ReplyError } from 'ioredis';
 import type { RedisOptions } from 'ioredis';
+import { openRedisClient } from './redis-connect.ts';
 
 import type {
   Checkpoint,
@@ -126,6 +127,8 @@ const VERIFY_ATTEMPTS = 3;
 const UNAVAILABLE_REPLY = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|NOREPLICAS|OOM)\b/;
 /** Replies that reject the connection's credentials: the ledger is unusable until the URL is fixed. */
 const CREDENTIALS_REPLY = /^(WRONGPASS|NOAUTH)\b/;
+/** The same replies quoted inside a longer connection error. */
+const CREDENTIALS_IN_TEXT = /\b(WRONGPASS|NOAUTH)\b/;
 
 /**
  * Default of RedisLedgerOptions.timeoutMs: 2 s. A ledger script takes tens of
@@ -227,8 +230,10 @@ export class RedisLedger implements Ledger {
 
   /**
    * Takes an ioredis client (Redis or Cluster), which the caller keeps
-   * owning, or a `redis://` URL, for which the ledger opens and later closes
-   * its own connection.
+   * owning, or a URL, for which the ledger opens and later closes its own
+   * client: `redis://` or `rediss://` for one server, `redis+cluster://` or
+   * `rediss+cluster://` for a Redis Cluster (see redis-connect.ts). Throws a
+   * RangeError for an invalid cluster URL.
    */
   constructor(client: Redis | Cluster | string, options: RedisLedgerOptions = {}) {
     this.#retentionMs = options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS;
@@ -238,9 +243,9 @@ export class RedisLedger implements Ledger {
     validateLedgerTimeout(this.#timeoutMs);
 
     if (typeof client === 'string') {
-      const owned = new Redis(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
-      this.#connection = watchConnection(owned, options.logger);
-      this.#client = owned;
+      const opened = openRedisClient(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
+      this.#connection = watchConnection(opened.client, opened.address, options.logger);
+      this.#client = opened.client;
       this.#ownsClient = true;
     } else {
       this.#client = client;
@@ -535,7 +540,7 @@ export class RedisLedger implements Ledger {
       const { host, port, path } = this.#client.options;
       return path ? `Redis at ${path}` : `Redis at ${host ?? 'localhost'}:${port ?? 6379}`;
     }
-    return 'the Redis Cluster';
+    return this.#connection?.address ?? 'the Redis Cluster';
   }
 }
 
@@ -547,6 +552,8 @@ interface WatchedConnection {
    * ready again and undefined otherwise.
    */
   lastError: string | undefined;
+  /** The cluster's name for messages, such as "the Redis Cluster at seed 10.0.0.5:6379"; undefined for one server. */
+  address: string | undefined;
 }
 
 /**
@@ -554,22 +561,48 @@ interface WatchedConnection {
  * reconnection, and keeps the most recent error for the messages of the
  * calls that fail meanwhile. The listener also keeps ioredis from printing
  * every retry's error to the console. Callers see failures as
- * LedgerUnavailableError.
+ * LedgerUnavailableError. A Cluster counts as lost when no node responds to
+ * CLUSTER SLOTS. A single master that fails does not end its 'ready' state.
  */
-function watchConnection(client: Redis, logger: ConnectionLogger | undefined): WatchedConnection {
-  const connection: WatchedConnection = { lastError: undefined };
-  client.on('error', (error: Error) => {
+function watchConnection(client: Redis | Cluster, address: string | undefined, logger: ConnectionLogger | undefined): WatchedConnection {
+  const connection: WatchedConnection = { lastError: undefined, address };
+  const cluster = client instanceof Cluster ? (address ?? 'the Redis Cluster') : undefined;
+  const lost = (error: Error, reason: string) => {
     const failing = connection.lastError !== undefined;
-    connection.lastError = describeConnectionError(error);
+    connection.lastError = reason;
     if (failing) return;
-    logger?.warn({ err: error }, 'ledger lost its Redis connection; ledger operations fail until it reconnects');
-  });
+    const message = cluster === undefined ? 'ledger lost its Redis connection' : `ledger lost its connection to ${cluster}`;
+    logger?.warn({ err: error }, `${message}; ledger operations fail until it reconnects`);
+  };
+
+  if (client instanceof Cluster) {
+    // ioredis reports each node that fails to answer CLUSTER SLOTS as a 'node error' just before it gives up on all of them.
+    let lastNode: string | undefined;
+    client.on('node error', (error: Error, node: string) => {
+      lastNode = `${node}: ${describeConnectionError(error).replace(/\.+$/, '')}`;
+    });
+    client.on('error', (error: Error) => lost(error, describeClusterError(error, lastNode)));
+  } else {
+    client.on('error', (error: Error) => lost(error, describeConnectionError(error)));
+  }
   client.on('ready', () => {
     if (connection.lastError === undefined) return;
     connection.lastError = undefined;
-    logger?.info({}, 'ledger reconnected to Redis');
+    logger?.info({}, `ledger reconnected to ${cluster ?? 'Redis'}`);
   });
   return connection;
+}
+
+/**
+ * Returns the message of a Cluster client's error. When no node answered
+ * ("Failed to refresh slots cache."), it names the last node tried and its
+ * error, because ioredis's own message says neither.
+ */
+function describeClusterError(error: Error, lastNode: string | undefined): string {
+  if (!('lastNodeError' in error)) return describeConnectionError(error);
+  const nodeError = error.lastNodeError instanceof Error ? describeConnectionError(error.lastNodeError).replace(/\.+$/, '') : undefined;
+  const detail = lastNode ?? nodeError;
+  return detail === undefined ? 'no cluster node answered' : `no cluster node answered (last tried ${detail})`;
 }
 
 /**
@@ -740,6 +773,14 @@ function asLedgerError(error: unknown, operation: string, wallet: WalletKey, add
     );
   }
   if (isReply && !UNAVAILABLE_REPLY.test(message)) return error;
+  // A cluster client reports a node's refusal of the credentials only as the reason no node answered.
+  if (!isReply && connectionError !== undefined && CREDENTIALS_IN_TEXT.test(connectionError)) {
+    return new LedgerUnavailableError(
+      `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} rejected the connection's credentials: ${connectionError.replace(/\.+$/, '')}. ` +
+        'Check the user name and password in the Redis URL.',
+      { cause: error },
+    );
+  }
 
   // ioredis's advice to tune its retry option is meant for library users, not for Tollgate's operators, so it is dropped.
   const clientReason = message.replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '');

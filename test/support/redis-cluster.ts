@@ -1,7 +1,8 @@
 /**
- * Starts a real Redis Cluster for tests: one redis-server process per master
- * on free loopback ports, joined with `redis-cli --cluster create` and no
- * replicas, with each node's files in its own temporary directory.
+ * Starts a real Redis Cluster for tests: one redis-server process per node
+ * on free loopback ports, joined with `redis-cli --cluster create`, with no
+ * replicas unless asked, and each node's files in its own temporary
+ * directory.
  */
 
 import { execFile, spawn } from 'node:child_process';
@@ -17,6 +18,8 @@ import { findFreePorts, sleep, stopProcess, trackChild } from './processes.ts';
 export interface StartRedisClusterOptions {
   /** Number of masters, at least 3 (the minimum `redis-cli --cluster create` accepts). */
   nodes: number;
+  /** Number of replicas of each master (default 0). */
+  replicas?: number;
   /** How long to wait for each step (node start, cluster create, `cluster_state:ok`), in milliseconds (default 20000). */
   timeoutMs?: number;
 }
@@ -29,8 +32,19 @@ export interface ClusterNodeAddress {
 export interface RunningRedisCluster {
   /** The masters' client addresses, in the order they were started. */
   nodes: ClusterNodeAddress[];
+  /** The replicas' client addresses, in the order they were started; empty without replicas. */
+  replicas: ClusterNodeAddress[];
   /** Stops every node (SIGTERM, then SIGKILL after 10 s) and deletes the temporary directories. Calling it twice is safe. */
   stop(): Promise<void>;
+  /**
+   * Stops the node on `port` (SIGTERM), keeping its directory. Without
+   * persistence its keys are lost, but its nodes.conf keeps its slots.
+   */
+  stopNode(port: number): Promise<void>;
+  /** Starts a node stopped by stopNode again, on the same ports and directory. */
+  restartNode(port: number): Promise<void>;
+  /** Resolves once every node reports `cluster_state:ok`, for example after restartNode. */
+  waitUntilOk(): Promise<void>;
 }
 
 const HOST = '127.0.0.1';
@@ -42,6 +56,8 @@ const INSTALL_HINT = 'Install both with `apt-get install redis-server`, which sh
 
 interface StartedNode {
   port: number;
+  busPort: number;
+  dir: string;
   child: ChildProcess;
 }
 
@@ -54,6 +70,8 @@ export async function startRedisCluster(options: StartRedisClusterOptions): Prom
   const serverBinary = findBinary('redis-server', 'REDIS_SERVER_BIN');
   const cliBinary = findBinary('redis-cli', 'REDIS_CLI_BIN');
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const replicas = options.replicas ?? 0;
+  if (!Number.isInteger(replicas) || replicas < 0) throw new RangeError(`invalid replicas ${replicas}: use a whole number of replicas per master`);
 
   const root = await mkdtemp(path.join(os.tmpdir(), 'tollgate-redis-cluster-'));
   const started: StartedNode[] = [];
@@ -67,13 +85,38 @@ export async function startRedisCluster(options: StartRedisClusterOptions): Prom
   };
 
   try {
-    for (let i = 0; i < options.nodes; i += 1) {
+    for (let i = 0; i < options.nodes * (1 + replicas); i += 1) {
       started.push(await startNode(serverBinary, root, timeoutMs));
     }
     const ports = started.map((node) => node.port);
-    await createCluster(cliBinary, ports, timeoutMs);
-    await Promise.all(ports.map((port) => waitForClusterOk(port, timeoutMs)));
-    return { nodes: ports.map((port) => ({ host: HOST, port })), stop };
+    await createCluster(cliBinary, ports, replicas, timeoutMs);
+    const waitUntilOk = async () => {
+      await Promise.all(ports.map((port) => waitForClusterOk(port, timeoutMs)));
+    };
+    await waitUntilOk();
+    // Nodes learn the replicas' roles by gossip, after the cluster is already ok.
+    await Promise.all(ports.map((port) => waitForReplicas(port, options.nodes * replicas, timeoutMs)));
+
+    const nodeOn = (port: number): StartedNode => {
+      const node = started.find((each) => each.port === port);
+      if (!node) throw new Error(`no node of this cluster listens on port ${port}; its ports are ${ports.join(', ')}`);
+      return node;
+    };
+    const stopNode = (port: number) => stopProcess(nodeOn(port).child);
+    const restartNode = async (port: number) => {
+      const node = nodeOn(port);
+      if (node.child.exitCode === null && node.child.signalCode === null) throw new Error(`the node on port ${port} is still running; stop it first`);
+      node.child = await launch(serverBinary, node.port, node.busPort, node.dir, timeoutMs);
+    };
+    const masters = await masterPorts(ports[0]!);
+    return {
+      nodes: ports.filter((port) => masters.has(port)).map((port) => ({ host: HOST, port })),
+      replicas: ports.filter((port) => !masters.has(port)).map((port) => ({ host: HOST, port })),
+      stop,
+      stopNode,
+      restartNode,
+      waitUntilOk,
+    };
   } catch (error) {
     await stop();
     throw error;
@@ -112,7 +155,7 @@ async function startNode(binary: string, root: string, timeoutMs: number): Promi
     await mkdir(dir);
     try {
       const child = await launch(binary, port!, busPort!, dir, timeoutMs);
-      return { port: port!, child };
+      return { port: port!, busPort: busPort!, dir, child };
     } catch (error) {
       lastError = error as Error;
       await rm(dir, { recursive: true, force: true });
@@ -185,9 +228,9 @@ function answersPing(port: number): Promise<boolean> {
   });
 }
 
-/** Runs `redis-cli --cluster create`, which assigns the slots evenly and joins the nodes. */
-function createCluster(cliBinary: string, ports: number[], timeoutMs: number): Promise<void> {
-  const args = ['--cluster', 'create', ...ports.map((port) => `${HOST}:${port}`), '--cluster-replicas', '0', '--cluster-yes'];
+/** Runs `redis-cli --cluster create`, which assigns the slots evenly, joins the nodes and picks which ones replicate. */
+function createCluster(cliBinary: string, ports: number[], replicas: number, timeoutMs: number): Promise<void> {
+  const args = ['--cluster', 'create', ...ports.map((port) => `${HOST}:${port}`), '--cluster-replicas', String(replicas), '--cluster-yes'];
   return new Promise((resolve, reject) => {
     execFile(cliBinary, args, { timeout: timeoutMs, maxBuffer: 1024 * 1024 }, (error, stdout, stderr) => {
       if (!error) {
@@ -198,6 +241,44 @@ function createCluster(cliBinary: string, ports: number[], timeoutMs: number): P
       reject(new Error(`redis-cli ${args.join(' ')} ${reason}. Its output:\n${`${stdout}\n${stderr}`.trim().slice(-OUTPUT_LIMIT)}`));
     });
   });
+}
+
+/** Returns the ports of the masters, from CLUSTER NODES on the node at `port`. */
+async function masterPorts(port: number): Promise<Set<number>> {
+  const client = new Redis({ host: HOST, port, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  try {
+    const lines = ((await client.cluster('NODES')) as string).trim().split('\n');
+    // Each line is "<id> <ip>:<port>@<bus port> <flags> ...", and the flags of a master include "master".
+    const masters = lines.filter((line) => line.split(' ')[2]!.split(',').includes('master'));
+    return new Set(masters.map((line) => Number(/:(\d+)@/.exec(line)![1])));
+  } finally {
+    client.disconnect();
+  }
+}
+
+/**
+ * Polls the node at `port` until its CLUSTER NODES lists `count` replicas
+ * and, when it is a replica itself, its link to its master is up.
+ */
+async function waitForReplicas(port: number, count: number, timeoutMs: number): Promise<void> {
+  const client = new Redis({ host: HOST, port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  let lastNodes = '';
+  try {
+    await client.connect();
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      lastNodes = (await client.cluster('NODES')) as string;
+      const flags = lastNodes.trim().split('\n').map((line) => line.split(' ')[2]!.split(','));
+      const replicas = flags.filter((each) => each.includes('slave')).length;
+      const isReplica = flags.some((each) => each.includes('myself') && each.includes('slave'));
+      const linkUp = !isReplica || /^master_link_status:up\r?$/m.test(await client.info('replication'));
+      if (replicas === count && linkUp) return;
+      await sleep(50);
+    }
+  } finally {
+    client.disconnect();
+  }
+  throw new Error(`Redis Cluster node ${HOST}:${port} did not list ${count} replicas with their links up within ${timeoutMs} ms. Its CLUSTER NODES:\n${lastNodes.trim()}`);
 }
 
 /** Polls CLUSTER INFO on one node until it reports `cluster_state:ok`. */
