@@ -207,6 +207,19 @@ class Relay {
     this.#server = server;
   }
 
+  /**
+   * Stops relaying on the open connections without closing them, like a
+   * network that drops every packet: the client's connection stays up and
+   * nothing comes back. New connections are relayed as before.
+   */
+  freeze(): void {
+    for (const socket of this.#sockets) {
+      socket.unpipe();
+      socket.removeAllListeners('data');
+      socket.on('data', () => {});
+    }
+  }
+
   /** Stops listening and drops every relayed connection. */
   async close(): Promise<void> {
     const server = this.#server;
@@ -253,6 +266,32 @@ describe('RedisLedger on a server that stops answering', () => {
       expect(() => new RedisLedger(redis.url, { timeoutMs }), String(timeoutMs)).toThrow(
         `invalid ledger timeout "${timeoutMs}ms": use a duration from 10ms to 10m, such as 2s, or 0s for no limit`,
       );
+    }
+  });
+});
+
+describe('RedisLedger on a connection that goes silent', () => {
+  it('a relay that drops everything on the open connection', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const relay = new Relay(server.port);
+    const wallet = { namespace: 'silent', name: 'w' };
+    let ledger: RedisLedger | undefined;
+    try {
+      await relay.open();
+      ledger = new RedisLedger(`redis://127.0.0.1:${relay.port}`, { timeoutMs: 200 });
+      await ledger.credit(wallet, 'g', 1000n);
+
+      relay.freeze();
+      expect(await failure(ledger.state(wallet))).toBeInstanceOf(LedgerTimeoutError);
+
+      // After five timeouts of silence the client drops the connection and opens a new one through the relay.
+      let state = await ledger.state(wallet).catch(() => undefined);
+      for (let attempt = 0; state === undefined && attempt < 40; attempt += 1) state = await ledger.state(wallet).catch(() => undefined);
+      expect(state).toMatchObject({ granted: 1000n, balance: 1000n });
+    } finally {
+      await ledger?.quit();
+      await relay.close();
+      await server.stop();
     }
   });
 });

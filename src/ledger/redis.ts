@@ -136,6 +136,15 @@ const CREDENTIALS_IN_TEXT = /\b(WRONGPASS|NOAUTH)\b/;
  * rewrites its AOF, so only a stalled or unreachable server takes this long.
  */
 export const DEFAULT_LEDGER_TIMEOUT_MS = 2000;
+/**
+ * How many ledger timeouts a connection may stay silent while commands wait
+ * before the client drops it and connects again (ioredis's socketTimeout).
+ * A peer that vanished without a reset, such as a Redis pod that was
+ * replaced, would otherwise keep the connection until TCP gives up, about 15
+ * minutes later. A shorter silence keeps the connection, so the commands
+ * that timed out still run in the order they were sent.
+ */
+const SILENT_CONNECTION_TIMEOUTS = 5;
 /** Shortest timeout other than 0 (no limit): shorter ones would fail calls on ordinary scheduling delays. */
 const MIN_LEDGER_TIMEOUT_MS = 10;
 /** Longest timeout: a request held longer than this waits for a ledger that is gone. */
@@ -243,7 +252,11 @@ export class RedisLedger implements Ledger {
     validateLedgerTimeout(this.#timeoutMs);
 
     if (typeof client === 'string') {
-      const opened = openRedisClient(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
+      const opened = openRedisClient(client, {
+        maxRetriesPerRequest: 1,
+        ...(this.#timeoutMs === 0 ? {} : { socketTimeout: SILENT_CONNECTION_TIMEOUTS * this.#timeoutMs }),
+        ...options.redisOptions,
+      });
       this.#connection = watchConnection(opened.client, opened.address, options.logger);
       this.#client = opened.client;
       this.#ownsClient = true;
