@@ -177,6 +177,8 @@ interface Admitted {
   span: Span;
   /** Set once the request is counted in tollgate_requests_total, so that a later failure does not count it again. */
   counted: boolean;
+  /** Whether the client chose the request id, which another request may then reuse while this one is served. */
+  clientChosenId: boolean;
 }
 
 /** The part of a hold for server tool uses that the plan charges per use. */
@@ -208,6 +210,8 @@ interface Settlement {
 export class Proxy {
   /** HTTP clients by connect timeout in milliseconds (see agentFor). */
   private readonly agents = new Map<number, Agent>();
+  /** Wallet and request id (servingKey) of each admitted request whose id the client chose, until it is settled. */
+  private readonly servingClientIds = new Set<string>();
   private readonly config: ConfigSource;
   private readonly ledger: Ledger;
   private readonly metrics: SidecarMetrics;
@@ -340,6 +344,8 @@ export class Proxy {
       await this.releaseQuietly(admitted, 'internal_error');
       if (!admitted.counted) this.count(admitted, 'internal_error');
       this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
+    } finally {
+      if (admitted.clientChosenId) this.servingClientIds.delete(servingKey(admitted.wallet.id, admitted.requestId));
     }
   }
 
@@ -445,6 +451,7 @@ export class Proxy {
       // priced: a client's bytes could repeat a key ("max_tokens" twice) that another JSON parser resolves differently.
       const body = JSON.stringify(adapter.prepare(parsed, info, changes));
 
+      if (clientId !== undefined) this.servingClientIds.add(servingKey(wallet.id, requestId));
       return {
         snapshot,
         route,
@@ -459,6 +466,7 @@ export class Proxy {
         startedNs,
         span,
         counted: false,
+        clientChosenId: clientId !== undefined,
       };
     } catch (error) {
       // Only a priced model is a safe metric label, because before pricing a client could add series by sending made-up names.
@@ -522,7 +530,9 @@ export class Proxy {
    * rejected only when one use does not fit.
    *
    * A reserve that gets no answer in time may still run when Redis catches
-   * up, so a release for the request follows it (see releaseLateHold).
+   * up, so a release for the request follows it (see releaseLateHold), unless
+   * an earlier request with the same id is being served here: its hold has
+   * the same id, and the late reserve only replays it.
    */
   private async reserve(
     price: Price,
@@ -545,7 +555,9 @@ export class Proxy {
       }
       return { result, hold, tools };
     } catch (error) {
-      if (error instanceof ProxyError && error.cause instanceof LedgerTimeoutError) this.releaseLateHold(wallet, requestId);
+      if (error instanceof ProxyError && error.cause instanceof LedgerTimeoutError && !this.servingClientIds.has(servingKey(wallet.id, requestId))) {
+        this.releaseLateHold(wallet, requestId);
+      }
       throw error;
     }
   }
@@ -556,6 +568,11 @@ export class Proxy {
    * this release returns it at once instead of leaving the wallet's funds held
    * until the sweeper expires the hold. Not awaited: the client already has
    * its 503.
+   *
+   * NOTE: a request with the same client-chosen id that another sidecar
+   * serves at that moment is not known here. This release would return its
+   * hold, and the ledger would then refuse its commit, so that call would go
+   * unbilled.
    */
   private releaseLateHold(wallet: CompiledWallet, requestId: string): void {
     this.ledger.release(wallet.key, requestId).then(
@@ -1268,6 +1285,11 @@ function anyOf(alternatives: (string | undefined)[]): string {
   const defined = alternatives.filter((alternative) => alternative !== undefined);
   const last = defined.pop();
   return defined.length === 0 ? (last ?? '') : `${defined.join(', ')} or ${last}`;
+}
+
+/** Names a request id within its wallet, because request ids are unique per wallet only. */
+function servingKey(walletId: string, requestId: string): string {
+  return `${walletId} ${requestId}`;
 }
 
 function outcomeOf(error: ProxyError): RequestOutcome {

@@ -415,6 +415,27 @@ describe('a Redis that stops answering', () => {
     expect(await metricValue(metrics, 'tollgate_requests_total{route="gated",model="gpt-4o-mini",outcome="ledger_error"}')).toBe('1');
   }, 60_000);
 
+  it('a repeated request id while Redis is paused', async () => {
+    const { url, ledger, upstream, lines } = await start('1.00', {}, { timeoutMs: 300 });
+
+    const first = chat(url, 'repeated-id', false);
+    const call = await upstream.nextCall();
+    setup!.redis.pause();
+    const repeat = await chat(url, 'repeated-id', false);
+    expect(repeat.status).toBe(503);
+    setup!.redis.resume();
+
+    // The repeat's late reserve replays the first request's hold, so the sidecar must not release it.
+    call.release();
+    expect((await first).status).toBe(200);
+    expect(linesWith(lines, 'released a hold that a timed-out reserve placed late')).toEqual([]);
+    expect((await entriesOf(ledger)).map((fields) => [fields['type'], fields['id'], fields['amount']])).toEqual([
+      ['grant', 'start', '1000000000'],
+      ['debit', 'repeated-id', String(CHARGED)],
+    ]);
+    expect(await ledger.state(WALLET)).toMatchObject({ balance: 1_000_000_000n - CHARGED, reserved: 0n, holds: 0, spent: CHARGED });
+  }, 60_000);
+
   it('a commit while Redis is paused', async () => {
     const { url, ledger, metrics, upstream, lines } = await start('1.00', { commitQueue: { initialBackoffMs: 200, maxBackoffMs: 1_000 } }, { timeoutMs: 300 });
 
