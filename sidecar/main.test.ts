@@ -38,7 +38,11 @@ describe('ledgerTimeout', () => {
         `invalid TOLLGATE_LEDGER_TIMEOUT "${text}": use a duration from 10ms to 10m, such as 2s, or 0s for no limit`,
       );
     }
-    expect(() => ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: '2' })).toThrow('invalid TOLLGATE_LEDGER_TIMEOUT "2": use a duration such as');
+    for (const text of ['2', '0', '1.5s', 'soon']) {
+      expect(() => ledgerTimeout({ TOLLGATE_LEDGER_TIMEOUT: text }), text).toThrow(
+        `invalid TOLLGATE_LEDGER_TIMEOUT "${text}": use a duration from 10ms to 10m with a unit, such as 2s or 500ms, or 0s for no limit`,
+      );
+    }
   });
 });
 

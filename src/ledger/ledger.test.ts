@@ -166,6 +166,12 @@ async function failure(call: Promise<unknown>): Promise<Error> {
 }
 
 /** Returns the ledger's error message for an outage of the Redis server at 127.0.0.1:`port`. */
+/** Waits 100 ms, then reads the wallet's state, or returns undefined when the ledger fails. */
+async function stateAfterPause(ledger: RedisLedger, wallet: { namespace: string; name: string }) {
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  return ledger.state(wallet).catch(() => undefined);
+}
+
 function outageMessage(operation: string, wallet: string, port: number, reason: string): string {
   return `ledger ${operation} for wallet ${wallet} failed because Redis at 127.0.0.1:${port} is unavailable: ${reason}. Check that Redis is running and reachable there.`;
 }
@@ -286,7 +292,7 @@ describe('RedisLedger on a connection that goes silent', () => {
 
       // After five timeouts of silence the client drops the connection and opens a new one through the relay.
       let state = await ledger.state(wallet).catch(() => undefined);
-      for (let attempt = 0; state === undefined && attempt < 40; attempt += 1) state = await ledger.state(wallet).catch(() => undefined);
+      for (let attempt = 0; state === undefined && attempt < 100; attempt += 1) state = await stateAfterPause(ledger, wallet);
       expect(state).toMatchObject({ granted: 1000n, balance: 1000n });
     } finally {
       await ledger?.quit();
@@ -307,12 +313,17 @@ describe('RedisLedger without a server', () => {
       await ledger.credit(wallet, 'g', 1000n);
       await server.stop();
 
+      // A call fails at once, without waiting for the reconnection attempt.
       const error = await failure(ledger.reserve(wallet, 'req', hold(10n)));
       expect(error).toBeInstanceOf(LedgerUnavailableError);
-      expect(error.message).toBe(outageMessage('reserve', 'outage/w', server.port, `connect ECONNREFUSED 127.0.0.1:${server.port}`));
-      expect(error.cause).toBeInstanceOf(Error);
-      expect((error.cause as Error).message).toContain('Reached the max retries per request limit (which is 1)');
+      expect(error.message).toBe(outageMessage('reserve', 'outage/w', server.port, 'the connection is down and the client is reconnecting'));
+      expect((error.cause as Error).message).toBe("Stream isn't writeable and enableOfflineQueue options is false");
+
+      // Once a reconnection attempt is refused, calls name the refusal.
+      for (let attempt = 0; warnings.length === 0 && attempt < 100; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 50));
       expect(warnings).toEqual(['ledger lost its Redis connection; ledger operations fail until it reconnects']);
+      const refused = await failure(ledger.reserve(wallet, 'req', hold(10n)));
+      expect(refused.message).toBe(outageMessage('reserve', 'outage/w', server.port, `connect ECONNREFUSED 127.0.0.1:${server.port}`));
     } finally {
       await ledger.quit();
       await server.stop();
@@ -367,11 +378,11 @@ describe('RedisLedger without a server', () => {
       const cut = await failure(ledger.state(wallet));
       expect(cut.message).toBe(outageMessage('state', 'outage/relayed', relay.port, `connect ECONNREFUSED 127.0.0.1:${relay.port}`));
 
-      // ioredis keeps reconnecting with a growing delay, so calls may still
-      // fail until a reconnection attempt succeeds.
+      // ioredis keeps reconnecting with a growing delay, and calls fail at
+      // once until a reconnection attempt succeeds.
       await relay.open();
       let state = await ledger.state(wallet).catch(() => undefined);
-      for (let attempt = 0; state === undefined && attempt < 20; attempt += 1) state = await ledger.state(wallet).catch(() => undefined);
+      for (let attempt = 0; state === undefined && attempt < 100; attempt += 1) state = await stateAfterPause(ledger, wallet);
       expect(state?.granted).toBe(1000n);
       expect(logged).toEqual(['ledger lost its Redis connection; ledger operations fail until it reconnects', 'ledger reconnected to Redis']);
 

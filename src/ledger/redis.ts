@@ -137,12 +137,12 @@ const CREDENTIALS_IN_TEXT = /\b(WRONGPASS|NOAUTH)\b/;
  */
 export const DEFAULT_LEDGER_TIMEOUT_MS = 2000;
 /**
- * How many ledger timeouts a connection may stay silent while commands wait
- * before the client drops it and connects again (ioredis's socketTimeout).
- * A peer that vanished without a reset, such as a Redis pod that was
- * replaced, would otherwise keep the connection until TCP gives up, about 15
- * minutes later. A shorter silence keeps the connection, so the commands
- * that timed out still run in the order they were sent.
+ * How many ledger timeouts a single-server connection may go without an
+ * answer, while calls time out on it, before the ledger drops it and the
+ * client connects again. A peer that vanished without a reset, such as a
+ * Redis pod that was replaced, would otherwise keep the connection until TCP
+ * gives up, about 15 minutes later. A shorter silence keeps the connection,
+ * so the commands that timed out still run in the order they were sent.
  */
 const SILENT_CONNECTION_TIMEOUTS = 5;
 /** Shortest timeout other than 0 (no limit): shorter ones would fail calls on ordinary scheduling delays. */
@@ -158,7 +158,12 @@ export function validateLedgerTimeout(ms: number, setting = 'ledger timeout', te
 
 /** Parses a ledger timeout written as a duration (2s, 500ms; 0s for no limit), naming `setting` in errors. */
 export function parseLedgerTimeout(text: string, setting: string): number {
-  const ms = parseDurationMs(text, setting);
+  let ms: number;
+  try {
+    ms = parseDurationMs(text, setting);
+  } catch (error) {
+    throw new RangeError(`invalid ${setting} "${text}": use a duration from ${MIN_LEDGER_TIMEOUT_MS}ms to 10m with a unit, such as 2s or 500ms, or 0s for no limit`, { cause: error });
+  }
   validateLedgerTimeout(ms, setting, text);
   return ms;
 }
@@ -233,6 +238,8 @@ export class RedisLedger implements Ledger {
   readonly #connection: WatchedConnection | undefined;
   /** Whether the connection's socket is corked until the check phase. */
   #corked = false;
+  /** When calls started to time out without any answer since, in epoch milliseconds; undefined while Redis answers. */
+  #silentSinceMs: number | undefined;
   /** Set once the server's Lua is known to print amounts exactly (see #checkIntegerFormat). */
   #formatChecked = false;
   #formatCheck: Promise<unknown> | undefined;
@@ -252,14 +259,11 @@ export class RedisLedger implements Ledger {
     validateLedgerTimeout(this.#timeoutMs);
 
     if (typeof client === 'string') {
-      const opened = openRedisClient(client, {
-        maxRetriesPerRequest: 1,
-        ...(this.#timeoutMs === 0 ? {} : { socketTimeout: SILENT_CONNECTION_TIMEOUTS * this.#timeoutMs }),
-        ...options.redisOptions,
-      });
+      const opened = openRedisClient(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
       this.#connection = watchConnection(opened.client, opened.address, options.logger);
       this.#client = opened.client;
       this.#ownsClient = true;
+      if (opened.client instanceof Redis && options.redisOptions?.enableOfflineQueue === undefined) failFastOnceReady(opened.client);
     } else {
       this.#client = client;
       this.#ownsClient = false;
@@ -453,8 +457,25 @@ export class RedisLedger implements Ledger {
 
   async quit(): Promise<void> {
     if (!this.#ownsClient) return;
-    if (this.#client.status === 'ready') await this.#client.quit();
-    else this.#client.disconnect();
+    if (this.#client.status === 'ready') {
+      const closing = this.#client.quit();
+      if (this.#timeoutMs === 0) {
+        await closing;
+        return;
+      }
+      // A stalled server would not answer QUIT either, so then the connection is closed without it.
+      const closed = await withDeadline(closing, this.#timeoutMs).then(
+        () => true,
+        (error: unknown) => {
+          if (error instanceof DeadlineExceeded) return false;
+          throw error;
+        },
+      );
+      if (closed) return;
+    }
+    this.#client.disconnect();
+    // Ending the socket waits for the server's side, which a stalled server never closes.
+    if (this.#client instanceof Redis) this.#client.stream?.destroy();
   }
 
   /** Sums the stream entries after `afterId` (from the start when undefined) up to and including `lastEntryId`, in batches. */
@@ -529,11 +550,31 @@ export class RedisLedger implements Ledger {
 
   async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>): Promise<T> {
     try {
-      return await (this.#timeoutMs === 0 ? run() : withDeadline(run(), this.#timeoutMs));
+      const result = await (this.#timeoutMs === 0 ? run() : withDeadline(run(), this.#timeoutMs));
+      this.#silentSinceMs = undefined;
+      return result;
     } catch (error) {
-      if (error instanceof DeadlineExceeded) throw this.#timedOut(operation, wallet, error);
+      if (error instanceof DeadlineExceeded) {
+        this.#dropSilentConnection();
+        throw this.#timedOut(operation, wallet, error);
+      }
+      this.#silentSinceMs = undefined;
       throw asLedgerError(error, operation, wallet, this.#address(), this.#connection?.lastError);
     }
+  }
+
+  /**
+   * Drops the ledger's own single-server connection once calls have timed
+   * out on it for SILENT_CONNECTION_TIMEOUTS timeouts without any answer, so
+   * that ioredis connects again (and sends the waiting commands again).
+   */
+  #dropSilentConnection(): void {
+    const now = Date.now();
+    this.#silentSinceMs ??= now - this.#timeoutMs;
+    if (now - this.#silentSinceMs < SILENT_CONNECTION_TIMEOUTS * this.#timeoutMs) return;
+    if (!this.#ownsClient || !(this.#client instanceof Redis) || this.#client.status !== 'ready') return;
+    this.#silentSinceMs = undefined;
+    this.#client.stream.destroy(new Error(`no answer from Redis for ${SILENT_CONNECTION_TIMEOUTS} ledger timeouts of ${this.#timeoutMs} ms`));
   }
 
   #timedOut(operation: string, wallet: WalletKey, error: DeadlineExceeded): LedgerTimeoutError {
@@ -604,6 +645,19 @@ function watchConnection(client: Redis | Cluster, address: string | undefined, l
     logger?.info({}, `ledger reconnected to ${cluster ?? 'Redis'}`);
   });
   return connection;
+}
+
+/**
+ * Makes a single-server client fail commands at once while it is
+ * disconnected, once it has been ready: by default ioredis keeps them until
+ * its next reconnection attempt fails, up to 2 s later, and a sidecar that
+ * fails closed should answer at once. Before the first connection commands
+ * still wait, so that requests arriving at start are not refused.
+ */
+function failFastOnceReady(client: Redis): void {
+  client.once('ready', () => {
+    client.options.enableOfflineQueue = false;
+  });
 }
 
 /**
@@ -796,7 +850,9 @@ function asLedgerError(error: unknown, operation: string, wallet: WalletKey, add
   }
 
   // ioredis's advice to tune its retry option is meant for library users, not for Tollgate's operators, so it is dropped.
-  const clientReason = message.replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '');
+  const clientReason = message
+    .replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '')
+    .replace(/^Stream isn't writeable and enableOfflineQueue options is false$/, 'the connection is down and the client is reconnecting');
   const reason = (!isReply && connectionError !== undefined ? connectionError : clientReason).replace(/\.+$/, '');
   return new LedgerUnavailableError(
     `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} is unavailable: ${reason}. ` +
