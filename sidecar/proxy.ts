@@ -59,6 +59,8 @@ export interface ProxyOptions {
 
 /** Attempts of a commit in the request path before it goes to the commit queue, and the waits between them. */
 const COMMIT_ATTEMPT_WAITS_MS = [50, 100];
+/** No further attempt in the request path starts this long after the first, so that an outage delays a response by about this much. */
+const COMMIT_IN_PATH_BUDGET_MS = 500;
 
 /**
  * Outcome of a served request's commit: the ledger took it, it waits in the
@@ -932,6 +934,7 @@ export class Proxy {
       response.headers['x-tollgate-charged'] = formatAmount(rated.charged);
       response.headers['x-tollgate-currency'] = admitted.wallet.currency;
       response.headers['x-tollgate-wallet'] = admitted.wallet.id;
+      if (commit !== 'committed') response.headers['x-tollgate-commit'] = commit === 'queued' ? 'queued' : 'failed';
       res.writeHead(response.status, response.headers);
       res.end(response.body);
     } else if (!res.destroyed && !res.headersSent) {
@@ -959,10 +962,11 @@ export class Proxy {
   }
 
   /**
-   * Commits the actual cost of a served call: up to three attempts here (one
-   * when Redis did not answer in time), then, when the ledger is unavailable,
-   * the commit queue, which keeps retrying in the background. The client's
-   * response does not wait for the queue.
+   * Commits the actual cost of a served call: up to three attempts here
+   * within COMMIT_IN_PATH_BUDGET_MS (one when Redis did not answer in time),
+   * then, when the ledger is unavailable, the commit queue, which keeps
+   * retrying in the background. The client's response does not wait for the
+   * queue.
    */
   private async commit(admitted: Admitted, entry: CommitEntry): Promise<CommitOutcome> {
     const commit: PendingCommit = {
@@ -975,7 +979,9 @@ export class Proxy {
     };
     let failure: unknown;
     let attempts = 0;
+    const firstAttemptMs = Date.now();
     for (let attempt = 0; attempt <= COMMIT_ATTEMPT_WAITS_MS.length; attempt++) {
+      if (attempt > 0 && Date.now() - firstAttemptMs >= COMMIT_IN_PATH_BUDGET_MS) break;
       attempts++;
       if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, COMMIT_ATTEMPT_WAITS_MS[attempt - 1]));
       const end = this.metrics.ledgerDuration.startTimer({ operation: 'commit' });

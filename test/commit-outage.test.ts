@@ -347,7 +347,10 @@ describe('commit during a Redis outage', () => {
     expect(held).toBeGreaterThan(CHARGED);
     await setup!.redis.stop();
     call.release();
-    expect((await response).status).toBe(200);
+    const served = await response;
+    expect(served.status).toBe(200);
+    expect(served.headers.get('x-tollgate-charged')).toBe('0.00004');
+    expect(served.headers.get('x-tollgate-commit')).toBe('queued');
     expect(await metricValue(metrics, 'tollgate_commits_pending')).toBe('1');
 
     await setup!.stopSidecar();
@@ -467,7 +470,9 @@ describe('charge above its hold', () => {
 
     const within = chat(url, 'within-hold', false);
     (await upstream.nextCall()).release();
-    expect((await within).status).toBe(200);
+    const committed = await within;
+    expect(committed.status).toBe(200);
+    expect(committed.headers.get('x-tollgate-commit')).toBeNull();
     expect(linesWith(lines, 'request settled').map((line) => line['charged'])).toEqual([String(CHARGED)]);
     expect(lines.filter((line) => line.msg.startsWith('charge exceeds'))).toEqual([]);
 
