@@ -495,9 +495,12 @@ export class Proxy {
     if (error.denialReason !== undefined) {
       this.metrics.denials.inc({ route: routeLabel, reason: error.denialReason });
     }
-    // One line per rejected request, like the line per settled one. The server logs 5xx errors itself.
+    // One line per rejected request, like the line per settled one. The server logs other 5xx errors itself, with
+    // their stack; a refusal during a ledger outage gets a warning without one, since the ledger logs the outage.
     if (error.status < 500 && this.log.isLevelEnabled('info')) {
       this.log.info({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
+    } else if (error.code === 'ledger_unavailable') {
+      this.log.warn({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request failed');
     }
   }
 

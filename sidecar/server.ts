@@ -47,7 +47,8 @@ export function createSidecar(config: ConfigSource, ledger: Ledger, metrics: Sid
   const proxy = new Proxy(config, ledger, metrics, options, log);
   const toLoggedProxyError = (error: FastifyError, request: FastifyRequest): ProxyError => {
     const proxyError = toProxyError(error, request, options);
-    if (proxyError.status >= 500) log.error({ err: error, url: request.url }, 'request failed');
+    // The proxy logs a refusal for an unavailable ledger itself, without a stack (see Proxy.countRejected).
+    if (proxyError.status >= 500 && proxyError.code !== 'ledger_unavailable') log.error({ err: error, url: request.url }, 'request failed');
     return proxyError;
   };
 

@@ -397,6 +397,11 @@ describe('a Redis that stops answering', () => {
         'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent))',
     );
     expect(upstream.received()).toBe(0);
+    // One warning per refused request, without a stack.
+    const failed = linesWith(lines, 'request failed');
+    expect(failed.map((line) => [line.level, line['code'], line['requestId'], line['wallet'], line['err']])).toEqual([
+      [40, 'ledger_unavailable', 'stalled-reserve', 'default/team', undefined],
+    ]);
 
     setup!.redis.resume();
     await waitFor('the release of the late hold', () => linesWith(lines, 'released a hold that a timed-out reserve placed late').length === 1);
