@@ -21,7 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import type { HoldRequest, WalletKey } from '../src/ledger/ledger.ts';
-import { RedisLedger, walletKeys } from '../src/ledger/redis.ts';
+import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
 import type { ConnectionLogger } from '../src/ledger/redis.ts';
 import { startRedisCluster } from './support/redis-cluster.ts';
 import type { RunningRedisCluster } from './support/redis-cluster.ts';
@@ -66,6 +66,8 @@ const usage = (charged: bigint, providerCost: bigint) => ({ charged, providerCos
 async function ownerPort(wallet: WalletKey): Promise<number> {
   const seed = direct.get(seedPort)!;
   const slot = await seed.cluster('KEYSLOT', walletKeys(wallet)[0]!);
+  // The ledger computes the slot itself for its messages.
+  expect(keySlot(`w:${wallet.namespace}/${wallet.name}`)).toBe(slot);
   const ranges = (await seed.cluster('SLOTS')) as unknown as Array<[number, number, [string, number, ...unknown[]]]>;
   const range = ranges.find(([start, end]) => slot >= start && slot <= end);
   if (!range) throw new Error(`no master owns slot ${slot} in CLUSTER SLOTS`);
@@ -421,7 +423,8 @@ describe('RedisLedger on a Redis Cluster whose masters fail', () => {
       expect((error as Error).message).toMatch(
         new RegExp(
           `^ledger reserve for wallet ${onDown.namespace}/${onDown.name} failed because the Redis Cluster at seed 127\\.0\\.0\\.1:${seedPort} is unavailable: ` +
-            `Too many Cluster redirections\\. Last error: (Error: Connection is closed|ReplyError: MOVED \\d+ 127\\.0\\.0\\.1:${downPort})\\. ` +
+            `calls for the wallet's slot ${keySlot(`w:${onDown.namespace}/${onDown.name}`)} \\(master 127\\.0\\.0\\.1:${downPort}\\) failed after the client's redirections ` +
+            `\\(Too many Cluster redirections\\. Last error: (Error: Connection is closed|ReplyError: MOVED \\d+ 127\\.0\\.0\\.1:${downPort})\\)\\. ` +
             'Check that Redis is running and reachable there\\.$',
         ),
       );
@@ -462,7 +465,8 @@ describe('RedisLedger on a Redis Cluster whose masters fail', () => {
       expect((error as Error).message).toMatch(
         new RegExp(
           `^ledger reserve for wallet ${onLive.namespace}/${onLive.name} failed because the Redis Cluster at seed 127\\.0\\.0\\.1:${seedPort} is unavailable: ` +
-            'Too many Cluster redirections\\. Last error: (ReplyError: CLUSTERDOWN The cluster is down|Error: Connection is closed)\\. ' +
+            `calls for the wallet's slot ${keySlot(`w:${onLive.namespace}/${onLive.name}`)} \\(master 127\\.0\\.0\\.1:${livePort}\\) failed after the client's redirections ` +
+            '\\(Too many Cluster redirections\\. Last error: (ReplyError: CLUSTERDOWN The cluster is down|Error: Connection is closed)\\)\\. ' +
             'Check that Redis is running and reachable there\\.$',
         ),
       );

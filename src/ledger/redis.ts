@@ -559,7 +559,8 @@ export class RedisLedger implements Ledger {
         throw this.#timedOut(operation, wallet, error);
       }
       this.#silentSinceMs = undefined;
-      throw asLedgerError(error, operation, wallet, this.#address(), this.#connection?.lastError);
+      const reason = this.#client instanceof Cluster ? describeRedirections(this.#client, wallet, error) : undefined;
+      throw asLedgerError(error, operation, wallet, this.#address(), reason ?? this.#connection?.lastError);
     }
   }
 
@@ -686,6 +687,30 @@ export function describeConnectionError(error: Error): string {
   }
   const code = (error as NodeJS.ErrnoException).code;
   return code ?? error.name;
+}
+
+/**
+ * Names the master that serves a wallet when a Cluster client gave up after
+ * its redirections, because ioredis's message ("Too many Cluster
+ * redirections") names neither the slot nor the node. Returns undefined for
+ * other errors.
+ */
+function describeRedirections(client: Cluster, wallet: WalletKey, error: unknown): string | undefined {
+  const message = error instanceof Error ? error.message : '';
+  if (!message.startsWith('Too many Cluster redirections')) return undefined;
+  const slot = keySlot(`w:${walletId(wallet)}`);
+  const master = client.slots[slot]?.[0];
+  return `calls for the wallet's slot ${slot}${master === undefined ? '' : ` (master ${master})`} failed after the client's redirections (${message.replace(/\.+$/, '')})`;
+}
+
+/** Returns the Redis Cluster slot of a hash tag: CRC16 (XMODEM) of its bytes, modulo 16384. */
+export function keySlot(tag: string): number {
+  let crc = 0;
+  for (const byte of Buffer.from(tag, 'utf8')) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc % 16384;
 }
 
 /** Returns the wallet's keys in the order the scripts expect (KEY_SUFFIXES). */
