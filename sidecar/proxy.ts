@@ -59,7 +59,7 @@ export interface ProxyOptions {
 
 /** Attempts of a commit in the request path before it goes to the commit queue, and the waits between them. */
 const COMMIT_ATTEMPT_WAITS_MS = [50, 100];
-/** No further attempt in the request path starts this long after the first, so that an outage delays a response by about this much. */
+/** No attempt in the request path starts this long after the first, so that an outage delays a response by this plus at most one attempt. */
 const COMMIT_IN_PATH_BUDGET_MS = 500;
 
 /**
@@ -179,8 +179,6 @@ interface Admitted {
   span: Span;
   /** Set once the request is counted in tollgate_requests_total, so that a later failure does not count it again. */
   counted: boolean;
-  /** Whether the client chose the request id, which another request may then reuse while this one is served. */
-  clientChosenId: boolean;
 }
 
 /** The part of a hold for server tool uses that the plan charges per use. */
@@ -212,8 +210,6 @@ interface Settlement {
 export class Proxy {
   /** HTTP clients by connect timeout in milliseconds (see agentFor). */
   private readonly agents = new Map<number, Agent>();
-  /** Wallet and request id (servingKey) of each admitted request whose id the client chose, until it is settled. */
-  private readonly servingClientIds = new Set<string>();
   private readonly config: ConfigSource;
   private readonly ledger: Ledger;
   private readonly metrics: SidecarMetrics;
@@ -346,8 +342,6 @@ export class Proxy {
       await this.releaseQuietly(admitted, 'internal_error');
       if (!admitted.counted) this.count(admitted, 'internal_error');
       this.sendError(reply.raw, adapter, new ProxyError(500, 'internal_error', `the sidecar failed while forwarding: ${(error as Error).message}`));
-    } finally {
-      if (admitted.clientChosenId) this.servingClientIds.delete(servingKey(admitted.wallet.id, admitted.requestId));
     }
   }
 
@@ -453,7 +447,6 @@ export class Proxy {
       // priced: a client's bytes could repeat a key ("max_tokens" twice) that another JSON parser resolves differently.
       const body = JSON.stringify(adapter.prepare(parsed, info, changes));
 
-      if (clientId !== undefined) this.servingClientIds.add(servingKey(wallet.id, requestId));
       return {
         snapshot,
         route,
@@ -468,7 +461,6 @@ export class Proxy {
         startedNs,
         span,
         counted: false,
-        clientChosenId: clientId !== undefined,
       };
     } catch (error) {
       // Only a priced model is a safe metric label, because before pricing a client could add series by sending made-up names.
@@ -496,7 +488,7 @@ export class Proxy {
       this.metrics.denials.inc({ route: routeLabel, reason: error.denialReason });
     }
     // One line per rejected request, like the line per settled one. The server logs other 5xx errors itself, with
-    // their stack; a refusal during a ledger outage gets a warning without one, since the ledger logs the outage.
+    // their stack. A refusal during a ledger outage gets a warning without one, because the ledger logs the outage.
     if (error.status < 500 && this.log.isLevelEnabled('info')) {
       this.log.info({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
     } else if (error.code === 'ledger_unavailable') {
@@ -533,11 +525,6 @@ export class Proxy {
    * with the sidecar's tool use limit (defaultMaxToolUses), it reserves again
    * with the largest limit that fits, down to one use. So a request is
    * rejected only when one use does not fit.
-   *
-   * A reserve that gets no answer in time may still run when Redis catches
-   * up, so a release for the request follows it (see releaseLateHold), unless
-   * an earlier request with the same id is being served here: its hold has
-   * the same id, and the late reserve only replays it.
    */
   private async reserve(
     price: Price,
@@ -549,45 +536,15 @@ export class Proxy {
   ): Promise<{ result: ReserveResult; hold: HoldRequest; tools: ToolHold }> {
     let tools = this.toolHoldFor(price, info, this.options.defaultMaxToolUses);
     let hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
-    try {
-      let result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      for (let retry = 0; retry < MAX_TOOL_LIMIT_RETRIES; retry++) {
-        const uses = affordableToolUses(result, hold, tools);
-        if (uses === undefined) break;
-        tools = this.toolHoldFor(price, info, uses);
-        hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
-        result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
-      }
-      return { result, hold, tools };
-    } catch (error) {
-      if (error instanceof ProxyError && error.cause instanceof LedgerTimeoutError && !this.servingClientIds.has(servingKey(wallet.id, requestId))) {
-        this.releaseLateHold(wallet, requestId);
-      }
-      throw error;
+    let result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
+    for (let retry = 0; retry < MAX_TOOL_LIMIT_RETRIES; retry++) {
+      const uses = affordableToolUses(result, hold, tools);
+      if (uses === undefined) break;
+      tools = this.toolHoldFor(price, info, uses);
+      hold = this.holdFor(price, info, promptBound, wallet, fingerprint, tools);
+      result = await this.timedLedger('reserve', () => this.ledger.reserve(wallet.key, requestId, hold));
     }
-  }
-
-  /**
-   * Sends a release after a reserve that timed out. Redis runs one
-   * connection's commands in order, so when the late reserve places its hold,
-   * this release returns it at once instead of leaving the wallet's funds held
-   * until the sweeper expires the hold. Not awaited: the client already has
-   * its 503.
-   *
-   * NOTE: a request with the same client-chosen id that another sidecar
-   * serves at that moment is not known here. This release would return its
-   * hold, and the ledger would then refuse its commit, so that call would go
-   * unbilled.
-   */
-  private releaseLateHold(wallet: CompiledWallet, requestId: string): void {
-    this.ledger.release(wallet.key, requestId).then(
-      (result) => {
-        if (result.status === 'released') this.log.info({ requestId, wallet: wallet.id, released: result.amount.toString() }, 'released a hold that a timed-out reserve placed late');
-      },
-      (error: unknown) => {
-        this.log.warn({ err: error, requestId, wallet: wallet.id }, 'release after a timed-out reserve failed; a hold placed late stays until the sweeper expires it');
-      },
-    );
+    return { result, hold, tools };
   }
 
   /**
@@ -665,8 +622,9 @@ export class Proxy {
       case 'reserved':
         // A replayed reserve means that an earlier request with the same id and body has the hold: it is still being
         // served, or its sidecar stopped before settling it. Forwarding again would pay the provider twice.
-        // NOTE: ioredis sends a command again when the connection drops before its reply. If Redis had run that
-        // reserve, the request itself gets this 409, and its hold waits for the sweeper (holdTtlSeconds).
+        // NOTE: an ioredis client sends a command again when the connection drops before its reply, unless the
+        // ledger opened it with a timeout. If Redis had run that reserve, the request itself gets this 409, and its
+        // hold waits for the sweeper (holdTtlSeconds).
         if (result.replayed) {
           throw new ProxyError(
             409,
@@ -984,9 +942,11 @@ export class Proxy {
     let attempts = 0;
     const firstAttemptMs = Date.now();
     for (let attempt = 0; attempt <= COMMIT_ATTEMPT_WAITS_MS.length; attempt++) {
-      if (attempt > 0 && Date.now() - firstAttemptMs >= COMMIT_IN_PATH_BUDGET_MS) break;
+      if (attempt > 0) {
+        await new Promise((resolve) => setTimeout(resolve, COMMIT_ATTEMPT_WAITS_MS[attempt - 1]));
+        if (Date.now() - firstAttemptMs >= COMMIT_IN_PATH_BUDGET_MS) break;
+      }
       attempts++;
-      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, COMMIT_ATTEMPT_WAITS_MS[attempt - 1]));
       const end = this.metrics.ledgerDuration.startTimer({ operation: 'commit' });
       try {
         const result = await this.ledger.commit(commit.wallet, commit.requestId, entry);
@@ -1294,11 +1254,6 @@ function anyOf(alternatives: (string | undefined)[]): string {
   const defined = alternatives.filter((alternative) => alternative !== undefined);
   const last = defined.pop();
   return defined.length === 0 ? (last ?? '') : `${defined.join(', ')} or ${last}`;
-}
-
-/** Names a request id within its wallet, because request ids are unique per wallet only. */
-function servingKey(walletId: string, requestId: string): string {
-  return `${walletId} ${requestId}`;
 }
 
 function outcomeOf(error: ProxyError): RequestOutcome {

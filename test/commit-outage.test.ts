@@ -403,12 +403,8 @@ describe('a Redis that stops answering', () => {
       [40, 'ledger_unavailable', 'stalled-reserve', 'default/team', undefined],
     ]);
 
+    // The reserve runs when Redis resumes, after its deadline, so it places no hold.
     setup!.redis.resume();
-    await waitFor('the release of the late hold', () => linesWith(lines, 'released a hold that a timed-out reserve placed late').length === 1);
-    const released = linesWith(lines, 'released a hold that a timed-out reserve placed late')[0]!;
-    expect(released['requestId']).toBe('stalled-reserve');
-    expect(released['wallet']).toBe('default/team');
-    expect(BigInt(String(released['released']))).toBeGreaterThan(CHARGED);
     expect(await ledger.state(WALLET)).toMatchObject({ balance: 1_000_000_000n, reserved: 0n, holds: 0, spent: 0n });
 
     // A retry under the same request id is served and charged once.
@@ -424,7 +420,7 @@ describe('a Redis that stops answering', () => {
   }, 60_000);
 
   it('a repeated request id while Redis is paused', async () => {
-    const { url, ledger, upstream, lines } = await start('1.00', {}, { timeoutMs: 300 });
+    const { url, ledger, upstream } = await start('1.00', {}, { timeoutMs: 300 });
 
     const first = chat(url, 'repeated-id', false);
     const call = await upstream.nextCall();
@@ -433,10 +429,9 @@ describe('a Redis that stops answering', () => {
     expect(repeat.status).toBe(503);
     setup!.redis.resume();
 
-    // The repeat's late reserve replays the first request's hold, so the sidecar must not release it.
+    // The repeat's reserve ran after its deadline and changed nothing, so the first request keeps its hold.
     call.release();
     expect((await first).status).toBe(200);
-    expect(linesWith(lines, 'released a hold that a timed-out reserve placed late')).toEqual([]);
     expect((await entriesOf(ledger)).map((fields) => [fields['type'], fields['id'], fields['amount']])).toEqual([
       ['grant', 'start', '1000000000'],
       ['debit', 'repeated-id', String(CHARGED)],

@@ -255,11 +255,13 @@ describe('RedisLedger on a server that stops answering', () => {
         );
       }
 
-      // The reserve that timed out runs when Redis catches up, before the commands sent after it.
+      // The reserve that timed out runs when Redis catches up, before the commands sent after it, but after its
+      // deadline, so it places no hold: the release finds nothing, and the wallet has nothing reserved.
       const release = ledger.release(wallet, 'late');
       server.resume();
-      expect(await release).toEqual({ status: 'released', amount: 300n });
+      expect(await release).toEqual({ status: 'not_found' });
       expect(await ledger.state(wallet)).toMatchObject({ balance: 1000n, reserved: 0n, holds: 0, spent: 0n });
+      expect(await ledger.reserve(wallet, 'late', hold(300n))).toEqual({ status: 'reserved', amount: 300n, units: 0, replayed: false });
     } finally {
       server.resume();
       await ledger.quit();

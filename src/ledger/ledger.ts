@@ -299,8 +299,9 @@ export class LedgerUnavailableError extends Error {
  * Raised when the ledger's store took longer than the ledger's timeout to
  * answer. The operation may still run later, when the store catches up, so a
  * caller must not assume it did not happen: the ledger's operations are
- * idempotent on their ids, and a hold whose request was given up is settled
- * by the sweeper when it expires.
+ * idempotent on their ids. A late reserve places no hold where the ledger
+ * can give it a deadline (RedisLedger on one server); elsewhere its hold is
+ * settled by the sweeper when it expires.
  */
 export class LedgerTimeoutError extends LedgerUnavailableError {
   override readonly name: string = 'LedgerTimeoutError';

@@ -238,6 +238,12 @@ export class RedisLedger implements Ledger {
   readonly #connection: WatchedConnection | undefined;
   /** Whether the connection's socket is corked until the check phase. */
   #corked = false;
+  /**
+   * The Redis server's clock minus this process's, in milliseconds, measured
+   * once per connection of the ledger's own single-server client; undefined
+   * until measured, and always for other clients (see #reserveDeadline).
+   */
+  #clockOffsetMs: number | undefined;
   /** When calls started to time out without any answer since, in epoch milliseconds; undefined while Redis answers. */
   #silentSinceMs: number | undefined;
   /** Set once the server's Lua is known to print amounts exactly (see #checkIntegerFormat). */
@@ -259,11 +265,19 @@ export class RedisLedger implements Ledger {
     validateLedgerTimeout(this.#timeoutMs);
 
     if (typeof client === 'string') {
-      const opened = openRedisClient(client, { maxRetriesPerRequest: 1, ...options.redisOptions });
+      const opened = openRedisClient(client, {
+        maxRetriesPerRequest: 1,
+        // ioredis sends the commands of a lost connection again on the next one, where a reserve would find its own
+        // hold and look like a repeated request. With a timeout, each such call fails at its deadline instead.
+        ...(this.#timeoutMs === 0 ? {} : { autoResendUnfulfilledCommands: false }),
+        ...options.redisOptions,
+      });
       this.#connection = watchConnection(opened.client, opened.address, options.logger);
       this.#client = opened.client;
       this.#ownsClient = true;
       if (opened.client instanceof Redis && options.redisOptions?.enableOfflineQueue === undefined) failFastOnceReady(opened.client);
+      // Another connection may reach another server, whose clock differs.
+      opened.client.on('ready', () => (this.#clockOffsetMs = undefined));
     } else {
       this.#client = client;
       this.#ownsClient = false;
@@ -301,6 +315,11 @@ export class RedisLedger implements Ledger {
     validateHoldRequest(requestId, hold);
     const periods = periodFields(this.#now());
     const limits = hold.limits ?? {};
+    let deadline = '';
+    if (this.#usesReserveDeadline()) {
+      if (this.#clockOffsetMs === undefined) await this.#measureClockOffset(wallet);
+      deadline = String(Math.floor(Date.now() + this.#clockOffsetMs! + this.#timeoutMs));
+    }
     const reply = await this.#script(wallet, 'tollgateReserve', [
       requestId,
       hold.fingerprint,
@@ -316,8 +335,35 @@ export class RedisLedger implements Ledger {
       limits.monthlyCap?.toString() ?? '',
       String(EXPIRED_HOLDS_SETTLED_PER_RESERVE),
       this.#retentionText,
+      deadline,
     ]);
+    if ((reply as string[])[0] === 'late') {
+      throw new LedgerTimeoutError(
+        `ledger reserve for wallet ${walletId(wallet)} reached ${this.#address()} after its deadline of ${this.#timeoutMs} ms, so it placed no hold. ` +
+          "Check that Redis is not blocked by a long command or a persistence fork, and that this host's clock is synchronized",
+      );
+    }
     return parseReserveReply(reply as string[]);
+  }
+
+  /**
+   * Whether reserves carry a deadline: only on the ledger's own
+   * single-server connection with a timeout, whose server clock the ledger
+   * measures (see #measureClockOffset). A reserve that Redis runs after its caller gave up (it sat in
+   * a stalled server's socket) then places no hold, which would otherwise
+   * keep the wallet's funds until the sweeper expires it and make a retry
+   * under the same request id look like a request in progress.
+   */
+  #usesReserveDeadline(): boolean {
+    return this.#timeoutMs !== 0 && this.#ownsClient && this.#client instanceof Redis;
+  }
+
+  /** Measures the server's clock against this process's with TIME, taking the middle of the round trip. */
+  async #measureClockOffset(wallet: WalletKey): Promise<void> {
+    const sentMs = Date.now();
+    const [seconds, micros] = await this.#call(wallet, 'reserve', () => this.#client.time());
+    const receivedMs = Date.now();
+    this.#clockOffsetMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - (sentMs + receivedMs) / 2;
   }
 
   async markAnswered(wallet: WalletKey, requestId: string): Promise<void> {
@@ -581,12 +627,20 @@ export class RedisLedger implements Ledger {
   #timedOut(operation: string, wallet: WalletKey, error: DeadlineExceeded): LedgerTimeoutError {
     const down = this.#connection?.lastError;
     return new LedgerTimeoutError(
-      `ledger ${operation} for wallet ${walletId(wallet)} got no answer from ${this.#address()} within ${error.ms} ms` +
+      `ledger ${operation} for wallet ${walletId(wallet)} got no answer from ${this.#address()}${this.#slotOf(wallet)} within ${error.ms} ms` +
         (down === undefined ? '' : ` (connection: ${down.replace(/\.+$/, '')})`) +
         '. Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ' +
         'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent)',
       { cause: error },
     );
+  }
+
+  /** Names the wallet's slot and the master the client knows for it, such as " (slot 1234, master 10.0.0.5:6379)", on a Cluster only. */
+  #slotOf(wallet: WalletKey): string {
+    if (!(this.#client instanceof Cluster)) return '';
+    const slot = keySlot(`w:${walletId(wallet)}`);
+    const master = this.#client.slots[slot]?.[0];
+    return ` (slot ${slot}${master === undefined ? '' : `, master ${master}`})`;
   }
 
   /** Names the Redis server for error messages: host and port, never the URL, which may hold a password. */
@@ -650,10 +704,9 @@ function watchConnection(client: Redis | Cluster, address: string | undefined, l
 
 /**
  * Makes a single-server client fail commands at once while it is
- * disconnected, once it has been ready: by default ioredis keeps them until
- * its next reconnection attempt fails, up to 2 s later, and a sidecar that
- * fails closed should answer at once. Before the first connection commands
- * still wait, so that requests arriving at start are not refused.
+ * disconnected, once it has been ready. By default ioredis keeps them until
+ * its next reconnection attempt fails, up to 2 s later. Before the first
+ * connection commands still wait, so that requests at start are served.
  */
 function failFastOnceReady(client: Redis): void {
   client.once('ready', () => {

@@ -2,7 +2,9 @@
 -- ARGV: requestId, fingerprint, fixed, perUnit, minUnits, maxUnits, ttlMs,
 --       day field, month field, maxPerRequest, dailyCap, monthlyCap (the
 --       last three '' when unset), how many due members of the expiry
---       index to settle first, retention of settled records in ms.
+--       index to settle first, retention of settled records in ms, and
+--       the reserve's deadline on the server's clock in epoch ms ('' for
+--       none).
 local id, fingerprint = ARGV[1], ARGV[2]
 local fixed, per_unit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local min_units, max_units = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -10,6 +12,8 @@ local ttl_ms = tonumber(ARGV[7])
 local day, month = ARGV[8], ARGV[9]
 
 local now = server_time_ms()
+-- The caller gave up on a reserve that runs after its deadline, so it changes nothing.
+if ARGV[15] ~= '' and now > tonumber(ARGV[15]) then return { 'late' } end
 settle_expired(now, ARGV[13], ARGV[14])
 
 local open = read_hold(id)
