@@ -140,7 +140,11 @@ async function ledgerReserveSha(port: number): Promise<string> {
   return sha;
 }
 
-/** Returns the reserve command with the arguments RedisLedger sends, and a random request id per call. */
+/**
+ * Returns the reserve command with the arguments RedisLedger sends, and a
+ * random request id per call. Its deadline is an hour away, so that every
+ * call runs the whole script.
+ */
 function reserveCommand(sha: string): string[] {
   const periods = periodFields(Date.now());
   return [
@@ -148,7 +152,7 @@ function reserveCommand(sha: string): string[] {
     'req-__rand_int__', HOLD.fingerprint, HOLD.fixed.toString(), HOLD.perUnit.toString(),
     String(HOLD.minUnits), String(HOLD.maxUnits), String(HOLD.ttlSeconds * 1000),
     periods.day, periods.month, '', '', '', String(EXPIRED_HOLDS_SETTLED_PER_RESERVE),
-    String(DEFAULT_SETTLED_RETENTION_MS),
+    String(DEFAULT_SETTLED_RETENTION_MS), String(Date.now() + 3_600_000),
   ];
 }
 

@@ -13,7 +13,8 @@ local day, month = ARGV[8], ARGV[9]
 
 local now = server_time_ms()
 -- The caller gave up on a reserve that runs after its deadline, so it changes nothing.
-if ARGV[15] ~= '' and now > tonumber(ARGV[15]) then return { 'late' } end
+local deadline = tonumber(ARGV[15])
+if deadline and now > deadline then return { 'late' } end
 settle_expired(now, ARGV[13], ARGV[14])
 
 local open = read_hold(id)
