@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
 import type { HoldRequest, WalletKey } from '../src/ledger/ledger.ts';
 import { RedisLedger, walletKeys } from '../src/ledger/redis.ts';
-import { sleep } from './support/processes.ts';
+import { waitFor } from './support/processes.ts';
 import { startRedisCluster } from './support/redis-cluster.ts';
 import type { RunningRedisCluster } from './support/redis-cluster.ts';
 
@@ -53,16 +53,6 @@ async function replicaOf(masterPort: number): Promise<number> {
   const replica = lines.find((line) => line.split(' ')[3] === masterId);
   if (!replica) throw new Error(`the master on port ${masterPort} has no replica in CLUSTER NODES`);
   return Number(/:(\d+)@/.exec(replica)![1]);
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 describe('RedisLedger through a Redis Cluster failover', () => {

@@ -25,7 +25,7 @@ import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
 import type { ConnectionLogger } from '../src/ledger/redis.ts';
 import { startRedisCluster } from './support/redis-cluster.ts';
 import type { RunningRedisCluster } from './support/redis-cluster.ts';
-import { sleep } from './support/processes.ts';
+import { waitFor } from './support/processes.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const run = promisify(execFile);
@@ -84,17 +84,6 @@ async function walletPerMaster(namespace: string): Promise<Map<number, WalletKey
   }
   expect(found.size).toBe(cluster.nodes.length);
   return found;
-}
-
-/** Calls `probe` until it returns a value other than undefined or `timeoutMs` passes; a thrown error counts as undefined. */
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 /** Returns a loopback port on which nothing listens. */

@@ -14,6 +14,7 @@ import { RedisLedger } from '../src/ledger/redis.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
 import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
+import { waitFor } from './support/processes.ts';
 
 const GROUP = 'tollgate.dev';
 const VERSION = 'v1alpha1';
@@ -37,24 +38,6 @@ interface WalletStatus {
   granted?: string;
   expired?: string;
   appliedGrants?: string[];
-}
-
-/** Polls `probe` until it returns a value other than undefined, or fails after `timeoutMs` naming what it waited for. */
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `; last error: ${String(lastError)}` : ''}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 async function readStatus(name: string): Promise<WalletStatus> {

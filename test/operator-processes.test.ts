@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
+import { waitFor } from './support/processes.ts';
 
 const run = promisify(execFile);
 const ROOT = path.join(import.meta.dirname, '..');
@@ -52,16 +53,6 @@ function startOperatorProcess(identity: string): ChildProcess {
 async function leaseHolder(): Promise<string | undefined> {
   const holder = await kubectl(['get', 'lease', 'tollgate-operator', '-n', 'tollgate-system', '-o', 'jsonpath={.spec.holderIdentity}']).catch(() => '');
   return holder || undefined;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
 }
 
 function wallet(name: string): string {

@@ -27,6 +27,7 @@ import { RouteReconciler } from '../operator/reconcile-route.ts';
 import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
 import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
+import { waitFor } from './support/processes.ts';
 
 const GROUP = 'tollgate.dev';
 const VERSION = 'v1alpha1';
@@ -91,24 +92,6 @@ function captureLog(): { log: Logger; lines: LogLine[] } {
 /** Returns the lines about one object, as the reconciler and the event recorder log them. */
 function linesAbout(lines: LogLine[], namespace: string, name: string): LogLine[] {
   return lines.filter((line) => line['namespace'] === namespace && line['name'] === name);
-}
-
-/** Polls `probe` until it returns a value other than undefined, or fails after `timeoutMs` naming what it waited for. */
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `; last error: ${String(lastError)}` : ''}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 /** Runs a binary with `input` on stdin and returns its stdout. Rejects with its stderr on a non-zero exit. */

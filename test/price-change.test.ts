@@ -23,6 +23,7 @@ import { startOperator, type OperatorConfig as OperatorSettings, type RunningOpe
 import { runKubectl, startApiServer, type ApiServer } from './support/apiserver.ts';
 import { testOperatorConfig } from './support/operator.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
+import { waitFor } from './support/processes.ts';
 
 const NAMESPACE = 'team-a';
 const KEY = 'sk-price-change-test';
@@ -91,16 +92,6 @@ spec:
 
 function operatorSettings(): OperatorSettings {
   return testOperatorConfig({ kubeconfig: apiServer.kubeconfigPath, redisUrl: redis.url, identity: 'price-change-test' });
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
 }
 
 async function chargedFor(outputTokens: number): Promise<string | null> {
