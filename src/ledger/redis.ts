@@ -450,7 +450,7 @@ export class RedisLedger implements Ledger {
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
     for (let attempt = 1; ; attempt++) {
-      const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [], checkpointKeys(wallet))) as [string[], string[], string[], string, string[]];
+      const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [], checkpointKeys(wallet), 'verify')) as [string[], string[], string[], string, string[]];
       const [totals, grantAmounts, packedHolds, lastEntryId, checkpointFields] = snapshot;
       const [granted, spent, reserved, providerCost, expired] = totals.map((value) => BigInt(value)) as [bigint, bigint, bigint, bigint, bigint];
       const checkpoint = parseCheckpoint(checkpointFields);
@@ -545,9 +545,9 @@ export class RedisLedger implements Ledger {
   }
 
   /** Runs a script on the wallet's keys; scripts in CHECKPOINT_SCRIPTS need `keys` from checkpointKeys. */
-  #script(wallet: WalletKey, command: ScriptCommand, args: string[], keys: readonly string[] = cachedWalletKeys(wallet)): Promise<unknown> {
-    const operation = OPERATIONS[command];
-    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet, operation).then(() => this.#script(wallet, command, args, keys));
+  /** Runs a script; `operation` names it in error messages, by default after the script (`reserve` for reserve.lua). */
+  #script(wallet: WalletKey, command: ScriptCommand, args: string[], keys: readonly string[] = cachedWalletKeys(wallet), operation = OPERATIONS[command]): Promise<unknown> {
+    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet, operation).then(() => this.#script(wallet, command, args, keys, operation));
     this.#batchWrites();
     return this.#call(wallet, operation, () => this.#commands[command](...keys, ...args));
   }
