@@ -269,6 +269,30 @@ describe('RedisLedger on a server that stops answering', () => {
     }
   });
 
+  it('a first call while Redis is paused', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const ledger = new RedisLedger(server.url, { timeoutMs: 200 });
+    const wallet = { namespace: 'stalled', name: 'first' };
+    try {
+      // Let the connection become ready without any ledger call, so that the first one is the check of the server's Lua.
+      for (let attempt = 0; attempt < 50; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+      server.pause();
+      // Five timeouts in a row make the ledger drop the silent connection; the next call fails while it reconnects.
+      for (let call = 0; call < 5; call += 1) expect(await failure(ledger.state(wallet))).toBeInstanceOf(LedgerTimeoutError);
+      expect(await failure(ledger.state(wallet))).toBeInstanceOf(LedgerUnavailableError);
+      server.resume();
+
+      let state = await ledger.state(wallet).catch(() => undefined);
+      for (let attempt = 0; state === undefined && attempt < 50; attempt += 1) state = await stateAfterPause(ledger, wallet);
+      expect(state).toMatchObject({ granted: 0n, balance: 0n, reserved: 0n });
+      expect(await ledger.credit(wallet, 'g', 500n)).toEqual({ status: 'credited', replayed: false, balance: 500n, amount: 500n });
+    } finally {
+      server.resume();
+      await ledger.quit();
+      await server.stop();
+    }
+  });
+
   it('a timeout outside 10 ms to 10 minutes', () => {
     for (const timeoutMs of [5, 600_001, 1.5, -1]) {
       expect(() => new RedisLedger(redis.url, { timeoutMs }), String(timeoutMs)).toThrow(

@@ -317,8 +317,10 @@ export class RedisLedger implements Ledger {
     const limits = hold.limits ?? {};
     let deadline = '';
     if (this.#usesReserveDeadline()) {
-      if (this.#clockOffsetMs === undefined) await this.#measureClockOffset(wallet);
-      deadline = String(Math.floor(Date.now() + this.#clockOffsetMs! + this.#timeoutMs));
+      // The one-time check of the server's Lua runs first, so that the deadline covers only the reserve's round trip.
+      if (!this.#formatChecked) await this.#checkIntegerFormat(wallet, 'reserve');
+      const offsetMs = this.#clockOffsetMs ?? (await this.#measureClockOffset(wallet));
+      deadline = String(Math.floor(monotonicNowMs() + offsetMs + this.#timeoutMs));
     }
     const reply = await this.#script(wallet, 'tollgateReserve', [
       requestId,
@@ -338,9 +340,12 @@ export class RedisLedger implements Ledger {
       deadline,
     ]);
     if ((reply as string[])[0] === 'late') {
+      // The answer came before this process's own timeout, so the offset no longer matches the server's clock (a
+      // clock step on its host). The next reserve measures it again.
+      this.#clockOffsetMs = undefined;
       throw new LedgerTimeoutError(
         `ledger reserve for wallet ${walletId(wallet)} reached ${this.#address()} after its deadline of ${this.#timeoutMs} ms, so it placed no hold. ` +
-          "Check that Redis is not blocked by a long command or a persistence fork, and that this host's clock is synchronized",
+          "Check that Redis is not blocked by a long command or a persistence fork; if its host's clock was stepped, the next reserve measures it again",
       );
     }
     return parseReserveReply(reply as string[]);
@@ -358,12 +363,21 @@ export class RedisLedger implements Ledger {
     return this.#timeoutMs !== 0 && this.#ownsClient && this.#client instanceof Redis;
   }
 
-  /** Measures the server's clock against this process's with TIME, taking the middle of the round trip. */
-  async #measureClockOffset(wallet: WalletKey): Promise<void> {
-    const sentMs = Date.now();
+  /**
+   * Measures the server's clock (TIME) against this process's monotonic
+   * clock and returns the offset. It takes the largest offset the round trip
+   * allows (server time minus send time), which can only make deadlines
+   * later: a reserve is never refused as late because of the measurement.
+   * The offset is kept for the connection only when the round trip was
+   * short, so that a stall during it does not widen every later deadline.
+   */
+  async #measureClockOffset(wallet: WalletKey): Promise<number> {
+    const sentMs = monotonicNowMs();
     const [seconds, micros] = await this.#call(wallet, 'reserve', () => this.#client.time());
-    const receivedMs = Date.now();
-    this.#clockOffsetMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - (sentMs + receivedMs) / 2;
+    const receivedMs = monotonicNowMs();
+    const offsetMs = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000) - sentMs;
+    if (receivedMs - sentMs <= MAX_CLOCK_READ_MS) this.#clockOffsetMs = offsetMs;
+    return offsetMs;
   }
 
   async markAnswered(wallet: WalletKey, requestId: string): Promise<void> {
@@ -565,7 +579,14 @@ export class RedisLedger implements Ledger {
       this.#formatCheck = undefined;
       throw error;
     }));
-    const printed = await this.#call(wallet, operation, () => check);
+    let printed: unknown;
+    try {
+      printed = await this.#call(wallet, operation, () => check);
+    } catch (error) {
+      // A check whose connection was lost never settles, so a timed-out one is sent again by the next call.
+      if (error instanceof LedgerTimeoutError && this.#formatCheck === check) this.#formatCheck = undefined;
+      throw error;
+    }
     if (printed !== String(2 ** 53)) {
       throw new Error(
         `the Redis server's Lua printed 2^53 as "${String(printed)}" instead of ${2 ** 53}, so it would store wrong amounts; ` +
@@ -816,6 +837,14 @@ function parseCheckpoint(fields: string[]): Checkpoint | undefined {
  */
 function lastIdBefore(beforeMs: number): string {
   return beforeMs === 0 ? '0-0' : `${beforeMs - 1}-18446744073709551615`;
+}
+
+/** Longest TIME round trip whose clock offset the ledger keeps for the connection. */
+const MAX_CLOCK_READ_MS = 50;
+
+/** Epoch milliseconds from the monotonic clock, which an NTP step of the wall clock does not move. */
+function monotonicNowMs(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /** The rejection of withDeadline. */
