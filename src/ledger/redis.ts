@@ -239,9 +239,9 @@ export class RedisLedger implements Ledger {
   /** Whether the connection's socket is corked until the check phase. */
   #corked = false;
   /**
-   * The Redis server's clock minus this process's, in milliseconds, measured
-   * once per connection of the ledger's own single-server client; undefined
-   * until measured, and always for other clients (see #reserveDeadline).
+   * The Redis server's clock minus this process's monotonic clock, in
+   * milliseconds (see #measureClockOffset). Undefined until measured on the
+   * current connection, and always for clients without reserve deadlines.
    */
   #clockOffsetMs: number | undefined;
   /** When calls started to time out without any answer since, in epoch milliseconds; undefined while Redis answers. */
