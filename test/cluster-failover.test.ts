@@ -87,7 +87,12 @@ describe('RedisLedger through a Redis Cluster failover', () => {
 
       // The replica takes over after cluster-node-timeout (2 s here) and an election.
       const state = await waitFor('the replica to take over', () => ledger.state(wallet!));
-      expect(await ownerPort(wallet!, seed)).toBe(replica);
+      // The seed learns of the new master by gossip, which may come after the ledger's client found it.
+      const owner = await waitFor('the seed to list the new master', async () => {
+        const port = await ownerPort(wallet!, seed);
+        return port === replica ? port : undefined;
+      });
+      expect(owner).toBe(replica);
       expect(state).toEqual({
         granted: 1000n,
         spent: 120n,
