@@ -25,7 +25,7 @@ export interface DevOptions {
   wallet: string | undefined;
   /** How long the ledger keeps settled requests, in milliseconds; the ledger's default (7 days) when undefined. */
   settledRetentionMs?: number | undefined;
-  /** How long a Redis ledger operation waits for an answer, in milliseconds; RedisLedger's default (2 s) when undefined. */
+  /** How long a Redis ledger operation waits for a reply, in milliseconds; RedisLedger's default (2 s) when undefined. */
   ledgerTimeoutMs?: number | undefined;
   /** Environment that may hold provider keys (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
   env: NodeJS.ProcessEnv;

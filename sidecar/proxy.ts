@@ -924,7 +924,7 @@ export class Proxy {
 
   /**
    * Commits the actual cost of a served call: up to three attempts here
-   * within COMMIT_IN_PATH_BUDGET_MS (one when Redis did not answer in time),
+   * within COMMIT_IN_PATH_BUDGET_MS (one when Redis did not reply in time),
    * then, when the ledger is unavailable, the commit queue, which keeps
    * retrying in the background. The client's response does not wait for the
    * queue.

@@ -4,8 +4,8 @@
  * again on the same port and data. The sidecar queues the commit that fails
  * and commits it at the call's actual cost once Redis is back. A sidecar that
  * stops first logs what it could not commit. A paused redis-server (SIGSTOP)
- * stands for one that keeps its connections but does not answer: the sidecar
- * gives up after the ledger timeout and settles what runs late. Also covers
+ * is one that keeps its connections but does not reply, so the sidecar
+ * gives up after the ledger timeout, and what runs late changes nothing. Also covers
  * the warning for a charge above its hold. The upstream is a local server
  * whose responses wait until the test releases them, so that Redis goes down
  * at a known point.

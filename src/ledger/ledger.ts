@@ -297,7 +297,7 @@ export class LedgerUnavailableError extends Error {
 
 /**
  * Raised when the ledger's store took longer than the ledger's timeout to
- * answer. The operation may still run later, when the store catches up, so a
+ * reply. The operation may still run later, when the store catches up, so a
  * caller must not assume it did not happen: the ledger's operations are
  * idempotent on their ids. A late reserve places no hold where the ledger
  * can give it a deadline (RedisLedger on one server); elsewhere its hold is

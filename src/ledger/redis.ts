@@ -132,22 +132,22 @@ const CREDENTIALS_IN_TEXT = /\b(WRONGPASS|NOAUTH)\b/;
 
 /**
  * Default of RedisLedgerOptions.timeoutMs: 2 s. A ledger script takes tens of
- * microseconds, and a healthy Redis answers within milliseconds even while it
+ * microseconds, and a healthy Redis replies within milliseconds even while it
  * rewrites its AOF, so only a stalled or unreachable server takes this long.
  */
 export const DEFAULT_LEDGER_TIMEOUT_MS = 2000;
 /**
- * How many ledger timeouts a single-server connection may go without an
- * answer, while calls time out on it, before the ledger drops it and the
+ * How many ledger timeouts a single-server connection may go without a
+ * reply, while calls time out on it, before the ledger drops it and the
  * client connects again. A peer that vanished without a reset, such as a
  * Redis pod that was replaced, would otherwise keep the connection until TCP
  * gives up, about 15 minutes later. A shorter silence keeps the connection,
  * so the commands that timed out still run in the order they were sent.
  */
 const SILENT_CONNECTION_TIMEOUTS = 5;
-/** Shortest timeout other than 0 (no limit): shorter ones would fail calls on ordinary scheduling delays. */
+/** Minimum timeout other than 0 (no limit): shorter ones would fail calls on ordinary scheduling delays. */
 const MIN_LEDGER_TIMEOUT_MS = 10;
-/** Longest timeout: a request held longer than this waits for a ledger that is gone. */
+/** Maximum timeout: a request held longer than this waits for a ledger that is gone. */
 const MAX_LEDGER_TIMEOUT_MS = 600_000;
 
 /** Throws a RangeError unless `ms` is 0 or a whole number of milliseconds from 10 ms to 10 minutes. */
@@ -210,7 +210,7 @@ export interface RedisLedgerOptions {
    * with LedgerTimeoutError; default DEFAULT_LEDGER_TIMEOUT_MS (2 s), 0 for no
    * limit. A stalled server (a paused process, a slow fork for persistence, a
    * long script) or a network that drops packets keeps a connection open
-   * without answering, and without this limit every request would wait for it.
+   * without replying, and without this limit every request would wait for it.
    */
   timeoutMs?: number;
   /**
@@ -244,7 +244,7 @@ export class RedisLedger implements Ledger {
    * current connection, and always for clients without reserve deadlines.
    */
   #clockOffsetMs: number | undefined;
-  /** When calls started to time out without any answer since, in epoch milliseconds; undefined while Redis answers. */
+  /** When calls started to time out with no reply since, in epoch milliseconds; undefined while Redis replies. */
   #silentSinceMs: number | undefined;
   /** Set once the server's Lua is known to print amounts exactly (see #checkIntegerFormat). */
   #formatChecked = false;
@@ -340,7 +340,7 @@ export class RedisLedger implements Ledger {
       deadline,
     ]);
     if ((reply as string[])[0] === 'late') {
-      // The answer came before this process's own timeout, so the offset no longer matches the server's clock (a
+      // The reply came before this process's own timeout, so the offset no longer matches the server's clock (a
       // clock step on its host). The next reserve measures it again.
       this.#clockOffsetMs = undefined;
       throw new LedgerTimeoutError(
@@ -354,10 +354,11 @@ export class RedisLedger implements Ledger {
   /**
    * Whether reserves carry a deadline: only on the ledger's own
    * single-server connection with a timeout, whose server clock the ledger
-   * measures (see #measureClockOffset). A reserve that Redis runs after its caller gave up (it sat in
-   * a stalled server's socket) then places no hold, which would otherwise
-   * keep the wallet's funds until the sweeper expires it and make a retry
-   * under the same request id look like a request in progress.
+   * measures (see #measureClockOffset). A reserve that Redis runs after its
+   * caller gave up, because it sat in a stalled server's socket, then places
+   * no hold. Such a hold would keep the wallet's funds until the sweeper
+   * expires it, and a retry under the same request id would look like a
+   * request in progress.
    */
   #usesReserveDeadline(): boolean {
     return this.#timeoutMs !== 0 && this.#ownsClient && this.#client instanceof Redis;
@@ -523,7 +524,7 @@ export class RedisLedger implements Ledger {
         await closing;
         return;
       }
-      // A stalled server would not answer QUIT either, so then the connection is closed without it.
+      // A stalled server would not reply to QUIT either, so then the connection is closed without it.
       const closed = await withDeadline(closing, this.#timeoutMs).then(
         () => true,
         (error: unknown) => {
@@ -558,8 +559,11 @@ export class RedisLedger implements Ledger {
     return (await this.#call(wallet, operation, () => this.#client.hget(checkpointKey, 'lastId'))) ?? undefined;
   }
 
-  /** Runs a script on the wallet's keys; scripts in CHECKPOINT_SCRIPTS need `keys` from checkpointKeys. */
-  /** Runs a script; `operation` names it in error messages, by default after the script (`reserve` for reserve.lua). */
+  /**
+   * Runs a script on the wallet's keys. Scripts in CHECKPOINT_SCRIPTS need
+   * `keys` from checkpointKeys. `operation` names the call in error messages,
+   * by default after the script (`reserve` for reserve.lua).
+   */
   #script(wallet: WalletKey, command: ScriptCommand, args: string[], keys: readonly string[] = cachedWalletKeys(wallet), operation = OPERATIONS[command]): Promise<unknown> {
     if (!this.#formatChecked) return this.#checkIntegerFormat(wallet, operation).then(() => this.#script(wallet, command, args, keys, operation));
     this.#batchWrites();
@@ -633,8 +637,9 @@ export class RedisLedger implements Ledger {
 
   /**
    * Drops the ledger's own single-server connection once calls have timed
-   * out on it for SILENT_CONNECTION_TIMEOUTS timeouts without any answer, so
-   * that ioredis connects again (and sends the waiting commands again).
+   * out on it for SILENT_CONNECTION_TIMEOUTS timeouts with no reply, so that
+   * ioredis connects again. The waiting commands are not sent again, because
+   * the ledger turns that off when it has a timeout.
    */
   #dropSilentConnection(): void {
     const now = Date.now();
@@ -642,7 +647,7 @@ export class RedisLedger implements Ledger {
     if (now - this.#silentSinceMs < SILENT_CONNECTION_TIMEOUTS * this.#timeoutMs) return;
     if (!this.#ownsClient || !(this.#client instanceof Redis) || this.#client.status !== 'ready') return;
     this.#silentSinceMs = undefined;
-    this.#client.stream.destroy(new Error(`no answer from Redis for ${SILENT_CONNECTION_TIMEOUTS} ledger timeouts of ${this.#timeoutMs} ms`));
+    this.#client.stream.destroy(new Error(`no reply from Redis for ${SILENT_CONNECTION_TIMEOUTS} ledger timeouts of ${this.#timeoutMs} ms`));
   }
 
   #timedOut(operation: string, wallet: WalletKey, error: DeadlineExceeded): LedgerTimeoutError {

@@ -37,7 +37,7 @@ export interface RunningRedis {
   dir: string;
   /**
    * Pauses the process (SIGSTOP): it keeps its connections and its port but
-   * answers nothing, like a server blocked by a long command or behind a
+   * replies to nothing, like a server blocked by a long command or behind a
    * network that drops packets.
    */
   pause(): void;
