@@ -664,8 +664,7 @@ export class RedisLedger implements Ledger {
   /** Names the wallet's slot and the master the client knows for it, such as " (slot 1234, master 10.0.0.5:6379)", on a Cluster only. */
   #slotOf(wallet: WalletKey): string {
     if (!(this.#client instanceof Cluster)) return '';
-    const slot = keySlot(`w:${walletId(wallet)}`);
-    const master = this.#client.slots[slot]?.[0];
+    const { slot, master } = walletSlot(this.#client, wallet);
     return ` (slot ${slot}${master === undefined ? '' : `, master ${master}`})`;
   }
 
@@ -777,9 +776,14 @@ export function describeConnectionError(error: Error): string {
 function describeRedirections(client: Cluster, wallet: WalletKey, error: unknown): string | undefined {
   const message = error instanceof Error ? error.message : '';
   if (!message.startsWith('Too many Cluster redirections')) return undefined;
-  const slot = keySlot(`w:${walletId(wallet)}`);
-  const master = client.slots[slot]?.[0];
+  const { slot, master } = walletSlot(client, wallet);
   return `calls for the wallet's slot ${slot}${master === undefined ? '' : ` (master ${master})`} failed after the client's redirections (${message.replace(/\.+$/, '')})`;
+}
+
+/** Returns the slot of a wallet's keys and the master that the Cluster client last knew for it. */
+function walletSlot(client: Cluster, wallet: WalletKey): { slot: number; master: string | undefined } {
+  const slot = keySlot(`w:${walletId(wallet)}`);
+  return { slot, master: client.slots[slot]?.[0] };
 }
 
 /** Returns the Redis Cluster slot of a hash tag: CRC16 (XMODEM) of its bytes, modulo 16384. */

@@ -85,37 +85,38 @@ A number from a values file arrives as a float64, which quote would print as
 {{- end -}}
 
 {{/*
-ledger.settledRetention, checked as the operator checks it: a duration of at least 1h. The
-schema checks the form; this sums the parts (such as 1d12h) in milliseconds, so that a short
-window fails the install instead of making every operator replica exit at start.
+A duration such as 1d12h or 500ms, in milliseconds: the sum of its parts. The schema checks
+the form of the values passed here.
 */}}
-{{- define "tollgate.settledRetention" -}}
-{{- $text := toString .Values.ledger.settledRetention -}}
+{{- define "tollgate.durationMs" -}}
 {{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
 {{- $total := 0 -}}
-{{- range regexFindAll "[0-9]+(ms|s|m|h|d)" $text -1 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d)" (toString .) -1 -}}
 {{- $unit := regexFind "(ms|s|m|h|d)$" . -}}
 {{- $total = add $total (mul (atoi (trimSuffix $unit .)) (get $units $unit)) -}}
 {{- end -}}
-{{- if lt (int64 $total) 3600000 -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+ledger.settledRetention, checked as the operator checks it: a duration of at least 1h, so that a
+short window fails the install instead of making every operator replica exit at start.
+*/}}
+{{- define "tollgate.settledRetention" -}}
+{{- $text := toString .Values.ledger.settledRetention -}}
+{{- if lt (int64 (include "tollgate.durationMs" $text)) 3600000 -}}
 {{- fail (printf "ledger.settledRetention %q is shorter than 1h: the ledger keeps settled requests at least an hour, longer than the sidecar's hold TTL (15m) plus its commit retries; use 1h or more, such as 7d (the default)" $text) -}}
 {{- end -}}
 {{- $text -}}
 {{- end -}}
 
 {{/*
-ledger.timeout, checked as the operator checks it: 0 or from 10ms to 10m, summed like
-ledger.settledRetention.
+ledger.timeout, checked as the operator checks it: 0 or from 10ms to 10m.
 */}}
 {{- define "tollgate.ledgerTimeout" -}}
 {{- $text := toString .Values.ledger.timeout -}}
-{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 -}}
-{{- $total := 0 -}}
-{{- range regexFindAll "[0-9]+(ms|s|m|h|d)" $text -1 -}}
-{{- $unit := regexFind "(ms|s|m|h|d)$" . -}}
-{{- $total = add $total (mul (atoi (trimSuffix $unit .)) (get $units $unit)) -}}
-{{- end -}}
-{{- if and (ne (int64 $total) 0) (or (lt (int64 $total) 10) (gt (int64 $total) 600000)) -}}
+{{- $total := int64 (include "tollgate.durationMs" $text) -}}
+{{- if and (ne $total 0) (or (lt $total 10) (gt $total 600000)) -}}
 {{- fail (printf "ledger.timeout %q is outside 10ms to 10m: use a duration such as 2s (the default), or 0s for no limit" $text) -}}
 {{- end -}}
 {{- $text -}}
