@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { loadManifests, type ResourceSet } from '../src/config/manifests.ts';
 import { secretsResolver, type CredentialResolver } from '../src/config/snapshot.ts';
-import { GrantExpiredError, type Ledger, type WalletKey } from '../src/ledger/ledger.ts';
+import { GrantExpiredError, LedgerUnavailableError, type Ledger, type WalletKey } from '../src/ledger/ledger.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
@@ -149,11 +149,7 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   const address = await sidecar.app.listen({ host: options.host, port: options.port });
   if (options.watch) config.watch();
 
-  const sweeper = setInterval(() => {
-    for (const wallet of config.current().wallets.values()) {
-      ledger.sweep(wallet.key).catch((error: unknown) => log.warn({ err: error, wallet: wallet.id }, 'sweep failed'));
-    }
-  }, 30_000);
+  const sweeper = setInterval(() => void sweepWallets(ledger, [...config.current().wallets.values()], log), SWEEP_INTERVAL_MS);
   sweeper.unref();
 
   return {
@@ -173,6 +169,35 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
       await stopTelemetry();
     },
   };
+}
+
+/** How often local mode settles expired holds and grants of every wallet. */
+const SWEEP_INTERVAL_MS = 30_000;
+
+/**
+ * Settles the expired holds and grants of each wallet, all at once. Failures
+ * because the ledger is unavailable are logged as one warning for the round,
+ * with their number and the first reason, because during an outage every
+ * wallet fails for the same reason. Any other failure gets a warning of its
+ * own, with its wallet and error.
+ */
+export async function sweepWallets(ledger: Ledger, wallets: readonly { id: string; key: WalletKey }[], log: Logger): Promise<void> {
+  const results = await Promise.allSettled(wallets.map((wallet) => ledger.sweep(wallet.key)));
+
+  const unavailable: { wallet: string; error: LedgerUnavailableError }[] = [];
+  results.forEach((result, index) => {
+    if (result.status === 'fulfilled') return;
+    const wallet = wallets[index]!.id;
+    if (result.reason instanceof LedgerUnavailableError) unavailable.push({ wallet, error: result.reason });
+    else log.warn({ err: result.reason, wallet }, 'sweep failed');
+  });
+  if (unavailable.length === 0) return;
+
+  const [first] = unavailable;
+  log.warn(
+    { failed: unavailable.length, wallets: wallets.length, firstWallet: first!.wallet, reason: first!.error.message, retryInMs: SWEEP_INTERVAL_MS },
+    'sweep failed because the ledger is unavailable',
+  );
 }
 
 /**

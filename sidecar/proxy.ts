@@ -23,6 +23,7 @@ import { createGenAiTelemetry, GEN_AI, responseAttributes, responseMetadataAttri
 import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import { CommitQueue, DEFAULT_COMMIT_QUEUE_OPTIONS, type AbandonReason, type CommitQueueOptions, type PendingCommit } from './commit-queue.ts';
 import type { ConfigSource } from './config-source.ts';
+import { RefusalLog, type RefusalLogOptions } from './refusal-log.ts';
 import { resolveWallet, WalletResolutionError, type WalletPolicy } from './wallets.ts';
 
 export interface ProxyOptions {
@@ -55,6 +56,8 @@ export interface ProxyOptions {
   settledRetentionMs?: number;
   /** Changes to the commit queue's limits and waits (DEFAULT_COMMIT_QUEUE_OPTIONS). */
   commitQueue?: Partial<Omit<CommitQueueOptions, 'maxAgeMs'>>;
+  /** Window and clock of the warnings for requests refused while the ledger is unavailable (see RefusalLog). */
+  refusalLog?: RefusalLogOptions;
 }
 
 /** Attempts of a commit in the request path before it goes to the commit queue, and the waits between them. */
@@ -221,6 +224,8 @@ export class Proxy {
   private seriesSnapshot: Snapshot | undefined;
   /** Commits that failed because the ledger was unavailable, retried in the background. */
   private readonly commits: CommitQueue;
+  /** Warnings for requests refused while the ledger is unavailable, one per window during an outage. */
+  private readonly refusals: RefusalLog;
 
   constructor(config: ConfigSource, ledger: Ledger, metrics: SidecarMetrics, options: ProxyOptions, log: Logger) {
     this.config = config;
@@ -228,6 +233,7 @@ export class Proxy {
     this.metrics = metrics;
     this.options = options;
     this.log = log;
+    this.refusals = new RefusalLog(log, options.refusalLog);
     this.initializeSeries(config.current());
     this.commits = new CommitQueue(
       ledger,
@@ -291,6 +297,7 @@ export class Proxy {
    * Close the server first, so that no request settles afterwards.
    */
   async close(): Promise<void> {
+    this.refusals.close();
     await this.commits.close();
     await Promise.all([...this.agents.values()].map((agent) => agent.close()));
   }
@@ -489,10 +496,11 @@ export class Proxy {
     }
     // One line per rejected request, like the line per settled one. The server logs other 5xx errors itself, with
     // their stack. A refusal during a ledger outage gets a warning without one, because the ledger logs the outage.
+    // While the outage lasts, RefusalLog counts the repeats into one summary line per window.
     if (error.status < 500 && this.log.isLevelEnabled('info')) {
       this.log.info({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
     } else if (error.code === 'ledger_unavailable') {
-      this.log.warn({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request failed');
+      this.refusals.record({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message });
     }
   }
 
