@@ -178,14 +178,12 @@ describe('tollgate command', () => {
     expect(result.stderr).toBe('');
   });
 
-  it('warns on verifying a wallet without records', async () => {
+  it('fails to verify a wallet without records', async () => {
     const result = await tollgate(['ledger', 'verify', '--redis', redis.url, '--wallet', 'default/dmo']);
-    expect(result.code).toBe(0);
-    expect(result.stdout).toBe(
-      'replayed 0 entries: granted 0.000000000, spent 0.000000000, expired 0.000000000\nok: balance = grants - debits - expired\n',
-    );
+    expect(result.code).toBe(1);
+    expect(result.stdout).toBe('');
     expect(result.stderr).toBe(
-      'warning: wallet default/dmo has no records in this Redis ledger, so there was nothing to replay. ' +
+      'tollgate: wallet default/dmo has no records in this Redis ledger, so there is nothing to verify. ' +
         "Check the namespace and name, and that the Redis URL points at the ledger's Redis.\n",
     );
   });

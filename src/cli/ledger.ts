@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { parseArgs } from 'node:util';
-import { compareEntryIds, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
+import { compareEntryIds, validateEntryId, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
 import { parseRedisUrl } from '../ledger/redis-connect.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
@@ -10,7 +10,9 @@ const LEDGER_USAGE = `Usage: tollgate ledger <command> --redis URL --wallet NAME
 
 Commands:
   state     Print the wallet's totals: granted, spent, expired, reserved, balance, available, provider cost, margin
-  verify    Replay the wallet's checkpoint and entry stream and check that balance = grants - debits - expired
+  verify    Replay the wallet's checkpoint and entry stream and check that balance = grants - debits - expired.
+            Fails for a wallet with no key in Redis, which is what a mistyped name or the
+            wrong Redis looks like; a wallet that was ever credited has keys.
   export    Write the wallet's stream entries to standard output as NDJSON, one
             {"id": "<stream id>", "fields": {...}} object per line, oldest first
   compact   Fold the entries older than --before into the wallet's checkpoint and
@@ -26,7 +28,8 @@ Options:
   --after ID         export: start after the entry with this stream id
   --page-size N      export: entries read from Redis per round trip (default 1000)
 
-Exit status: 0 on success, 1 when verify finds the totals inconsistent or a command fails, 2 on bad usage.`;
+Exit status: 0 on success, 1 when verify finds the totals inconsistent or no key of the wallet,
+or when a command fails, 2 on bad usage.`;
 
 const COMMANDS = ['state', 'verify', 'export', 'compact'] as const;
 type Command = (typeof COMMANDS)[number];
@@ -127,6 +130,8 @@ function checkOptions(command: Command, options: LedgerCommandOptions): string |
 
 function entriesOptions(options: LedgerCommandOptions): EntriesOptions {
   const result: EntriesOptions = {};
+  if (options.from !== undefined) validateEntryId('--from', options.from);
+  if (options.after !== undefined) validateEntryId('--after', options.after);
   if (options.from !== undefined) result.from = options.from;
   if (options.after !== undefined) result.after = options.after;
   if (options.before !== undefined) result.beforeMs = parseCutoffMs(options.before, '--before', Date.now());
@@ -162,7 +167,7 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
   console.log(rows.map(([label, value]) => `${label.padEnd(14)} ${value}`).join('\n'));
 
   // Any nonzero total proves that the wallet has keys, so only an all-zero state needs the extra check.
-  if (isZeroState(state)) await warnWithoutRecords(ledger, wallet, 'all its totals are zero');
+  if (isZeroState(state)) await warnWithoutRecords(ledger, wallet, 'state', 'all its totals are zero');
   return 0;
 }
 
@@ -171,17 +176,22 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
  * mistyped namespace or name reads as an empty wallet. `consequence` describes
  * what the command's output shows for such a wallet.
  */
-async function warnWithoutRecords(ledger: RedisLedger, wallet: WalletKey, consequence: string): Promise<void> {
-  if (await hasRecords(ledger, wallet)) return;
-  console.error(
-    `warning: wallet ${wallet.namespace}/${wallet.name} has no records in this Redis ledger, so ${consequence}. ` +
-      "Check the namespace and name, and that the Redis URL points at the ledger's Redis.",
+async function warnWithoutRecords(ledger: RedisLedger, wallet: WalletKey, command: Command, consequence: string): Promise<void> {
+  if (await hasRecords(ledger, wallet, command)) return;
+  console.error(`warning: ${withoutRecords(wallet, consequence)}`);
+}
+
+function withoutRecords(wallet: WalletKey, consequence: string): string {
+  return (
+    `wallet ${wallet.namespace}/${wallet.name} has no records in this Redis ledger, so ${consequence}. ` +
+    "Check the namespace and name, and that the Redis URL points at the ledger's Redis."
   );
 }
 
-async function hasRecords(ledger: RedisLedger, wallet: WalletKey): Promise<boolean> {
+/** Returns whether Redis contains any key of the wallet; errors name `command`, the command that the user ran. */
+async function hasRecords(ledger: RedisLedger, wallet: WalletKey, command: Command): Promise<boolean> {
   try {
-    return await ledger.hasRecords(wallet);
+    return await ledger.hasRecords(wallet, command);
   } catch (error) {
     throw new Error(`failed to check whether wallet ${wallet.namespace}/${wallet.name} has records in Redis: ${(error as Error).message}`, { cause: error });
   }
@@ -192,9 +202,19 @@ function isZeroState(state: WalletState): boolean {
   return amounts.every((amount) => amount === 0n) && state.holds === 0 && !state.closed;
 }
 
-/** Prints the result of replaying the wallet's entries. A wallet without records also gets the warning of printState. */
+/**
+ * Prints the result of replaying the wallet's entries. A wallet without any
+ * key in Redis fails with an error on standard error instead, because its
+ * empty replay would pass.
+ */
 async function printVerify(ledger: RedisLedger, wallet: WalletKey): Promise<number> {
   const result = await ledger.verify(wallet);
+  // A checkpoint or any entry proves that the wallet has keys, so only an empty replay needs the extra check.
+  if (result.entries === 0 && result.checkpoint === undefined && !(await hasRecords(ledger, wallet, 'verify'))) {
+    console.error(`tollgate: ${withoutRecords(wallet, 'there is nothing to verify')}`);
+    return 1;
+  }
+
   const folded = result.checkpoint
     ? ` (${result.checkpoint.entries} from the checkpoint through ${result.checkpoint.lastId}, ${result.entries - result.checkpoint.entries} from the stream)`
     : '';
@@ -204,9 +224,6 @@ async function printVerify(ledger: RedisLedger, wallet: WalletKey): Promise<numb
   );
   for (const problem of result.problems) console.log(`problem: ${problem}`);
   console.log(result.ok ? 'ok: balance = grants - debits - expired' : 'FAILED: the stored totals do not match the entry stream');
-
-  // A checkpoint or any entry proves that the wallet has keys.
-  if (result.entries === 0 && result.checkpoint === undefined) await warnWithoutRecords(ledger, wallet, 'there was nothing to replay');
   return result.ok ? 0 : 1;
 }
 
@@ -221,7 +238,7 @@ async function exportEntries(ledger: RedisLedger, wallet: WalletKey, options: En
   let count = 0;
   let first: string | undefined;
   let last: string | undefined;
-  for await (const entry of ledger.entries(wallet, options)) {
+  for await (const entry of ledger.entries(wallet, options, 'export')) {
     if (!process.stdout.write(`${JSON.stringify(entry)}\n`)) await once(process.stdout, 'drain');
     count += 1;
     first ??= entry.id;
@@ -229,7 +246,7 @@ async function exportEntries(ledger: RedisLedger, wallet: WalletKey, options: En
   }
   console.error(count === 0 ? 'exported 0 entries' : `exported ${countOf(count, 'entry', 'entries')}, ${first} through ${last}`);
 
-  if (count === 0) await warnWithoutRecords(ledger, wallet, 'it has no entries to export');
+  if (count === 0) await warnWithoutRecords(ledger, wallet, 'export', 'it has no entries to export');
   return 0;
 }
 
@@ -237,7 +254,7 @@ async function exportEntries(ledger: RedisLedger, wallet: WalletKey, options: En
 async function warnOfFoldedStart(ledger: RedisLedger, wallet: WalletKey, options: EntriesOptions): Promise<void> {
   const start = options.from ?? options.after;
   if (start === undefined) return;
-  const end = await ledger.checkpointEnd(wallet);
+  const end = await ledger.checkpointEnd(wallet, 'export');
   if (end === undefined || compareEntryIds(start, end) >= (options.after === undefined ? 1 : 0)) return;
   console.error(
     `warning: the entries of wallet ${wallet.namespace}/${wallet.name} through ${end} were folded into its checkpoint by ledger compact ` +

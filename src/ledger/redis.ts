@@ -446,16 +446,22 @@ export class RedisLedger implements Ledger {
    * Returns whether Redis contains any key of the wallet, its checkpoint
    * included. A wallet without keys has all-zero totals, like an empty one,
    * so tools use this to tell a mistyped name from an unused wallet.
+   * `operation` names the call in error messages, such as the command that
+   * made it.
    */
-  async hasRecords(wallet: WalletKey): Promise<boolean> {
+  async hasRecords(wallet: WalletKey, operation = 'state'): Promise<boolean> {
     // All of a wallet's keys share its hash tag, so one EXISTS covers them, on a Cluster too.
-    const count = await this.#call(wallet, 'state', () => this.#client.exists(...checkpointKeys(wallet)));
+    const count = await this.#call(wallet, operation, () => this.#client.exists(...checkpointKeys(wallet)));
     return count > 0;
   }
 
-  /** Returns the id of the last entry that compaction folded into the wallet's checkpoint, or undefined without a checkpoint. */
-  async checkpointEnd(wallet: WalletKey): Promise<string | undefined> {
-    return this.#checkpointEnd(wallet, 'state');
+  /**
+   * Returns the id of the last entry that compaction folded into the wallet's
+   * checkpoint, or undefined without a checkpoint. `operation` names the call
+   * in error messages.
+   */
+  async checkpointEnd(wallet: WalletKey, operation = 'state'): Promise<string | undefined> {
+    return this.#checkpointEnd(wallet, operation);
   }
 
   async close(wallet: WalletKey): Promise<void> {
@@ -504,12 +510,13 @@ export class RedisLedger implements Ledger {
     }
   }
 
-  async *entries(wallet: WalletKey, options: EntriesOptions = {}): AsyncIterable<LedgerEntry> {
+  /** `operation` names the reads in error messages, such as the command that exports the entries. */
+  async *entries(wallet: WalletKey, options: EntriesOptions = {}, operation = 'entries'): AsyncIterable<LedgerEntry> {
     const { start, end, pageSize } = entryRange(options);
     const logKey = cachedWalletKeys(wallet)[4]!;
     let from = start;
     for (;;) {
-      const page = await this.#call(wallet, 'entries', () => this.#client.xrange(logKey, from, end, 'COUNT', pageSize));
+      const page = await this.#call(wallet, operation, () => this.#client.xrange(logKey, from, end, 'COUNT', pageSize));
       for (const [id, flat] of page) yield { id, fields: fieldsOf(flat) };
       if (page.length < pageSize) return;
       from = `(${page[page.length - 1]![0]}`;
