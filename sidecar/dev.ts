@@ -1,3 +1,4 @@
+import type { ConnectionOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { loadManifests, type ResourceSet } from '../src/config/manifests.ts';
@@ -21,6 +22,8 @@ export interface DevOptions {
   port: number;
   /** Redis URL of the ledger; the in-memory ledger when undefined. */
   redisUrl: string | undefined;
+  /** TLS settings of the Redis connection, such as a private CA (see loadRedisTls); Node.js's defaults when undefined. */
+  redisTls?: ConnectionOptions | undefined;
   /** The wallet that pays when a request names none ("namespace/name" or "name"). */
   wallet: string | undefined;
   /** How long the ledger keeps settled requests, in milliseconds; the ledger's default (7 days) when undefined. */
@@ -118,7 +121,7 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   };
   const ledgerOptions = options.settledRetentionMs === undefined ? {} : { settledRetentionMs: options.settledRetentionMs };
   const ledger: Ledger = options.redisUrl
-    ? new RedisLedger(options.redisUrl, { ...ledgerOptions, timeoutMs: options.ledgerTimeoutMs, logger: log })
+    ? new RedisLedger(options.redisUrl, { ...ledgerOptions, timeoutMs: options.ledgerTimeoutMs, tls: options.redisTls, logger: log })
     : new MemoryLedger({ ...ledgerOptions, maxLogEntries: DEV_MAX_LOG_ENTRIES });
   opened.push(() => ledger.quit());
   // Grants added to the manifests while it runs are credited before the new configuration serves.

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import { DEFAULT_LEDGER_TIMEOUT_MS, parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
+import { loadRedisTls, REDIS_TLS_ENV, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
@@ -88,6 +89,11 @@ export function walletLabel(env: NodeJS.ProcessEnv): boolean {
   return parseWalletLabel(env.TOLLGATE_WALLET_LABEL, 'TOLLGATE_WALLET_LABEL');
 }
 
+/** The Redis TLS files from TOLLGATE_REDIS_CA_FILE, TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE, which the webhook sets. */
+export function redisTlsFiles(env: NodeJS.ProcessEnv): RedisTlsFiles {
+  return { caFile: env[REDIS_TLS_ENV.caFile], certFile: env[REDIS_TLS_ENV.certFile], keyFile: env[REDIS_TLS_ENV.keyFile] };
+}
+
 /** Runs the sidecar in a pod: configuration from the operator, the Redis ledger, credentials from files. */
 export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const log = createLogger('tollgate-sidecar');
@@ -100,10 +106,12 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const defaultMaxToolUses = maxToolUses(env);
   const labelWallets = walletLabel(env);
   const timeoutMs = ledgerTimeout(env);
+  const redisUrl = required(env, 'TOLLGATE_REDIS_URL');
+  const tls = loadRedisTls(redisUrl, redisTlsFiles(env), REDIS_TLS_ENV);
 
   const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
   const settledRetentionMs = settledRetention(env) ?? DEFAULT_SETTLED_RETENTION_MS;
-  const ledger = new RedisLedger(required(env, 'TOLLGATE_REDIS_URL'), { settledRetentionMs, timeoutMs, logger: log });
+  const ledger = new RedisLedger(redisUrl, { settledRetentionMs, timeoutMs, tls, logger: log });
   const metrics = createSidecarMetrics();
   const sidecar = createSidecar(
     config,

@@ -242,7 +242,7 @@ describe('RedisLedger from a redis+cluster:// URL', () => {
       expect((error as Error).message).toMatch(
         new RegExp(
           `^ledger state for wallet url-seeds/app failed because the Redis Cluster at seeds 127\\.0\\.0\\.1:${first}, 127\\.0\\.0\\.1:${second} is unavailable: ` +
-            `no cluster node answered \\(last tried 127\\.0\\.0\\.1:(${first}|${second}): Connection is closed\\)\\. ` +
+            `no cluster node answered \\(last tried 127\\.0\\.0\\.1:(${first}|${second}): connect ECONNREFUSED 127\\.0\\.0\\.1:\\1\\)\\. ` +
             'Check that Redis is running and reachable there\\.$',
         ),
       );
@@ -487,7 +487,7 @@ describe('RedisLedger on a Redis Cluster whose masters fail', () => {
       expect(error).toBeInstanceOf(LedgerUnavailableError);
       expect((error as Error).message).toBe(
         `ledger state for wallet outage-all/app failed because the Redis Cluster at seed 127.0.0.1:${seedPort} is unavailable: ` +
-          `no cluster node answered (last tried 127.0.0.1:${seedPort}: Connection is closed). Check that Redis is running and reachable there.`,
+          `no cluster node answered (last tried 127.0.0.1:${seedPort}: connect ECONNREFUSED 127.0.0.1:${seedPort}). Check that Redis is running and reachable there.`,
       );
 
       for (const node of cluster.nodes) await cluster.restartNode(node.port);

@@ -1,8 +1,10 @@
 import { once } from 'node:events';
+import type { ConnectionOptions } from 'node:tls';
 import { parseArgs } from 'node:util';
 import { compareEntryIds, validateEntryId, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
 import { parseRedisUrl } from '../ledger/redis-connect.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, type RedisTlsFiles, type RedisTlsSettingNames } from '../ledger/redis-tls.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
 
@@ -20,7 +22,14 @@ Commands:
 
 Options:
   --redis URL        Redis ledger URL (default: TOLLGATE_REDIS_URL): redis://HOST:PORT,
-                     or redis+cluster://HOST:PORT for a Redis Cluster
+                     or redis+cluster://HOST:PORT for a Redis Cluster (rediss:// and
+                     rediss+cluster:// with TLS)
+  --redis-ca FILE    PEM file of the CA that signed the Redis server's TLS certificate
+                     (default: TOLLGATE_REDIS_CA_FILE)
+  --redis-cert FILE  PEM file of a client certificate, with --redis-key
+                     (default: TOLLGATE_REDIS_CERT_FILE)
+  --redis-key FILE   PEM file of the client certificate's private key
+                     (default: TOLLGATE_REDIS_KEY_FILE)
   --wallet NS/NAME   The wallet
   --before WHEN      compact (required) and export: only entries older than WHEN, an age
                      such as 30d or 12h, or a time such as 2025-06-01T00:00:00Z
@@ -41,6 +50,25 @@ interface LedgerCommandOptions {
   pageSize: string | undefined;
 }
 
+/**
+ * The Redis TLS files from the options, or from the environment for those
+ * not given, each named in errors as the user set it.
+ */
+function tlsSettings(values: Record<string, unknown>): [RedisTlsFiles, RedisTlsSettingNames] {
+  const files: RedisTlsFiles = {};
+  const names: RedisTlsSettingNames = { ...REDIS_TLS_OPTIONS };
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const option = values[REDIS_TLS_OPTIONS[key].slice(2)];
+    if (typeof option === 'string') {
+      files[key] = option;
+    } else {
+      files[key] = process.env[REDIS_TLS_ENV[key]];
+      names[key] = REDIS_TLS_ENV[key];
+    }
+  }
+  return [files, names];
+}
+
 /** Runs `tollgate ledger ...` and returns the process exit code. */
 export async function runLedgerCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -48,6 +76,9 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       redis: { type: 'string', default: process.env.TOLLGATE_REDIS_URL },
+      'redis-ca': { type: 'string' },
+      'redis-cert': { type: 'string' },
+      'redis-key': { type: 'string' },
       wallet: { type: 'string' },
       before: { type: 'string' },
       from: { type: 'string' },
@@ -82,8 +113,10 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     return 2;
   }
 
+  let tls: ConnectionOptions | undefined;
   try {
     parseRedisUrl(values.redis);
+    tls = loadRedisTls(values.redis, ...tlsSettings(values));
   } catch (error) {
     console.error(`${(error as Error).message}\n\n${LEDGER_USAGE}`);
     return 2;
@@ -91,7 +124,7 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
 
   const [namespace = '', name = ''] = values.wallet.split('/');
   const wallet = { namespace, name };
-  const ledger = new RedisLedger(values.redis);
+  const ledger = new RedisLedger(values.redis, { tls });
   try {
     switch (action as Command) {
       case 'state':

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import type { ConnectionOptions } from 'node:tls';
 
 const USAGE = `Usage: tollgate <command> [options]
 
@@ -20,7 +21,12 @@ Options:
   --port PORT        Port to listen on (default: 8787; 0 picks a free port)
   --redis URL        Use the Redis ledger at URL instead of the in-memory ledger:
                      redis://HOST:PORT, or redis+cluster://HOST:PORT for a
-                     Redis Cluster
+                     Redis Cluster (rediss:// and rediss+cluster:// with TLS)
+  --redis-ca FILE    PEM file of the CA that signed the Redis server's TLS
+                     certificate, when it is not one Node.js trusts already
+  --redis-cert FILE  PEM file of the client certificate, for a Redis server
+                     that asks for one (with --redis-key)
+  --redis-key FILE   PEM file of the client certificate's private key
   --wallet NAME      Wallet that pays when a request names none, as NAMESPACE/NAME or NAME
   --ledger-retention DURATION
                      How long the ledger keeps settled requests, so that a retry
@@ -52,7 +58,10 @@ sets its environment:
   TOLLGATE_NAMESPACE         Namespace of the pod and its wallets (required)
   TOLLGATE_CONFIG_URL        The operator's snapshot server, such as http://tollgate.tollgate-system.svc:8080 (required)
   TOLLGATE_REDIS_URL         Redis ledger URL, redis://host:port (required);
-                             redis+cluster://host:port for a Redis Cluster
+                             redis+cluster://host:port for a Redis Cluster, rediss:// and rediss+cluster:// with TLS
+  TOLLGATE_REDIS_CA_FILE     PEM file of the CA that signed the Redis server's TLS certificate
+  TOLLGATE_REDIS_CERT_FILE   PEM file of a client certificate for Redis, with TOLLGATE_REDIS_KEY_FILE
+  TOLLGATE_REDIS_KEY_FILE    PEM file of that client certificate's private key
   TOLLGATE_WALLET            Wallet of the namespace that pays for the pod's calls
   TOLLGATE_CREDENTIALS_DIR   Folder of the mounted provider Secrets, <secret>/<key> (default /var/run/tollgate/credentials)
   TOLLGATE_LISTEN            Proxy address (default 127.0.0.1:8787)
@@ -115,6 +124,9 @@ async function dev(args: string[]): Promise<number> {
       host: { type: 'string', default: '127.0.0.1' },
       port: { type: 'string', default: '8787' },
       redis: { type: 'string' },
+      'redis-ca': { type: 'string' },
+      'redis-cert': { type: 'string' },
+      'redis-key': { type: 'string' },
       wallet: { type: 'string' },
       'ledger-retention': { type: 'string' },
       'ledger-timeout': { type: 'string' },
@@ -136,11 +148,18 @@ async function dev(args: string[]): Promise<number> {
   }
   let settledRetentionMs: number | undefined;
   let ledgerTimeoutMs: number | undefined;
+  let redisTls: ConnectionOptions | undefined;
   const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
   const { parseLedgerTimeout } = await import('../ledger/redis.ts');
   const { parseRedisUrl } = await import('../ledger/redis-connect.ts');
+  const { loadRedisTls, REDIS_TLS_OPTIONS } = await import('../ledger/redis-tls.ts');
   try {
     if (values.redis !== undefined) parseRedisUrl(values.redis);
+    const tlsFiles = { caFile: values['redis-ca'], certFile: values['redis-cert'], keyFile: values['redis-key'] };
+    if (values.redis === undefined && Object.values(tlsFiles).some((file) => file !== undefined)) {
+      throw new RangeError('--redis-ca, --redis-cert and --redis-key apply to the Redis ledger; give --redis rediss://HOST:PORT too, or remove them');
+    }
+    if (values.redis !== undefined) redisTls = loadRedisTls(values.redis, tlsFiles, REDIS_TLS_OPTIONS);
     if (values['ledger-retention'] !== undefined) {
       settledRetentionMs = parseDurationMs(values['ledger-retention'], '--ledger-retention');
       validateSettledRetention(settledRetentionMs);
@@ -173,6 +192,7 @@ async function dev(args: string[]): Promise<number> {
       host: values.host,
       port,
       redisUrl: values.redis,
+      redisTls,
       wallet: values.wallet,
       settledRetentionMs,
       ledgerTimeoutMs,

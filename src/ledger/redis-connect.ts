@@ -159,6 +159,19 @@ function openCluster(target: RedisClusterTarget, redisOptions: RedisOptions): Cl
   }
 
   const cluster = new Cluster(target.seeds, options);
+  // ioredis asks a node for CLUSTER SLOTS on a copy of its connection, drops that copy's errors and reports only
+  // "Connection is closed.". The copy's own error, such as an untrusted TLS certificate, goes on as a 'node error'.
+  // Nodes join the pool after construction, once the seeds' host names are resolved, so this listener sees every one.
+  cluster.on('+node', (node: Redis) => {
+    // The key by which ioredis names the node in its own 'node error' events.
+    const key = `${node.options.host}:${node.options.port}`;
+    const duplicate = node.duplicate.bind(node);
+    node.duplicate = ((...args: Parameters<Redis['duplicate']>) => {
+      const copy = duplicate(...args);
+      copy.on('error', (error: Error) => cluster.emit('node error', error, key));
+      return copy;
+    }) as Redis['duplicate'];
+  });
   cluster.on('connect', () => {
     connected = true;
   });

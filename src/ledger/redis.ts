@@ -32,9 +32,13 @@
  */
 
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster, ReplyError } from 'ioredis';
 import type { RedisOptions } from 'ioredis';
 import { openRedisClient } from './redis-connect.ts';
+import { usesTls } from './redis-tls.ts';
 
 import type {
   Checkpoint,
@@ -206,6 +210,12 @@ export interface RedisLedgerOptions {
    */
   redisOptions?: RedisOptions;
   /**
+   * TLS settings for the connection the ledger opens from a `rediss://` or
+   * `rediss+cluster://` URL, such as a private CA or a client certificate,
+   * from loadRedisTls (redis-tls.ts). A cluster uses them for every node.
+   */
+  tls?: ConnectionOptions | undefined;
+  /**
    * How long an operation waits for Redis, in milliseconds, before it fails
    * with LedgerTimeoutError; default DEFAULT_LEDGER_TIMEOUT_MS (2 s), 0 for no
    * limit. A stalled server (a paused process, a slow fork for persistence, a
@@ -270,9 +280,13 @@ export class RedisLedger implements Ledger {
         // ioredis sends the commands of a lost connection again on the next one, where a reserve would find its own
         // hold and look like a repeated request. With a timeout, each such call fails at its deadline instead.
         ...(this.#timeoutMs === 0 ? {} : { autoResendUnfulfilledCommands: false }),
+        ...(options.tls === undefined ? {} : { tls: options.tls }),
         ...options.redisOptions,
       });
-      this.#connection = watchConnection(opened.client, opened.address, options.logger);
+      this.#connection = watchConnection(opened.client, opened.address, options.logger, {
+        tls: usesTls(client),
+        clientCertificate: options.tls?.cert !== undefined,
+      });
       this.#client = opened.client;
       this.#ownsClient = true;
       if (opened.client instanceof Redis && options.redisOptions?.enableOfflineQueue === undefined) failFastOnceReady(opened.client);
@@ -638,7 +652,8 @@ export class RedisLedger implements Ledger {
       }
       this.#silentSinceMs = undefined;
       const reason = this.#client instanceof Cluster ? describeRedirections(this.#client, wallet, error) : undefined;
-      throw asLedgerError(error, operation, wallet, this.#address(), reason ?? this.#connection?.lastError);
+      const down = reason === undefined ? this.#connection : undefined;
+      throw asLedgerError(error, operation, wallet, this.#address(), reason ?? down?.lastError, down?.lastAdvice);
     }
   }
 
@@ -662,10 +677,20 @@ export class RedisLedger implements Ledger {
     return new LedgerTimeoutError(
       `ledger ${operation} for wallet ${walletId(wallet)} got no answer from ${this.#address()}${this.#slotOf(wallet)} within ${error.ms} ms` +
         (down === undefined ? '' : ` (connection: ${down.replace(/\.+$/, '')})`) +
-        '. Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ' +
+        (this.#inTlsHandshake()
+          ? ". The connection's TLS handshake has not completed: check that this port serves TLS (redis-server's tls-port), " +
+            'or use a redis:// URL for a port without TLS; '
+          : '. Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ') +
         'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent)',
       { cause: error },
     );
+  }
+
+  /** Whether the ledger's own single-server connection is connected over TCP but waits for the server's side of the TLS handshake. */
+  #inTlsHandshake(): boolean {
+    if (!this.#ownsClient || !(this.#client instanceof Redis) || this.#client.status !== 'connecting') return false;
+    const stream = this.#client.stream as Socket | undefined;
+    return stream instanceof TLSSocket && !stream.connecting && !stream.destroyed;
   }
 
   /** Names the wallet's slot and the master the client knows for it, such as " (slot 1234, master 10.0.0.5:6379)", on a Cluster only. */
@@ -693,6 +718,8 @@ interface WatchedConnection {
    * ready again and undefined otherwise.
    */
   lastError: string | undefined;
+  /** What to check for that error, when it points to a TLS setting (see connectionAdvice); undefined otherwise. */
+  lastAdvice: string | undefined;
   /** The cluster's name for messages, such as "the Redis Cluster at seed 10.0.0.5:6379"; undefined for one server. */
   address: string | undefined;
 }
@@ -705,12 +732,18 @@ interface WatchedConnection {
  * LedgerUnavailableError. A Cluster counts as lost when no node responds to
  * CLUSTER SLOTS. A single master that fails does not end its 'ready' state.
  */
-function watchConnection(client: Redis | Cluster, address: string | undefined, logger: ConnectionLogger | undefined): WatchedConnection {
-  const connection: WatchedConnection = { lastError: undefined, address };
+function watchConnection(
+  client: Redis | Cluster,
+  address: string | undefined,
+  logger: ConnectionLogger | undefined,
+  security: ConnectionSecurity,
+): WatchedConnection {
+  const connection: WatchedConnection = { lastError: undefined, lastAdvice: undefined, address };
   const cluster = client instanceof Cluster ? (address ?? 'the Redis Cluster') : undefined;
   const lost = (error: Error, reason: string) => {
     const failing = connection.lastError !== undefined;
     connection.lastError = reason;
+    connection.lastAdvice = connectionAdvice(error, security);
     if (failing) return;
     const message = cluster === undefined ? 'ledger lost its Redis connection' : `ledger lost its connection to ${cluster}`;
     logger?.warn({ err: error }, `${message}; ledger operations fail until it reconnects`);
@@ -719,16 +752,22 @@ function watchConnection(client: Redis | Cluster, address: string | undefined, l
   if (client instanceof Cluster) {
     // ioredis reports each node that fails to answer CLUSTER SLOTS as a 'node error' just before it gives up on all of them.
     let lastNode: string | undefined;
+    let lastNodeError: Error | undefined;
     client.on('node error', (error: Error, node: string) => {
+      // A node whose connection failed also fails its CLUSTER SLOTS with "Connection is closed.", which would hide the cause, such as a TLS error.
+      if (error.message === CONNECTION_CLOSED && lastNode?.startsWith(`${node}: `)) return;
       lastNode = `${node}: ${describeConnectionError(error).replace(/\.+$/, '')}`;
+      lastNodeError = error;
     });
-    client.on('error', (error: Error) => lost(error, describeClusterError(error, lastNode)));
+    // The advice follows the node's error, because the cluster's own ("Failed to refresh slots cache") says nothing.
+    client.on('error', (error: Error) => lost('lastNodeError' in error ? (lastNodeError ?? error) : error, describeClusterError(error, lastNode)));
   } else {
     client.on('error', (error: Error) => lost(error, describeConnectionError(error)));
   }
   client.on('ready', () => {
     if (connection.lastError === undefined) return;
     connection.lastError = undefined;
+    connection.lastAdvice = undefined;
     logger?.info({}, `ledger reconnected to ${cluster ?? 'Redis'}`);
   });
   return connection;
@@ -765,6 +804,9 @@ function describeClusterError(error: Error, lastNode: string | undefined): strin
  * messages of its inner errors.
  */
 export function describeConnectionError(error: Error): string {
+  // OpenSSL's message spans lines and names its source files; its reason, such as "tlsv1 alert unknown ca", is the part that helps.
+  const { library, reason } = error as Error & { library?: unknown; reason?: unknown };
+  if (library === 'SSL routines' && typeof reason === 'string' && reason !== '') return `TLS error: ${reason}`;
   if (error.message !== '') return error.message;
   if (error instanceof AggregateError) {
     const messages = error.errors.map((inner: unknown) => (inner instanceof Error ? inner.message : String(inner))).filter((message) => message !== '');
@@ -772,6 +814,75 @@ export function describeConnectionError(error: Error): string {
   }
   const code = (error as NodeJS.ErrnoException).code;
   return code ?? error.name;
+}
+
+/** ioredis's message for a command on a connection that closed. */
+const CONNECTION_CLOSED = 'Connection is closed.';
+
+/** Whether the ledger's own connection uses TLS, and with a client certificate; for connectionAdvice. */
+interface ConnectionSecurity {
+  tls: boolean;
+  clientCertificate: boolean;
+}
+
+/** Codes of Node.js's errors for a server certificate that it could not verify or that names another host. */
+const UNTRUSTED_CERTIFICATE_CODES = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** Codes of OpenSSL alerts by which the server refused the client's certificate, or the lack of one. */
+const REFUSED_CLIENT_CERTIFICATE_CODES = new Set([
+  'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA',
+  'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED',
+  'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
+]);
+
+const CA_SETTING = 'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line)';
+const CLIENT_CERTIFICATE_SETTINGS =
+  'TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE (--redis-cert and --redis-key on the command line)';
+
+/**
+ * Returns what to check when a connection error points to a TLS setting,
+ * or undefined. A connection that the server resets at once can mean a TLS
+ * port reached without TLS, or a server that wants a client certificate
+ * (redis-server's `tls-auth-clients`, on by default), so the advice for a
+ * reset depends on what the ledger's connection uses.
+ */
+export function connectionAdvice(error: Error, security: ConnectionSecurity): string | undefined {
+  const code = (error as NodeJS.ErrnoException).code ?? '';
+  if (UNTRUSTED_CERTIFICATE_CODES.has(code)) {
+    return (
+      "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
+      `${CA_SETTING}, and check that the certificate names the host in the Redis URL.`
+    );
+  }
+  if (REFUSED_CLIENT_CERTIFICATE_CODES.has(code)) {
+    return security.clientCertificate
+      ? "Redis refused the ledger's client certificate: check that a CA in redis-server's tls-ca-cert-file signed the " +
+          `certificate in ${CLIENT_CERTIFICATE_SETTINGS}, and that it has not expired.`
+      : `Redis asks for a client certificate: give one in ${CLIENT_CERTIFICATE_SETTINGS}.`;
+  }
+  if (code !== 'ECONNRESET' && code !== 'EPIPE') return undefined;
+  if (!security.tls) {
+    return 'Check that Redis is running and reachable there. If that port serves TLS (redis-server\'s tls-port), use a rediss:// URL.';
+  }
+  if (!security.clientCertificate) {
+    return (
+      'Check that Redis is running and reachable there. If it asks for client certificates (redis-server\'s tls-auth-clients), ' +
+      `give one in ${CLIENT_CERTIFICATE_SETTINGS}.`
+    );
+  }
+  return undefined;
 }
 
 /**
@@ -945,7 +1056,14 @@ function parseReserveReply(reply: string[]): ReserveResult {
  * down. It replaces the client's own reason, such as "Reached the max retries
  * per request limit", which does not say why the connection failed.
  */
-function asLedgerError(error: unknown, operation: string, wallet: WalletKey, address: string, connectionError: string | undefined): unknown {
+function asLedgerError(
+  error: unknown,
+  operation: string,
+  wallet: WalletKey,
+  address: string,
+  connectionError: string | undefined,
+  advice?: string | undefined,
+): unknown {
   const isReply = error instanceof ReplyError;
   const message = error instanceof Error ? error.message : String(error);
   if (isReply && CREDENTIALS_REPLY.test(message)) {
@@ -976,10 +1094,11 @@ function asLedgerError(error: unknown, operation: string, wallet: WalletKey, add
   const clientReason = message
     .replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '')
     .replace(/^Stream isn't writeable and enableOfflineQueue options is false$/, 'the connection is down and the client is reconnecting');
-  const reason = (!isReply && connectionError !== undefined ? connectionError : clientReason).replace(/\.+$/, '');
+  const fromConnection = !isReply && connectionError !== undefined;
+  const reason = (fromConnection ? connectionError : clientReason).replace(/\.+$/, '');
   return new LedgerUnavailableError(
     `ledger ${operation} for wallet ${walletId(wallet)} failed because ${address} is unavailable: ${reason}. ` +
-      'Check that Redis is running and reachable there.',
+      ((fromConnection ? advice : undefined) ?? 'Check that Redis is running and reachable there.'),
     { cause: error },
   );
 }

@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { findFreePorts, sleep, stopProcess, trackChild } from './processes.ts';
+import type { RedisServerTls } from './redis.ts';
 
 export interface StartRedisClusterOptions {
   /** Number of masters, at least 3 (the minimum `redis-cli --cluster create` accepts). */
@@ -22,6 +23,13 @@ export interface StartRedisClusterOptions {
   replicas?: number;
   /** How long to wait for each step (node start, cluster create, `cluster_state:ok`), in milliseconds (default 20000). */
   timeoutMs?: number;
+  /**
+   * Also serves TLS on a further port of each node, and runs the cluster
+   * bus over TLS (`tls-cluster yes`). Clients over TLS learn the nodes'
+   * TLS ports from CLUSTER SLOTS, clients without TLS the plain ports,
+   * which the start-up checks and `redis-cli --cluster create` use.
+   */
+  tls?: RedisServerTls;
 }
 
 export interface ClusterNodeAddress {
@@ -34,6 +42,8 @@ export interface RunningRedisCluster {
   nodes: ClusterNodeAddress[];
   /** The replicas' client addresses, in the order they were started; empty without replicas. */
   replicas: ClusterNodeAddress[];
+  /** The masters' TLS addresses, in the order of `nodes`; empty without `tls`. */
+  tlsNodes: ClusterNodeAddress[];
   /** Stops every node (SIGTERM, then SIGKILL after 10 s) and deletes the temporary directories. Calling it twice is safe. */
   stop(): Promise<void>;
   /**
@@ -57,6 +67,8 @@ const INSTALL_HINT = 'Install both with `apt-get install redis-server`, which sh
 interface StartedNode {
   port: number;
   busPort: number;
+  /** The TLS port, or undefined without TLS. */
+  tlsPort: number | undefined;
   dir: string;
   child: ChildProcess;
 }
@@ -86,7 +98,7 @@ export async function startRedisCluster(options: StartRedisClusterOptions): Prom
 
   try {
     for (let i = 0; i < options.nodes * (1 + replicas); i += 1) {
-      started.push(await startNode(serverBinary, root, timeoutMs));
+      started.push(await startNode(serverBinary, root, timeoutMs, options.tls));
     }
     const ports = started.map((node) => node.port);
     await createCluster(cliBinary, ports, replicas, timeoutMs);
@@ -106,11 +118,13 @@ export async function startRedisCluster(options: StartRedisClusterOptions): Prom
     const restartNode = async (port: number) => {
       const node = nodeOn(port);
       if (node.child.exitCode === null && node.child.signalCode === null) throw new Error(`the node on port ${port} is still running; stop it first`);
-      node.child = await launch(serverBinary, node.port, node.busPort, node.dir, timeoutMs);
+      node.child = await launch(serverBinary, node, timeoutMs, options.tls);
     };
     const masters = await masterPorts(ports[0]!);
+    const masterNodes = started.filter((node) => masters.has(node.port));
     return {
-      nodes: ports.filter((port) => masters.has(port)).map((port) => ({ host: HOST, port })),
+      nodes: masterNodes.map((node) => ({ host: HOST, port: node.port })),
+      tlsNodes: masterNodes.filter((node) => node.tlsPort !== undefined).map((node) => ({ host: HOST, port: node.tlsPort! })),
       replicas: ports.filter((port) => !masters.has(port)).map((port) => ({ host: HOST, port })),
       stop,
       stopNode,
@@ -145,17 +159,18 @@ function findBinary(name: string, envVariable: string): string {
 }
 
 /** Starts one cluster-enabled node, retrying with new ports when another process took a probed one. */
-async function startNode(binary: string, root: string, timeoutMs: number): Promise<StartedNode> {
+async function startNode(binary: string, root: string, timeoutMs: number, tls: RedisServerTls | undefined): Promise<StartedNode> {
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt += 1) {
     // The cluster bus needs a second port. Setting it with `--cluster-port` avoids
     // the default of port + 10000, which another process may use or which may exceed 65535.
-    const [port, busPort] = await findFreePorts(2);
+    const [port, busPort, tlsPort] = await findFreePorts(tls === undefined ? 2 : 3);
     const dir = path.join(root, `node-${port}`);
     await mkdir(dir);
     try {
-      const child = await launch(binary, port!, busPort!, dir, timeoutMs);
-      return { port: port!, busPort: busPort!, dir, child };
+      const ports = { port: port!, busPort: busPort!, tlsPort, dir };
+      const child = await launch(binary, ports, timeoutMs, tls);
+      return { ...ports, child };
     } catch (error) {
       lastError = error as Error;
       await rm(dir, { recursive: true, force: true });
@@ -166,7 +181,12 @@ async function startNode(binary: string, root: string, timeoutMs: number): Promi
 }
 
 
-async function launch(binary: string, port: number, busPort: number, dir: string, timeoutMs: number): Promise<ChildProcess> {
+async function launch(
+  binary: string,
+  { port, busPort, tlsPort, dir }: Omit<StartedNode, 'child'>,
+  timeoutMs: number,
+  tls: RedisServerTls | undefined,
+): Promise<ChildProcess> {
   const args = [
     '--port', String(port),
     '--bind', HOST,
@@ -179,6 +199,16 @@ async function launch(binary: string, port: number, busPort: number, dir: string
     '--appendonly', 'no',
     '--daemonize', 'no',
     '--logfile', '',
+    ...(tls === undefined || tlsPort === undefined
+      ? []
+      : [
+          '--tls-port', String(tlsPort),
+          '--tls-cluster', 'yes',
+          '--tls-cert-file', tls.certFile,
+          '--tls-key-file', tls.keyFile,
+          '--tls-ca-cert-file', tls.caFile,
+          '--tls-auth-clients', tls.authClients === false ? 'no' : 'yes',
+        ]),
   ];
   const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   trackChild(child);

@@ -28,11 +28,27 @@ export interface StartRedisOptions {
   startTimeoutMs?: number;
   /** Port to listen on, for example the port of a stopped server that clients still point at; a free one by default. */
   port?: number;
+  /**
+   * Also listens for TLS on a second free port, with this certificate and
+   * key, and trusts client certificates signed by `caFile`. The plain port
+   * stays open for the start-up check and for tests that inspect the server.
+   */
+  tls?: RedisServerTls;
+}
+
+export interface RedisServerTls {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+  /** Whether clients must present a certificate (redis-server's `tls-auth-clients`); its default, true, when unset. */
+  authClients?: boolean;
 }
 
 export interface RunningRedis {
   url: string;
   port: number;
+  /** `rediss://127.0.0.1:<TLS port>` when started with `tls`, else undefined. */
+  tlsUrl: string | undefined;
   /** The data directory. */
   dir: string;
   /**
@@ -61,11 +77,13 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Runni
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < (options.port === undefined ? PORT_ATTEMPTS : 1); attempt += 1) {
     const port = options.port ?? (await findFreePort());
+    const tlsPort = options.tls === undefined ? undefined : await findFreePort();
     try {
-      const child = await launch(binary, port, dir, options);
+      const child = await launch(binary, port, dir, options, tlsPort);
       return {
         url: `redis://127.0.0.1:${port}`,
         port,
+        tlsUrl: tlsPort === undefined ? undefined : `rediss://127.0.0.1:${tlsPort}`,
         dir,
         pause: () => void child.kill('SIGSTOP'),
         resume: () => void child.kill('SIGCONT'),
@@ -109,7 +127,8 @@ function findRedisServer(): string {
 }
 
 
-async function launch(binary: string, port: number, dir: string, options: StartRedisOptions): Promise<ChildProcess> {
+async function launch(binary: string, port: number, dir: string, options: StartRedisOptions, tlsPort: number | undefined): Promise<ChildProcess> {
+  const tls = options.tls;
   const args = [
     '--port', String(port),
     '--bind', '127.0.0.1',
@@ -119,6 +138,15 @@ async function launch(binary: string, port: number, dir: string, options: StartR
     '--appendfsync', options.appendfsync ?? 'everysec',
     '--daemonize', 'no',
     '--logfile', '',
+    ...(tls === undefined || tlsPort === undefined
+      ? []
+      : [
+          '--tls-port', String(tlsPort),
+          '--tls-cert-file', tls.certFile,
+          '--tls-key-file', tls.keyFile,
+          '--tls-ca-cert-file', tls.caFile,
+          '--tls-auth-clients', tls.authClients === false ? 'no' : 'yes',
+        ]),
     ...(options.args ?? []),
   ];
   const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });

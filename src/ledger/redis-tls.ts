@@ -1,0 +1,148 @@
+/**
+ * TLS settings of the ledger's Redis connection, read from PEM files: a CA
+ * that signed the server's certificate, for servers whose certificate no
+ * public CA signed, and a client certificate with its private key, for
+ * servers that ask for one (redis-server's `tls-auth-clients`). Without a CA
+ * file, a `rediss://` connection checks the server against Node.js's
+ * built-in CA list.
+ *
+ * The files are read once, when the ledger is set up, and checked there, so
+ * that a wrong path or a key that does not fit its certificate stops the
+ * process at start with a message that names the setting, instead of
+ * failing each connection attempt later. A rotated certificate takes
+ * effect at the next start.
+ */
+
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
+import { parseRedisUrl, redactUrl } from './redis-connect.ts';
+
+/** Paths of PEM files; each undefined or '' when not set. */
+export interface RedisTlsFiles {
+  /** CA certificates that may have signed the server's certificate. */
+  caFile?: string | undefined;
+  /** The client's certificate (chain). */
+  certFile?: string | undefined;
+  /** The client certificate's private key. */
+  keyFile?: string | undefined;
+}
+
+/** The names of the settings in errors, such as `--redis-ca` or `TOLLGATE_REDIS_CA_FILE`. */
+export interface RedisTlsSettingNames {
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+}
+
+/** The command-line options for the files, which `tollgate dev`, `tollgate ledger` and the operator share. */
+export const REDIS_TLS_OPTIONS: RedisTlsSettingNames = { caFile: '--redis-ca', certFile: '--redis-cert', keyFile: '--redis-key' };
+
+/** The environment variables for the files, which the sidecar and the operator read. */
+export const REDIS_TLS_ENV: RedisTlsSettingNames = {
+  caFile: 'TOLLGATE_REDIS_CA_FILE',
+  certFile: 'TOLLGATE_REDIS_CERT_FILE',
+  keyFile: 'TOLLGATE_REDIS_KEY_FILE',
+};
+
+const PEM_CERTIFICATE = '-----BEGIN CERTIFICATE-----';
+const PEM_CERTIFICATE_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+const PEM_PRIVATE_KEY = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
+
+/**
+ * Reads and checks the TLS files for a ledger URL. Returns undefined when no
+ * file is set, else the options for Node.js's `tls.connect`, which the
+ * ledger passes to every connection, to each node of a cluster too. Throws
+ * a RangeError that names the setting and the fix when a file cannot be
+ * read or contains no PEM of its kind, when the certificate and the key are
+ * not given together or do not fit, or when the URL does not use TLS.
+ */
+export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsSettingNames): ConnectionOptions | undefined {
+  const caFile = files.caFile || undefined;
+  const certFile = files.certFile || undefined;
+  const keyFile = files.keyFile || undefined;
+  if (caFile === undefined && certFile === undefined && keyFile === undefined) return undefined;
+
+  if (!usesTls(url)) {
+    let firstSet = names.keyFile;
+    if (certFile !== undefined) firstSet = names.certFile;
+    if (caFile !== undefined) firstSet = names.caFile;
+    throw new RangeError(
+      `${firstSet} is set, but the Redis URL "${redactUrl(url)}" does not use TLS; ` +
+        `use a rediss:// or rediss+cluster:// URL, or remove ${firstSet}`,
+    );
+  }
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    const [given, missing] = certFile === undefined ? [names.keyFile, names.certFile] : [names.certFile, names.keyFile];
+    throw new RangeError(`${given} is set without ${missing}; a client certificate needs both its certificate file and its private key file`);
+  }
+
+  const options: ConnectionOptions = {};
+  if (caFile !== undefined) {
+    const ca = readPem(caFile, names.caFile, 'CA certificate');
+    checkCertificates(ca, caFile, names.caFile, 'the CA certificate');
+    options.ca = ca;
+  }
+  if (certFile !== undefined && keyFile !== undefined) {
+    const cert = readPem(certFile, names.certFile, 'client certificate');
+    checkCertificates(cert, certFile, names.certFile, 'the client certificate');
+    const key = readPem(keyFile, names.keyFile, 'private key');
+    if (!PEM_PRIVATE_KEY.test(key)) {
+      throw new RangeError(`${names.keyFile} "${keyFile}" contains no PEM private key (a "-----BEGIN PRIVATE KEY-----" block); give the client certificate's key in PEM format, unencrypted`);
+    }
+    options.cert = cert;
+    options.key = key;
+  }
+
+  try {
+    createSecureContext(options);
+  } catch (error) {
+    const files = [caFile, certFile, keyFile].filter((file) => file !== undefined).join(', ');
+    throw new RangeError(
+      `the Redis TLS files (${files}) cannot be used: ${(error as Error).message}; ` +
+        `check that ${names.certFile} and ${names.keyFile} belong together and that each file is valid PEM`,
+      { cause: error },
+    );
+  }
+  return options;
+}
+
+/** Returns whether a ledger URL connects with TLS: `rediss://` or `rediss+cluster://`. */
+export function usesTls(url: string): boolean {
+  const target = parseRedisUrl(url);
+  return target.kind === 'cluster' ? target.tls : /^rediss:\/\//i.test(target.url);
+}
+
+/**
+ * Parses each certificate block of a PEM file, because Node.js skips a CA
+ * block that it cannot parse, and the connection would then fail with an
+ * untrusted certificate instead of naming the file.
+ */
+function checkCertificates(pem: string, file: string, setting: string, what: string): void {
+  const blocks = pem.match(PEM_CERTIFICATE_BLOCK) ?? [];
+  if (blocks.length === 0) {
+    throw new RangeError(`${setting} "${file}" contains no PEM certificate (a "${PEM_CERTIFICATE}" block); give ${what} in PEM format`);
+  }
+  blocks.forEach((block, index) => {
+    try {
+      new X509Certificate(block);
+    } catch (error) {
+      throw new RangeError(
+        `${setting} "${file}": certificate ${index + 1} of ${blocks.length} cannot be parsed (${(error as Error).message}); give ${what} in PEM format`,
+        { cause: error },
+      );
+    }
+  });
+}
+
+function readPem(file: string, setting: string, what: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    throw new RangeError(`cannot read the ${what} file "${file}" given by ${setting} (${reason}); check the path and that the file is readable`, {
+      cause: error,
+    });
+  }
+}

@@ -1,0 +1,386 @@
+/**
+ * The ledger over TLS to real redis-server processes whose certificates a
+ * private CA signed, as cert-manager or a managed Redis service issues
+ * them: one server that asks for client certificates (redis-server's
+ * default), one that does not and whose certificate names another host, and
+ * a three-master cluster with TLS on its bus too. It covers the ledger
+ * itself, `tollgate dev` serving the official openai client, `tollgate
+ * ledger`, and the messages for each wrong or missing TLS setting.
+ */
+
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { LedgerTimeoutError, LedgerUnavailableError, type WalletKey } from '../src/ledger/ledger.ts';
+import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
+import { loadRedisTls, REDIS_TLS_OPTIONS, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
+import { startRedis, type RunningRedis } from './support/redis.ts';
+import { startRedisCluster, type RunningRedisCluster } from './support/redis-cluster.ts';
+import { createTestCertificates, type TestCertificates } from './support/tls.ts';
+
+const ROOT = path.join(import.meta.dirname, '..');
+const run = promisify(execFile);
+
+let certs: TestCertificates;
+/** A second CA, which signed neither server. */
+let other: TestCertificates;
+/** Asks for client certificates. */
+let redis: RunningRedis;
+
+beforeAll(async () => {
+  [certs, other] = await Promise.all([createTestCertificates(), createTestCertificates('other')]);
+  redis = await startRedis({ tls: { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile, caFile: certs.caFile } });
+});
+
+afterAll(async () => {
+  await redis?.stop();
+  await Promise.all([certs?.remove(), other?.remove()]);
+});
+
+const wallet: WalletKey = { namespace: 'tls', name: 'team' };
+const hold = { fixed: 0n, perUnit: 1000n, minUnits: 1, maxUnits: 10, ttlSeconds: 60, fingerprint: 'f' };
+const usage = { charged: 7000n, providerCost: 3000n, model: 'gpt-4o-mini', route: 'openai', tokens: { input: 4, output: 3 }, estimated: false };
+
+/** The full client setting: the private CA and a client certificate. */
+const clientFiles = (): RedisTlsFiles => ({ caFile: certs.caFile, certFile: certs.clientCertFile, keyFile: certs.clientKeyFile });
+
+function ledgerFor(url: string, files: RedisTlsFiles, timeoutMs = 2000): RedisLedger {
+  return new RedisLedger(url, { tls: loadRedisTls(url, files, REDIS_TLS_OPTIONS), timeoutMs });
+}
+
+/** Runs `fn` with a ledger and quits it afterwards. */
+async function withLedger<T>(ledger: RedisLedger, fn: (ledger: RedisLedger) => Promise<T>): Promise<T> {
+  try {
+    return await fn(ledger);
+  } finally {
+    await ledger.quit();
+  }
+}
+
+/** Returns the error of the first credit on a ledger whose connection cannot come up. */
+async function creditError(ledger: RedisLedger): Promise<Error> {
+  return withLedger(ledger, async (opened) => {
+    const error = await opened.credit(wallet, 'grant-1', 1n).then(
+      () => undefined,
+      (caught: unknown) => caught as Error,
+    );
+    if (error === undefined) throw new Error('the credit succeeded, but the connection should have failed');
+    return error;
+  });
+}
+
+describe('RedisLedger over TLS to one server', () => {
+  it('serves every step of a request with the private CA and a client certificate', async () => {
+    const tlsWallet = { namespace: 'tls', name: 'served' };
+    await withLedger(ledgerFor(redis.tlsUrl!, clientFiles()), async (ledger) => {
+      expect(await ledger.credit(tlsWallet, 'grant-1', 50_000n)).toEqual({ status: 'credited', replayed: false, balance: 50_000n, amount: 50_000n });
+      expect(await ledger.reserve(tlsWallet, 'req-1', hold)).toEqual({ status: 'reserved', amount: 10_000n, units: 10, replayed: false });
+      expect(await ledger.commit(tlsWallet, 'req-1', usage)).toEqual({ status: 'committed', charged: 7000n, released: 3000n, replayed: false });
+      expect(await ledger.state(tlsWallet)).toEqual({
+        granted: 50_000n,
+        spent: 7000n,
+        expired: 0n,
+        reserved: 0n,
+        balance: 43_000n,
+        available: 43_000n,
+        providerCost: 3000n,
+        holds: 0,
+        closed: false,
+      });
+      expect(await ledger.verify(tlsWallet)).toMatchObject({ ok: true, entries: 2 });
+    });
+  });
+
+  it('names the CA setting when the server certificate is not trusted', async () => {
+    const port = new URL(redis.tlsUrl!).port;
+    const advice =
+      "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
+      'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.';
+
+    // Node.js's built-in CA list does not include a private CA.
+    const withoutCa = await creditError(ledgerFor(redis.tlsUrl!, { certFile: certs.clientCertFile, keyFile: certs.clientKeyFile }));
+    expect(withoutCa).toBeInstanceOf(LedgerUnavailableError);
+    expect(withoutCa.message).toBe(
+      `ledger credit for wallet tls/team failed because Redis at 127.0.0.1:${port} is unavailable: self-signed certificate in certificate chain. ${advice}`,
+    );
+
+    const wrongCa = await creditError(ledgerFor(redis.tlsUrl!, { ...clientFiles(), caFile: other.caFile }));
+    expect(wrongCa.message).toBe(withoutCa.message);
+  });
+
+  it('says that the server asks for a client certificate', async () => {
+    const error = await creditError(ledgerFor(redis.tlsUrl!, { caFile: certs.caFile }));
+    expect(error).toBeInstanceOf(LedgerUnavailableError);
+    const port = new URL(redis.tlsUrl!).port;
+    // Under TLS 1.3 the client may write before the server's alert arrives, so it gets either the reset or the alert.
+    expect(error.message).toMatch(
+      new RegExp(
+        `^ledger credit for wallet tls/team failed because Redis at 127\\.0\\.0\\.1:${port} is unavailable: ` +
+          '(?:(?:read|write) ECONNRESET\\. Check that Redis is running and reachable there\\. If it asks for client certificates ' +
+          "\\(redis-server's tls-auth-clients\\), give one|TLS error: tlsv13 alert certificate required\\. Redis asks for a client certificate: give one) " +
+          'in TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE \\(--redis-cert and --redis-key on the command line\\)\\.$',
+      ),
+    );
+  });
+
+  it('says when the server refuses the client certificate', async () => {
+    const error = await creditError(ledgerFor(redis.tlsUrl!, { caFile: certs.caFile, certFile: other.clientCertFile, keyFile: other.clientKeyFile }));
+    expect(error).toBeInstanceOf(LedgerUnavailableError);
+    const port = new URL(redis.tlsUrl!).port;
+    expect(error.message).toMatch(
+      new RegExp(
+        `^ledger credit for wallet tls/team failed because Redis at 127\\.0\\.0\\.1:${port} is unavailable: ` +
+          '(?:TLS error: tlsv1 alert unknown ca\\. Redis refused the ledger\'s client certificate: check that a CA in ' +
+          "redis-server's tls-ca-cert-file signed the certificate in TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE " +
+          '\\(--redis-cert and --redis-key on the command line\\), and that it has not expired\\.' +
+          '|(?:read|write) ECONNRESET\\. Check that Redis is running and reachable there\\.)$',
+      ),
+    );
+  });
+
+  it('suggests rediss:// for a TLS port reached without TLS', async () => {
+    const plainUrl = redis.tlsUrl!.replace('rediss://', 'redis://');
+    const error = await creditError(new RedisLedger(plainUrl, { timeoutMs: 2000 }));
+    expect(error).toBeInstanceOf(LedgerUnavailableError);
+    expect(error.message).toMatch(
+      new RegExp(
+        `^ledger credit for wallet tls/team failed because Redis at 127\\.0\\.0\\.1:${new URL(plainUrl).port} is unavailable: ` +
+          "(?:read|write) ECONNRESET\\. Check that Redis is running and reachable there\\. If that port serves TLS \\(redis-server's tls-port\\), use a rediss:// URL\\.$",
+      ),
+    );
+  });
+
+  it('points at the handshake when a plain port is reached with TLS', async () => {
+    const url = `rediss://127.0.0.1:${redis.port}`;
+    const error = await creditError(ledgerFor(url, clientFiles(), 300));
+    expect(error).toBeInstanceOf(LedgerTimeoutError);
+    expect(error.message).toBe(
+      `ledger credit for wallet tls/team got no answer from Redis at 127.0.0.1:${redis.port} within 300 ms. ` +
+        "The connection's TLS handshake has not completed: check that this port serves TLS (redis-server's tls-port), " +
+        'or use a redis:// URL for a port without TLS; ' +
+        'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent)',
+    );
+  });
+});
+
+describe('RedisLedger over TLS to a server that names another host', () => {
+  let named: TestCertificates;
+  let namedRedis: RunningRedis;
+
+  beforeAll(async () => {
+    named = await createTestCertificates('named', 'DNS:redis.tollgate.svc');
+    namedRedis = await startRedis({ tls: { certFile: named.serverCertFile, keyFile: named.serverKeyFile, caFile: named.caFile, authClients: false } });
+  });
+
+  afterAll(async () => {
+    await namedRedis?.stop();
+    await named?.remove();
+  });
+
+  it('connects with the CA alone when the server asks for no client certificate', async () => {
+    // Node.js checks the certificate against the host that ioredis connects to; here only the CA is wrong or right.
+    const tlsUrl = namedRedis.tlsUrl!;
+    const error = await creditError(ledgerFor(tlsUrl, { caFile: named.caFile }));
+    expect(error.message).toBe(
+      `ledger credit for wallet tls/team failed because Redis at 127.0.0.1:${new URL(tlsUrl).port} is unavailable: ` +
+        "Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list: . " +
+        "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
+        'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.',
+    );
+  });
+});
+
+describe('tollgate dev and tollgate ledger over TLS', () => {
+  let manifests: string;
+
+  beforeAll(async () => {
+    manifests = await mkdtemp(path.join(os.tmpdir(), 'tollgate-tls-dev-'));
+    await writeFile(
+      path.join(manifests, 'resources.yaml'),
+      [
+        'apiVersion: tollgate.dev/v1alpha1\nkind: ProviderRoute\nmetadata: { name: openai }\nspec:\n  protocol: openai\n' +
+          '  baseURL: https://api.openai.com\n  credentialSecretRef: { name: openai-credentials, key: apiKey }\n  models: [gpt-4o-mini]\n' +
+          '  costs:\n    gpt-4o-mini: { input: "0.50", output: "1.00" }\n',
+        'apiVersion: tollgate.dev/v1alpha1\nkind: PricePlan\nmetadata: { name: plan }\nspec:\n  currency: USD\n' +
+          '  versions:\n    - effectiveFrom: "2026-01-01T00:00:00Z"\n      models:\n        gpt-4o-mini: { input: "1.00", output: "2.00" }\n',
+        'apiVersion: tollgate.dev/v1alpha1\nkind: Wallet\nmetadata: { name: tls-team }\nspec:\n  currency: USD\n' +
+          '  pricePlanRef: { name: plan }\n  grants: [{ id: initial, amount: "10" }]\n',
+      ].join('---\n'),
+    );
+  });
+
+  afterAll(async () => {
+    if (manifests) await rm(manifests, { recursive: true, force: true });
+  });
+
+  const tlsArgs = () => ['--redis-ca', certs.caFile, '--redis-cert', certs.clientCertFile, '--redis-key', certs.clientKeyFile];
+  const env = () => ({ ...process.env, LOG_LEVEL: 'warn', OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '', GEMINI_API_KEY: '', AZURE_OPENAI_API_KEY: '' });
+
+  it('serves an openai chat completion from tollgate dev and reads it back with tollgate ledger', async () => {
+    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', '--manifests', manifests, '--redis', redis.tlsUrl!, ...tlsArgs()], {
+      cwd: ROOT,
+      env: env(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    dev.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = once(dev, 'exit');
+    try {
+      const sidecarUrl = await new Promise<string>((resolve, reject) => {
+        dev.stdout.on('data', (chunk: Buffer) => {
+          stdout += chunk.toString();
+          const match = /listening on (http:\/\/\S+)/.exec(stdout);
+          if (match) resolve(match[1]!);
+        });
+        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}${stderr}`)));
+      });
+
+      const client = new OpenAI({ baseURL: `${sidecarUrl}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
+      const simulatedUsage = { prompt_tokens: 1_000_000, completion_tokens: 1000, total_tokens: 1_001_000 };
+      const { data: completion, response } = await client.chat.completions
+        .create(
+          { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'How much?' }], max_tokens: 1000 },
+          { headers: { 'x-sim-usage': JSON.stringify(simulatedUsage) } },
+        )
+        .withResponse();
+      expect(completion.usage).toEqual(simulatedUsage);
+      // One million input tokens at 1.00 plus 1000 output tokens at 2.00 per million.
+      expect(response.headers.get('x-tollgate-charged')).toBe('1.002');
+    } finally {
+      dev.kill('SIGTERM');
+      await exited;
+    }
+    expect(stderr).toBe('');
+
+    const { stdout: state } = await run(
+      process.execPath,
+      ['src/cli/main.ts', 'ledger', 'state', '--redis', redis.tlsUrl!, ...tlsArgs(), '--wallet', 'default/tls-team'],
+      { cwd: ROOT, env: env() },
+    );
+    expect(state).toBe(
+      [
+        'wallet         default/tls-team',
+        'granted        10.000000000',
+        'spent          1.002000000',
+        'expired        0.000000000',
+        'reserved       0.000000000 in 0 holds',
+        'balance        8.998000000',
+        'available      8.998000000',
+        'provider cost  0.501000000',
+        'margin         0.501000000',
+        '',
+      ].join('\n'),
+    );
+
+    // The files can come from the environment too, as in a pod.
+    const { stdout: verified } = await run(
+      process.execPath,
+      ['src/cli/main.ts', 'ledger', 'verify', '--redis', redis.tlsUrl!, '--wallet', 'default/tls-team'],
+      {
+        cwd: ROOT,
+        env: {
+          ...env(),
+          TOLLGATE_REDIS_CA_FILE: certs.caFile,
+          TOLLGATE_REDIS_CERT_FILE: certs.clientCertFile,
+          TOLLGATE_REDIS_KEY_FILE: certs.clientKeyFile,
+        },
+      },
+    );
+    expect(verified).toBe('replayed 2 entries: granted 10.000000000, spent 1.002000000, expired 0.000000000\nok: balance = grants - debits - expired\n');
+  });
+
+  it('refuses TLS files without a TLS URL at start, naming the option', async () => {
+    const devWithoutRedis = await run(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--redis-ca', certs.caFile], { cwd: ROOT, env: env() }).then(
+      () => undefined,
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(devWithoutRedis?.code).toBe(2);
+    expect(devWithoutRedis?.stderr).toBe(
+      '--redis-ca, --redis-cert and --redis-key apply to the Redis ledger; give --redis rediss://HOST:PORT too, or remove them\n',
+    );
+
+    const ledgerPlain = await run(
+      process.execPath,
+      ['src/cli/main.ts', 'ledger', 'state', '--redis', redis.url, '--wallet', 'default/tls-team'],
+      { cwd: ROOT, env: { ...env(), TOLLGATE_REDIS_CA_FILE: certs.caFile } },
+    ).then(
+      () => undefined,
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(ledgerPlain?.code).toBe(2);
+    expect(ledgerPlain?.stderr.split('\n')[0]).toBe(
+      `TOLLGATE_REDIS_CA_FILE is set, but the Redis URL "${redis.url}" does not use TLS; use a rediss:// or rediss+cluster:// URL, or remove TOLLGATE_REDIS_CA_FILE`,
+    );
+  });
+});
+
+describe('RedisLedger over TLS to a Redis Cluster', () => {
+  let cluster: RunningRedisCluster;
+
+  beforeAll(async () => {
+    cluster = await startRedisCluster({ nodes: 3, tls: { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile, caFile: certs.caFile } });
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it('serves a wallet on each master through TLS seeds', async () => {
+    const [seed, further] = cluster.tlsNodes;
+    const url = `rediss+cluster://127.0.0.1:${seed!.port}?node=127.0.0.1:${further!.port}`;
+
+    // One wallet per master, by the slot of its keys.
+    const slotsByMaster = await masterSlotRanges(cluster);
+    const wallets = new Map<number, WalletKey>();
+    for (let index = 0; index < 1000 && wallets.size < slotsByMaster.size; index += 1) {
+      const candidate = { namespace: 'tls', name: `team-${index}` };
+      const slot = keySlot(walletKeys(candidate)[0]!);
+      for (const [port, ranges] of slotsByMaster) {
+        if (!wallets.has(port) && ranges.some(([from, to]) => slot >= from && slot <= to)) wallets.set(port, candidate);
+      }
+    }
+    expect(wallets.size).toBe(3);
+
+    await withLedger(ledgerFor(url, clientFiles()), async (ledger) => {
+      for (const each of wallets.values()) {
+        expect(await ledger.credit(each, 'grant-1', 50_000n)).toEqual({ status: 'credited', replayed: false, balance: 50_000n, amount: 50_000n });
+        expect(await ledger.reserve(each, 'req-1', hold)).toEqual({ status: 'reserved', amount: 10_000n, units: 10, replayed: false });
+        expect(await ledger.commit(each, 'req-1', usage)).toEqual({ status: 'committed', charged: 7000n, released: 3000n, replayed: false });
+        expect(await ledger.state(each)).toMatchObject({ spent: 7000n, balance: 43_000n, reserved: 0n, holds: 0 });
+      }
+    });
+  });
+
+  it('names the CA setting when a seed certificate is not trusted', async () => {
+    const seed = cluster.tlsNodes[0]!;
+    const error = await creditError(ledgerFor(`rediss+cluster://127.0.0.1:${seed.port}`, { ...clientFiles(), caFile: other.caFile }));
+    expect(error).toBeInstanceOf(LedgerUnavailableError);
+    expect(error.message).toBe(
+      `ledger credit for wallet tls/team failed because the Redis Cluster at seed 127.0.0.1:${seed.port} is unavailable: ` +
+        `no cluster node answered (last tried 127.0.0.1:${seed.port}: self-signed certificate in certificate chain). ` +
+        "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
+        'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.',
+    );
+  });
+});
+
+/** Returns the slot ranges of each master, by its plain port, from CLUSTER SLOTS over a connection without TLS. */
+async function masterSlotRanges(cluster: RunningRedisCluster): Promise<Map<number, Array<[number, number]>>> {
+  const { Redis } = await import('ioredis');
+  const connection = new Redis(cluster.nodes[0]!);
+  try {
+    const slots = (await connection.cluster('SLOTS')) as unknown as Array<[number, number, [string, number]]>;
+    const byMaster = new Map<number, Array<[number, number]>>();
+    for (const [from, to, [, port]] of slots) byMaster.set(port, [...(byMaster.get(port) ?? []), [from, to]]);
+    return byMaster;
+  } finally {
+    await connection.quit();
+  }
+}
