@@ -1,6 +1,10 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KubeObject, ResourceKind } from './kube.ts';
 import { ConfigurationError, keysFor, parseListen, parseOperatorArgs, redisUrlHasCredentials, validateOperatorConfig } from './main.ts';
+import { createWebhookCertificate } from './webhook/certs.ts';
 
 describe('parseOperatorArgs', () => {
   it('applies defaults', () => {
@@ -219,6 +223,136 @@ describe('parseOperatorArgs', () => {
     }
     expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_SECRET: 'UPPER' })).toThrow('invalid TOLLGATE_SIDECAR_REDIS_SECRET "UPPER"');
   });
+
+  it('reads the sidecar Redis TLS Secret', () => {
+    expect(parseOperatorArgs(['--redis', 'r'], {})?.sidecarRedisTlsSecret).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_TLS_SECRET: '' })?.sidecarRedisTlsSecret).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_TLS_SECRET: 'redis-tls' })?.sidecarRedisTlsSecret).toBe('redis-tls');
+    expect(
+      parseOperatorArgs(['--redis', 'r', '--sidecar-redis-tls-secret', 'ledger.client-tls'], { TOLLGATE_SIDECAR_REDIS_TLS_SECRET: 'redis-tls' })?.sidecarRedisTlsSecret,
+    ).toBe('ledger.client-tls');
+  });
+
+  it('rejects an invalid sidecar Redis TLS Secret', () => {
+    const hint = 'use a Secret name such as redis-tls (lowercase letters, digits, "-" and ".")';
+    for (const text of ['Redis-TLS', 'redis-tls/ca.crt', 'redis_tls', 'redis-', '', 'a'.repeat(254)]) {
+      expect(() => parseOperatorArgs(['--redis', 'r', '--sidecar-redis-tls-secret', text], {}), text).toThrow(
+        new ConfigurationError(`invalid --sidecar-redis-tls-secret "${text}": ${hint}`),
+      );
+    }
+    expect(() => parseOperatorArgs(['--redis', 'r'], { TOLLGATE_SIDECAR_REDIS_TLS_SECRET: 'UPPER' })).toThrow(
+      new ConfigurationError(`invalid TOLLGATE_SIDECAR_REDIS_TLS_SECRET "UPPER": ${hint}`),
+    );
+  });
+});
+
+describe('parseOperatorArgs Redis TLS files', () => {
+  const TLS_URL = 'rediss://redis.tollgate-system.svc:6380';
+  let dir: string;
+  let pem: { ca: string; cert: string; key: string; otherKey: string };
+  let files: { ca: string; cert: string; key: string; otherKey: string; notPem: string; missing: string };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'tollgate-operator-tls-'));
+    const hosts = { dnsNames: ['redis.tollgate-system.svc'], ipAddresses: [] };
+    const [first, second] = await Promise.all([createWebhookCertificate(hosts), createWebhookCertificate(hosts)]);
+    pem = { ca: first.caCertPem, cert: first.certPem, key: first.keyPem, otherKey: second.keyPem };
+    files = {
+      ca: path.join(dir, 'ca.crt'),
+      cert: path.join(dir, 'tls.crt'),
+      key: path.join(dir, 'tls.key'),
+      otherKey: path.join(dir, 'other.key'),
+      notPem: path.join(dir, 'ca.der'),
+      missing: path.join(dir, 'missing.crt'),
+    };
+    await writeFile(files.ca, pem.ca);
+    await writeFile(files.cert, pem.cert);
+    await writeFile(files.key, pem.key);
+    await writeFile(files.otherKey, pem.otherKey);
+    await writeFile(files.notPem, 'not a certificate\n');
+  });
+
+  afterAll(async () => {
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('uses no TLS files by default', () => {
+    expect(parseOperatorArgs(['--redis', TLS_URL], {})?.redisTls).toBeUndefined();
+    expect(parseOperatorArgs(['--redis', TLS_URL], { TOLLGATE_REDIS_CA_FILE: '', TOLLGATE_REDIS_CERT_FILE: '', TOLLGATE_REDIS_KEY_FILE: '' })?.redisTls).toBeUndefined();
+  });
+
+  it('reads the files given by flags', () => {
+    const config = parseOperatorArgs(['--redis', TLS_URL, '--redis-ca', files.ca, '--redis-cert', files.cert, '--redis-key', files.key], {});
+    expect(config?.redisTls).toEqual({ ca: pem.ca, cert: pem.cert, key: pem.key });
+  });
+
+  it('reads the files from the variables', () => {
+    const caOnly = parseOperatorArgs([], { TOLLGATE_REDIS_URL: TLS_URL, TOLLGATE_REDIS_CA_FILE: files.ca });
+    expect(caOnly?.redisTls).toEqual({ ca: pem.ca });
+
+    const clientOnly = parseOperatorArgs([], { TOLLGATE_REDIS_URL: TLS_URL, TOLLGATE_REDIS_CERT_FILE: files.cert, TOLLGATE_REDIS_KEY_FILE: files.key });
+    expect(clientOnly?.redisTls).toEqual({ cert: pem.cert, key: pem.key });
+  });
+
+  it('prefers a flag over its variable', () => {
+    const config = parseOperatorArgs(['--redis', TLS_URL, '--redis-ca', files.ca], { TOLLGATE_REDIS_CA_FILE: files.missing });
+    expect(config?.redisTls).toEqual({ ca: pem.ca });
+  });
+
+  it('names the flag or the variable of an unreadable file', () => {
+    expect(() => parseOperatorArgs(['--redis', TLS_URL, '--redis-ca', files.missing], {})).toThrow(
+      new ConfigurationError(
+        `cannot read the CA certificate file "${files.missing}" given by --redis-ca (ENOENT); check the path and that the file is readable`,
+      ),
+    );
+    expect(() => parseOperatorArgs([], { TOLLGATE_REDIS_URL: TLS_URL, TOLLGATE_REDIS_CA_FILE: files.missing })).toThrow(
+      new ConfigurationError(
+        `cannot read the CA certificate file "${files.missing}" given by TOLLGATE_REDIS_CA_FILE (ENOENT); check the path and that the file is readable`,
+      ),
+    );
+  });
+
+  it('rejects a file that contains no PEM certificate', () => {
+    expect(() => parseOperatorArgs(['--redis', TLS_URL, '--redis-ca', files.notPem], {})).toThrow(
+      new ConfigurationError(
+        `--redis-ca "${files.notPem}" contains no PEM certificate (a "-----BEGIN CERTIFICATE-----" block); give the CA certificate in PEM format`,
+      ),
+    );
+  });
+
+  it('rejects TLS files with a URL without TLS', () => {
+    expect(() => parseOperatorArgs(['--redis', 'redis://redis:6379', '--redis-ca', files.ca], {})).toThrow(
+      new ConfigurationError('--redis-ca is set, but the Redis URL "redis://redis:6379" does not use TLS; use a rediss:// or rediss+cluster:// URL, or remove --redis-ca'),
+    );
+    expect(() => parseOperatorArgs([], { TOLLGATE_REDIS_URL: 'redis://redis:6379', TOLLGATE_REDIS_CERT_FILE: files.cert, TOLLGATE_REDIS_KEY_FILE: files.key })).toThrow(
+      new ConfigurationError(
+        'TOLLGATE_REDIS_CERT_FILE is set, but the Redis URL "redis://redis:6379" does not use TLS; ' +
+          'use a rediss:// or rediss+cluster:// URL, or remove TOLLGATE_REDIS_CERT_FILE',
+      ),
+    );
+  });
+
+  it('rejects a certificate without its key', () => {
+    const hint = 'a client certificate needs both its certificate file and its private key file';
+    expect(() => parseOperatorArgs(['--redis', TLS_URL, '--redis-cert', files.cert], {})).toThrow(
+      new ConfigurationError(`--redis-cert is set without --redis-key; ${hint}`),
+    );
+    expect(() => parseOperatorArgs([], { TOLLGATE_REDIS_URL: TLS_URL, TOLLGATE_REDIS_KEY_FILE: files.key })).toThrow(
+      new ConfigurationError(`TOLLGATE_REDIS_KEY_FILE is set without TOLLGATE_REDIS_CERT_FILE; ${hint}`),
+    );
+    // A flag for one file and the variable for the other still pair up.
+    expect(parseOperatorArgs(['--redis', TLS_URL, '--redis-cert', files.cert], { TOLLGATE_REDIS_KEY_FILE: files.key })?.redisTls).toEqual({
+      cert: pem.cert,
+      key: pem.key,
+    });
+  });
+
+  it('rejects a key that does not belong to the certificate', () => {
+    const parse = () => parseOperatorArgs(['--redis', TLS_URL, '--redis-cert', files.cert, '--redis-key', files.otherKey], {});
+    expect(parse).toThrow(ConfigurationError);
+    expect(parse).toThrow(`the Redis TLS files (${files.cert}, ${files.otherKey}) cannot be used: `);
+    expect(parse).toThrow('; check that --redis-cert and --redis-key belong together and that each file is valid PEM');
+  });
 });
 
 describe('redisUrlHasCredentials', () => {
@@ -308,5 +442,58 @@ describe('validateOperatorConfig', () => {
         'Change --lease-duration, --renew-deadline or --retry-period, or their environment variables',
     );
     expect(() => validateOperatorConfig({ ...base, renewDeadlineMs: 20_000 })).toThrow(ConfigurationError);
+  });
+
+  // validateOperatorConfig reads only which files are set, so the PEM text does not matter here.
+  const caOnly = { ca: 'CA PEM' };
+  const clientOnly = { cert: 'CERT PEM', key: 'KEY PEM' };
+  const both = { ...caOnly, ...clientOnly };
+
+  it('accepts Redis TLS files with a Secret for the sidecars', () => {
+    for (const redisTls of [caOnly, clientOnly, both]) {
+      expect(() => validateOperatorConfig({ ...base, redisTls, sidecarRedisTlsSecret: 'redis-tls' })).not.toThrow();
+    }
+  });
+
+  it('accepts Redis TLS files without the webhook', () => {
+    expect(() => validateOperatorConfig({ ...base, webhook: false, redisTls: both })).not.toThrow();
+  });
+
+  it('rejects Redis TLS files without a Secret for the sidecars', () => {
+    const fix = 'or turn the webhook off with --no-webhook';
+    expect(() => validateOperatorConfig({ ...base, redisTls: caOnly })).toThrow(
+      new ConfigurationError(
+        'the operator connects to Redis with --redis-ca [TOLLGATE_REDIS_CA_FILE], but --sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] is not set, ' +
+          `so the injected sidecars could not connect; pass --sidecar-redis-tls-secret NAME, naming a Secret with the keys ca.crt in each namespace of injected pods, ${fix}`,
+      ),
+    );
+    expect(() => validateOperatorConfig({ ...base, redisTls: clientOnly })).toThrow(
+      new ConfigurationError(
+        'the operator connects to Redis with --redis-cert, --redis-key [TOLLGATE_REDIS_CERT_FILE, TOLLGATE_REDIS_KEY_FILE], ' +
+          'but --sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] is not set, so the injected sidecars could not connect; ' +
+          `pass --sidecar-redis-tls-secret NAME, naming a Secret with the keys tls.crt, tls.key in each namespace of injected pods, ${fix}`,
+      ),
+    );
+    expect(() => validateOperatorConfig({ ...base, redisTls: both })).toThrow(
+      new ConfigurationError(
+        'the operator connects to Redis with --redis-ca, --redis-cert, --redis-key [TOLLGATE_REDIS_CA_FILE, TOLLGATE_REDIS_CERT_FILE, TOLLGATE_REDIS_KEY_FILE], ' +
+          'but --sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] is not set, so the injected sidecars could not connect; ' +
+          `pass --sidecar-redis-tls-secret NAME, naming a Secret with the keys ca.crt, tls.crt, tls.key in each namespace of injected pods, ${fix}`,
+      ),
+    );
+  });
+
+  it('rejects a Secret for the sidecars without Redis TLS files', () => {
+    const message =
+      '--sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] names Secret "redis-tls", but the operator uses no Redis TLS file, ' +
+      'so the injected sidecars would have nothing to mount from it; also pass --redis-ca FILE, or --redis-cert FILE and --redis-key FILE ' +
+      '(or their TOLLGATE_REDIS_*_FILE variables), or remove --sidecar-redis-tls-secret';
+    expect(() => validateOperatorConfig({ ...base, sidecarRedisTlsSecret: 'redis-tls' })).toThrow(new ConfigurationError(message));
+    expect(() => validateOperatorConfig({ ...base, webhook: false, sidecarRedisTlsSecret: 'redis-tls' })).toThrow(new ConfigurationError(message));
+  });
+
+  it('checks the Redis TLS settings as parsed', () => {
+    const parsed = parseOperatorArgs(['--redis', 'r', '--sidecar-image', 'tollgate:1'], { TOLLGATE_SIDECAR_REDIS_TLS_SECRET: 'redis-tls' })!;
+    expect(() => validateOperatorConfig(parsed)).toThrow('names Secret "redis-tls", but the operator uses no Redis TLS file');
   });
 });

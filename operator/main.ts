@@ -9,11 +9,13 @@ import type { V1ResourceRequirements } from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import type { ConnectionOptions } from 'node:tls';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
 import { parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { parseRedisUrl } from '../src/ledger/redis-connect.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
@@ -26,7 +28,7 @@ import { PlanReconciler } from './reconcile-plan.ts';
 import { RouteReconciler } from './reconcile-route.ts';
 import { WalletReconciler } from './reconcile-wallet.ts';
 import { SnapshotService, startOperatorHttpServer, type ResourceSource } from './snapshot-server.ts';
-import type { SecretKeyRef } from './webhook/inject.ts';
+import { redisTlsSecretKeys, type RedisTlsSecretRef, type SecretKeyRef } from './webhook/inject.ts';
 import { startWebhook, type WebhookServer } from './webhook/server.ts';
 
 const USAGE = `Usage: tollgate operator [options]
@@ -41,6 +43,11 @@ Options:
   --watch-namespace NS       Watch Tollgate resources in this namespace only [TOLLGATE_WATCH_NAMESPACE] (default: all namespaces)
   --redis URL                Redis ledger URL, redis://host:port [TOLLGATE_REDIS_URL] (required);
                              redis+cluster://host:port for a Redis Cluster
+  --redis-ca FILE            PEM file of the CA that signed the Redis server's TLS certificate, for a rediss://
+                             URL, in place of Node.js's built-in CA list [TOLLGATE_REDIS_CA_FILE]
+  --redis-cert FILE          PEM file of a client certificate, for a Redis server that asks for one (with
+                             --redis-key) [TOLLGATE_REDIS_CERT_FILE]
+  --redis-key FILE           PEM file of the client certificate's private key, unencrypted [TOLLGATE_REDIS_KEY_FILE]
   --ledger-retention DURATION  How long the ledger keeps settled requests, so that a retried request
                              is not billed again, such as 7d or 36h; at least 1h [TOLLGATE_LEDGER_RETENTION]
                              (default: 7d). Give the sidecars the same value.
@@ -79,6 +86,10 @@ Options:
   --sidecar-redis-secret NAME[/KEY]  Injected sidecars read the Redis URL from this Secret key in their
                              own namespace (key "redisUrl" by default) instead of a plain value in the
                              pod spec; use it when the URL carries a password [TOLLGATE_SIDECAR_REDIS_SECRET]
+  --sidecar-redis-tls-secret NAME  Secret in each namespace of injected pods that the injected sidecars mount
+                             their Redis TLS files from: key ca.crt with --redis-ca, keys tls.crt and tls.key
+                             with --redis-cert; required with those options while the webhook is on
+                             [TOLLGATE_SIDECAR_REDIS_TLS_SECRET]
   -h, --help                 Show this help
 
 The log level comes from LOG_LEVEL (default info).`;
@@ -88,6 +99,8 @@ export interface OperatorConfig {
   namespace: string;
   watchNamespace: string | undefined;
   redisUrl: string;
+  /** TLS settings of the operator's Redis connection, read at start from the files of --redis-ca, --redis-cert and --redis-key; Node.js's defaults when undefined. */
+  redisTls?: ConnectionOptions | undefined;
   /** How long the ledger keeps settled records, in milliseconds; the ledger's default when undefined. */
   settledRetentionMs?: number | undefined;
   /** How long a ledger operation waits for Redis, in milliseconds, here and in the injected sidecars; RedisLedger's default when undefined. */
@@ -124,6 +137,8 @@ export interface OperatorConfig {
   sidecarWalletLabel?: boolean | undefined;
   /** Secret key in each pod's namespace that contains the Redis URL for the injected sidecars, or undefined for a plain value. */
   sidecarRedisSecret?: SecretKeyRef | undefined;
+  /** Secret in each pod's namespace that the injected sidecars mount the Redis TLS files from (ca.crt, tls.crt, tls.key), or undefined for none. */
+  sidecarRedisTlsSecret?: string | undefined;
   sidecarImagePullPolicy: string | undefined;
   sidecarResources: V1ResourceRequirements | undefined;
 }
@@ -144,6 +159,9 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       namespace: { type: 'string' },
       'watch-namespace': { type: 'string' },
       redis: { type: 'string' },
+      'redis-ca': { type: 'string' },
+      'redis-cert': { type: 'string' },
+      'redis-key': { type: 'string' },
       'ledger-retention': { type: 'string' },
       'ledger-timeout': { type: 'string' },
       'compact-after': { type: 'string' },
@@ -169,6 +187,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
       'sidecar-max-tool-uses': { type: 'string' },
       'no-sidecar-wallet-label': { type: 'boolean' },
       'sidecar-redis-secret': { type: 'string' },
+      'sidecar-redis-tls-secret': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -192,6 +211,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
   } catch (error) {
     throw new ConfigurationError((error as Error).message, { cause: error });
   }
+  const redisTls = loadOperatorRedisTls(redisUrl, { caFile: values['redis-ca'], certFile: values['redis-cert'], keyFile: values['redis-key'] }, env);
   const duration = (flag: string | undefined, variable: string, check?: (ms: number) => void): number | undefined => {
     const text = pick(flag, variable);
     if (text === undefined) return undefined;
@@ -233,12 +253,18 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
   const sidecarWalletLabel = values['no-sidecar-wallet-label'] ? false : parseSidecarWalletLabel(env);
   const redisSecretText = pick(values['sidecar-redis-secret'], 'TOLLGATE_SIDECAR_REDIS_SECRET');
   const sidecarRedisSecret = redisSecretText === undefined ? undefined : parseSecretKeyRef(redisSecretText, values['sidecar-redis-secret'] === undefined ? 'TOLLGATE_SIDECAR_REDIS_SECRET' : '--sidecar-redis-secret');
+  const redisTlsSecretText = pick(values['sidecar-redis-tls-secret'], 'TOLLGATE_SIDECAR_REDIS_TLS_SECRET');
+  const sidecarRedisTlsSecret =
+    redisTlsSecretText === undefined
+      ? undefined
+      : parseSecretName(redisTlsSecretText, values['sidecar-redis-tls-secret'] === undefined ? 'TOLLGATE_SIDECAR_REDIS_TLS_SECRET' : '--sidecar-redis-tls-secret');
 
   return {
     kubeconfig: values.kubeconfig,
     namespace,
     watchNamespace: pick(values['watch-namespace'], 'TOLLGATE_WATCH_NAMESPACE'),
     redisUrl,
+    redisTls,
     settledRetentionMs,
     ledgerTimeoutMs,
     compactAfterMs,
@@ -267,6 +293,7 @@ export function parseOperatorArgs(args: string[], env: NodeJS.ProcessEnv = proce
     sidecarMaxToolUses,
     sidecarWalletLabel,
     sidecarRedisSecret,
+    sidecarRedisTlsSecret,
     sidecarImagePullPolicy: env['TOLLGATE_SIDECAR_IMAGE_PULL_POLICY'] || undefined,
     sidecarResources: parseResources(env['TOLLGATE_SIDECAR_RESOURCES']),
   };
@@ -309,6 +336,44 @@ export function parseSecretKeyRef(text: string, setting: string): SecretKeyRef {
     );
   }
   return { name, key };
+}
+
+/** Parses a Secret name, a DNS-1123 subdomain such as redis-tls. */
+export function parseSecretName(text: string, setting: string): string {
+  if (text.length > 253 || !SECRET_NAME.test(text)) {
+    throw new ConfigurationError(`invalid ${setting} "${text}": use a Secret name such as redis-tls (lowercase letters, digits, "-" and ".")`);
+  }
+  return text;
+}
+
+/**
+ * Reads the Redis TLS files of --redis-ca, --redis-cert and --redis-key, each
+ * falling back to its TOLLGATE_REDIS_*_FILE variable. Returns undefined when
+ * none is set. An error names the flag when it is given, else the variable. A
+ * setting that is missing is named as a flag when any of the files came from
+ * a flag, and as a variable otherwise.
+ */
+function loadOperatorRedisTls(redisUrl: string, flags: RedisTlsFlags, env: NodeJS.ProcessEnv): ConnectionOptions | undefined {
+  const anyFlag = flags.caFile !== undefined || flags.certFile !== undefined || flags.keyFile !== undefined;
+  const setting = (name: keyof RedisTlsFlags) => {
+    const fromEnv = env[REDIS_TLS_ENV[name]] || undefined;
+    const byVariable = flags[name] === undefined && (fromEnv !== undefined || !anyFlag);
+    return { file: flags[name] ?? fromEnv, name: byVariable ? REDIS_TLS_ENV[name] : REDIS_TLS_OPTIONS[name] };
+  };
+  const ca = setting('caFile');
+  const cert = setting('certFile');
+  const key = setting('keyFile');
+  try {
+    return loadRedisTls(redisUrl, { caFile: ca.file, certFile: cert.file, keyFile: key.file }, { caFile: ca.name, certFile: cert.name, keyFile: key.name });
+  } catch (error) {
+    throw new ConfigurationError((error as Error).message, { cause: error });
+  }
+}
+
+interface RedisTlsFlags {
+  caFile: string | undefined;
+  certFile: string | undefined;
+  keyFile: string | undefined;
 }
 
 /** Returns whether a Redis URL carries a user name or a password. */
@@ -383,6 +448,7 @@ const MISSING_SIDECAR_IMAGE = 'missing sidecar image: pass --sidecar-image or se
  */
 export function validateOperatorConfig(config: OperatorConfig): void {
   if (config.webhook && !config.sidecarImage) throw new ConfigurationError(MISSING_SIDECAR_IMAGE);
+  validateSidecarRedisTls(config);
   try {
     validateLeaseTimings(config.leaseDurationMs, config.renewDeadlineMs, config.retryPeriodMs);
   } catch (error) {
@@ -391,13 +457,49 @@ export function validateOperatorConfig(config: OperatorConfig): void {
   }
 }
 
+/**
+ * Checks that the injected sidecars get the Redis TLS files that the operator
+ * uses, because a sidecar without them cannot connect to a Redis that needs
+ * them, and that a Secret for them is named only along with such files.
+ */
+function validateSidecarRedisTls(config: OperatorConfig): void {
+  const tls = sidecarRedisTls(config.redisTls, config.sidecarRedisTlsSecret ?? '');
+  const keys = redisTlsSecretKeys(tls);
+  if (config.sidecarRedisTlsSecret !== undefined && keys.length === 0) {
+    throw new ConfigurationError(
+      `--sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] names Secret "${config.sidecarRedisTlsSecret}", but the operator uses no Redis TLS file, ` +
+        'so the injected sidecars would have nothing to mount from it; also pass --redis-ca FILE, or --redis-cert FILE and --redis-key FILE ' +
+        '(or their TOLLGATE_REDIS_*_FILE variables), or remove --sidecar-redis-tls-secret',
+    );
+  }
+  if (config.webhook && config.sidecarRedisTlsSecret === undefined && keys.length > 0) {
+    const flags = [...(tls.caCertificate ? [REDIS_TLS_OPTIONS.caFile] : []), ...(tls.clientCertificate ? [REDIS_TLS_OPTIONS.certFile, REDIS_TLS_OPTIONS.keyFile] : [])];
+    const variables = [...(tls.caCertificate ? [REDIS_TLS_ENV.caFile] : []), ...(tls.clientCertificate ? [REDIS_TLS_ENV.certFile, REDIS_TLS_ENV.keyFile] : [])];
+    throw new ConfigurationError(
+      `the operator connects to Redis with ${flags.join(', ')} [${variables.join(', ')}], but --sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] is not set, ` +
+        `so the injected sidecars could not connect; pass --sidecar-redis-tls-secret NAME, naming a Secret with the keys ${keys.join(', ')} ` +
+        'in each namespace of injected pods, or turn the webhook off with --no-webhook',
+    );
+  }
+}
+
+/** Returns which Redis TLS files the injected sidecars mount from Secret `secretName`: those the operator itself uses. */
+function sidecarRedisTls(tls: ConnectionOptions | undefined, secretName: string): RedisTlsSecretRef {
+  return { name: secretName, caCertificate: tls?.ca !== undefined, clientCertificate: tls?.cert !== undefined };
+}
+
 /** Starts an operator replica; resolves once its servers listen. Throws ConfigurationError before starting anything when the settings are invalid. */
 export async function startOperator(config: OperatorConfig, options: StartOperatorOptions): Promise<RunningOperator> {
   validateOperatorConfig(config);
   const log = options.log.child({ identity: config.identity });
   const clients = createKubeClients(loadKubeConfig({ kubeconfig: config.kubeconfig }));
   const metrics = createOperatorMetrics({ defaultMetrics: options.defaultMetrics ?? true });
-  const ledger = new RedisLedger(config.redisUrl, { settledRetentionMs: config.settledRetentionMs, timeoutMs: config.ledgerTimeoutMs, logger: log });
+  const ledger = new RedisLedger(config.redisUrl, {
+    settledRetentionMs: config.settledRetentionMs,
+    timeoutMs: config.ledgerTimeoutMs,
+    tls: config.redisTls,
+    logger: log,
+  });
   const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });
 
   const informers = {} as Record<ResourceKind, Informer>;
@@ -510,6 +612,7 @@ async function startWebhookServer(config: OperatorConfig, clients: KubeClients, 
     configUrl: config.configUrl,
     redisUrl: config.redisUrl,
     ...(config.sidecarRedisSecret === undefined ? {} : { sidecarRedisSecret: config.sidecarRedisSecret }),
+    ...(config.sidecarRedisTlsSecret === undefined ? {} : { sidecarRedisTlsSecret: sidecarRedisTls(config.redisTls, config.sidecarRedisTlsSecret) }),
     ...(config.settledRetentionMs === undefined ? {} : { settledRetentionMs: config.settledRetentionMs }),
     ...(config.ledgerTimeoutMs === undefined ? {} : { ledgerTimeoutMs: config.ledgerTimeoutMs }),
     ...(config.sidecarBodyLimit === undefined ? {} : { sidecarBodyLimit: config.sidecarBodyLimit }),

@@ -3,13 +3,14 @@
 // pods there, so the Deployment is only stored, never started).
 
 import { spawn } from 'node:child_process';
-import { access, constants, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseOperatorArgs } from '../operator/main.ts';
+import { parseOperatorArgs, validateOperatorConfig } from '../operator/main.ts';
+import { createWebhookCertificate } from '../operator/webhook/certs.ts';
 import { findTestBinary, startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const REPOSITORY_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -390,6 +391,149 @@ describe('helm template', () => {
     const rejected = await helm(['template', RELEASE, CHART, '--set', 'sidecar.redisSecret.name=Ledger_Secret']);
     expect(rejected.code).toBe(1);
     expect(rejected.stderr).toContain("at '/sidecar/redisSecret/name': 'Ledger_Secret' does not match pattern");
+  });
+
+  it('mounts no Redis TLS Secret by default', async () => {
+    const deployment = find(await template(), 'Deployment', 'tollgate');
+    const pod = deployment['spec'].template.spec;
+    const env = operatorEnv(deployment);
+
+    expect(Object.keys(env).filter((name) => name.includes('TLS'))).toEqual([]);
+    expect(pod.volumes.map((volume: { name: string }) => volume.name)).toEqual(['tmp']);
+    expect(pod.containers[0].volumeMounts).toEqual([{ name: 'tmp', mountPath: '/tmp' }]);
+    const config = parseOperatorArgs([], env);
+    expect(config?.redisTls).toBeUndefined();
+    expect(config?.sidecarRedisTlsSecret).toBeUndefined();
+  });
+
+  it('mounts the Redis TLS Secret for a CA', async () => {
+    const deployment = find(
+      await template(['ledger.redisUrl=rediss://redis.tollgate-system.svc:6380', 'ledger.tls.existingSecret=redis-tls']),
+      'Deployment',
+      'tollgate',
+    );
+    const pod = deployment['spec'].template.spec;
+    const env = operatorEnv(deployment);
+
+    expect(env['TOLLGATE_REDIS_CA_FILE']).toBe('/var/run/tollgate/redis-tls/ca.crt');
+    expect(env['TOLLGATE_REDIS_CERT_FILE']).toBeUndefined();
+    expect(env['TOLLGATE_REDIS_KEY_FILE']).toBeUndefined();
+    expect(env['TOLLGATE_SIDECAR_REDIS_TLS_SECRET']).toBe('redis-tls');
+    expect(pod.volumes).toEqual([
+      { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
+      { name: 'redis-tls', secret: { secretName: 'redis-tls', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+    ]);
+    expect(pod.containers[0].volumeMounts).toEqual([
+      { name: 'tmp', mountPath: '/tmp' },
+      { name: 'redis-tls', mountPath: '/var/run/tollgate/redis-tls', readOnly: true },
+    ]);
+    // The operator reads the variable: the file exists only in the pod, so here the read fails and names it.
+    expect(() => parseOperatorArgs([], env)).toThrow(
+      'cannot read the CA certificate file "/var/run/tollgate/redis-tls/ca.crt" given by TOLLGATE_REDIS_CA_FILE (ENOENT)',
+    );
+  });
+
+  it('mounts the client certificate too when enabled', async () => {
+    const deployment = find(
+      await template(['ledger.redisUrl=rediss://redis.tollgate-system.svc:6380', 'ledger.tls.existingSecret=redis-tls', 'ledger.tls.clientCertificate=true']),
+      'Deployment',
+      'tollgate',
+    );
+    const pod = deployment['spec'].template.spec;
+    const env = operatorEnv(deployment);
+
+    expect(env['TOLLGATE_REDIS_CA_FILE']).toBe('/var/run/tollgate/redis-tls/ca.crt');
+    expect(env['TOLLGATE_REDIS_CERT_FILE']).toBe('/var/run/tollgate/redis-tls/tls.crt');
+    expect(env['TOLLGATE_REDIS_KEY_FILE']).toBe('/var/run/tollgate/redis-tls/tls.key');
+    expect(env['TOLLGATE_SIDECAR_REDIS_TLS_SECRET']).toBe('redis-tls');
+    expect(pod.volumes[1]).toEqual({
+      name: 'redis-tls',
+      secret: {
+        secretName: 'redis-tls',
+        items: [
+          { key: 'ca.crt', path: 'ca.crt' },
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    });
+  });
+
+  it('gives the operator Redis TLS settings it accepts', async () => {
+    const deployment = find(
+      await template([
+        'ledger.redisUrl=rediss+cluster://redis-0.redis:6380',
+        'ledger.tls.existingSecret=redis-tls',
+        'ledger.tls.clientCertificate=true',
+        'ledger.tls.sidecarSecret=shop-redis-tls',
+      ]),
+      'Deployment',
+      'tollgate',
+    );
+    const env = operatorEnv(deployment);
+    expect(env['TOLLGATE_SIDECAR_REDIS_TLS_SECRET']).toBe('shop-redis-tls');
+
+    // The files of the Secret, at the same names in a local folder in place of the pod's mount.
+    const mountDir = path.join(workDir, 'redis-tls');
+    await mkdir(mountDir);
+    const certificate = await createWebhookCertificate({ dnsNames: ['redis-0.redis'], ipAddresses: [] });
+    await writeFile(path.join(mountDir, 'ca.crt'), certificate.caCertPem);
+    await writeFile(path.join(mountDir, 'tls.crt'), certificate.certPem);
+    await writeFile(path.join(mountDir, 'tls.key'), certificate.keyPem);
+    const local = Object.fromEntries(
+      Object.entries(env).map(([name, value]) => [name, value?.replace('/var/run/tollgate/redis-tls', mountDir)]),
+    ) as NodeJS.ProcessEnv;
+
+    const config = parseOperatorArgs([], local)!;
+    expect(config.redisTls).toEqual({ ca: certificate.caCertPem, cert: certificate.certPem, key: certificate.keyPem });
+    expect(config.sidecarRedisTlsSecret).toBe('shop-redis-tls');
+    expect(() => validateOperatorConfig(config)).not.toThrow();
+  });
+
+  it('takes the Redis URL from a Secret with TLS files', async () => {
+    const env = envOf(
+      find(await template(['ledger.existingSecret.name=redis-auth', 'ledger.redisUrl=', 'ledger.tls.existingSecret=redis-tls']), 'Deployment', 'tollgate'),
+    );
+    expect(env['TOLLGATE_REDIS_URL']).toEqual({ secretKeyRef: { name: 'redis-auth', key: 'redisUrl' } });
+    expect(env['TOLLGATE_REDIS_CA_FILE']).toBe('/var/run/tollgate/redis-tls/ca.crt');
+  });
+
+  it('fails on Redis TLS settings the operator rejects', async () => {
+    const cases: Array<[string[], string]> = [
+      [
+        ['ledger.tls.clientCertificate=true'],
+        'ledger.tls.clientCertificate is true, but ledger.tls.existingSecret is empty: name the Secret in the release namespace that holds ca.crt, tls.crt and tls.key',
+      ],
+      [
+        ['ledger.tls.sidecarSecret=redis-tls'],
+        'ledger.tls.sidecarSecret is set, but ledger.tls.existingSecret is empty: the injected sidecars mount the TLS files that the operator uses, ' +
+          'so set ledger.tls.existingSecret too, or leave ledger.tls.sidecarSecret empty',
+      ],
+      [
+        ['ledger.tls.existingSecret=redis-tls'],
+        'ledger.tls.existingSecret is set, but ledger.redisUrl "redis://redis:6379/0" does not use TLS: use a rediss:// or rediss+cluster:// URL, ' +
+          'or leave ledger.tls.existingSecret empty',
+      ],
+    ];
+    for (const [values, message] of cases) {
+      const result = await helm(['template', RELEASE, CHART, ...values.flatMap((value) => ['--set', value])]);
+      expect(result.code, values.join(' ')).toBe(1);
+      expect(result.stderr, values.join(' ')).toContain(message);
+    }
+  });
+
+  it('rejects invalid Redis TLS values', async () => {
+    const cases: Array<[string, string, string]> = [
+      ['--set', 'ledger.tls.existingSecret=Redis_TLS', "at '/ledger/tls/existingSecret': 'Redis_TLS' does not match pattern"],
+      ['--set', 'ledger.tls.sidecarSecret=redis-tls/ca.crt', "at '/ledger/tls/sidecarSecret': 'redis-tls/ca.crt' does not match pattern"],
+      ['--set-string', 'ledger.tls.clientCertificate=true', "at '/ledger/tls/clientCertificate': got string, want boolean"],
+      ['--set', 'ledger.tls.caFile=/etc/ca.crt', "at '/ledger/tls': additional properties 'caFile' not allowed"],
+    ];
+    for (const [flag, value, message] of cases) {
+      const result = await helm(['template', RELEASE, CHART, flag, value]);
+      expect(result.code, value).toBe(1);
+      expect(result.stderr, value).toContain(message);
+    }
   });
 
   it('fails without a Redis URL', async () => {

@@ -35,7 +35,7 @@ import {
 } from '../operator/webhook/certs.ts';
 import { createKubeClients, loadKubeConfig } from '../operator/kube.ts';
 import { startWebhook, type WebhookServer } from '../operator/webhook/server.ts';
-import { bodyLimit, maxToolUses, walletLabel } from '../sidecar/main.ts';
+import { bodyLimit, maxToolUses, redisTlsFiles, walletLabel } from '../sidecar/main.ts';
 import { startApiServer, type ApiServer } from './support/apiserver.ts';
 
 const OPERATOR_NAMESPACE = 'tollgate-system';
@@ -240,6 +240,129 @@ describe('webhook with a Redis Secret', () => {
     } finally {
       await webhook.close();
     }
+  });
+});
+
+describe('webhook with a Redis TLS Secret', () => {
+  // Only pods with this label reach the webhook of this block, so the other blocks' webhooks never see them.
+  const TEST_LABEL = 'tollgate.dev/redis-tls-test';
+  const TLS_NAMESPACES = ['redis-tls-missing', 'redis-tls-partial', 'redis-tls-present'];
+  let webhook: WebhookServer;
+
+  beforeAll(async () => {
+    for (const name of ['redis-tls-operator', ...TLS_NAMESPACES]) {
+      await core.createNamespace({ body: { metadata: { name } } });
+    }
+    for (const name of TLS_NAMESPACES) {
+      await customObjects.createNamespacedCustomObject({
+        group: 'tollgate.dev',
+        version: 'v1alpha1',
+        namespace: name,
+        plural: 'providerroutes',
+        body: { apiVersion: 'tollgate.dev/v1alpha1', kind: 'ProviderRoute', metadata: { name: 'openai' }, spec: { protocol: 'openai', baseURL: 'http://127.0.0.1:9', models: ['gpt-4o-mini'] } },
+      });
+    }
+    // The webhook checks only that the keys exist, so the values need not be real PEM here.
+    await core.createNamespacedSecret({ namespace: 'redis-tls-partial', body: { metadata: { name: 'redis-tls' }, stringData: { 'ca.crt': 'CA' } } });
+    await core.createNamespacedSecret({
+      namespace: 'redis-tls-present',
+      body: { metadata: { name: 'redis-tls' }, stringData: { 'ca.crt': 'CA', 'tls.crt': 'CERT', 'tls.key': 'KEY' } },
+    });
+
+    const port = await freePort();
+    await admission.createMutatingWebhookConfiguration({ body: webhookConfiguration('redis-tls-config', port, TEST_LABEL) });
+    webhook = await startWebhook({
+      port,
+      host: '127.0.0.1',
+      kubeconfigPath: apiServer.kubeconfigPath,
+      namespace: 'redis-tls-operator',
+      serviceName: 'tollgate-webhook',
+      webhookConfigName: 'redis-tls-config',
+      sidecarImage: SIDECAR_IMAGE,
+      configUrl: CONFIG_URL,
+      redisUrl: 'rediss://redis.tollgate-system.svc:6380',
+      sidecarRedisTlsSecret: { name: 'redis-tls', caCertificate: true, clientCertificate: true },
+      log,
+      registry: new Registry(),
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    await webhook?.close();
+  });
+
+  it('injects a pod that the API server accepts', async () => {
+    const body = labelled('tls-app');
+    body.metadata!.labels![TEST_LABEL] = 'true';
+    // Right after the CRDs are created the API server may return 429 to the webhook's lookups, so the creation is retried.
+    await waitFor('the pod to be created', async () => {
+      await core.createNamespacedPod({ namespace: 'redis-tls-present', body });
+      return true;
+    });
+    const pod = await core.readNamespacedPod({ name: 'tls-app', namespace: 'redis-tls-present' });
+    const sidecar = sidecarOf(pod);
+
+    expect(pod.spec?.volumes?.find((volume) => volume.name === 'tollgate-redis-tls')).toEqual({
+      name: 'tollgate-redis-tls',
+      secret: {
+        secretName: 'redis-tls',
+        defaultMode: 0o444,
+        items: [
+          { key: 'ca.crt', path: 'ca.crt' },
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    });
+    expect(sidecar?.volumeMounts?.find((mount) => mount.name === 'tollgate-redis-tls')).toEqual({
+      name: 'tollgate-redis-tls',
+      mountPath: '/var/run/tollgate/redis-tls',
+      readOnly: true,
+    });
+    // The sidecar reads the variables the webhook set with its own reader.
+    expect(redisTlsFiles(envOf(sidecar))).toEqual({
+      caFile: '/var/run/tollgate/redis-tls/ca.crt',
+      certFile: '/var/run/tollgate/redis-tls/tls.crt',
+      keyFile: '/var/run/tollgate/redis-tls/tls.key',
+    });
+    expect(pod.spec?.containers[0]?.volumeMounts).toBeUndefined();
+  });
+
+  it('warns when the Secret or one of its keys is missing', async () => {
+    const ca = Buffer.from(webhook.caBundle, 'base64').toString('utf8');
+    const warningsFor = async (namespace: string): Promise<string[]> => {
+      const review = {
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
+        request: {
+          uid: `uid-${namespace}`,
+          kind: { group: '', version: 'v1', kind: 'Pod' },
+          resource: { group: '', version: 'v1', resource: 'pods' },
+          namespace,
+          operation: 'CREATE',
+          dryRun: true,
+          object: labelled('app'),
+        },
+      };
+      let body = '';
+      await waitFor(`an allowed review in ${namespace}`, async () => {
+        body = (await httpsRequest(`${webhook.url}/mutate-pods`, ca, { method: 'POST', body: JSON.stringify(review) })).body;
+        return (JSON.parse(body) as { response: { allowed: boolean } }).response.allowed;
+      });
+      const parsed = JSON.parse(body) as { response: { warnings?: string[] } };
+      return (parsed.response.warnings ?? []).filter((warning) => warning.includes('redis-tls'));
+    };
+
+    expect(await warningsFor('redis-tls-missing')).toEqual([
+      'tollgate: Secret "redis-tls" not found in namespace "redis-tls-missing": the sidecar mounts its keys "ca.crt", "tls.crt", "tls.key" ' +
+        'for the TLS connection to Redis, so the pod will not start until it exists; create it from files named like its keys with: ' +
+        'kubectl create secret generic redis-tls -n redis-tls-missing --from-file=ca.crt --from-file=tls.crt --from-file=tls.key',
+    ]);
+    expect(await warningsFor('redis-tls-partial')).toEqual([
+      'tollgate: Secret "redis-tls" in namespace "redis-tls-partial" has no keys "tls.crt", "tls.key", which the sidecar mounts for the TLS connection to Redis, ' +
+        'so the pod will not start; add the keys',
+    ]);
+    expect(await warningsFor('redis-tls-present')).toEqual([]);
   });
 });
 

@@ -7,6 +7,7 @@ import {
   credentialVolumeName,
   escapeJsonPointer,
   injectSidecar,
+  redisTlsSecretKeys,
   resolveWallet,
   sdkEnvironment,
   type InjectionContext,
@@ -379,6 +380,131 @@ describe('injectSidecar sidecar container', () => {
     expect(names).not.toContain('TOLLGATE_WALLET');
     expect(result.wallet).toBeUndefined();
     expect(result.warnings).toHaveLength(1);
+  });
+});
+
+describe('injectSidecar Redis TLS files', () => {
+  const withTls = (caCertificate: boolean, clientCertificate: boolean, pod = labelledPod()) =>
+    injectSidecar(pod, context({ redisTlsSecret: { name: 'redis-tls', caCertificate, clientCertificate } }));
+  const tmpVolume = { name: 'tollgate-sidecar-tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } };
+  const credentialVolumes = [
+    { name: 'tollgate-cred-anthropic-credentials', secret: { secretName: 'anthropic-credentials', defaultMode: 0o444, optional: true } },
+    { name: 'tollgate-cred-openai-credentials', secret: { secretName: 'openai-credentials', defaultMode: 0o444, optional: true } },
+  ];
+  const tlsMount = { name: 'tollgate-redis-tls', mountPath: '/var/run/tollgate/redis-tls', readOnly: true };
+
+  it('mounts ca.crt for a CA file', () => {
+    const patched = applyPatch(labelledPod(), withTls(true, false).patch);
+
+    expect(patched.spec?.volumes).toEqual([
+      tmpVolume,
+      ...credentialVolumes,
+      { name: 'tollgate-redis-tls', secret: { secretName: 'redis-tls', defaultMode: 0o444, items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+    ]);
+    expect(sidecarOf(patched).volumeMounts?.at(-1)).toEqual(tlsMount);
+    expect(sidecarOf(patched).env?.slice(3, 5)).toEqual([
+      { name: 'TOLLGATE_REDIS_URL', value: 'redis://tollgate-redis.tollgate-system.svc:6379' },
+      { name: 'TOLLGATE_REDIS_CA_FILE', value: '/var/run/tollgate/redis-tls/ca.crt' },
+    ]);
+    expect(envOf(sidecarOf(patched))).not.toHaveProperty('TOLLGATE_REDIS_CERT_FILE');
+    expect(envOf(sidecarOf(patched))).not.toHaveProperty('TOLLGATE_REDIS_KEY_FILE');
+  });
+
+  it('mounts the CA and the client certificate', () => {
+    const patched = applyPatch(labelledPod(), withTls(true, true).patch);
+
+    expect(patched.spec?.volumes?.at(-1)).toEqual({
+      name: 'tollgate-redis-tls',
+      secret: {
+        secretName: 'redis-tls',
+        defaultMode: 0o444,
+        items: [
+          { key: 'ca.crt', path: 'ca.crt' },
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    });
+    expect(sidecarOf(patched).volumeMounts?.at(-1)).toEqual(tlsMount);
+    expect(sidecarOf(patched).env).toEqual([
+      { name: 'TOLLGATE_NAMESPACE', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.namespace' } } },
+      { name: 'TOLLGATE_WALLET', value: 'team-a' },
+      { name: 'TOLLGATE_CONFIG_URL', value: 'http://tollgate-operator.tollgate-system.svc:8080' },
+      { name: 'TOLLGATE_REDIS_URL', value: 'redis://tollgate-redis.tollgate-system.svc:6379' },
+      { name: 'TOLLGATE_REDIS_CA_FILE', value: '/var/run/tollgate/redis-tls/ca.crt' },
+      { name: 'TOLLGATE_REDIS_CERT_FILE', value: '/var/run/tollgate/redis-tls/tls.crt' },
+      { name: 'TOLLGATE_REDIS_KEY_FILE', value: '/var/run/tollgate/redis-tls/tls.key' },
+      { name: 'TOLLGATE_CREDENTIALS_DIR', value: '/var/run/tollgate/credentials' },
+      { name: 'TOLLGATE_LISTEN', value: '127.0.0.1:8787' },
+      { name: 'TOLLGATE_ADMIN_LISTEN', value: '0.0.0.0:9464' },
+    ]);
+  });
+
+  it('mounts only the client certificate', () => {
+    const patched = applyPatch(labelledPod(), withTls(false, true).patch);
+
+    expect(patched.spec?.volumes?.at(-1)?.secret?.items).toEqual([
+      { key: 'tls.crt', path: 'tls.crt' },
+      { key: 'tls.key', path: 'tls.key' },
+    ]);
+    expect(sidecarOf(patched).env?.filter((variable) => variable.name.startsWith('TOLLGATE_REDIS_'))).toEqual([
+      { name: 'TOLLGATE_REDIS_URL', value: 'redis://tollgate-redis.tollgate-system.svc:6379' },
+      { name: 'TOLLGATE_REDIS_CERT_FILE', value: '/var/run/tollgate/redis-tls/tls.crt' },
+      { name: 'TOLLGATE_REDIS_KEY_FILE', value: '/var/run/tollgate/redis-tls/tls.key' },
+    ]);
+  });
+
+  it('adds no volume or variable without a TLS Secret', () => {
+    for (const result of [injectSidecar(labelledPod(), context()), withTls(false, false)]) {
+      const patched = applyPatch(labelledPod(), result.patch);
+
+      expect(patched.spec?.volumes).toEqual([tmpVolume, ...credentialVolumes]);
+      expect(sidecarOf(patched).volumeMounts?.map((mount) => mount.name)).toEqual([
+        'tollgate-sidecar-tmp',
+        'tollgate-cred-anthropic-credentials',
+        'tollgate-cred-openai-credentials',
+      ]);
+      expect(sidecarOf(patched).env?.filter((variable) => variable.name.startsWith('TOLLGATE_REDIS_')).map((variable) => variable.name)).toEqual([
+        'TOLLGATE_REDIS_URL',
+      ]);
+    }
+  });
+
+  it('mounts the files into the sidecar only', () => {
+    const patched = applyPatch(labelledPod(), withTls(true, true).patch);
+
+    expect(patched.spec?.containers[0]?.volumeMounts).toBeUndefined();
+    expect(Object.keys(envOf(patched.spec?.containers[0]!)).filter((name) => name.startsWith('TOLLGATE_'))).toEqual([]);
+  });
+
+  it('avoids a volume name the pod uses', () => {
+    const pod = labelledPod({ volumes: [{ name: 'tollgate-redis-tls', configMap: { name: 'app-redis' } }] });
+    const result = withTls(true, false, pod);
+    const patched = applyPatch(pod, result.patch);
+
+    expect(result.patch.filter((operation) => operation.path === '/spec/volumes/-')).toHaveLength(4);
+    expect(patched.spec?.volumes?.[0]).toEqual({ name: 'tollgate-redis-tls', configMap: { name: 'app-redis' } });
+    expect(patched.spec?.volumes?.at(-1)?.name).toBe('tollgate-redis-tls-2');
+    expect(sidecarOf(patched).volumeMounts?.at(-1)).toEqual({ ...tlsMount, name: 'tollgate-redis-tls-2' });
+  });
+
+  it('returns an empty patch when run on its own output', () => {
+    const first = withTls(true, true);
+    const patched = applyPatch(labelledPod(), first.patch);
+    const second = injectSidecar(patched, context({ redisTlsSecret: { name: 'redis-tls', caCertificate: true, clientCertificate: true } }));
+
+    expect(first.decision).toBe('Injected');
+    expect(second.decision).toBe('AlreadyInjected');
+    expect(second.patch).toEqual([]);
+  });
+});
+
+describe('redisTlsSecretKeys', () => {
+  it('lists the keys the sidecar reads', () => {
+    expect(redisTlsSecretKeys({ caCertificate: true, clientCertificate: false })).toEqual(['ca.crt']);
+    expect(redisTlsSecretKeys({ caCertificate: false, clientCertificate: true })).toEqual(['tls.crt', 'tls.key']);
+    expect(redisTlsSecretKeys({ caCertificate: true, clientCertificate: true })).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
+    expect(redisTlsSecretKeys({ caCertificate: false, clientCertificate: false })).toEqual([]);
   });
 });
 

@@ -13,6 +13,7 @@ import type {
   V1VolumeMount,
 } from '@kubernetes/client-node';
 import type { ProviderRoute } from '../../src/api/provider-route.ts';
+import { REDIS_TLS_ENV } from '../../src/ledger/redis-tls.ts';
 
 export const INJECT_LABEL = 'tollgate.dev/inject';
 export const WALLET_ANNOTATION = 'tollgate.dev/wallet';
@@ -29,6 +30,10 @@ export const SIDECAR_PORT = 8787;
 export const SIDECAR_ADMIN_PORT = 9464;
 export const SIDECAR_URL = `http://${SIDECAR_HOST}:${SIDECAR_PORT}`;
 export const CREDENTIALS_DIR = '/var/run/tollgate/credentials';
+/** Mount path of the Redis TLS Secret (RedisTlsSecretRef) in the sidecar. */
+export const REDIS_TLS_DIR = '/var/run/tollgate/redis-tls';
+/** Keys of the Redis TLS Secret, as in a kubernetes.io/tls Secret and the Secrets that cert-manager writes. */
+export const REDIS_TLS_SECRET_KEYS = { ca: 'ca.crt', cert: 'tls.crt', key: 'tls.key' } as const;
 /** Value of API key variables set for SDKs that refuse to start without one; the sidecar adds the real key. */
 export const API_KEY_PLACEHOLDER = 'tollgate-sidecar-holds-the-key';
 /**
@@ -65,6 +70,19 @@ export interface SecretKeyRef {
   key: string;
 }
 
+/**
+ * A Secret in the pod's namespace with the Redis TLS files in the keys of
+ * REDIS_TLS_SECRET_KEYS, and which of the files the sidecar uses: the same
+ * ones as the operator.
+ */
+export interface RedisTlsSecretRef {
+  name: string;
+  /** Whether the sidecar checks the server's certificate against ca.crt. */
+  caCertificate: boolean;
+  /** Whether the sidecar presents tls.crt, with its key tls.key, as its client certificate. */
+  clientCertificate: boolean;
+}
+
 export interface InjectionContext {
   sidecarImage: string;
   /** Base URL of the operator's snapshot server; the sidecar appends `/v1/snapshot/<namespace>`. */
@@ -75,6 +93,8 @@ export interface InjectionContext {
    * pod spec names this key instead of carrying `redisUrl` in plain text.
    */
   redisUrlSecret?: SecretKeyRef;
+  /** Secret in the pod's namespace that the sidecar mounts its Redis TLS files from; no TLS files when absent. */
+  redisTlsSecret?: RedisTlsSecretRef;
   /** Retention of the ledger's settled records, in milliseconds; the sidecar's default when undefined. */
   settledRetentionMs?: number;
   /** How long a ledger operation waits for Redis, in milliseconds (0 for no limit); the sidecar's default when undefined. */
@@ -120,6 +140,7 @@ export const DEFAULT_SIDECAR_RESOURCES: V1ResourceRequirements = {
 const SIDECAR_USER_ID = 65532;
 const TMP_VOLUME_BASE_NAME = 'tollgate-sidecar-tmp';
 const CREDENTIAL_VOLUME_PREFIX = 'tollgate-cred-';
+const REDIS_TLS_VOLUME_BASE_NAME = 'tollgate-redis-tls';
 const MAX_VOLUME_NAME_LENGTH = 63;
 /**
  * Secret files are readable by every user, because the sidecar's non-root user does not
@@ -141,7 +162,7 @@ export function injectSidecar(pod: V1Pod, context: InjectionContext): InjectionR
 
   const warnings: string[] = [];
   const wallet = resolveWallet(pod, context.wallets, warnings);
-  const { volumes, mounts } = sidecarVolumes(context.routes, pod.spec?.volumes ?? []);
+  const { volumes, mounts } = sidecarVolumes(context.routes, context.redisTlsSecret, pod.spec?.volumes ?? []);
   const sidecar = buildSidecarContainer(context, wallet, mounts);
   const sdkVariables = sdkEnvironment(context.routes);
 
@@ -273,6 +294,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     context.redisUrlSecret === undefined
       ? { name: 'TOLLGATE_REDIS_URL', value: context.redisUrl }
       : { name: 'TOLLGATE_REDIS_URL', valueFrom: { secretKeyRef: { name: context.redisUrlSecret.name, key: context.redisUrlSecret.key } } },
+    ...redisTlsEnvironment(context.redisTlsSecret),
     // The operator's ledger and the sidecars must keep settled records equally long.
     ...(context.settledRetentionMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_RETENTION', value: `${context.settledRetentionMs}ms` }]),
     ...(context.ledgerTimeoutMs === undefined ? [] : [{ name: 'TOLLGATE_LEDGER_TIMEOUT', value: `${context.ledgerTimeoutMs}ms` }]),
@@ -323,11 +345,20 @@ function readyzProbe(timing: { periodSeconds: number; failureThreshold: number }
 
 // Volumes
 
-/** Returns the pod volumes the sidecar needs (tmp, then one per credential Secret) and its mounts of them. */
-function sidecarVolumes(routes: readonly ProviderRoute[], podVolumes: readonly V1Volume[]): { volumes: V1Volume[]; mounts: V1VolumeMount[] } {
+/**
+ * Returns the pod volumes the sidecar needs (tmp, then one per credential Secret,
+ * then the Redis TLS Secret when it uses one) and its mounts of them.
+ */
+function sidecarVolumes(
+  routes: readonly ProviderRoute[],
+  redisTls: RedisTlsSecretRef | undefined,
+  podVolumes: readonly V1Volume[],
+): { volumes: V1Volume[]; mounts: V1VolumeMount[] } {
   const takenNames = new Set(podVolumes.map((volume) => volume.name));
   const credentialVolumes = credentialSecretVolumes(routes, takenNames);
   const tmpVolumeName = uniqueName(TMP_VOLUME_BASE_NAME, takenNames);
+  const redisTlsKeys = redisTls === undefined ? [] : redisTlsSecretKeys(redisTls);
+  const redisTlsVolumeName = redisTlsKeys.length === 0 ? undefined : uniqueName(REDIS_TLS_VOLUME_BASE_NAME, takenNames);
 
   const volumes: V1Volume[] = [
     { name: tmpVolumeName, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
@@ -344,7 +375,40 @@ function sidecarVolumes(routes: readonly ProviderRoute[], podVolumes: readonly V
       readOnly: true,
     })),
   ];
+  if (redisTls !== undefined && redisTlsVolumeName !== undefined) {
+    // Not optional, and only the keys the sidecar reads are projected: a missing Secret or key then keeps the pod
+    // in ContainerCreating with a FailedMount event that names it, instead of a sidecar that cannot reach Redis.
+    volumes.push({
+      name: redisTlsVolumeName,
+      secret: { secretName: redisTls.name, defaultMode: SECRET_FILE_MODE, items: redisTlsKeys.map((key) => ({ key, path: key })) },
+    });
+    mounts.push({ name: redisTlsVolumeName, mountPath: REDIS_TLS_DIR, readOnly: true });
+  }
   return { volumes, mounts };
+}
+
+/** Returns the keys of the Redis TLS Secret that the sidecar reads: ca.crt, then tls.crt and tls.key, each when used. */
+export function redisTlsSecretKeys(redisTls: Pick<RedisTlsSecretRef, 'caCertificate' | 'clientCertificate'>): string[] {
+  return [
+    ...(redisTls.caCertificate ? [REDIS_TLS_SECRET_KEYS.ca] : []),
+    ...(redisTls.clientCertificate ? [REDIS_TLS_SECRET_KEYS.cert, REDIS_TLS_SECRET_KEYS.key] : []),
+  ];
+}
+
+/** Returns the variables that point the sidecar at its mounted Redis TLS files, in the order of redisTlsSecretKeys. */
+function redisTlsEnvironment(redisTls: RedisTlsSecretRef | undefined): V1EnvVar[] {
+  if (redisTls === undefined) {
+    return [];
+  }
+  return [
+    ...(redisTls.caCertificate ? [{ name: REDIS_TLS_ENV.caFile, value: `${REDIS_TLS_DIR}/${REDIS_TLS_SECRET_KEYS.ca}` }] : []),
+    ...(redisTls.clientCertificate
+      ? [
+          { name: REDIS_TLS_ENV.certFile, value: `${REDIS_TLS_DIR}/${REDIS_TLS_SECRET_KEYS.cert}` },
+          { name: REDIS_TLS_ENV.keyFile, value: `${REDIS_TLS_DIR}/${REDIS_TLS_SECRET_KEYS.key}` },
+        ]
+      : []),
+  ];
 }
 
 interface CredentialVolume {

@@ -12,7 +12,7 @@
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { V1ResourceRequirements } from '@kubernetes/client-node';
+import type { V1ResourceRequirements, V1Secret } from '@kubernetes/client-node';
 import { Counter, register as defaultRegistry, type Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import {
@@ -34,7 +34,15 @@ import {
 import { createKubeClients, isNotFound, loadKubeConfig, type KubeClients } from '../kube.ts';
 import { trackUnusedConnections } from '../../src/net/unused-connections.ts';
 import { describePod, EventRecorder } from './events.ts';
-import { checkInjectionNeeded, injectSidecar, InjectionEventReason, type InjectionResult, type SecretKeyRef } from './inject.ts';
+import {
+  checkInjectionNeeded,
+  injectSidecar,
+  InjectionEventReason,
+  redisTlsSecretKeys,
+  type InjectionResult,
+  type RedisTlsSecretRef,
+  type SecretKeyRef,
+} from './inject.ts';
 import { loadNamespaceResources, ResourceLookupError } from './namespace-resources.ts';
 
 export const MUTATE_PODS_PATH = '/mutate-pods';
@@ -67,6 +75,8 @@ export interface WebhookOptions {
   redisUrl: string;
   /** Secret key in each pod's namespace that contains the Redis URL; injected sidecars read it from there instead of a plain value. */
   sidecarRedisSecret?: SecretKeyRef;
+  /** Secret in each pod's namespace that injected sidecars mount their Redis TLS files from, and which files they use. */
+  sidecarRedisTlsSecret?: RedisTlsSecretRef;
   /** Retention of the ledger's settled records that injected sidecars get, in milliseconds. */
   settledRetentionMs?: number;
   /** Ledger timeout that injected sidecars get as TOLLGATE_LEDGER_TIMEOUT, in milliseconds, or absent for the sidecar's default. */
@@ -225,6 +235,7 @@ class AdmissionHandler {
       configUrl: this.options.configUrl,
       redisUrl: this.options.redisUrl,
       ...(this.options.sidecarRedisSecret === undefined ? {} : { redisUrlSecret: this.options.sidecarRedisSecret }),
+      ...(this.options.sidecarRedisTlsSecret === undefined ? {} : { redisTlsSecret: this.options.sidecarRedisTlsSecret }),
       ...(this.options.settledRetentionMs === undefined ? {} : { settledRetentionMs: this.options.settledRetentionMs }),
       ...(this.options.ledgerTimeoutMs === undefined ? {} : { ledgerTimeoutMs: this.options.ledgerTimeoutMs }),
       ...(this.options.sidecarBodyLimit === undefined ? {} : { bodyLimit: this.options.sidecarBodyLimit }),
@@ -236,8 +247,10 @@ class AdmissionHandler {
       ...(this.options.sidecarResources === undefined ? {} : { resources: this.options.sidecarResources }),
     });
     const warnings = [...resources.invalidRoutes, ...result.warnings];
-    const redisSecretWarning = result.patch.length > 0 ? await this.checkRedisSecret(namespace) : undefined;
-    if (redisSecretWarning) warnings.push(redisSecretWarning);
+    if (result.patch.length > 0) {
+      const secretWarnings = await Promise.all([this.checkRedisSecret(namespace), this.checkRedisTlsSecret(namespace)]);
+      warnings.push(...secretWarnings.filter((warning) => warning !== undefined));
+    }
     this.finish(admission, namespace, { ...result, warnings });
     return allowResponse(admission.uid, result.patch, warnings.map((warning) => `tollgate: ${warning}`));
   }
@@ -256,7 +269,6 @@ class AdmissionHandler {
     return denyResponse(admission.uid, 500, 'InternalError', message);
   }
 
-  /** Counts, logs and records the Event of a decision; a dry run records no Event, because it must have no side effects. */
   /**
    * Returns a warning when the Secret that injected sidecars read the Redis
    * URL from is missing in the pod's namespace, or lacks the key: such a pod
@@ -267,19 +279,58 @@ class AdmissionHandler {
     const ref = this.options.sidecarRedisSecret;
     if (ref === undefined) return undefined;
     const fix = `create it with: kubectl create secret generic ${ref.name} -n ${namespace} --from-literal=${ref.key}=redis://...`;
-    try {
-      const lookup = this.clients.core.readNamespacedSecret({ name: ref.name, namespace });
-      const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), this.options.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS).unref());
-      const secret = await Promise.race([lookup, timeout]);
-      if (secret === undefined) return undefined;
-      if (secret.data?.[ref.key] !== undefined || secret.stringData?.[ref.key] !== undefined) return undefined;
-      return `Secret "${ref.name}" in namespace "${namespace}" has no key "${ref.key}", which the sidecar reads the Redis URL from, so the pod will not start; add the key`;
-    } catch (error) {
-      if (!isNotFound(error)) return undefined;
+    const secret = await this.readSecret(ref.name, namespace);
+    if (secret === undefined) return undefined;
+    if (secret === null) {
       return `Secret "${ref.name}" not found in namespace "${namespace}": the sidecar reads the Redis URL from its key "${ref.key}", so the pod will not start until it exists; ${fix}`;
+    }
+    if (hasSecretKey(secret, ref.key)) return undefined;
+    return `Secret "${ref.name}" in namespace "${namespace}" has no key "${ref.key}", which the sidecar reads the Redis URL from, so the pod will not start; add the key`;
+  }
+
+  /**
+   * Returns a warning when the Secret that injected sidecars mount their Redis
+   * TLS files from is missing in the pod's namespace, or lacks a key they use:
+   * such a pod does not start. Says nothing when the lookup fails, as
+   * checkRedisSecret does.
+   */
+  private async checkRedisTlsSecret(namespace: string): Promise<string | undefined> {
+    const ref = this.options.sidecarRedisTlsSecret;
+    if (ref === undefined) return undefined;
+    const keys = redisTlsSecretKeys(ref);
+    if (keys.length === 0) return undefined;
+    const keyList = keys.map((key) => `"${key}"`).join(', ');
+    const secret = await this.readSecret(ref.name, namespace);
+    if (secret === undefined) return undefined;
+    if (secret === null) {
+      const fix = `create it from files named like its keys with: kubectl create secret generic ${ref.name} -n ${namespace} ${keys.map((key) => `--from-file=${key}`).join(' ')}`;
+      return `Secret "${ref.name}" not found in namespace "${namespace}": the sidecar mounts its keys ${keyList} for the TLS connection to Redis, so the pod will not start until it exists; ${fix}`;
+    }
+    const missing = keys.filter((key) => !hasSecretKey(secret, key));
+    if (missing.length === 0) return undefined;
+    const missingList = missing.map((key) => `"${key}"`).join(', ');
+    const noun = missing.length === 1 ? 'key' : 'keys';
+    return (
+      `Secret "${ref.name}" in namespace "${namespace}" has no ${noun} ${missingList}, which the sidecar mounts for the TLS connection to Redis, ` +
+      `so the pod will not start; add the ${noun}`
+    );
+  }
+
+  /**
+   * Reads a Secret of the pod's namespace for a check. Returns null when it does not exist, and undefined when the
+   * operator may not read it, the lookup fails or it takes longer than the lookup timeout.
+   */
+  private async readSecret(name: string, namespace: string): Promise<V1Secret | null | undefined> {
+    try {
+      const lookup = this.clients.core.readNamespacedSecret({ name, namespace });
+      const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), this.options.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS).unref());
+      return await Promise.race([lookup, timeout]);
+    } catch (error) {
+      return isNotFound(error) ? null : undefined;
     }
   }
 
+  /** Counts, logs and records the Event of a decision; a dry run records no Event, because it must have no side effects. */
   private finish(admission: AdmissionRequest, namespace: string, result: InjectionResult): void {
     const pod = admission.object;
     this.decisions.inc({ decision: result.decision });
@@ -326,6 +377,10 @@ async function readBody(request: IncomingMessage): Promise<string> {
     chunks.push(buffer);
   }
   return Buffer.concat(chunks).toString('utf8');
+}
+
+function hasSecretKey(secret: V1Secret, key: string): boolean {
+  return secret.data?.[key] !== undefined || secret.stringData?.[key] !== undefined;
 }
 
 function sendJson(response: ServerResponse, status: number, body: unknown): void {

@@ -111,6 +111,26 @@ short window fails the install instead of making every operator replica exit at 
 {{- end -}}
 
 {{/*
+Name of the Secret that the injected sidecars mount their Redis TLS files from:
+ledger.tls.sidecarSecret, else ledger.tls.existingSecret, and empty without TLS
+files. Fails on the ledger.tls settings that would stop every operator replica
+at start.
+*/}}
+{{- define "tollgate.redisTlsSidecarSecret" -}}
+{{- $tls := .Values.ledger.tls -}}
+{{- if $tls.existingSecret -}}
+{{- if and (not .Values.ledger.existingSecret.name) (not (hasPrefix "rediss" .Values.ledger.redisUrl)) -}}
+{{- fail (printf "ledger.tls.existingSecret is set, but ledger.redisUrl %q does not use TLS: use a rediss:// or rediss+cluster:// URL, or leave ledger.tls.existingSecret empty" .Values.ledger.redisUrl) -}}
+{{- end -}}
+{{- default $tls.existingSecret $tls.sidecarSecret -}}
+{{- else if $tls.clientCertificate -}}
+{{- fail "ledger.tls.clientCertificate is true, but ledger.tls.existingSecret is empty: name the Secret in the release namespace that holds ca.crt, tls.crt and tls.key" -}}
+{{- else if $tls.sidecarSecret -}}
+{{- fail "ledger.tls.sidecarSecret is set, but ledger.tls.existingSecret is empty: the injected sidecars mount the TLS files that the operator uses, so set ledger.tls.existingSecret too, or leave ledger.tls.sidecarSecret empty" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 ledger.timeout, checked as the operator checks it: 0 or from 10ms to 10m.
 */}}
 {{- define "tollgate.ledgerTimeout" -}}
