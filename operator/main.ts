@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
 import { parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { parseRedisUrl } from '../src/ledger/redis-connect.ts';
-import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS } from '../src/ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, type RedisTlsSettingNames } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
@@ -354,6 +354,11 @@ export function parseSecretName(text: string, setting: string): string {
  * a flag, and as a variable otherwise.
  */
 function loadOperatorRedisTls(redisUrl: string, flags: RedisTlsFlags, env: NodeJS.ProcessEnv): ConnectionOptions | undefined {
+  try {
+    rejectEmptyOptions(flags);
+  } catch (error) {
+    throw new ConfigurationError((error as Error).message, { cause: error });
+  }
   const anyFlag = flags.caFile !== undefined || flags.certFile !== undefined || flags.keyFile !== undefined;
   const setting = (name: keyof RedisTlsFlags) => {
     const fromEnv = env[REDIS_TLS_ENV[name]] || undefined;
@@ -369,6 +374,13 @@ function loadOperatorRedisTls(redisUrl: string, flags: RedisTlsFlags, env: NodeJ
     throw new ConfigurationError((error as Error).message, { cause: error });
   }
 }
+
+/** The operator's TLS settings as its connection errors name them: the flag, and the variable that the Helm chart sets. */
+const OPERATOR_TLS_SETTINGS: RedisTlsSettingNames = {
+  caFile: `${REDIS_TLS_OPTIONS.caFile} (${REDIS_TLS_ENV.caFile})`,
+  certFile: `${REDIS_TLS_OPTIONS.certFile} (${REDIS_TLS_ENV.certFile})`,
+  keyFile: `${REDIS_TLS_OPTIONS.keyFile} (${REDIS_TLS_ENV.keyFile})`,
+};
 
 interface RedisTlsFlags {
   caFile: string | undefined;
@@ -498,6 +510,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
     settledRetentionMs: config.settledRetentionMs,
     timeoutMs: config.ledgerTimeoutMs,
     tls: config.redisTls,
+    tlsSettingNames: OPERATOR_TLS_SETTINGS,
     logger: log,
   });
   const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });

@@ -6,6 +6,7 @@ import { secretsResolver, type CredentialResolver } from '../src/config/snapshot
 import { GrantExpiredError, LedgerUnavailableError, type Ledger, type WalletKey } from '../src/ledger/ledger.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
+import { REDIS_TLS_OPTIONS } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { startSimulator } from '../src/simulator/index.ts';
@@ -121,7 +122,7 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   };
   const ledgerOptions = options.settledRetentionMs === undefined ? {} : { settledRetentionMs: options.settledRetentionMs };
   const ledger: Ledger = options.redisUrl
-    ? new RedisLedger(options.redisUrl, { ...ledgerOptions, timeoutMs: options.ledgerTimeoutMs, tls: options.redisTls, logger: log })
+    ? new RedisLedger(options.redisUrl, { ...ledgerOptions, timeoutMs: options.ledgerTimeoutMs, tls: options.redisTls, tlsSettingNames: REDIS_TLS_OPTIONS, logger: log })
     : new MemoryLedger({ ...ledgerOptions, maxLogEntries: DEV_MAX_LOG_ENTRIES });
   opened.push(() => ledger.quit());
   // Grants added to the manifests while it runs are credited before the new configuration serves.

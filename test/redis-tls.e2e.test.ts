@@ -424,8 +424,7 @@ describe('Redis TLS from the operator to an injected sidecar', () => {
       'the billing ledger is unavailable, so the request was not forwarded; retry shortly ' +
       `(ledger reserve for wallet ${NAMESPACE}/app failed because Redis at 127.0.0.1:${new URL(redis.tlsUrl!).port} is unavailable: ` +
       'self-signed certificate in certificate chain. ' +
-      "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
-      'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.)';
+      "The ledger does not trust the Redis server's TLS certificate: check that the CA in TOLLGATE_REDIS_CA_FILE signed it.)";
     expect(error).toBeInstanceOf(OpenAI.APIError);
     const apiError = error as InstanceType<typeof OpenAI.APIError>;
     expect(apiError.status).toBe(503);

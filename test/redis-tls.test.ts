@@ -99,19 +99,39 @@ describe('RedisLedger over TLS to one server', () => {
 
   it('names the CA setting when the server certificate is not trusted', async () => {
     const port = new URL(redis.tlsUrl!).port;
-    const advice =
-      "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
-      'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.';
+    const failure = `ledger credit for wallet tls/team failed because Redis at 127.0.0.1:${port} is unavailable: self-signed certificate in certificate chain.`;
 
     // Node.js's built-in CA list does not include a private CA.
     const withoutCa = await creditError(ledgerFor(redis.tlsUrl!, { certFile: certs.clientCertFile, keyFile: certs.clientKeyFile }));
     expect(withoutCa).toBeInstanceOf(LedgerUnavailableError);
     expect(withoutCa.message).toBe(
-      `ledger credit for wallet tls/team failed because Redis at 127.0.0.1:${port} is unavailable: self-signed certificate in certificate chain. ${advice}`,
+      `${failure} The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in TOLLGATE_REDIS_CA_FILE.`,
     );
 
     const wrongCa = await creditError(ledgerFor(redis.tlsUrl!, { ...clientFiles(), caFile: other.caFile }));
-    expect(wrongCa.message).toBe(withoutCa.message);
+    expect(wrongCa.message).toBe(`${failure} The ledger does not trust the Redis server's TLS certificate: check that the CA in TOLLGATE_REDIS_CA_FILE signed it.`);
+  });
+
+  it('names the settings as the caller gives them', async () => {
+    const ledger = new RedisLedger(redis.tlsUrl!, {
+      tls: loadRedisTls(redis.tlsUrl!, { certFile: certs.clientCertFile, keyFile: certs.clientKeyFile }, REDIS_TLS_OPTIONS),
+      tlsSettingNames: REDIS_TLS_OPTIONS,
+    });
+    const error = await creditError(ledger);
+    expect(error.message).toMatch(/ The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in --redis-ca\.$/);
+  });
+
+  it('connects with TLS for a scheme in upper case', async () => {
+    const upper = redis.tlsUrl!.replace('rediss://', 'REDISS://');
+    const tlsWallet = { namespace: 'tls', name: 'upper' };
+    await withLedger(ledgerFor(upper, clientFiles()), async (ledger) => {
+      expect(await ledger.credit(tlsWallet, 'grant-1', 5n)).toEqual({ status: 'credited', replayed: false, balance: 5n, amount: 5n });
+    });
+
+    // Without TLS files, only the scheme asks for TLS; a plain port then never completes the handshake.
+    const plainPort = await creditError(new RedisLedger(`REDISS://127.0.0.1:${redis.port}`, { timeoutMs: 300 }));
+    expect(plainPort).toBeInstanceOf(LedgerTimeoutError);
+    expect(plainPort.message).toContain("The connection's TLS handshake has not completed");
   });
 
   it('says that the server asks for a client certificate', async () => {
@@ -124,7 +144,7 @@ describe('RedisLedger over TLS to one server', () => {
         `^ledger credit for wallet tls/team failed because Redis at 127\\.0\\.0\\.1:${port} is unavailable: ` +
           '(?:(?:read|write) ECONNRESET\\. Check that Redis is running and reachable there\\. If it asks for client certificates ' +
           "\\(redis-server's tls-auth-clients\\), give one|TLS error: tlsv13 alert certificate required\\. Redis asks for a client certificate: give one) " +
-          'in TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE \\(--redis-cert and --redis-key on the command line\\)\\.$',
+          'in TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE\\.$',
       ),
     );
   });
@@ -136,10 +156,10 @@ describe('RedisLedger over TLS to one server', () => {
     expect(error.message).toMatch(
       new RegExp(
         `^ledger credit for wallet tls/team failed because Redis at 127\\.0\\.0\\.1:${port} is unavailable: ` +
-          '(?:TLS error: tlsv1 alert unknown ca\\. Redis refused the ledger\'s client certificate: check that a CA in ' +
-          "redis-server's tls-ca-cert-file signed the certificate in TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE " +
-          '\\(--redis-cert and --redis-key on the command line\\), and that it has not expired\\.' +
-          '|(?:read|write) ECONNRESET\\. Check that Redis is running and reachable there\\.)$',
+          "(?:TLS error: tlsv1 alert unknown ca\\. Redis rejected the ledger's client certificate: check that a CA in " +
+          "redis-server's tls-ca-cert-file signed the certificate in TOLLGATE_REDIS_CERT_FILE, and that it has not expired\\." +
+          '|(?:read|write) ECONNRESET\\. Check that Redis is running and reachable there\\. If it rejected the client certificate, ' +
+          "check that a CA in redis-server's tls-ca-cert-file signed the certificate in TOLLGATE_REDIS_CERT_FILE\\.)$",
       ),
     );
   });
@@ -190,8 +210,7 @@ describe('RedisLedger over TLS to a server that names another host', () => {
     expect(error.message).toBe(
       `ledger credit for wallet tls/team failed because Redis at 127.0.0.1:${new URL(tlsUrl).port} is unavailable: ` +
         "Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list: . " +
-        "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
-        'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.',
+        "The Redis server's TLS certificate does not name the host in the Redis URL: use a host name or address that the certificate names.",
     );
   });
 });
@@ -314,6 +333,13 @@ describe('tollgate dev and tollgate ledger over TLS', () => {
       () => undefined,
       (error: { code: number; stderr: string }) => error,
     );
+    const emptyOption = await run(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--redis', redis.tlsUrl!, '--redis-ca', ''], { cwd: ROOT, env: env() }).then(
+      () => undefined,
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(emptyOption?.code).toBe(2);
+    expect(emptyOption?.stderr).toBe('--redis-ca is empty; give the path of a PEM file, or leave the option out\n');
+
     expect(ledgerPlain?.code).toBe(2);
     expect(ledgerPlain?.stderr.split('\n')[0]).toBe(
       `TOLLGATE_REDIS_CA_FILE is set, but the Redis URL "${redis.url}" does not use TLS; use a rediss:// or rediss+cluster:// URL, or remove TOLLGATE_REDIS_CA_FILE`,
@@ -365,8 +391,20 @@ describe('RedisLedger over TLS to a Redis Cluster', () => {
     expect(error.message).toBe(
       `ledger credit for wallet tls/team failed because the Redis Cluster at seed 127.0.0.1:${seed.port} is unavailable: ` +
         `no cluster node answered (last tried 127.0.0.1:${seed.port}: self-signed certificate in certificate chain). ` +
-        "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
-        'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line), and check that the certificate names the host in the Redis URL.',
+        "The ledger does not trust the Redis server's TLS certificate: check that the CA in TOLLGATE_REDIS_CA_FILE signed it.",
+    );
+  });
+
+  it('suggests rediss+cluster:// for TLS ports reached without TLS', async () => {
+    const seed = cluster.tlsNodes[0]!;
+    const error = await creditError(new RedisLedger(`redis+cluster://127.0.0.1:${seed.port}`, { timeoutMs: 2000 }));
+    expect(error).toBeInstanceOf(LedgerUnavailableError);
+    expect(error.message).toMatch(
+      new RegExp(
+        `^ledger credit for wallet tls/team failed because the Redis Cluster at seed 127\\.0\\.0\\.1:${seed.port} is unavailable: ` +
+          `no cluster node answered \\(last tried 127\\.0\\.0\\.1:${seed.port}: (?:read|write) ECONNRESET\\)\\. ` +
+          "Check that Redis is running and reachable there\\. If that port serves TLS \\(redis-server's tls-port\\), use a rediss\\+cluster:// URL\\.$",
+      ),
     );
   });
 });
@@ -384,3 +422,36 @@ async function masterSlotRanges(cluster: RunningRedisCluster): Promise<Map<numbe
     await connection.quit();
   }
 }
+
+describe('RedisLedger over TLS to a Redis Cluster whose certificates name only a host', () => {
+  let named: TestCertificates;
+  let cluster: RunningRedisCluster;
+
+  beforeAll(async () => {
+    named = await createTestCertificates('named-cluster', 'DNS:localhost');
+    cluster = await startRedisCluster({ nodes: 3, tls: { certFile: named.serverCertFile, keyFile: named.serverKeyFile, caFile: named.caFile } });
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+    await named?.remove();
+  });
+
+  it('names the node and its certificate error', async () => {
+    // The seed is reached by the name in the URL, which its certificate names, and the other nodes by the IP addresses they announce.
+    const seed = cluster.tlsNodes[0]!;
+    const url = `rediss+cluster://localhost:${seed.port}`;
+    const error = await creditError(new RedisLedger(url, { tls: loadRedisTls(url, { caFile: named.caFile, certFile: named.clientCertFile, keyFile: named.clientKeyFile }, REDIS_TLS_OPTIONS) }));
+    expect(error).toBeInstanceOf(LedgerUnavailableError);
+    expect(error.message).toMatch(
+      new RegExp(
+        `^ledger credit for wallet tls/team failed because the Redis Cluster at seed localhost:${seed.port} is unavailable: ` +
+          'the cluster is not ready: a node did not report cluster_state:ok in CLUSTER INFO ' +
+          "\\(last node error 127\\.0\\.0\\.1:\\d+: Hostname/IP does not match certificate's altnames: IP: 127\\.0\\.0\\.1 is not in the cert's list: \\)\\. " +
+          "The Redis node's TLS certificate does not name the address the ledger connected to\\. The ledger reaches the seeds by the host in the URL " +
+          'and the other nodes by the address they announce in CLUSTER SLOTS, an IP address unless the cluster announces host names ' +
+          '\\(cluster-announce-hostname with cluster-preferred-endpoint-type hostname\\), so the node certificates must name those addresses\\.$',
+      ),
+    );
+  });
+});

@@ -60,6 +60,7 @@ function tlsSettings(values: Record<string, unknown>): [RedisTlsFiles, RedisTlsS
   for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
     const option = values[REDIS_TLS_OPTIONS[key].slice(2)];
     if (typeof option === 'string') {
+      if (option === '') throw new RangeError(`${REDIS_TLS_OPTIONS[key]} is empty; give the path of a PEM file, or leave the option out`);
       files[key] = option;
     } else {
       files[key] = process.env[REDIS_TLS_ENV[key]];
@@ -124,7 +125,7 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
 
   const [namespace = '', name = ''] = values.wallet.split('/');
   const wallet = { namespace, name };
-  const ledger = new RedisLedger(values.redis, { tls });
+  const ledger = new RedisLedger(values.redis, { tls, tlsSettingNames: tlsSettings(values)[1] });
   try {
     switch (action as Command) {
       case 'state':

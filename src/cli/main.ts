@@ -152,10 +152,11 @@ async function dev(args: string[]): Promise<number> {
   const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
   const { parseLedgerTimeout } = await import('../ledger/redis.ts');
   const { parseRedisUrl } = await import('../ledger/redis-connect.ts');
-  const { loadRedisTls, REDIS_TLS_OPTIONS } = await import('../ledger/redis-tls.ts');
+  const { loadRedisTls, REDIS_TLS_OPTIONS, rejectEmptyOptions } = await import('../ledger/redis-tls.ts');
   try {
     if (values.redis !== undefined) parseRedisUrl(values.redis);
     const tlsFiles = { caFile: values['redis-ca'], certFile: values['redis-cert'], keyFile: values['redis-key'] };
+    rejectEmptyOptions(tlsFiles);
     if (values.redis === undefined && Object.values(tlsFiles).some((file) => file !== undefined)) {
       throw new RangeError('--redis-ca, --redis-cert and --redis-key apply to the Redis ledger; give --redis rediss://HOST:PORT too, or remove them');
     }

@@ -7,7 +7,6 @@ describe('parseRedisUrl for one server', () => {
     const urls = [
       'redis://127.0.0.1:6379',
       'rediss://user:p%40ss@redis.example.com:6380/2?family=6',
-      'REDIS://localhost',
       'localhost:6379',
       '6379',
       '/var/run/redis/redis.sock?db=1',
@@ -16,6 +15,12 @@ describe('parseRedisUrl for one server', () => {
     for (const url of urls) {
       expect(parseRedisUrl(url), url).toEqual({ kind: 'server', url });
     }
+  });
+
+  it('writes the scheme of server URLs in lower case', () => {
+    // ioredis turns TLS on only for a lower-case "rediss://".
+    expect(parseRedisUrl('REDISS://Redis.Example.com:6380/0')).toEqual({ kind: 'server', url: 'rediss://Redis.Example.com:6380/0' });
+    expect(parseRedisUrl('REDIS://localhost')).toEqual({ kind: 'server', url: 'redis://localhost' });
   });
 
   it('rejects an unknown scheme', () => {

@@ -4,7 +4,7 @@
  * setting that Secrets, the Helm chart and the injector carry:
  *
  * - `redis://` and `rediss://` (TLS): one server. ioredis parses the URL, as
- *   it always did; this module passes it on unchanged.
+ *   it always did; this module passes it on with the scheme in lower case.
  * - `redis+cluster://` and `rediss+cluster://` (TLS): a Redis Cluster. The
  *   authority names one seed node, as in
  *   `redis+cluster://user:pass@redis-0.redis:6379`, and repeated
@@ -70,8 +70,8 @@ export interface OpenedRedis {
 
 /**
  * Parses a ledger URL. A Redis Cluster URL is checked completely. A URL with
- * the scheme redis:// or rediss://, or with none, is returned as given for
- * ioredis to parse. Throws a RangeError for an invalid cluster URL or an
+ * the scheme redis:// or rediss://, or with none, is returned for ioredis to
+ * parse, with its scheme in lower case. Throws a RangeError for an invalid cluster URL or an
  * unknown scheme, whose message shows the URL without its password and the fix.
  */
 export function parseRedisUrl(text: string): RedisTarget {
@@ -83,7 +83,8 @@ export function parseRedisUrl(text: string): RedisTarget {
   if (clusterWithoutSlashes) {
     throw invalidUrl(text, `the scheme "${clusterWithoutSlashes[1]}:" must be followed by "//"; write the URL as ${CLUSTER_EXAMPLE}`);
   }
-  return { kind: 'server', url: text };
+  // ioredis turns TLS on only for a scheme written "rediss://" in lower case, and would connect "REDISS://" without it.
+  return { kind: 'server', url: scheme === undefined ? text : `${scheme}${text.slice(scheme.length)}` };
 }
 
 /**

@@ -108,6 +108,17 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
   return options;
 }
 
+/**
+ * Throws for a command-line option given an empty value, such as
+ * `--redis-ca ''`, which would otherwise read as not set and leave the
+ * connection without the file the user meant to give.
+ */
+export function rejectEmptyOptions(files: RedisTlsFiles): void {
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    if (files[key] === '') throw new RangeError(`${REDIS_TLS_OPTIONS[key]} is empty; give the path of a PEM file, or leave the option out`);
+  }
+}
+
 /** Returns whether a ledger URL connects with TLS: `rediss://` or `rediss+cluster://`. */
 export function usesTls(url: string): boolean {
   const target = parseRedisUrl(url);

@@ -37,8 +37,8 @@ import { TLSSocket } from 'node:tls';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster, ReplyError } from 'ioredis';
 import type { RedisOptions } from 'ioredis';
-import { openRedisClient } from './redis-connect.ts';
-import { usesTls } from './redis-tls.ts';
+import { openRedisClient, parseRedisUrl, READY_CHECK_FAILED } from './redis-connect.ts';
+import { REDIS_TLS_ENV, usesTls, type RedisTlsSettingNames } from './redis-tls.ts';
 
 import type {
   Checkpoint,
@@ -216,6 +216,12 @@ export interface RedisLedgerOptions {
    */
   tls?: ConnectionOptions | undefined;
   /**
+   * The settings of the TLS files as the user sets them, which connection
+   * errors name in their advice; default REDIS_TLS_ENV (the sidecar's
+   * environment variables).
+   */
+  tlsSettingNames?: RedisTlsSettingNames | undefined;
+  /**
    * How long an operation waits for Redis, in milliseconds, before it fails
    * with LedgerTimeoutError; default DEFAULT_LEDGER_TIMEOUT_MS (2 s), 0 for no
    * limit. A stalled server (a paused process, a slow fork for persistence, a
@@ -285,7 +291,10 @@ export class RedisLedger implements Ledger {
       });
       this.#connection = watchConnection(opened.client, opened.address, options.logger, {
         tls: usesTls(client),
+        cluster: parseRedisUrl(client).kind === 'cluster',
+        ca: options.tls?.ca !== undefined,
         clientCertificate: options.tls?.cert !== undefined,
+        names: options.tlsSettingNames ?? REDIS_TLS_ENV,
       });
       this.#client = opened.client;
       this.#ownsClient = true;
@@ -718,7 +727,7 @@ interface WatchedConnection {
    * ready again and undefined otherwise.
    */
   lastError: string | undefined;
-  /** What to check for that error, when it points to a TLS setting (see connectionAdvice); undefined otherwise. */
+  /** The advice for that error when it points to a TLS setting (see connectionAdvice); undefined otherwise. */
   lastAdvice: string | undefined;
   /** The cluster's name for messages, such as "the Redis Cluster at seed 10.0.0.5:6379"; undefined for one server. */
   address: string | undefined;
@@ -759,8 +768,16 @@ function watchConnection(
       lastNode = `${node}: ${describeConnectionError(error).replace(/\.+$/, '')}`;
       lastNodeError = error;
     });
-    // The advice follows the node's error, because the cluster's own ("Failed to refresh slots cache") says nothing.
-    client.on('error', (error: Error) => lost('lastNodeError' in error ? (lastNodeError ?? error) : error, describeClusterError(error, lastNode)));
+    // The advice follows the node's error, because the cluster's own ("Failed to refresh slots cache", or a failed
+    // ready check when a node other than the seeds could not be reached) does not say why.
+    client.on('error', (error: Error) => {
+      const fromNode = 'lastNodeError' in error || error.message === READY_CHECK_FAILED;
+      lost(fromNode ? (lastNodeError ?? error) : error, describeClusterError(error, lastNode));
+    });
+    client.on('ready', () => {
+      lastNode = undefined;
+      lastNodeError = undefined;
+    });
   } else {
     client.on('error', (error: Error) => lost(error, describeConnectionError(error)));
   }
@@ -791,6 +808,7 @@ function failFastOnceReady(client: Redis): void {
  * error, because ioredis's own message says neither.
  */
 function describeClusterError(error: Error, lastNode: string | undefined): string {
+  if (error.message === READY_CHECK_FAILED && lastNode !== undefined) return `${READY_CHECK_FAILED} (last node error ${lastNode})`;
   if (!('lastNodeError' in error)) return describeConnectionError(error);
   const nodeError = error.lastNodeError instanceof Error ? describeConnectionError(error.lastNodeError).replace(/\.+$/, '') : undefined;
   const detail = lastNode ?? nodeError;
@@ -819,13 +837,17 @@ export function describeConnectionError(error: Error): string {
 /** ioredis's message for a command on a connection that closed. */
 const CONNECTION_CLOSED = 'Connection is closed.';
 
-/** Whether the ledger's own connection uses TLS, and with a client certificate; for connectionAdvice. */
-interface ConnectionSecurity {
+/** The kind of the ledger's own connection, and the names of its TLS settings; for connectionAdvice. */
+export interface ConnectionSecurity {
   tls: boolean;
+  cluster: boolean;
+  ca: boolean;
   clientCertificate: boolean;
+  /** The settings of the TLS files as the user knows them, such as `--redis-ca` or `TOLLGATE_REDIS_CA_FILE`. */
+  names: RedisTlsSettingNames;
 }
 
-/** Codes of Node.js's errors for a server certificate that it could not verify or that names another host. */
+/** Codes of Node.js's errors for a server certificate that it could not verify. */
 const UNTRUSTED_CERTIFICATE_CODES = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN',
   'DEPTH_ZERO_SELF_SIGNED_CERT',
@@ -836,7 +858,6 @@ const UNTRUSTED_CERTIFICATE_CODES = new Set([
   'CERT_SIGNATURE_FAILURE',
   'CERT_HAS_EXPIRED',
   'CERT_NOT_YET_VALID',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
 
 /** Codes of OpenSSL alerts by which the server refused the client's certificate, or the lack of one. */
@@ -847,42 +868,47 @@ const REFUSED_CLIENT_CERTIFICATE_CODES = new Set([
   'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
 ]);
 
-const CA_SETTING = 'TOLLGATE_REDIS_CA_FILE (--redis-ca on the command line)';
-const CLIENT_CERTIFICATE_SETTINGS =
-  'TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE (--redis-cert and --redis-key on the command line)';
-
 /**
  * Returns what to check when a connection error points to a TLS setting,
  * or undefined. A connection that the server resets at once can mean a TLS
- * port reached without TLS, or a server that wants a client certificate
- * (redis-server's `tls-auth-clients`, on by default), so the advice for a
- * reset depends on what the ledger's connection uses.
+ * port reached without TLS. It can also mean a server that wants a client
+ * certificate (redis-server's `tls-auth-clients`, on by default). So the
+ * advice for a reset depends on what the ledger's connection uses. Under TLS 1.3 the
+ * server checks the client certificate after the client's handshake is
+ * done, so a refused certificate shows as its alert or as a reset.
  */
 export function connectionAdvice(error: Error, security: ConnectionSecurity): string | undefined {
   const code = (error as NodeJS.ErrnoException).code ?? '';
+  const { names } = security;
+  const clientCertificateSettings = `${names.certFile} and ${names.keyFile}`;
   if (UNTRUSTED_CERTIFICATE_CODES.has(code)) {
-    return (
-      "The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in " +
-      `${CA_SETTING}, and check that the certificate names the host in the Redis URL.`
-    );
+    return security.ca
+      ? `The ledger does not trust the Redis server's TLS certificate: check that the CA in ${names.caFile} signed it.`
+      : `The ledger does not trust the Redis server's TLS certificate: give it the CA that signed that certificate in ${names.caFile}.`;
+  }
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    return security.cluster
+      ? "The Redis node's TLS certificate does not name the address the ledger connected to. The ledger reaches the seeds " +
+          'by the host in the URL and the other nodes by the address they announce in CLUSTER SLOTS, an IP address unless ' +
+          'the cluster announces host names (cluster-announce-hostname with cluster-preferred-endpoint-type hostname), so ' +
+          'the node certificates must name those addresses.'
+      : "The Redis server's TLS certificate does not name the host in the Redis URL: use a host name or address that the certificate names.";
   }
   if (REFUSED_CLIENT_CERTIFICATE_CODES.has(code)) {
     return security.clientCertificate
-      ? "Redis refused the ledger's client certificate: check that a CA in redis-server's tls-ca-cert-file signed the " +
-          `certificate in ${CLIENT_CERTIFICATE_SETTINGS}, and that it has not expired.`
-      : `Redis asks for a client certificate: give one in ${CLIENT_CERTIFICATE_SETTINGS}.`;
+      ? "Redis rejected the ledger's client certificate: check that a CA in redis-server's tls-ca-cert-file signed the " +
+          `certificate in ${names.certFile}, and that it has not expired.`
+      : `Redis asks for a client certificate: give one in ${clientCertificateSettings}.`;
   }
   if (code !== 'ECONNRESET' && code !== 'EPIPE') return undefined;
+  const running = 'Check that Redis is running and reachable there.';
   if (!security.tls) {
-    return 'Check that Redis is running and reachable there. If that port serves TLS (redis-server\'s tls-port), use a rediss:// URL.';
+    return `${running} If that port serves TLS (redis-server's tls-port), use a ${security.cluster ? 'rediss+cluster://' : 'rediss://'} URL.`;
   }
   if (!security.clientCertificate) {
-    return (
-      'Check that Redis is running and reachable there. If it asks for client certificates (redis-server\'s tls-auth-clients), ' +
-      `give one in ${CLIENT_CERTIFICATE_SETTINGS}.`
-    );
+    return `${running} If it asks for client certificates (redis-server's tls-auth-clients), give one in ${clientCertificateSettings}.`;
   }
-  return undefined;
+  return `${running} If it rejected the client certificate, check that a CA in redis-server's tls-ca-cert-file signed the certificate in ${names.certFile}.`;
 }
 
 /**
