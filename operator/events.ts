@@ -20,6 +20,7 @@ export const EventReason = {
   Exhausted: 'Exhausted',
   Ready: 'Ready',
   LedgerClosed: 'LedgerClosed',
+  LedgerReopened: 'LedgerReopened',
   InvalidSpec: 'InvalidSpec',
   PricePlanNotFound: 'PricePlanNotFound',
   SecretMissing: 'SecretMissing',

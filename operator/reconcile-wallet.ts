@@ -403,7 +403,16 @@ export class WalletReconciler {
     }
 
     await ledger.sweep(key);
-    const state = await ledger.state(key);
+    let state = await ledger.state(key);
+    if (state.closed) {
+      // Deleting a Wallet closes its account, and the name can only be taken again once that object is gone. So a
+      // live Wallet on a closed account was created again, and serves calls again with the balance the account kept.
+      await ledger.reopen(key);
+      state = { ...state, closed: false };
+      const message = `reopened the ledger account that the deletion of an earlier Wallet of this name closed; its balance is ${formatAmount(state.balance)}`;
+      this.#options.log.info({ wallet: `${namespace}/${key.name}`, balance: formatAmount(state.balance) }, 'reopened the ledger account of a recreated wallet');
+      await this.#options.events.record(targetOf(object), 'Normal', EventReason.LedgerReopened, message);
+    }
     if (wallet) metrics.setWallet(namespace, key.name, wallet.spec.currency, state);
 
     const facts: WalletFacts = {

@@ -436,6 +436,22 @@ describe('operator', () => {
     expect(state.balance).toBe(2n * NANO);
     expect((await ledger.verify(key)).entries).toBe(2);
     expect(reasonsOf(await eventsFor(namespace, 'gone'))).toContain('LedgerClosed');
+
+    // Applying the same manifest again, as a GitOps tool does after a delete, reopens the account with the balance it kept.
+    await createWallet(namespace, 'gone', [{ id: 'once', amount: '3.00' }]);
+    const reopened = await waitFor('the recreated wallet to be ready', async () => {
+      const wallet = await readWallet(namespace, 'gone');
+      return condition(wallet, 'Ready')?.status === 'True' ? wallet : undefined;
+    });
+    expect(reopened.status?.balance).toBe('2.00');
+    expect(reopened.status?.granted).toBe('3.00');
+    expect(await ledger.reserve(key, 'request-3', { fixed: 1n, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'x' })).toMatchObject({
+      status: 'reserved',
+    });
+    expect((await ledger.state(key)).closed).toBe(false);
+    const reopenedEvent = (await eventsFor(namespace, 'gone')).find((event) => event.reason === 'LedgerReopened');
+    expect(reopenedEvent?.message).toBe('reopened the ledger account that the deletion of an earlier Wallet of this name closed; its balance is 2.00');
+    expect((await ledger.verify(key)).entries).toBe(2);
   }, 60_000);
 
   it('serves snapshots and validates references', async () => {

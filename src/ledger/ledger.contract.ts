@@ -391,6 +391,21 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(verify.entries).toBe(2);
       });
 
+      it('admits holds again once reopened, with the balance it kept', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.reserve(wallet, 'before', fixedHold(100n));
+        await ledger.commit(wallet, 'before', usage(40n));
+        await ledger.close(wallet);
+        await ledger.reopen(wallet);
+
+        expect(await ledger.reserve(wallet, 'after', fixedHold(961n))).toEqual({ status: 'insufficient_funds', available: 960n, required: 961n });
+        expect(await ledger.reserve(wallet, 'after', fixedHold(960n))).toEqual({ status: 'reserved', amount: 960n, units: 0, replayed: false });
+        expect(await ledger.state(wallet)).toMatchObject({ closed: false, granted: 1000n, spent: 40n, reserved: 960n, available: 0n });
+        // Reopening an open wallet changes nothing.
+        await ledger.reopen(wallet);
+        expect((await ledger.state(wallet)).closed).toBe(false);
+      });
+
       it('rejects an invalid hold request', async () => {
         const wallet = await fundedWallet(1000n);
         await expect(ledger.reserve(wallet, 'bad', fixedHold(1n, { minUnits: 5, maxUnits: 4 }))).rejects.toThrow(RangeError);

@@ -253,6 +253,8 @@ export interface Ledger {
   state(wallet: WalletKey): Promise<WalletState>;
   /** Closes the wallet: no new holds; open holds can still be committed or released, and history stays. */
   close(wallet: WalletKey): Promise<void>;
+  /** Opens a closed wallet again, with the balance it kept; does nothing to an open one. */
+  reopen(wallet: WalletKey): Promise<void>;
   /**
    * Recomputes the granted, spent and expired totals from the checkpoint and
    * the entry stream after it, and compares them, the provider cost, the

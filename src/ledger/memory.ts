@@ -325,6 +325,10 @@ export class MemoryLedger implements Ledger {
     };
   }
 
+  async reopen(wallet: WalletKey): Promise<void> {
+    this.#account(wallet).closed = false;
+  }
+
   async close(wallet: WalletKey): Promise<void> {
     this.#account(wallet).closed = true;
   }

@@ -492,6 +492,11 @@ export class RedisLedger implements Ledger {
     await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, 'closed', '1'));
   }
 
+  async reopen(wallet: WalletKey): Promise<void> {
+    const [accountKey] = cachedWalletKeys(wallet);
+    await this.#call(wallet, 'reopen', () => this.#client.hdel(accountKey!, 'closed'));
+  }
+
   async verify(wallet: WalletKey): Promise<VerifyResult> {
     for (let attempt = 1; ; attempt++) {
       const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [], checkpointKeys(wallet), 'verify')) as [string[], string[], string[], string, string[]];
