@@ -130,11 +130,27 @@ function skipLoggerOnce(log: Logger): SkipHandler {
   };
 }
 
+/** How often OperatorConfig reads the provider credentials again by default, in milliseconds. */
+export const DEFAULT_CREDENTIALS_CHECK_MS = 10_000;
+
+export interface OperatorConfigOptions {
+  /**
+   * Reads the credentials that a resource set's routes use, such as the
+   * mounted Secret files, and returns a value that changes when any of them
+   * changes. The operator's snapshot carries no credentials, so a rotated
+   * provider key would otherwise wait for the next snapshot.
+   */
+  credentialsOf?: (resources: ResourceSet) => string;
+  /** How often to call credentialsOf, in milliseconds; default DEFAULT_CREDENTIALS_CHECK_MS. */
+  credentialsCheckMs?: number;
+}
+
 /**
  * Follows the operator's snapshot endpoint for one namespace by long-polling
  * with the last version as ETag. A failed poll keeps the current
  * configuration and retries with backoff, so an operator restart does not
- * stop a running sidecar.
+ * stop a running sidecar. With `credentialsOf`, it also compiles the current
+ * resources again when the provider credentials change.
  */
 export class OperatorConfig extends StaticConfig {
   private stopped = false;
@@ -142,8 +158,11 @@ export class OperatorConfig extends StaticConfig {
   private readonly compile: Compiler;
   private readonly log: Logger;
   private readonly controller = new AbortController();
+  private resources: ResourceSet;
+  private credentialsSeen: string | undefined;
+  private credentialsTimer: NodeJS.Timeout | undefined;
 
-  static async connect(url: string, compile: Compiler, log: Logger): Promise<OperatorConfig> {
+  static async connect(url: string, compile: Compiler, log: Logger, options: OperatorConfigOptions = {}): Promise<OperatorConfig> {
     let first: ResourceSet | undefined;
     try {
       first = await fetchSnapshot(url, undefined, 0, undefined);
@@ -155,16 +174,36 @@ export class OperatorConfig extends StaticConfig {
       });
     }
     if (!first) throw new Error(`the operator at ${url} returned no configuration`);
-    const config = new OperatorConfig(url, compile(first), compile, log);
+    const config = new OperatorConfig(url, first, compile(first), compile, log);
     void config.follow();
+    if (options.credentialsOf) config.checkCredentials(options.credentialsOf, options.credentialsCheckMs ?? DEFAULT_CREDENTIALS_CHECK_MS);
     return config;
   }
 
-  private constructor(url: string, snapshot: Snapshot, compile: Compiler, log: Logger) {
+  private constructor(url: string, resources: ResourceSet, snapshot: Snapshot, compile: Compiler, log: Logger) {
     super(snapshot);
     this.url = url;
+    this.resources = resources;
     this.compile = compile;
     this.log = log;
+  }
+
+  /** Compiles the current resources again whenever `credentialsOf` returns a new value, checked every `everyMs`. */
+  private checkCredentials(credentialsOf: (resources: ResourceSet) => string, everyMs: number): void {
+    this.credentialsSeen = credentialsOf(this.resources);
+    this.credentialsTimer = setInterval(() => {
+      try {
+        const seen = credentialsOf(this.resources);
+        if (seen === this.credentialsSeen) return;
+        const snapshot = this.compile(this.resources);
+        this.credentialsSeen = seen;
+        this.replace(snapshot);
+        this.log.info({ version: snapshot.version }, 'provider credentials changed; the configuration uses them from now on');
+      } catch (error) {
+        this.log.warn({ err: error }, 'compiling the configuration with the changed provider credentials failed; keeping the current one');
+      }
+    }, everyMs);
+    this.credentialsTimer.unref();
   }
 
   private async follow(): Promise<void> {
@@ -175,6 +214,7 @@ export class OperatorConfig extends StaticConfig {
         failures = 0;
         if (!resources) continue;
         const snapshot = this.compile(resources);
+        this.resources = resources;
         this.replace(snapshot);
         this.log.info({ version: snapshot.version }, 'configuration updated from the operator');
       } catch (error) {
@@ -189,6 +229,7 @@ export class OperatorConfig extends StaticConfig {
 
   override close(): void {
     this.stopped = true;
+    clearInterval(this.credentialsTimer);
     this.controller.abort();
   }
 }

@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
+import type { ResourceSet } from '../src/config/manifests.ts';
 import { DEFAULT_LEDGER_TIMEOUT_MS, parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { loadRedisTls, REDIS_TLS_ENV, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
@@ -24,6 +26,19 @@ export function fileCredentials(dir: string): (route: ProviderRoute) => string |
     } catch {
       return undefined;
     }
+  };
+}
+
+/**
+ * Returns a function that hashes the credentials of every route of a
+ * resource set, so that the sidecar notices when the kubelet updates a
+ * mounted provider Secret, without keeping another copy of the keys.
+ */
+export function credentialsFingerprint(credentialOf: (route: ProviderRoute) => string | undefined): (resources: ResourceSet) => string {
+  return (resources) => {
+    const hash = createHash('sha256');
+    for (const route of resources.routes) hash.update(`${route.metadata.name}\0${credentialOf(route) ?? ''}\0`);
+    return hash.digest('hex');
   };
 }
 
@@ -109,7 +124,9 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const redisUrl = required(env, 'TOLLGATE_REDIS_URL');
   const tls = loadRedisTls(redisUrl, redisTlsFiles(env), REDIS_TLS_ENV);
 
-  const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log);
+  const config = await OperatorConfig.connect(configUrl, (resources) => compileSnapshot(resources, credentials), log, {
+    credentialsOf: credentialsFingerprint(credentials),
+  });
   const settledRetentionMs = settledRetention(env) ?? DEFAULT_SETTLED_RETENTION_MS;
   const ledger = new RedisLedger(redisUrl, { settledRetentionMs, timeoutMs, tls, logger: log });
   const metrics = createSidecarMetrics();

@@ -17,7 +17,7 @@ import { RedisLedger } from '../src/ledger/redis.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { compileSnapshot, OperatorConfig } from '../sidecar/config-source.ts';
-import { fileCredentials } from '../sidecar/main.ts';
+import { credentialsFingerprint, fileCredentials } from '../sidecar/main.ts';
 import { createSidecar, DEFAULT_SIDECAR_OPTIONS, type Sidecar } from '../sidecar/server.ts';
 import { startOperator, type OperatorConfig as OperatorSettings, type RunningOperator } from '../operator/main.ts';
 import { runKubectl, startApiServer, type ApiServer } from './support/apiserver.ts';
@@ -39,6 +39,7 @@ let config: OperatorConfig;
 let sidecar: Sidecar;
 let sidecarUrl: string;
 let credentialsDir: string;
+const simulatorOptions = { host: '127.0.0.1', port: 0, expectedKey: KEY };
 
 function kubectl(args: string[], input?: string): Promise<string> {
   return runKubectl(apiServer, args, input);
@@ -106,7 +107,8 @@ async function chargedFor(outputTokens: number): Promise<string | null> {
 beforeAll(async () => {
   apiServer = await startApiServer();
   redis = await startRedis();
-  simulator = await startSimulator({ host: '127.0.0.1', port: 0, expectedKey: KEY });
+  // The simulator reads expectedKey from this object on each request, so a test can rotate the provider's key.
+  simulator = await startSimulator(simulatorOptions);
 
   await kubectl(['apply', '--server-side', '-f', 'crds/']);
   await kubectl(['wait', '--for=condition=Established', '--timeout=60s', 'crd/wallets.tollgate.dev', 'crd/priceplans.tollgate.dev', 'crd/providerroutes.tollgate.dev']);
@@ -122,7 +124,10 @@ beforeAll(async () => {
   await writeFile(path.join(credentialsDir, 'openai-key', 'apiKey'), KEY);
 
   const snapshotUrl = `http://127.0.0.1:${operator.httpPort}/v1/snapshot/${NAMESPACE}`;
-  config = await OperatorConfig.connect(snapshotUrl, (resources) => compileSnapshot(resources, fileCredentials(credentialsDir)), log);
+  config = await OperatorConfig.connect(snapshotUrl, (resources) => compileSnapshot(resources, fileCredentials(credentialsDir)), log, {
+    credentialsOf: credentialsFingerprint(fileCredentials(credentialsDir)),
+    credentialsCheckMs: 100,
+  });
   sidecarLedger = new RedisLedger(redis.url);
   sidecar = createSidecar(
     config,
@@ -217,5 +222,27 @@ describe('price change through the operator', () => {
       await new Promise((resolve) => child.once('exit', resolve));
     }
     expect(stderr).toBe('');
+  });
+
+  it('uses a rotated provider key without a restart', async () => {
+    const rotated = 'sk-price-change-rotated';
+    const before = await sidecarLedger.state({ namespace: NAMESPACE, name: 'app' });
+    simulatorOptions.expectedKey = rotated;
+    try {
+      const refused = await chargedFor(10).catch((error: unknown) => error);
+      expect((refused as InstanceType<typeof OpenAI.APIError>).status).toBe(401);
+
+      // The kubelet updates the mounted Secret file in place; the sidecar reads it again within its check interval.
+      await writeFile(path.join(credentialsDir, 'openai-key', 'apiKey'), rotated);
+      const charged = await waitFor('a call with the rotated key', () => chargedFor(1000).catch(() => undefined));
+      // One million input tokens at 1.00 plus 1000 output tokens at 8.00 per million, the plan of the first test.
+      expect(charged).toBe('1.008');
+      const after = await sidecarLedger.state({ namespace: NAMESPACE, name: 'app' });
+      // The refused call cost nothing.
+      expect(after.spent - before.spent).toBe(1_008_000_000n);
+    } finally {
+      simulatorOptions.expectedKey = KEY;
+      await writeFile(path.join(credentialsDir, 'openai-key', 'apiKey'), KEY);
+    }
   });
 });
