@@ -21,7 +21,7 @@ describe('toCurrencyUnits', () => {
 describe('operator metrics', () => {
   it('exports wallet balances and holds', async () => {
     const metrics = createOperatorMetrics({ defaultMetrics: false });
-    metrics.setWallet('team', 'acme', 'USD', { balance: 1550n * NANO / 100n, reserved: 25n * NANO / 100n });
+    metrics.setWallet('team', 'acme', 'USD', { balance: 1550n * NANO / 100n, reserved: 25n * NANO / 100n, chargedWithoutCost: 5n * NANO / 100n });
     metrics.setWallet('team', 'beta', 'EUR', { balance: 0n, reserved: 0n });
     expect(await samples(metrics, 'tollgate_wallet_balance')).toEqual([
       'tollgate_wallet_balance{namespace="team",wallet="acme",currency="USD"} 15.5',
@@ -30,6 +30,10 @@ describe('operator metrics', () => {
     expect(await samples(metrics, 'tollgate_wallet_reserved')).toEqual([
       'tollgate_wallet_reserved{namespace="team",wallet="acme",currency="USD"} 0.25',
       'tollgate_wallet_reserved{namespace="team",wallet="beta",currency="EUR"} 0',
+    ]);
+    expect(await samples(metrics, 'tollgate_wallet_charged_without_cost')).toEqual([
+      'tollgate_wallet_charged_without_cost{namespace="team",wallet="acme",currency="USD"} 0.05',
+      'tollgate_wallet_charged_without_cost{namespace="team",wallet="beta",currency="EUR"} 0',
     ]);
   });
 
@@ -50,6 +54,7 @@ describe('operator metrics', () => {
     metrics.clearWallets();
     expect(await samples(metrics, 'tollgate_wallet_balance')).toEqual([]);
     expect(await samples(metrics, 'tollgate_wallet_reserved')).toEqual([]);
+    expect(await samples(metrics, 'tollgate_wallet_charged_without_cost')).toEqual([]);
   });
 
   it('keeps separate registries per instance', async () => {

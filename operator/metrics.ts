@@ -10,17 +10,20 @@ import { NANO_PER_UNIT } from '../src/money/money.ts';
 export interface WalletAmounts {
   balance: bigint;
   reserved: bigint;
+  /** See WalletState.chargedWithoutCost; 0 when undefined. */
+  chargedWithoutCost?: bigint;
 }
 
 export interface OperatorMetrics {
   registry: Registry;
   walletBalance: Gauge<'namespace' | 'wallet' | 'currency'>;
   walletReserved: Gauge<'namespace' | 'wallet' | 'currency'>;
+  walletChargedWithoutCost: Gauge<'namespace' | 'wallet' | 'currency'>;
   reconciles: Counter<'kind' | 'outcome'>;
   reconcileDuration: Histogram<'kind'>;
   watchRestarts: Counter<'kind' | 'reason'>;
   leader: Gauge;
-  /** Sets both wallet gauges; a change of currency removes the series under the old one. */
+  /** Sets the wallet gauges; a change of currency removes the series under the old one. */
   setWallet(namespace: string, wallet: string, currency: string, amounts: WalletAmounts): void;
   /** Removes the series of a deleted wallet. */
   removeWallet(namespace: string, wallet: string): void;
@@ -52,6 +55,14 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
     labelNames: ['namespace', 'wallet', 'currency'] as const,
     registers,
   });
+  const walletChargedWithoutCost = new Gauge({
+    name: 'tollgate_wallet_charged_without_cost',
+    help:
+      'Part of a wallet\'s spend that the sweeper charged for expired holds of answered calls whose sidecar never committed them, ' +
+      'in currency units; their provider cost is not known. Above zero means sidecars stopped during calls.',
+    labelNames: ['namespace', 'wallet', 'currency'] as const,
+    registers,
+  });
   const currencies = new Map<string, string>();
 
   const removeWallet = (namespace: string, wallet: string): void => {
@@ -60,6 +71,7 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
     if (currency === undefined) return;
     walletBalance.remove({ namespace, wallet, currency });
     walletReserved.remove({ namespace, wallet, currency });
+    walletChargedWithoutCost.remove({ namespace, wallet, currency });
     currencies.delete(id);
   };
 
@@ -67,6 +79,7 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
     registry,
     walletBalance,
     walletReserved,
+    walletChargedWithoutCost,
     reconciles: new Counter({
       name: 'tollgate_operator_reconciles_total',
       help: 'Reconciles by resource kind and outcome (success, requeue, error).',
@@ -97,11 +110,13 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
       currencies.set(id, currency);
       walletBalance.set({ namespace, wallet, currency }, toCurrencyUnits(amounts.balance));
       walletReserved.set({ namespace, wallet, currency }, toCurrencyUnits(amounts.reserved));
+      walletChargedWithoutCost.set({ namespace, wallet, currency }, toCurrencyUnits(amounts.chargedWithoutCost ?? 0n));
     },
     removeWallet,
     clearWallets() {
       walletBalance.reset();
       walletReserved.reset();
+      walletChargedWithoutCost.reset();
       currencies.clear();
     },
   };

@@ -27,6 +27,7 @@ function state(granted: bigint, spent: bigint, reserved = 0n, closed = false, ex
     balance: granted - spent - expired,
     available: granted - spent - expired - reserved,
     providerCost: 0n,
+    chargedWithoutCost: 0n,
     holds: reserved > 0n ? 1 : 0,
     closed,
   };

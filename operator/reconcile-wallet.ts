@@ -402,7 +402,13 @@ export class WalletReconciler {
       problem = { reason: EventReason.InvalidSpec, message: `invalid Wallet: ${parsed.message}` };
     }
 
-    await ledger.sweep(key);
+    const swept = await ledger.sweep(key);
+    if (swept.charged > 0) {
+      this.#options.log.warn(
+        { wallet: `${namespace}/${key.name}`, charged: swept.charged },
+        'charged expired holds of answered calls at their held amount, because their sidecars never committed them; their provider cost is not known',
+      );
+    }
     let state = await ledger.state(key);
     if (state.closed) {
       // Deleting a Wallet closes its account, and the name can only be taken again once that object is gone. So a

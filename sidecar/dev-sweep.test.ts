@@ -1,6 +1,7 @@
 /**
  * Local mode's periodic sweep against a real redis-server: a round in which
- * Redis is down logs one warning for all its wallets, not one per wallet.
+ * Redis is down logs one warning for all its wallets, not one per wallet,
+ * and a wallet whose expired answered holds it charges gets a warning.
  */
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,6 +36,22 @@ describe('sweepWallets', () => {
     const { log, lines } = recordingLogger();
     await sweepWallets(ledger, WALLETS, log);
     expect(lines).toEqual([]);
+  });
+
+  it('warns when it charges expired holds of answered calls', async () => {
+    const wallet = WALLETS[1]!;
+    await ledger.credit(wallet.key, 'grant', 1000n);
+    await ledger.reserve(wallet.key, 'stream', { fixed: 100n, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 0.001, fingerprint: 'f' });
+    await ledger.markAnswered(wallet.key, 'stream');
+    // Let the one-millisecond hold expire.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const { log, lines } = recordingLogger();
+
+    await sweepWallets(ledger, WALLETS, log);
+    expect(lines.map((line) => [line['level'], line['wallet'], line['charged'], line['msg']])).toEqual([
+      [40, 'default/b', 1, 'charged expired holds of answered calls at their held amount, because they were never committed; their provider cost is not known'],
+    ]);
+    expect(await ledger.state(wallet.key)).toMatchObject({ spent: 100n, chargedWithoutCost: 100n });
   });
 
   it('logs one warning per round while Redis is down', async () => {

@@ -179,8 +179,9 @@ describe('startDev', () => {
         balance: '1.002',
         available: '1.002',
         providerCost: '0',
+        chargedWithoutCost: '0',
         margin: '0',
-        nano: { granted: '1002000000', balance: '1002000000', spent: '0', expired: '0', reserved: '0', providerCost: '0' },
+        nano: { granted: '1002000000', balance: '1002000000', spent: '0', expired: '0', reserved: '0', providerCost: '0', chargedWithoutCost: '0' },
       });
     } finally {
       await server.close();

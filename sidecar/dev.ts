@@ -190,7 +190,15 @@ export async function sweepWallets(ledger: Ledger, wallets: readonly { id: strin
 
   const unavailable: { wallet: string; error: LedgerUnavailableError }[] = [];
   results.forEach((result, index) => {
-    if (result.status === 'fulfilled') return;
+    if (result.status === 'fulfilled') {
+      if (result.value.charged > 0) {
+        log.warn(
+          { wallet: wallets[index]!.id, charged: result.value.charged },
+          'charged expired holds of answered calls at their held amount, because they were never committed; their provider cost is not known',
+        );
+      }
+      return;
+    }
     const wallet = wallets[index]!.id;
     if (result.reason instanceof LedgerUnavailableError) unavailable.push({ wallet, error: result.reason });
     else log.warn({ err: result.reason, wallet }, 'sweep failed');

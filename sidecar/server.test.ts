@@ -78,8 +78,9 @@ describe('wallet list', () => {
         balance: '0.000141',
         available: '0.000141',
         providerCost: '0.00004',
+        chargedWithoutCost: '0',
         margin: '0.00006',
-        nano: { granted: '241000', balance: '141000', spent: '100000', expired: '0', reserved: '0', providerCost: '40000' },
+        nano: { granted: '241000', balance: '141000', spent: '100000', expired: '0', reserved: '0', providerCost: '40000', chargedWithoutCost: '0' },
       },
       {
         wallet: 'default/round',
@@ -91,8 +92,9 @@ describe('wallet list', () => {
         balance: '12.5',
         available: '10.5',
         providerCost: '0',
+        chargedWithoutCost: '0',
         margin: '0',
-        nano: { granted: '12500000000', balance: '12500000000', spent: '0', expired: '0', reserved: '2000000000', providerCost: '0' },
+        nano: { granted: '12500000000', balance: '12500000000', spent: '0', expired: '0', reserved: '2000000000', providerCost: '0', chargedWithoutCost: '0' },
       },
       {
         wallet: 'default/empty',
@@ -104,8 +106,9 @@ describe('wallet list', () => {
         balance: '0',
         available: '0',
         providerCost: '0',
+        chargedWithoutCost: '0',
         margin: '0',
-        nano: { granted: '0', balance: '0', spent: '0', expired: '0', reserved: '0', providerCost: '0' },
+        nano: { granted: '0', balance: '0', spent: '0', expired: '0', reserved: '0', providerCost: '0', chargedWithoutCost: '0' },
       },
     ]);
   });

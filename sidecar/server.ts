@@ -159,6 +159,8 @@ function closeUnusedConnectionsOnClose(app: FastifyInstance<Server, IncomingMess
  * Formats a wallet's ledger state for people and scripts: each amount as an
  * exact decimal string in its shortest form ("12.5", "0.000141", "0"), and
  * all but available and margin again as integer nano-units under `nano`.
+ * The margin is spent minus chargedWithoutCost minus providerCost: the
+ * margin of the calls whose provider cost is known.
  */
 export function walletView(wallet: CompiledWallet, state: WalletState) {
   const exact = (nano: bigint) => formatAmount(nano, 0);
@@ -172,7 +174,9 @@ export function walletView(wallet: CompiledWallet, state: WalletState) {
     balance: exact(state.balance),
     available: exact(state.available),
     providerCost: exact(state.providerCost),
-    margin: exact(state.spent - state.providerCost),
+    chargedWithoutCost: exact(state.chargedWithoutCost),
+    // The charges without a known provider cost would count in full as margin, so the margin leaves them out.
+    margin: exact(state.spent - state.chargedWithoutCost - state.providerCost),
     nano: {
       granted: state.granted.toString(),
       balance: state.balance.toString(),
@@ -180,6 +184,7 @@ export function walletView(wallet: CompiledWallet, state: WalletState) {
       expired: state.expired.toString(),
       reserved: state.reserved.toString(),
       providerCost: state.providerCost.toString(),
+      chargedWithoutCost: state.chargedWithoutCost.toString(),
     },
   };
 }

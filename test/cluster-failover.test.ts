@@ -101,6 +101,7 @@ describe('RedisLedger through a Redis Cluster failover', () => {
         balance: 880n,
         available: 680n,
         providerCost: 60n,
+        chargedWithoutCost: 0n,
         holds: 1,
         closed: false,
       });

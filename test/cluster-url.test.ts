@@ -139,6 +139,7 @@ describe('RedisLedger from a redis+cluster:// URL', () => {
           balance: 879_999_999n,
           available: 829_999_999n,
           providerCost: 60_000_000n,
+          chargedWithoutCost: 0n,
           holds: 1,
           closed: false,
         });
@@ -357,6 +358,7 @@ describe('tollgate on a Redis Cluster', () => {
         balance: 8_998_000_000n,
         available: 8_998_000_000n,
         providerCost: 501_000_000n,
+        chargedWithoutCost: 0n,
         holds: 0,
         closed: false,
       });

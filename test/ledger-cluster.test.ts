@@ -130,6 +130,7 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
         balance: 880n,
         available: 680n,
         providerCost: 60n,
+        chargedWithoutCost: 0n,
         holds: 1,
         closed: false,
       });

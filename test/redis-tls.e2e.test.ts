@@ -394,6 +394,7 @@ describe('Redis TLS from the operator to an injected sidecar', () => {
       available: 4_997_980_000n,
       // The route's costs: 0.50 per million input tokens and 1.00 per million output tokens.
       providerCost: 1_010_000n,
+      chargedWithoutCost: 0n,
       holds: 0,
       closed: false,
     });

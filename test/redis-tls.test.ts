@@ -90,6 +90,7 @@ describe('RedisLedger over TLS to one server', () => {
         balance: 43_000n,
         available: 43_000n,
         providerCost: 3000n,
+        chargedWithoutCost: 0n,
         holds: 0,
         closed: false,
       });

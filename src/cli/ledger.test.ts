@@ -166,3 +166,34 @@ describe('ledger verify of a wallet without records', () => {
     expect(help).toContain('Exit status: 0 on success, 1 when verify finds the totals inconsistent or no key of the wallet, or when a command fails, 2 on bad usage.');
   });
 });
+
+describe('tollgate ledger state', () => {
+  it('leaves charges without a provider cost out of the margin', async () => {
+    const ledger = new RedisLedger(redis.url);
+    const wallet = { namespace: 'cli', name: 'swept' };
+    try {
+      await ledger.credit(wallet, 'grant', parseAmount('1'));
+      await ledger.reserve(wallet, 'priced', { fixed: parseAmount('0.3'), perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'f' });
+      await ledger.commit(wallet, 'priced', { charged: parseAmount('0.3'), providerCost: parseAmount('0.1'), model: 'm', route: 'r', tokens: {}, estimated: false });
+      // A stream whose sidecar stopped before its commit: the sweeper charges the whole hold, at no known provider cost.
+      await ledger.reserve(wallet, 'swept', { fixed: parseAmount('0.05'), perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'f' });
+      await ledger.markAnswered(wallet, 'swept');
+      await ledger.sweep(wallet, Date.now() + 3_600_000);
+    } finally {
+      await ledger.quit();
+    }
+
+    const result = await tollgate(['ledger', 'state', '--redis', redis.url, '--wallet', 'cli/swept']);
+    expect(result.code).toBe(0);
+    expect(result.stdout.split('\n').slice(2)).toEqual([
+      'spent          0.350000000',
+      'expired        0.000000000',
+      'reserved       0.000000000 in 0 holds',
+      'balance        0.650000000',
+      'available      0.650000000',
+      'provider cost  0.100000000',
+      'margin         0.200000000 (leaves out 0.050000000 charged for expired holds whose provider cost is not known)',
+      '',
+    ]);
+  });
+});

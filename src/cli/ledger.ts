@@ -51,7 +51,7 @@ interface LedgerCommandOptions {
 }
 
 /**
- * The Redis TLS files from the options, or from the environment for those
+ * Returns the Redis TLS files from the options, or from the environment for those
  * not given, each named in errors as the user set it.
  */
 function tlsSettings(values: Record<string, unknown>): [RedisTlsFiles, RedisTlsSettingNames] {
@@ -196,13 +196,24 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
     ['available', formatAmount(state.available, 9)],
     // What the providers charged for the wallet's calls; the margin is spent minus this.
     ['provider cost', formatAmount(state.providerCost, 9)],
-    ['margin', formatAmount(state.spent - state.providerCost, 9)],
+    ['margin', margin(state)],
   ];
   console.log(rows.map(([label, value]) => `${label.padEnd(14)} ${value}`).join('\n'));
 
   // Any nonzero total proves that the wallet has keys, so only an all-zero state needs the extra check.
   if (isZeroState(state)) await warnWithoutRecords(ledger, wallet, 'state', 'all its totals are zero');
   return 0;
+}
+
+/**
+ * Formats spent minus provider cost. Charges of expired holds whose provider
+ * cost is not known would count in full, so the margin leaves them out and
+ * says so.
+ */
+function margin(state: WalletState): string {
+  const value = formatAmount(state.spent - state.chargedWithoutCost - state.providerCost, 9);
+  if (state.chargedWithoutCost === 0n) return value;
+  return `${value} (leaves out ${formatAmount(state.chargedWithoutCost, 9)} charged for expired holds whose provider cost is not known)`;
 }
 
 /**

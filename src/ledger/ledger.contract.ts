@@ -554,6 +554,9 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
 
         const state = await ledger.state(wallet);
         expect(state.spent).toBe(100n);
+        // The sweeper does not know the answered call's provider cost, so its charge stays outside the margin.
+        expect(state.chargedWithoutCost).toBe(100n);
+        expect(state.providerCost).toBe(0n);
         expect(state.reserved).toBe(50n);
         expect(state.holds).toBe(1);
         expect(await ledger.release(wallet, 'answered')).toEqual({ status: 'already_committed' });
@@ -569,12 +572,17 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         await ledger.reserve(wallet, 'req', fixedHold(100n));
         await ledger.markAnswered(wallet, 'req');
         await ledger.sweep(wallet, Date.now() + 3_600_000);
-        expect((await ledger.state(wallet)).spent).toBe(100n);
+        expect(await ledger.state(wallet)).toMatchObject({ spent: 100n, chargedWithoutCost: 100n });
 
         expect(await ledger.commit(wallet, 'req', usage(30n, 20n))).toEqual({ status: 'committed', charged: 30n, released: 0n, replayed: false });
         const state = await ledger.state(wallet);
         expect(state.spent).toBe(30n);
         expect(state.providerCost).toBe(20n);
+        // The commit priced the call.
+        expect(state.chargedWithoutCost).toBe(0n);
+        // A replay of the commit changes nothing.
+        expect(await ledger.commit(wallet, 'req', usage(30n, 20n))).toMatchObject({ status: 'committed', replayed: true });
+        expect((await ledger.state(wallet)).chargedWithoutCost).toBe(0n);
 
         const verify = await ledger.verify(wallet);
         expect(verify.ok).toBe(true);
@@ -627,6 +635,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           balance: 1000n,
           available: 1000n,
           providerCost: 0n,
+          chargedWithoutCost: 0n,
           holds: 0,
           closed: false,
         });
@@ -1335,6 +1344,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           balance: 0n,
           available: 0n,
           providerCost: 0n,
+          chargedWithoutCost: 0n,
           holds: 0,
           closed: false,
         });

@@ -163,6 +163,13 @@ export interface WalletState {
   available: bigint;
   /** Sum of committed provider costs (the platform's side). */
   providerCost: bigint;
+  /**
+   * The part of `spent` that the sweeper charged for expired holds whose
+   * upstream had answered, at the held amount, until a late commit prices
+   * the call. Its provider cost is not known (recorded as 0), so the margin
+   * spent - providerCost overstates by the cost of these calls.
+   */
+  chargedWithoutCost: bigint;
   holds: number;
   closed: boolean;
 }

@@ -86,6 +86,8 @@ interface Account {
   expired: bigint;
   reserved: bigint;
   providerCost: bigint;
+  /** See WalletState.chargedWithoutCost. */
+  chargedWithoutCost: bigint;
   closed: boolean;
   /** Debited plus held amounts by period counter name (`day:...`, `month:...`). */
   periods: Map<string, bigint>;
@@ -257,6 +259,8 @@ export class MemoryLedger implements Ledger {
     // difference to what was already charged for it.
     const expireCharged = settled?.state === 'expired_charged';
     const alreadyCharged = expireCharged ? settled.charged : 0n;
+    // This commit prices the call, so its expire-charge leaves the charges without a provider cost, as in commit.lua.
+    account.chargedWithoutCost -= alreadyCharged < account.chargedWithoutCost ? alreadyCharged : account.chargedWithoutCost;
     const { day, month } = settled ?? periodFields(nowMs);
     debit(account, requestId, charged - alreadyCharged, entry, nowMs);
     addToPeriods(account, day, month, charged - alreadyCharged);
@@ -320,6 +324,7 @@ export class MemoryLedger implements Ledger {
       balance,
       available: balance - account.reserved,
       providerCost: account.providerCost,
+      chargedWithoutCost: account.chargedWithoutCost,
       holds: account.holds.size,
       closed: account.closed,
     };
@@ -393,6 +398,7 @@ export class MemoryLedger implements Ledger {
         expired: 0n,
         reserved: 0n,
         providerCost: 0n,
+        chargedWithoutCost: 0n,
         closed: false,
         periods: new Map(),
         holds: new Map(),
@@ -486,6 +492,7 @@ function settleExpired(account: Account, nowMs: number, limit: number, retention
 
     if (hold.answered) {
       account.spent += hold.amount;
+      account.chargedWithoutCost += hold.amount;
       const amount = hold.amount.toString();
       appendEntry(account, clockMs, { type: 'expire-charge', id: requestId, amount, charged: amount, providerCost: '0' });
       // The part of the charge that lapsed grants paid is kept in `released`, for a late commit that lowers it.

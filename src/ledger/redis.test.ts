@@ -542,3 +542,20 @@ describe('credentials the server rejects', () => {
     }
   });
 });
+
+describe('charges without a provider cost', () => {
+  it('stays at zero when a late commit prices an expire-charge made before the total existed', async () => {
+    const ledger = new RedisLedger(client);
+    const wallet = { namespace: 'legacy', name: 'expire-charge' };
+    await ledger.credit(wallet, 'grant', 1000n);
+    await ledger.reserve(wallet, 'req', { fixed: 100n, perUnit: 0n, minUnits: 0, maxUnits: 0, ttlSeconds: 60, fingerprint: 'f' });
+    await ledger.markAnswered(wallet, 'req');
+    await ledger.sweep(wallet, Date.now() + 3_600_000);
+    // A ledger written by an earlier version has no such total.
+    await client.hdel(walletKeys(wallet)[0]!, 'chargedWithoutCost');
+
+    await ledger.commit(wallet, 'req', { charged: 30n, providerCost: 20n, model: 'm', route: 'r', tokens: { input: 1, output: 1 }, estimated: false });
+    expect(await ledger.state(wallet)).toMatchObject({ spent: 30n, providerCost: 20n, chargedWithoutCost: 0n });
+    expect(await client.hget(walletKeys(wallet)[0]!, 'chargedWithoutCost')).toBeNull();
+  });
+});

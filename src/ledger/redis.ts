@@ -448,7 +448,7 @@ export class RedisLedger implements Ledger {
   }
 
   async state(wallet: WalletKey): Promise<WalletState> {
-    const reply = (await this.#script(wallet, 'tollgateState', [])) as [string, string, string, string, string, number, string];
+    const reply = (await this.#script(wallet, 'tollgateState', [])) as [string, string, string, string, string, number, string, string];
     const [granted, spent, reserved, providerCost] = reply.slice(0, 4).map((value) => BigInt(value as string)) as [bigint, bigint, bigint, bigint];
     const expired = BigInt(reply[6]);
     const balance = granted - spent - expired;
@@ -460,6 +460,7 @@ export class RedisLedger implements Ledger {
       balance,
       available: balance - reserved,
       providerCost,
+      chargedWithoutCost: BigInt(reply[7]),
       holds: reply[5],
       closed: reply[4] === '1',
     };

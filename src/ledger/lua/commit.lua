@@ -52,7 +52,13 @@ local already_charged, lapsed_share, day, month, fingerprint = 0, 0, ARGV[8], AR
 if done then
   day, month, fingerprint = done.day, done.month, done.fingerprint
   -- An expire-charge keeps in `released` the part that lapsed grants paid (see settle_expired).
-  if done.state == 'expired_charged' then already_charged, lapsed_share = done.charged, done.released end
+  if done.state == 'expired_charged' then
+    already_charged, lapsed_share = done.charged, done.released
+    -- This commit prices the call, so its expire-charge leaves the charges without a provider cost. An
+    -- expire-charge made before the ledger kept that total is not in it, hence the bound.
+    local pending = tonumber(redis.call('HGET', ACCT, 'chargedWithoutCost') or '0')
+    add('chargedWithoutCost', -math.min(pending, already_charged))
+  end
 end
 local delta = charged - already_charged
 debit(delta, amount_string(delta))
