@@ -7,7 +7,7 @@ import { Agent, type Dispatcher } from 'undici';
 import type { CompiledRoute, CompiledWallet, Snapshot } from '../src/config/snapshot.ts';
 import type { CommitEntry, CommitResult, HoldRequest, Ledger, ReserveResult } from '../src/ledger/ledger.ts';
 import { LedgerTimeoutError, LedgerUnavailableError } from '../src/ledger/ledger.ts';
-import { MIN_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
+import { formatDuration, MIN_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount } from '../src/money/money.ts';
 import type { ProviderAdapter, RequestChanges, RequestInfo, ToolUseLimit } from '../src/providers/adapter.ts';
 import { InvalidRequestError } from '../src/providers/adapter.ts';
@@ -638,7 +638,8 @@ export class Proxy {
             409,
             'request_in_progress',
             `request id "${requestId}" is already being served by an earlier request with the same body, so this one was not forwarded; ` +
-              'wait for that response, or retry after it has finished',
+              'wait for that response, or retry after it has finished. If the sidecar that served it stopped, send a new Idempotency-Key ' +
+              `to make the call again (the ledger settles that request's hold at most ${formatDuration(this.options.holdTtlSeconds * 1000)} after it started)`,
             { denialReason: 'request_id_conflict' },
           );
         }
@@ -660,6 +661,15 @@ export class Proxy {
           throw new ProxyError(422, 'request_id_conflict', `request id "${requestId}" was already used for a different request body; send a new Idempotency-Key`, {
             denialReason: 'request_id_conflict',
           });
+        }
+        if (result.uncharged) {
+          throw new ProxyError(
+            400,
+            'request_id_conflict',
+            `request id "${requestId}" was settled without a charge when its hold expired, because the sidecar that served it stopped ` +
+              'before the response; whether the provider served it is not known, so send a new Idempotency-Key to make the call again',
+            { denialReason: 'request_id_conflict' },
+          );
         }
         throw new ProxyError(400, 'request_id_conflict', `request id "${requestId}" was already served and billed; send a new Idempotency-Key to make another call`, {
           denialReason: 'request_id_conflict',

@@ -657,7 +657,8 @@ describe('request ids and end users', () => {
     expect(repeat.status).toBe(409);
     expect(JSON.parse(repeat.text).error.message).toBe(
       'request id "retry-c8-4" is already being served by an earlier request with the same body, so this one was not forwarded; ' +
-        'wait for that response, or retry after it has finished',
+        'wait for that response, or retry after it has finished. If the sidecar that served it stopped, send a new Idempotency-Key ' +
+        "to make the call again (the ledger settles that request's hold at most 15m after it started)",
     );
     expect((await first).status).toBe(200);
 

@@ -560,7 +560,8 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(state.reserved).toBe(50n);
         expect(state.holds).toBe(1);
         expect(await ledger.release(wallet, 'answered')).toEqual({ status: 'already_committed' });
-        expect(await ledger.reserve(wallet, 'silent', fixedHold(200n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+        // The unanswered hold was released without a charge, and the conflict says so.
+        expect(await ledger.reserve(wallet, 'silent', fixedHold(200n))).toEqual({ status: 'conflict', reason: 'already_settled', uncharged: true });
 
         const verify = await ledger.verify(wallet);
         expect(verify.ok).toBe(true);
@@ -600,6 +601,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(await ledger.reserve(wallet, 'short', fixedHold(1000n, { ttlSeconds: 0.001 }))).toEqual({
           status: 'conflict',
           reason: 'already_settled',
+          uncharged: true,
         });
       });
     });
@@ -1134,7 +1136,7 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
           expect(await clocked.sweep(wallet, sweptAt)).toEqual({ released: 1, charged: 0 });
 
           await clocked.sweep(wallet, sweptAt + RETENTION_MS - 1);
-          expect(await clocked.reserve(wallet, 'silent', fixedHold(100n))).toEqual({ status: 'conflict', reason: 'already_settled' });
+          expect(await clocked.reserve(wallet, 'silent', fixedHold(100n))).toEqual({ status: 'conflict', reason: 'already_settled', uncharged: true });
           await clocked.sweep(wallet, sweptAt + RETENTION_MS);
           expect(await clocked.reserve(wallet, 'silent', fixedHold(100n))).toEqual({ status: 'reserved', amount: 100n, units: 0, replayed: false });
           expect((await clocked.state(wallet)).reserved).toBe(100n);

@@ -96,7 +96,8 @@ export interface HoldRequest {
  * `monthlyCap`, then the funds. A request id whose earlier hold was released
  * by `release` may be reserved again with the same fingerprint, because the
  * upstream never served it. An id that is committed or expired is
- * `already_settled`.
+ * `already_settled`; `uncharged` marks one whose hold expired without a
+ * charge (the sweeper released it because the upstream had not answered).
  *
  * `available` may be negative when commits exceeded their holds.
  * `required` is the minimum hold, `fixed + perUnit * minUnits`.
@@ -105,7 +106,8 @@ export type ReserveResult =
   | { status: 'reserved'; amount: bigint; units: number; replayed: boolean }
   | { status: 'insufficient_funds'; available: bigint; required: bigint }
   | { status: 'limit_exceeded'; limit: 'maxPerRequest' | 'dailyCap' | 'monthlyCap'; required: bigint; remaining: bigint }
-  | { status: 'conflict'; reason: 'fingerprint_mismatch' | 'already_settled' }
+  | { status: 'conflict'; reason: 'fingerprint_mismatch' }
+  | { status: 'conflict'; reason: 'already_settled'; uncharged?: true }
   | { status: 'wallet_closed' };
 
 /** One settled request, as appended to the wallet's entry stream. */

@@ -197,6 +197,7 @@ export class MemoryLedger implements Ledger {
       if (settled.fingerprint !== '' && settled.fingerprint !== hold.fingerprint) {
         return { status: 'conflict', reason: 'fingerprint_mismatch' };
       }
+      if (settled.state === 'expired') return { status: 'conflict', reason: 'already_settled', uncharged: true };
       if (settled.state !== 'released') return { status: 'conflict', reason: 'already_settled' };
     }
     if (account.closed) return { status: 'wallet_closed' };

@@ -1073,7 +1073,8 @@ function parseReserveReply(reply: string[]): ReserveResult {
         remaining: BigInt(reply[3]!),
       };
     case 'conflict':
-      return { status: 'conflict', reason: reply[1] as 'fingerprint_mismatch' | 'already_settled' };
+      if (reply[1] === 'fingerprint_mismatch') return { status: 'conflict', reason: 'fingerprint_mismatch' };
+      return reply[2] === 'expired' ? { status: 'conflict', reason: 'already_settled', uncharged: true } : { status: 'conflict', reason: 'already_settled' };
     case 'wallet_closed':
       return { status: 'wallet_closed' };
     default:

@@ -25,7 +25,7 @@ end
 local done = read_done(id)
 if done then
   if done.fingerprint ~= '' and done.fingerprint ~= fingerprint then return { 'conflict', 'fingerprint_mismatch' } end
-  if done.state ~= 'released' then return { 'conflict', 'already_settled' } end
+  if done.state ~= 'released' then return { 'conflict', 'already_settled', done.state } end
 end
 
 -- One HMGET reads every account field that the checks and the update use.
