@@ -459,6 +459,34 @@ describe('helm template', () => {
     });
   });
 
+  it('mounts only the client certificate for a server with a public CA', async () => {
+    const deployment = find(
+      await template([
+        'ledger.redisUrl=rediss://redis.example:6380',
+        'ledger.tls.existingSecret=redis-client',
+        'ledger.tls.caCertificate=false',
+        'ledger.tls.clientCertificate=true',
+      ]),
+      'Deployment',
+      'tollgate',
+    );
+    const env = operatorEnv(deployment);
+
+    expect(env['TOLLGATE_REDIS_CA_FILE']).toBeUndefined();
+    expect(env['TOLLGATE_REDIS_CERT_FILE']).toBe('/var/run/tollgate/redis-tls/tls.crt');
+    expect(env['TOLLGATE_REDIS_KEY_FILE']).toBe('/var/run/tollgate/redis-tls/tls.key');
+    expect(deployment['spec'].template.spec.volumes[1]).toEqual({
+      name: 'redis-tls',
+      secret: {
+        secretName: 'redis-client',
+        items: [
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      },
+    });
+  });
+
   it('gives the operator Redis TLS settings it accepts', async () => {
     const deployment = find(
       await template([
@@ -503,6 +531,11 @@ describe('helm template', () => {
       [
         ['ledger.tls.clientCertificate=true'],
         'ledger.tls.clientCertificate is true, but ledger.tls.existingSecret is empty: name the Secret in the release namespace that holds ca.crt, tls.crt and tls.key',
+      ],
+      [
+        ['ledger.redisUrl=rediss://redis:6380', 'ledger.tls.existingSecret=redis-tls', 'ledger.tls.caCertificate=false'],
+        'ledger.tls.existingSecret is set, but ledger.tls.caCertificate and ledger.tls.clientCertificate are both false, so nothing from the Secret ' +
+          'is used: set one of them, or leave ledger.tls.existingSecret empty',
       ],
       [
         ['ledger.tls.sidecarSecret=redis-tls'],

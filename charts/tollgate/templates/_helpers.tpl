@@ -122,6 +122,9 @@ at start.
 {{- if and (not .Values.ledger.existingSecret.name) (not (hasPrefix "rediss" .Values.ledger.redisUrl)) -}}
 {{- fail (printf "ledger.tls.existingSecret is set, but ledger.redisUrl %q does not use TLS: use a rediss:// or rediss+cluster:// URL, or leave ledger.tls.existingSecret empty" .Values.ledger.redisUrl) -}}
 {{- end -}}
+{{- if not (or $tls.caCertificate $tls.clientCertificate) -}}
+{{- fail "ledger.tls.existingSecret is set, but ledger.tls.caCertificate and ledger.tls.clientCertificate are both false, so nothing from the Secret is used: set one of them, or leave ledger.tls.existingSecret empty" -}}
+{{- end -}}
 {{- default $tls.existingSecret $tls.sidecarSecret -}}
 {{- else if $tls.clientCertificate -}}
 {{- fail "ledger.tls.clientCertificate is true, but ledger.tls.existingSecret is empty: name the Secret in the release namespace that holds ca.crt, tls.crt and tls.key" -}}
