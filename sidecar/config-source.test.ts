@@ -1,12 +1,14 @@
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ResourceSet } from '../src/config/manifests.ts';
 import { secretsResolver } from '../src/config/snapshot.ts';
 import { compileSnapshot, ManifestConfig, OperatorConfig } from './config-source.ts';
+import { credentialsFingerprint, fileCredentials } from './main.ts';
 
 /** Returns a logger that keeps each line it writes, as parsed JSON. */
 function recordingLogger(): { log: pino.Logger; lines: Record<string, unknown>[] } {
@@ -187,5 +189,66 @@ describe('OperatorConfig', () => {
     await expect(OperatorConfig.connect(url, (resources) => compileSnapshot(resources, () => undefined), pino({ level: 'silent' }))).rejects.toThrow(
       `could not read the configuration from the operator at ${url}: connect ECONNREFUSED 127.0.0.1:${port}; check TOLLGATE_CONFIG_URL and that the operator is running`,
     );
+  });
+});
+
+describe('OperatorConfig provider credentials', () => {
+  const route = (name: string) => ({
+    apiVersion: 'tollgate.dev/v1alpha1',
+    kind: 'ProviderRoute',
+    metadata: { name, namespace: 'team-a' },
+    spec: { protocol: 'openai', baseURL: 'https://api.openai.com', credentialSecretRef: { name: 'keys', key: name }, models: [`model-${name}`] },
+  });
+  const CHANGED = 'provider credentials changed; the configuration uses them from now on';
+  const credentialOf = (config: OperatorConfig, name: string) => [...config.current().routes.values()].find((each) => each.name === name)?.credential;
+
+  it('compiles again when a key file changes, and only then', async () => {
+    const keys = path.join(folder, 'keys');
+    await mkdir(keys);
+    await writeFile(path.join(keys, 'first'), 'sk-first-1');
+    await writeFile(path.join(keys, 'second'), 'sk-second-1');
+
+    // A snapshot endpoint that answers the first poll with one route, and the next one, once released, with two.
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const held: http.ServerResponse[] = [];
+    let polls = 0;
+    const server = http.createServer((request, response) => {
+      polls += 1;
+      const send = (routes: unknown[]) => response.end(JSON.stringify({ resources: { routes, plans: [], wallets: [] } }));
+      if (polls === 1) send([route('first')]);
+      else if (polls === 2) void released.then(() => send([route('first'), route('second')]));
+      else held.push(response);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+
+    const { log, lines } = recordingLogger();
+    // The sidecar reads <folder>/<Secret name>/<key>, here <folder>/keys/first and <folder>/keys/second.
+    const credentials = fileCredentials(folder);
+    const config = await OperatorConfig.connect(`http://127.0.0.1:${port}/v1/snapshot/team-a`, (resources) => compileSnapshot(resources, credentials), log, {
+      credentialsOf: credentialsFingerprint(credentials),
+      credentialsCheckMs: 10,
+    });
+    const changes = () => lines.filter((line) => line['msg'] === CHANGED).length;
+    try {
+      // A snapshot that adds a route reads that route's key with it, which is no change of credentials.
+      const before = config.current().version;
+      release();
+      await vi.waitFor(() => expect(config.current().version).not.toBe(before));
+      expect(credentialOf(config, 'second')).toBe('sk-second-1');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(changes()).toBe(0);
+
+      await writeFile(path.join(keys, 'second'), 'sk-second-2');
+      await vi.waitFor(() => expect(changes()).toBe(1));
+      expect(credentialOf(config, 'second')).toBe('sk-second-2');
+      expect(JSON.stringify(lines)).not.toContain('sk-second');
+    } finally {
+      config.close();
+      for (const response of held) response.destroy();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

@@ -159,6 +159,7 @@ export class OperatorConfig extends StaticConfig {
   private readonly log: Logger;
   private readonly controller = new AbortController();
   private resources: ResourceSet;
+  private credentialsOf: ((resources: ResourceSet) => string) | undefined;
   private credentialsSeen: string | undefined;
   private credentialsTimer: NodeJS.Timeout | undefined;
 
@@ -175,8 +176,8 @@ export class OperatorConfig extends StaticConfig {
     }
     if (!first) throw new Error(`the operator at ${url} returned no configuration`);
     const config = new OperatorConfig(url, first, compile(first), compile, log);
-    void config.follow();
     if (options.credentialsOf) config.checkCredentials(options.credentialsOf, options.credentialsCheckMs ?? DEFAULT_CREDENTIALS_CHECK_MS);
+    void config.follow();
     return config;
   }
 
@@ -190,6 +191,7 @@ export class OperatorConfig extends StaticConfig {
 
   /** Compiles the current resources again whenever `credentialsOf` returns a new value, checked every `everyMs`. */
   private checkCredentials(credentialsOf: (resources: ResourceSet) => string, everyMs: number): void {
+    this.credentialsOf = credentialsOf;
     this.credentialsSeen = credentialsOf(this.resources);
     this.credentialsTimer = setInterval(() => {
       try {
@@ -213,8 +215,11 @@ export class OperatorConfig extends StaticConfig {
         const resources = await fetchSnapshot(this.url, this.current().version, 30, this.controller.signal);
         failures = 0;
         if (!resources) continue;
+        // Read before the compile, so that a key changed in between makes the next check compile again.
+        const seen = this.credentialsOf?.(resources);
         const snapshot = this.compile(resources);
         this.resources = resources;
+        this.credentialsSeen = seen;
         this.replace(snapshot);
         this.log.info({ version: snapshot.version }, 'configuration updated from the operator');
       } catch (error) {

@@ -14,8 +14,9 @@ import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLim
 
 /**
  * Reads a route's credential from the Secret files the injector mounts at
- * <dir>/<secret name>/<key>. Read at each configuration change, so a rotated
- * Secret is picked up with the next snapshot.
+ * <dir>/<secret name>/<key>. Read at each configuration change, and again
+ * when credentialsFingerprint of the routes changes, so that a rotated key is
+ * picked up without a restart.
  */
 export function fileCredentials(dir: string): (route: ProviderRoute) => string | undefined {
   return (route) => {
