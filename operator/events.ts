@@ -21,6 +21,7 @@ export const EventReason = {
   Ready: 'Ready',
   LedgerClosed: 'LedgerClosed',
   LedgerReopened: 'LedgerReopened',
+  LedgerCurrencyMismatch: 'LedgerCurrencyMismatch',
   InvalidSpec: 'InvalidSpec',
   PricePlanNotFound: 'PricePlanNotFound',
   SecretMissing: 'SecretMissing',

@@ -391,13 +391,16 @@ export class WalletReconciler {
     let wallet: Wallet | undefined;
     if (parsed.ok) {
       wallet = parsed.value;
-      // A grant removed from the spec leaves the list, so that adding its id again goes back to the ledger, which reports its first amount.
-      const inSpec = new Set(wallet.spec.grants.map((grant) => grant.id));
-      appliedGrants = appliedGrants.filter((id) => inSpec.has(id));
-      const applied = await this.#applyGrants(object, wallet, appliedGrants);
-      appliedGrants = applied.appliedGrants;
-      ignoredGrants = applied.ignoredGrants;
-      problem = applied.problem ?? this.#planProblem(wallet);
+      problem = await this.#reopenIfClosed(object, key, wallet.spec.currency);
+      if (problem === undefined) {
+        // A grant removed from the spec leaves the list, so that adding its id again goes back to the ledger, which reports its first amount.
+        const inSpec = new Set(wallet.spec.grants.map((grant) => grant.id));
+        appliedGrants = appliedGrants.filter((id) => inSpec.has(id));
+        const applied = await this.#applyGrants(object, wallet, appliedGrants);
+        appliedGrants = applied.appliedGrants;
+        ignoredGrants = applied.ignoredGrants;
+        problem = applied.problem ?? this.#planProblem(wallet);
+      }
     } else {
       problem = { reason: EventReason.InvalidSpec, message: `invalid Wallet: ${parsed.message}` };
     }
@@ -409,16 +412,7 @@ export class WalletReconciler {
         'charged expired holds of answered calls at their held amount, because their sidecars never committed them; their provider cost is not known',
       );
     }
-    let state = await ledger.state(key);
-    if (state.closed) {
-      // Deleting a Wallet closes its account, and the name can only be taken again once that object is gone. So a
-      // live Wallet on a closed account was created again, and serves calls again with the balance the account kept.
-      await ledger.reopen(key);
-      state = { ...state, closed: false };
-      const message = `reopened the ledger account that the deletion of an earlier Wallet of this name closed; its balance is ${formatAmount(state.balance)}`;
-      this.#options.log.info({ wallet: `${namespace}/${key.name}`, balance: formatAmount(state.balance) }, 'reopened the ledger account of a recreated wallet');
-      await this.#options.events.record(targetOf(object), 'Normal', EventReason.LedgerReopened, message);
-    }
+    const state = await ledger.state(key);
     if (wallet) metrics.setWallet(namespace, key.name, wallet.spec.currency, state);
 
     const facts: WalletFacts = {
@@ -560,6 +554,39 @@ export class WalletReconciler {
     return undefined;
   }
 
+  /**
+   * Opens the account again when it is closed. Deleting a Wallet closes its
+   * account, and the name can only be taken again once that object is gone,
+   * so a live Wallet on a closed account was created again. It serves calls
+   * again with the balance the account kept, unless the account was closed
+   * in another currency: its balance cannot become this one's, so the
+   * account stays closed, and the returned problem says why. Runs before the
+   * grants, so that none goes into an account in another currency.
+   */
+  async #reopenIfClosed(object: KubeObject, key: WalletKey, currency: string): Promise<WalletProblem | undefined> {
+    const { ledger, log, events } = this.#options;
+    if (!(await ledger.state(key)).closed) return undefined;
+    const wallet = `${key.namespace}/${key.name}`;
+    const result = await ledger.reopen(key, currency);
+    if (!result.reopened) {
+      return {
+        reason: EventReason.LedgerCurrencyMismatch,
+        message:
+          `the ledger account of this name was closed when a Wallet in ${result.closedCurrency} was deleted, and a Wallet in ${currency} ` +
+          `cannot take over its balance; use currency ${result.closedCurrency}, or another name`,
+      };
+    }
+    const { balance } = await ledger.state(key);
+    log.info({ wallet, balance: formatAmount(balance) }, 'reopened the ledger account of a recreated wallet');
+    await events.record(
+      targetOf(object),
+      'Normal',
+      EventReason.LedgerReopened,
+      `reopened the ledger account that the deletion of an earlier Wallet of this name closed; its balance is ${formatAmount(balance)}`,
+    );
+    return undefined;
+  }
+
   async #finalize(object: KubeObject): Promise<void> {
     const { clients, ledger, events, metrics, log } = this.#options;
     const finalizers = object.metadata.finalizers ?? [];
@@ -567,7 +594,8 @@ export class WalletReconciler {
     const namespace = object.metadata.namespace ?? 'default';
     const key: WalletKey = { namespace, name: object.metadata.name };
 
-    await ledger.close(key);
+    const currency = (object as { spec?: { currency?: unknown } }).spec?.currency;
+    await ledger.close(key, typeof currency === 'string' ? currency : undefined);
     log.info({ wallet: `${namespace}/${key.name}` }, 'closed the ledger account of a deleted wallet');
     await events.record(targetOf(object), 'Normal', EventReason.LedgerClosed, 'closed the ledger account; its entries stay in the ledger');
 

@@ -454,6 +454,39 @@ describe('operator', () => {
     expect((await ledger.verify(key)).entries).toBe(2);
   }, 60_000);
 
+  it('keeps a closed account from a wallet in another currency', async () => {
+    const namespace = 'currency-change';
+    const key = { namespace, name: 'team' };
+    await createNamespace(namespace);
+    await createPlan(namespace, 'standard');
+    await createWallet(namespace, 'team', [{ id: 'usd', amount: '3.00' }]);
+    await waitFor('the grant', async () => ((await readWallet(namespace, 'team')).status?.granted === '3.00' ? true : undefined));
+    await custom.deleteNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: 'wallets', name: 'team' });
+    await waitFor('the account to close', async () => ((await ledger.state(key)).closed ? true : undefined));
+    await waitFor('the wallet to disappear', async () => {
+      try {
+        await readWallet(namespace, 'team');
+        return undefined;
+      } catch (error) {
+        return (error as { code?: number }).code === 404 ? true : undefined;
+      }
+    });
+
+    // The same name in EUR must not spend the 3.00 USD left in the account, nor add EUR to it.
+    await createWallet(namespace, 'team', [{ id: 'eur', amount: '5.00' }], { currency: 'EUR' });
+    const refused = await waitFor('the currency problem', async () => {
+      const wallet = await readWallet(namespace, 'team');
+      return condition(wallet, 'Ready')?.reason === 'LedgerCurrencyMismatch' ? wallet : undefined;
+    });
+    expect(condition(refused, 'Ready')).toMatchObject({
+      status: 'False',
+      message:
+        'the ledger account of this name was closed when a Wallet in USD was deleted, and a Wallet in EUR cannot take over its balance; ' +
+        'use currency USD, or another name',
+    });
+    expect(await ledger.state(key)).toMatchObject({ closed: true, granted: 3n * NANO });
+  }, 60_000);
+
   it('serves snapshots and validates references', async () => {
     const namespace = 'config';
     const base = `http://127.0.0.1:${operator.httpPort}/v1/snapshot/${namespace}`;

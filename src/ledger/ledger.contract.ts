@@ -395,14 +395,27 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         const wallet = await fundedWallet(1000n);
         await ledger.reserve(wallet, 'before', fixedHold(100n));
         await ledger.commit(wallet, 'before', usage(40n));
-        await ledger.close(wallet);
-        await ledger.reopen(wallet);
+        await ledger.close(wallet, 'USD');
+        expect(await ledger.reopen(wallet, 'USD')).toEqual({ reopened: true });
 
         expect(await ledger.reserve(wallet, 'after', fixedHold(961n))).toEqual({ status: 'insufficient_funds', available: 960n, required: 961n });
         expect(await ledger.reserve(wallet, 'after', fixedHold(960n))).toEqual({ status: 'reserved', amount: 960n, units: 0, replayed: false });
         expect(await ledger.state(wallet)).toMatchObject({ closed: false, granted: 1000n, spent: 40n, reserved: 960n, available: 0n });
         // Reopening an open wallet changes nothing.
-        await ledger.reopen(wallet);
+        expect(await ledger.reopen(wallet, 'EUR')).toEqual({ reopened: true });
+        expect((await ledger.state(wallet)).closed).toBe(false);
+      });
+
+      it('stays closed for a wallet in another currency', async () => {
+        const wallet = await fundedWallet(1000n);
+        await ledger.close(wallet, 'USD');
+
+        expect(await ledger.reopen(wallet, 'EUR')).toEqual({ reopened: false, closedCurrency: 'USD' });
+        expect(await ledger.reserve(wallet, 'eur', fixedHold(1n))).toEqual({ status: 'wallet_closed' });
+        // The currency it was closed with still reopens it; a wallet closed without one reopens in any.
+        expect(await ledger.reopen(wallet, 'USD')).toEqual({ reopened: true });
+        await ledger.close(wallet);
+        expect(await ledger.reopen(wallet, 'EUR')).toEqual({ reopened: true });
         expect((await ledger.state(wallet)).closed).toBe(false);
       });
 

@@ -176,6 +176,8 @@ export interface WalletState {
   closed: boolean;
 }
 
+export type ReopenResult = { reopened: true } | { reopened: false; closedCurrency: string };
+
 export interface SweepResult {
   released: number;
   charged: number;
@@ -260,10 +262,18 @@ export interface Ledger {
   sweep(wallet: WalletKey, nowMs?: number): Promise<SweepResult>;
   /** Reads the wallet's totals without settling or lapsing anything; an unknown wallet reads as all zeros. */
   state(wallet: WalletKey): Promise<WalletState>;
-  /** Closes the wallet: no new holds; open holds can still be committed or released, and history stays. */
-  close(wallet: WalletKey): Promise<void>;
-  /** Opens a closed wallet again, with the balance it kept; does nothing to an open one. */
-  reopen(wallet: WalletKey): Promise<void>;
+  /**
+   * Closes the wallet: no new holds; open holds can still be committed or
+   * released, and history stays. `currency` is kept with the closed account,
+   * so that reopen can refuse a wallet in another currency.
+   */
+  close(wallet: WalletKey, currency?: string): Promise<void>;
+  /**
+   * Opens a closed wallet again, with the balance it kept, unless it was
+   * closed with another currency than `currency`; then it stays closed and
+   * the result names that currency. Does nothing to an open wallet.
+   */
+  reopen(wallet: WalletKey, currency: string): Promise<ReopenResult>;
   /**
    * Recomputes the granted, spent and expired totals from the checkpoint and
    * the entry stream after it, and compares them, the provider cost, the

@@ -16,6 +16,7 @@ import type {
   Ledger,
   LedgerEntry,
   ReleaseResult,
+  ReopenResult,
   ReserveResult,
   SweepResult,
   VerifyResult,
@@ -89,6 +90,8 @@ interface Account {
   /** See WalletState.chargedWithoutCost. */
   chargedWithoutCost: bigint;
   closed: boolean;
+  /** The currency of the Wallet whose deletion closed the account; undefined when open or not known. */
+  closedCurrency: string | undefined;
   /** Debited plus held amounts by period counter name (`day:...`, `month:...`). */
   periods: Map<string, bigint>;
   holds: Map<string, Hold>;
@@ -331,12 +334,17 @@ export class MemoryLedger implements Ledger {
     };
   }
 
-  async reopen(wallet: WalletKey): Promise<void> {
-    this.#account(wallet).closed = false;
+  async reopen(wallet: WalletKey, currency: string): Promise<ReopenResult> {
+    const account = this.#account(wallet);
+    if (account.closedCurrency !== undefined && account.closedCurrency !== currency) return { reopened: false, closedCurrency: account.closedCurrency };
+    account.closed = false;
+    account.closedCurrency = undefined;
+    return { reopened: true };
   }
 
-  async close(wallet: WalletKey): Promise<void> {
+  async close(wallet: WalletKey, currency?: string): Promise<void> {
     this.#account(wallet).closed = true;
+    this.#account(wallet).closedCurrency = currency;
   }
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
@@ -401,6 +409,7 @@ export class MemoryLedger implements Ledger {
         providerCost: 0n,
         chargedWithoutCost: 0n,
         closed: false,
+        closedCurrency: undefined,
         periods: new Map(),
         holds: new Map(),
         settled: new Map(),

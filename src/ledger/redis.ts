@@ -52,6 +52,7 @@ import type {
   Ledger,
   LedgerEntry,
   ReleaseResult,
+  ReopenResult,
   ReserveResult,
   SweepResult,
   VerifyResult,
@@ -488,14 +489,19 @@ export class RedisLedger implements Ledger {
     return this.#checkpointEnd(wallet, operation);
   }
 
-  async close(wallet: WalletKey): Promise<void> {
+  async close(wallet: WalletKey, currency?: string): Promise<void> {
     const [accountKey] = cachedWalletKeys(wallet);
-    await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, 'closed', '1'));
+    const fields = currency === undefined ? { closed: '1' } : { closed: '1', closedCurrency: currency };
+    await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, fields));
   }
 
-  async reopen(wallet: WalletKey): Promise<void> {
+  /** Reads and then clears; the operator's leader is the only caller of close and reopen, so nothing runs in between. */
+  async reopen(wallet: WalletKey, currency: string): Promise<ReopenResult> {
     const [accountKey] = cachedWalletKeys(wallet);
-    await this.#call(wallet, 'reopen', () => this.#client.hdel(accountKey!, 'closed'));
+    const closedCurrency = await this.#call(wallet, 'reopen', () => this.#client.hget(accountKey!, 'closedCurrency'));
+    if (closedCurrency !== null && closedCurrency !== currency) return { reopened: false, closedCurrency };
+    await this.#call(wallet, 'reopen', () => this.#client.hdel(accountKey!, 'closed', 'closedCurrency'));
+    return { reopened: true };
   }
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
