@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { CommitEntry, CommitResult, Ledger, WalletKey } from '../src/ledger/ledger.ts';
 import { LedgerUnavailableError } from '../src/ledger/ledger.ts';
+import type { CommitJournal } from './commit-journal.ts';
 
 /** The commit of a served request, kept until the ledger takes it. */
 export interface PendingCommit {
@@ -100,6 +101,7 @@ export class CommitQueue {
   readonly #log: Logger;
   readonly #options: CommitQueueOptions;
   readonly #hooks: CommitQueueHooks;
+  readonly #journal: CommitJournal | undefined;
   /** Waiting commits in order, from #head on; the slots before #head are spent. */
   #items: Waiting[] = [];
   #head = 0;
@@ -114,11 +116,18 @@ export class CommitQueue {
   /** Set when close() has given up on what is left, so that a pass still running ignores its results. */
   #stopped = false;
 
-  constructor(ledger: Ledger, log: Logger, options: CommitQueueOptions, hooks: CommitQueueHooks) {
+  /**
+   * With a journal, each commit the queue takes is written to it, and marked
+   * done once the ledger takes it or the queue gives up on it for a reason
+   * other than shutdown. A commit left at shutdown stays in the journal, so
+   * that the next start replays it (see addRecovered).
+   */
+  constructor(ledger: Ledger, log: Logger, options: CommitQueueOptions, hooks: CommitQueueHooks, journal?: CommitJournal) {
     this.#ledger = ledger;
     this.#log = log;
     this.#options = options;
     this.#hooks = hooks;
+    this.#journal = journal;
     this.#backoffMs = options.initialBackoffMs;
   }
 
@@ -133,6 +142,8 @@ export class CommitQueue {
    */
   add(commit: PendingCommit): boolean {
     if (this.#closing) {
+      // Journaled all the same, so that the next start retries it.
+      this.#journal?.append(commit, Date.now());
       this.#abandon(commit, 'shutdown');
       return false;
     }
@@ -150,6 +161,38 @@ export class CommitQueue {
     }
 
     this.#items.push({ commit, expiresAt: performance.now() + this.#options.maxAgeMs });
+    this.#journal?.append(commit, Date.now());
+    episode.queued++;
+    this.#hooks.pendingChanged(this.pending);
+    this.#schedule();
+    return true;
+  }
+
+  /**
+   * Queues a commit that the journal recovered at start, with the epoch
+   * milliseconds at which a previous process first queued it. Its age counts
+   * against maxAgeMs, so a commit older than that is abandoned as too_old at
+   * once, because the ledger may have removed the record that makes a replay
+   * safe. Call it for every recovered commit, in the journal's order, before
+   * any add: the queue expects its oldest commits in front. Returns whether
+   * the commit was queued.
+   */
+  addRecovered(commit: PendingCommit, queuedAtMs: number): boolean {
+    if (this.#closing) {
+      this.#abandon(commit, 'shutdown');
+      return false;
+    }
+    // A clock that went back since the commit was queued counts as no age.
+    const ageMs = Math.max(0, Date.now() - queuedAtMs);
+    const reason = ageMs >= this.#options.maxAgeMs ? 'too_old' : this.pending >= this.#options.maxPending ? 'queue_full' : undefined;
+    if (reason !== undefined) {
+      this.#abandon(commit, reason);
+      this.#journal?.done(commit.requestId);
+      return false;
+    }
+
+    const episode = this.#startEpisode(false);
+    this.#items.push({ commit, expiresAt: performance.now() + this.#options.maxAgeMs - ageMs });
     episode.queued++;
     this.#hooks.pendingChanged(this.pending);
     this.#schedule();
@@ -182,10 +225,11 @@ export class CommitQueue {
     this.#abandonRest();
   }
 
-  #startEpisode(): Episode {
+  /** Starts counting an outage unless one is counted already. `warn` is false for recovered commits, which the journal logs. */
+  #startEpisode(warn = true): Episode {
     if (this.#episode === undefined) {
       this.#episode = { queued: 0, committed: 0, abandoned: 0, full: false };
-      this.#log.warn('ledger commits are failing, so the commits of served calls are queued and retried in the background until the ledger takes them');
+      if (warn) this.#log.warn('ledger commits are failing, so the commits of served calls are queued and retried in the background until the ledger takes them');
     }
     return this.#episode;
   }
@@ -240,11 +284,13 @@ export class CommitQueue {
         if (result.status === 'fulfilled') {
           progressed = true;
           if (this.#episode) this.#episode.committed++;
+          this.#journal?.done(waiting.commit.requestId);
           this.#hooks.committed(waiting.commit, result.value);
         } else if (result.reason instanceof LedgerUnavailableError) {
           retry.push(waiting);
         } else {
           this.#abandon(waiting.commit, 'rejected', result.reason);
+          this.#journal?.done(waiting.commit.requestId);
         }
       }
       this.#putBack(retry);
@@ -284,7 +330,9 @@ export class CommitQueue {
     const now = performance.now();
     let abandoned = 0;
     while (this.#items.length > this.#head && this.#items[this.#head]!.expiresAt <= now) {
-      this.#abandon(this.#items[this.#head]!.commit, 'too_old');
+      const { commit } = this.#items[this.#head]!;
+      this.#abandon(commit, 'too_old');
+      this.#journal?.done(commit.requestId);
       this.#head++;
       abandoned++;
     }
@@ -300,8 +348,10 @@ export class CommitQueue {
     if (rest.length > 0) {
       for (const { commit } of rest) this.#abandon(commit, 'shutdown');
       this.#log.warn(
-        { abandoned: rest.length, flushMs: this.#options.shutdownFlushMs },
-        'sidecar stopped with commits the ledger did not confirm; the sweeper settles their holds, charging answered holds in full',
+        { abandoned: rest.length, flushMs: this.#options.shutdownFlushMs, ...(this.#journal ? { journal: this.#journal.path } : {}) },
+        this.#journal
+          ? 'sidecar stopped with commits the ledger did not confirm; they stay in the commit journal, and the next start retries them'
+          : 'sidecar stopped with commits the ledger did not confirm; the sweeper settles their holds, charging answered holds in full',
       );
     }
     this.#hooks.pendingChanged(0);
@@ -322,7 +372,12 @@ export class CommitQueue {
     switch (reason) {
       case 'shutdown':
         // A commit of the last batch may still reach the ledger, which then keeps it instead of the sweeper's charge.
-        this.#log.warn(fields, `commit not confirmed before the sidecar stopped; unless it still reaches the ledger, ${fallback}`);
+        this.#log.warn(
+          fields,
+          this.#journal
+            ? 'commit not confirmed before the sidecar stopped; it stays in the commit journal, and the next start retries it'
+            : `commit not confirmed before the sidecar stopped; unless it still reaches the ledger, ${fallback}`,
+        );
         break;
       case 'queue_full':
         this.#log.error(fields, `commit not queued because the commit queue is full; ${fallback}`);

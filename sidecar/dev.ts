@@ -31,6 +31,8 @@ export interface DevOptions {
   settledRetentionMs?: number | undefined;
   /** How long a Redis ledger operation waits for a reply, in milliseconds; RedisLedger's default (2 s) when undefined. */
   ledgerTimeoutMs?: number | undefined;
+  /** File that keeps queued commits across a restart (see CommitJournal); in memory only when undefined. */
+  commitJournal?: string | undefined;
   /** Environment that may hold provider keys (OPENAI_API_KEY, AZURE_OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY). */
   env: NodeJS.ProcessEnv;
   log: Logger;
@@ -143,6 +145,7 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
     walletPolicy: { defaultWallet, allowWalletHeader: true },
     // Queued commits are kept no longer than the ledger keeps the records they may settle.
     settledRetentionMs: options.settledRetentionMs ?? DEFAULT_SETTLED_RETENTION_MS,
+    commitJournal: options.commitJournal,
     ...options.sidecar,
   };
   const sidecar = createSidecar(config, ledger, metrics, sidecarOptions, log);

@@ -145,6 +145,8 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
       walletLabel: labelWallets,
       // Queued commits are kept no longer than the ledger keeps the records they may settle.
       settledRetentionMs,
+      // The webhook points it into an emptyDir volume, which outlives a restart of the sidecar's container.
+      commitJournal: env.TOLLGATE_COMMIT_JOURNAL || undefined,
     },
     log,
   );

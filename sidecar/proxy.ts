@@ -21,6 +21,7 @@ import type { Usage } from '../src/rating/usage.ts';
 import type { SidecarMetrics } from '../src/telemetry/metrics.ts';
 import { createGenAiTelemetry, GEN_AI, responseAttributes, responseMetadataAttributes, type Span } from '../src/telemetry/tracing.ts';
 import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { CommitJournal } from './commit-journal.ts';
 import { CommitQueue, DEFAULT_COMMIT_QUEUE_OPTIONS, type AbandonReason, type CommitQueueOptions, type PendingCommit } from './commit-queue.ts';
 import type { ConfigSource } from './config-source.ts';
 import { RefusalLog, type RefusalLogOptions } from './refusal-log.ts';
@@ -56,6 +57,12 @@ export interface ProxyOptions {
   settledRetentionMs?: number;
   /** Changes to the commit queue's limits and waits (DEFAULT_COMMIT_QUEUE_OPTIONS). */
   commitQueue?: Partial<Omit<CommitQueueOptions, 'maxAgeMs'>>;
+  /**
+   * Path of the commit journal file (see CommitJournal). The commits it
+   * holds from a previous process are queued again at construction. Without
+   * it, queued commits live in memory only.
+   */
+  commitJournal?: string;
   /** Window and clock of the warnings for requests refused while the ledger is unavailable (see RefusalLog). */
   refusalLog?: RefusalLogOptions;
 }
@@ -224,6 +231,8 @@ export class Proxy {
   private seriesSnapshot: Snapshot | undefined;
   /** Commits that failed because the ledger was unavailable, retried in the background. */
   private readonly commits: CommitQueue;
+  /** The commit queue's journal on disk, when ProxyOptions.commitJournal sets one. */
+  private readonly journal: CommitJournal | undefined;
   /** Warnings for requests refused while the ledger is unavailable, one per window during an outage. */
   private readonly refusals: RefusalLog;
 
@@ -235,6 +244,8 @@ export class Proxy {
     this.log = log;
     this.refusals = new RefusalLog(log, options.refusalLog);
     this.initializeSeries(config.current());
+    const opened = options.commitJournal === undefined ? undefined : CommitJournal.open(options.commitJournal, log);
+    this.journal = opened?.journal;
     this.commits = new CommitQueue(
       ledger,
       log,
@@ -244,7 +255,9 @@ export class Proxy {
         abandoned: (commit, reason) => this.onAbandoned(commit, reason),
         pendingChanged: (pending) => metrics.pendingCommits.set(pending),
       },
+      this.journal,
     );
+    for (const { commit, queuedAtMs } of opened?.recovered ?? []) this.commits.addRecovered(commit, queuedAtMs);
   }
 
   /**
@@ -299,6 +312,7 @@ export class Proxy {
   async close(): Promise<void> {
     this.refusals.close();
     await this.commits.close();
+    this.journal?.close();
     await Promise.all([...this.agents.values()].map((agent) => agent.close()));
   }
 

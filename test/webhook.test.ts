@@ -503,6 +503,7 @@ describe('sidecar injector on a real API server', () => {
       TOLLGATE_CREDENTIALS_DIR: '/var/run/tollgate/credentials',
       TOLLGATE_LISTEN: '127.0.0.1:8787',
       TOLLGATE_ADMIN_LISTEN: '0.0.0.0:9464',
+      TOLLGATE_COMMIT_JOURNAL: '/var/lib/tollgate/commits.ndjson',
     });
     expect(bodyLimit(envOf(sidecar))).toBe(SIDECAR_BODY_LIMIT);
     expect(maxToolUses(envOf(sidecar))).toBe(SIDECAR_MAX_TOOL_USES);
@@ -599,6 +600,7 @@ describe('sidecar injector on a real API server', () => {
     expect(pod.spec?.volumes?.map((volume) => volume.name)).toEqual([
       'data',
       'tollgate-sidecar-tmp',
+      'tollgate-state',
       'tollgate-cred-anthropic-credentials',
       'tollgate-cred-openai-credentials',
     ]);

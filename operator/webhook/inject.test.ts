@@ -193,7 +193,7 @@ describe('injectSidecar patch', () => {
     const paths = result.patch.map((operation) => operation.path);
 
     expect(paths[0]).toBe('/spec/initContainers/0');
-    expect(paths.filter((path) => path === '/spec/volumes/-')).toHaveLength(3);
+    expect(paths.filter((path) => path === '/spec/volumes/-')).toHaveLength(4);
     expect(paths.filter((path) => path === '/spec/containers/0/env/-')).toHaveLength(4);
     expect(paths).toContain('/spec/containers/1/env');
     expect(paths).toContain('/metadata/annotations/tollgate.dev~1sidecar-image');
@@ -262,6 +262,7 @@ describe('injectSidecar sidecar container', () => {
       { name: 'TOLLGATE_CREDENTIALS_DIR', value: '/var/run/tollgate/credentials' },
       { name: 'TOLLGATE_LISTEN', value: '127.0.0.1:8787' },
       { name: 'TOLLGATE_ADMIN_LISTEN', value: '0.0.0.0:9464' },
+      { name: 'TOLLGATE_COMMIT_JOURNAL', value: '/var/lib/tollgate/commits.ndjson' },
     ]);
   });
 
@@ -318,6 +319,7 @@ describe('injectSidecar sidecar container', () => {
       'TOLLGATE_CREDENTIALS_DIR',
       'TOLLGATE_LISTEN',
       'TOLLGATE_ADMIN_LISTEN',
+      'TOLLGATE_COMMIT_JOURNAL',
     ]);
   });
 
@@ -354,14 +356,16 @@ describe('injectSidecar sidecar container', () => {
   it('mounts each credential Secret read-only', () => {
     expect(sidecar.volumeMounts).toEqual([
       { name: 'tollgate-sidecar-tmp', mountPath: '/tmp' },
+      { name: 'tollgate-state', mountPath: '/var/lib/tollgate' },
       { name: 'tollgate-cred-anthropic-credentials', mountPath: '/var/run/tollgate/credentials/anthropic-credentials', readOnly: true },
       { name: 'tollgate-cred-openai-credentials', mountPath: '/var/run/tollgate/credentials/openai-credentials', readOnly: true },
     ]);
   });
 
-  it('adds Secret and tmp volumes to the pod', () => {
+  it('adds Secret, tmp and state volumes to the pod', () => {
     expect(patched.spec?.volumes).toEqual([
       { name: 'tollgate-sidecar-tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
+      { name: 'tollgate-state', emptyDir: { sizeLimit: '64Mi' } },
       { name: 'tollgate-cred-anthropic-credentials', secret: { secretName: 'anthropic-credentials', defaultMode: 0o444, optional: true } },
       { name: 'tollgate-cred-openai-credentials', secret: { secretName: 'openai-credentials', defaultMode: 0o444, optional: true } },
     ]);
@@ -387,6 +391,7 @@ describe('injectSidecar Redis TLS files', () => {
   const withTls = (caCertificate: boolean, clientCertificate: boolean, pod = labelledPod()) =>
     injectSidecar(pod, context({ redisTlsSecret: { name: 'redis-tls', caCertificate, clientCertificate } }));
   const tmpVolume = { name: 'tollgate-sidecar-tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } };
+  const stateVolume = { name: 'tollgate-state', emptyDir: { sizeLimit: '64Mi' } };
   const credentialVolumes = [
     { name: 'tollgate-cred-anthropic-credentials', secret: { secretName: 'anthropic-credentials', defaultMode: 0o444, optional: true } },
     { name: 'tollgate-cred-openai-credentials', secret: { secretName: 'openai-credentials', defaultMode: 0o444, optional: true } },
@@ -398,6 +403,7 @@ describe('injectSidecar Redis TLS files', () => {
 
     expect(patched.spec?.volumes).toEqual([
       tmpVolume,
+      stateVolume,
       ...credentialVolumes,
       { name: 'tollgate-redis-tls', secret: { secretName: 'redis-tls', defaultMode: 0o444, items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
     ]);
@@ -437,6 +443,7 @@ describe('injectSidecar Redis TLS files', () => {
       { name: 'TOLLGATE_CREDENTIALS_DIR', value: '/var/run/tollgate/credentials' },
       { name: 'TOLLGATE_LISTEN', value: '127.0.0.1:8787' },
       { name: 'TOLLGATE_ADMIN_LISTEN', value: '0.0.0.0:9464' },
+      { name: 'TOLLGATE_COMMIT_JOURNAL', value: '/var/lib/tollgate/commits.ndjson' },
     ]);
   });
 
@@ -458,9 +465,10 @@ describe('injectSidecar Redis TLS files', () => {
     for (const result of [injectSidecar(labelledPod(), context()), withTls(false, false)]) {
       const patched = applyPatch(labelledPod(), result.patch);
 
-      expect(patched.spec?.volumes).toEqual([tmpVolume, ...credentialVolumes]);
+      expect(patched.spec?.volumes).toEqual([tmpVolume, stateVolume, ...credentialVolumes]);
       expect(sidecarOf(patched).volumeMounts?.map((mount) => mount.name)).toEqual([
         'tollgate-sidecar-tmp',
+        'tollgate-state',
         'tollgate-cred-anthropic-credentials',
         'tollgate-cred-openai-credentials',
       ]);
@@ -482,7 +490,7 @@ describe('injectSidecar Redis TLS files', () => {
     const result = withTls(true, false, pod);
     const patched = applyPatch(pod, result.patch);
 
-    expect(result.patch.filter((operation) => operation.path === '/spec/volumes/-')).toHaveLength(4);
+    expect(result.patch.filter((operation) => operation.path === '/spec/volumes/-')).toHaveLength(5);
     expect(patched.spec?.volumes?.[0]).toEqual({ name: 'tollgate-redis-tls', configMap: { name: 'app-redis' } });
     expect(patched.spec?.volumes?.at(-1)?.name).toBe('tollgate-redis-tls-2');
     expect(sidecarOf(patched).volumeMounts?.at(-1)).toEqual({ ...tlsMount, name: 'tollgate-redis-tls-2' });
@@ -599,7 +607,10 @@ describe('injectSidecar app environment', () => {
 
     expect(result.decision).toBe('Injected');
     expect(patched.spec?.containers[0]?.env).toBeUndefined();
-    expect(patched.spec?.volumes).toEqual([{ name: 'tollgate-sidecar-tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }]);
+    expect(patched.spec?.volumes).toEqual([
+      { name: 'tollgate-sidecar-tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
+      { name: 'tollgate-state', emptyDir: { sizeLimit: '64Mi' } },
+    ]);
     expect(result.warnings[0]).toMatch(/^namespace has no valid ProviderRoute/);
   });
 });
@@ -734,15 +745,27 @@ describe('credential volumes', () => {
   });
 
   it('avoids volume names the pod uses', () => {
-    const pod = labelledPod({ volumes: [{ name: 'tollgate-cred-openai-credentials', emptyDir: {} }, { name: 'tollgate-sidecar-tmp', emptyDir: {} }] });
+    const pod = labelledPod({
+      volumes: [
+        { name: 'tollgate-cred-openai-credentials', emptyDir: {} },
+        { name: 'tollgate-sidecar-tmp', emptyDir: {} },
+        { name: 'tollgate-state', emptyDir: {} },
+      ],
+    });
     const patched = applyPatch(pod, injectSidecar(pod, context({ routes: [OPENAI] })).patch);
 
     expect(patched.spec?.volumes?.map((volume) => volume.name)).toEqual([
       'tollgate-cred-openai-credentials',
       'tollgate-sidecar-tmp',
+      'tollgate-state',
       'tollgate-sidecar-tmp-2',
+      'tollgate-state-2',
       'tollgate-cred-openai-credentials-2',
     ]);
-    expect(sidecarOf(patched).volumeMounts?.map((mount) => mount.name)).toEqual(['tollgate-sidecar-tmp-2', 'tollgate-cred-openai-credentials-2']);
+    expect(sidecarOf(patched).volumeMounts?.map((mount) => mount.name)).toEqual([
+      'tollgate-sidecar-tmp-2',
+      'tollgate-state-2',
+      'tollgate-cred-openai-credentials-2',
+    ]);
   });
 });

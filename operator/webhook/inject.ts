@@ -32,6 +32,13 @@ export const SIDECAR_URL = `http://${SIDECAR_HOST}:${SIDECAR_PORT}`;
 export const CREDENTIALS_DIR = '/var/run/tollgate/credentials';
 /** Mount path of the Redis TLS Secret (RedisTlsSecretRef) in the sidecar. */
 export const REDIS_TLS_DIR = '/var/run/tollgate/redis-tls';
+/**
+ * Mount path of the sidecar's state volume, an emptyDir: its files outlive a
+ * restart of the sidecar's container, though not the pod.
+ */
+export const STATE_DIR = '/var/lib/tollgate';
+/** The commit journal (TOLLGATE_COMMIT_JOURNAL), which keeps commits that wait for Redis across a restart of the sidecar. */
+export const COMMIT_JOURNAL_PATH = `${STATE_DIR}/commits.ndjson`;
 /** Keys of the Redis TLS Secret, as in a kubernetes.io/tls Secret and the Secrets that cert-manager writes. */
 export const REDIS_TLS_SECRET_KEYS = { ca: 'ca.crt', cert: 'tls.crt', key: 'tls.key' } as const;
 /** Value of API key variables set for SDKs that refuse to start without one; the sidecar adds the real key. */
@@ -139,6 +146,7 @@ export const DEFAULT_SIDECAR_RESOURCES: V1ResourceRequirements = {
 /** User and group the sidecar runs as: the conventional "nonroot" id of distroless images. */
 const SIDECAR_USER_ID = 65532;
 const TMP_VOLUME_BASE_NAME = 'tollgate-sidecar-tmp';
+const STATE_VOLUME_BASE_NAME = 'tollgate-state';
 const CREDENTIAL_VOLUME_PREFIX = 'tollgate-cred-';
 const REDIS_TLS_VOLUME_BASE_NAME = 'tollgate-redis-tls';
 const MAX_VOLUME_NAME_LENGTH = 63;
@@ -305,6 +313,7 @@ function buildSidecarContainer(context: InjectionContext, wallet: string | undef
     { name: 'TOLLGATE_CREDENTIALS_DIR', value: CREDENTIALS_DIR },
     { name: 'TOLLGATE_LISTEN', value: `${SIDECAR_HOST}:${SIDECAR_PORT}` },
     { name: 'TOLLGATE_ADMIN_LISTEN', value: `0.0.0.0:${SIDECAR_ADMIN_PORT}` },
+    { name: 'TOLLGATE_COMMIT_JOURNAL', value: COMMIT_JOURNAL_PATH },
   ];
 
   return {
@@ -346,8 +355,8 @@ function readyzProbe(timing: { periodSeconds: number; failureThreshold: number }
 // Volumes
 
 /**
- * Returns the pod volumes the sidecar needs (tmp, then one per credential Secret,
- * then the Redis TLS Secret when it uses one) and its mounts of them.
+ * Returns the pod volumes the sidecar needs (tmp, state, then one per credential
+ * Secret, then the Redis TLS Secret when it uses one) and its mounts of them.
  */
 function sidecarVolumes(
   routes: readonly ProviderRoute[],
@@ -357,11 +366,14 @@ function sidecarVolumes(
   const takenNames = new Set(podVolumes.map((volume) => volume.name));
   const credentialVolumes = credentialSecretVolumes(routes, takenNames);
   const tmpVolumeName = uniqueName(TMP_VOLUME_BASE_NAME, takenNames);
+  const stateVolumeName = uniqueName(STATE_VOLUME_BASE_NAME, takenNames);
   const redisTlsKeys = redisTls === undefined ? [] : redisTlsSecretKeys(redisTls);
   const redisTlsVolumeName = redisTlsKeys.length === 0 ? undefined : uniqueName(REDIS_TLS_VOLUME_BASE_NAME, takenNames);
 
   const volumes: V1Volume[] = [
     { name: tmpVolumeName, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
+    // On the node's disk rather than in memory, so that the journal does not count against the sidecar's memory limit.
+    { name: stateVolumeName, emptyDir: { sizeLimit: '64Mi' } },
     ...credentialVolumes.map(({ volumeName, secretName }) => ({
       name: volumeName,
       secret: { secretName, defaultMode: SECRET_FILE_MODE, optional: true },
@@ -369,6 +381,7 @@ function sidecarVolumes(
   ];
   const mounts: V1VolumeMount[] = [
     { name: tmpVolumeName, mountPath: '/tmp' },
+    { name: stateVolumeName, mountPath: STATE_DIR },
     ...credentialVolumes.map(({ volumeName, secretName }) => ({
       name: volumeName,
       mountPath: `${CREDENTIALS_DIR}/${secretName}`,

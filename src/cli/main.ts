@@ -36,6 +36,11 @@ Options:
                      How long a Redis ledger operation waits for an answer
                      before the request fails with 503: 2s by default, 0s for
                      no limit
+  --commit-journal FILE
+                     File in which commits that wait for an unavailable Redis
+                     ledger are kept, so that a restarted dev still charges
+                     them (with --redis; one dev process per file). Without
+                     it, they are lost when dev stops before Redis is back
   --body-limit BYTES Largest request body the sidecar accepts, in bytes
                      (default: 4194304, which is 4 MiB)
   --max-tool-uses N  Use limit the sidecar sets on each charged server tool,
@@ -71,6 +76,8 @@ sets its environment:
   TOLLGATE_BODY_LIMIT        Largest request body in bytes (default 4194304)
   TOLLGATE_MAX_TOOL_USES     Use limit set on each charged server tool (web search) in a request that sets none, 1 to 1000 (default 5)
   TOLLGATE_WALLET_LABEL      false leaves the wallet label of the money counters empty (default true)
+  TOLLGATE_COMMIT_JOURNAL    File that keeps commits waiting for Redis across a restart of the sidecar
+                             (the webhook sets /var/lib/tollgate/commits.ndjson; in memory only when unset)
   OTEL_EXPORTER_OTLP_ENDPOINT  Turns on OpenTelemetry export; the SDK reads the other OTEL_* variables
   LOG_LEVEL                  pino log level (default info)`;
 
@@ -130,6 +137,7 @@ async function dev(args: string[]): Promise<number> {
       wallet: { type: 'string' },
       'ledger-retention': { type: 'string' },
       'ledger-timeout': { type: 'string' },
+      'commit-journal': { type: 'string' },
       'body-limit': { type: 'string' },
       'max-tool-uses': { type: 'string' },
       'no-wallet-label': { type: 'boolean', default: false },
@@ -166,6 +174,11 @@ async function dev(args: string[]): Promise<number> {
       validateSettledRetention(settledRetentionMs);
     }
     if (values['ledger-timeout'] !== undefined) ledgerTimeoutMs = parseLedgerTimeout(values['ledger-timeout'], '--ledger-timeout');
+    // Only the Redis ledger can be unavailable, and the in-memory one starts empty, so a journal would replay into nothing.
+    if (values['commit-journal'] !== undefined && values.redis === undefined) {
+      throw new RangeError('--commit-journal applies to the Redis ledger; give --redis URL too, or remove it');
+    }
+    if (values['commit-journal'] === '') throw new RangeError('invalid --commit-journal "": give the path of a file');
   } catch (error) {
     console.error((error as Error).message);
     return 2;
@@ -197,6 +210,7 @@ async function dev(args: string[]): Promise<number> {
       wallet: values.wallet,
       settledRetentionMs,
       ledgerTimeoutMs,
+      commitJournal: values['commit-journal'],
       env: process.env,
       log,
       watch: !values['no-watch'],
