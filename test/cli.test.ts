@@ -4,6 +4,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import http from 'node:http';
 import net from 'node:net';
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -55,6 +56,42 @@ describe('tollgate command', () => {
     const result = await tollgate(['frobnicate']);
     expect(result.code).toBe(2);
     expect(result.stderr).toContain('unknown command "frobnicate"');
+  });
+
+  it('exits when the sidecar fails at start', async () => {
+    // An operator snapshot endpoint with an empty configuration, so that the sidecar gets as far as its commit journal.
+    const snapshots = http.createServer((_request, response) => response.end(JSON.stringify({ resources: { routes: [], plans: [], wallets: [] } })));
+    await new Promise<void>((resolve) => snapshots.listen(0, '127.0.0.1', resolve));
+    const { port } = snapshots.address() as net.AddressInfo;
+    const missing = path.join(os.tmpdir(), `tollgate-missing-${process.pid}`, 'commits.ndjson');
+    try {
+      const started = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, ['src/cli/main.ts', 'sidecar'], {
+          cwd: ROOT,
+          env: {
+            ...process.env,
+            LOG_LEVEL: 'error',
+            TOLLGATE_NAMESPACE: 'team-a',
+            TOLLGATE_CONFIG_URL: `http://127.0.0.1:${port}`,
+            TOLLGATE_REDIS_URL: redis.url,
+            TOLLGATE_LISTEN: '127.0.0.1:0',
+            TOLLGATE_COMMIT_JOURNAL: missing,
+          },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let stderr = '';
+        child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        child.once('exit', (code) => resolve({ code, stderr }));
+      });
+      // The ledger's Redis connection was open already; the process ends all the same.
+      expect(started.code).toBe(1);
+      expect(started.stderr).toBe(
+        `tollgate: failed to open the commit journal ${missing}: ENOENT: no such file or directory, open '${missing}'; check that its folder exists and is writable\n`,
+      );
+    } finally {
+      snapshots.closeAllConnections();
+      await new Promise((resolve) => snapshots.close(resolve));
+    }
   });
 
   it('prints the sidecar environment on --help', async () => {

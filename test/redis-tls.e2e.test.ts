@@ -35,8 +35,8 @@ const SIDECAR_IMAGE = 'registry.example/tollgate:test';
 /** In-cluster snapshot URL that the webhook writes into the pod. The test points the sidecar process at the operator's loopback port instead. */
 const CONFIG_URL = 'http://tollgate.tollgate-system.svc:8080';
 const SIMULATOR_KEY = 'sk-redis-tls-e2e';
-/** Every Secret that the injector mounts into the sidecar lies under this directory. */
-const MOUNT_PREFIX = '/var/run/tollgate/';
+/** Every volume that the injector mounts into the sidecar lies under one of these directories: Secrets, and the emptyDir of its state. */
+const MOUNT_PREFIXES = ['/var/run/tollgate/', '/var/lib/tollgate/'];
 const log = pino({ level: process.env['LOG_LEVEL'] ?? 'silent' });
 
 const RESOURCES = `
@@ -147,19 +147,26 @@ function appOf(stored: V1Pod): V1Container {
 
 /** Maps a path in the sidecar container to the temporary directory that replaces the kubelet's mounts. */
 function localPath(containerPath: string): string {
-  if (!containerPath.startsWith(MOUNT_PREFIX)) throw new Error(`mount path ${containerPath} is not under ${MOUNT_PREFIX}`);
-  return path.join(mountRoot, containerPath.slice(MOUNT_PREFIX.length));
+  const prefix = MOUNT_PREFIXES.find((each) => `${containerPath}/`.startsWith(each));
+  if (prefix === undefined) throw new Error(`mount path ${containerPath} is not under ${MOUNT_PREFIXES.join(' or ')}`);
+  return path.join(mountRoot, prefix, containerPath.slice(prefix.length));
 }
+
+/** Whether a path is one of MOUNT_PREFIXES or lies below one. */
+const isMounted = (value: string) => MOUNT_PREFIXES.some((prefix) => `${value}/`.startsWith(prefix));
 
 /**
  * Writes the keys of each Secret volume that the container mounts, as the
- * kubelet would, below mountRoot. Only the prefix MOUNT_PREFIX of the mount
- * path changes. The rest of the path, the file names (the volume's items)
+ * kubelet would, below mountRoot, and creates the directory of each emptyDir
+ * volume. Only the prefix (one of MOUNT_PREFIXES) of the mount path changes. The rest of the path, the file names (the volume's items)
  * and the contents come from the stored pod and Secrets.
  */
 async function writeSecretMounts(stored: V1Pod, container: V1Container): Promise<void> {
   for (const mount of container.volumeMounts ?? []) {
-    const source = stored.spec?.volumes?.find((volume) => volume.name === mount.name)?.secret;
+    const volume = stored.spec?.volumes?.find((each) => each.name === mount.name);
+    // Other emptyDir mounts, such as /tmp, stay where they are on this machine.
+    if (volume?.emptyDir !== undefined && isMounted(mount.mountPath)) await mkdir(localPath(mount.mountPath), { recursive: true });
+    const source = volume?.secret;
     if (source?.secretName === undefined) continue;
 
     const secret = JSON.parse(await kubectl(['get', 'secret', source.secretName, '-n', NAMESPACE, '-o', 'json'])) as V1Secret;
@@ -177,14 +184,14 @@ async function writeSecretMounts(stored: V1Pod, container: V1Container): Promise
 
 /**
  * Returns the container's environment as the kubelet would set it: plain
- * values, with paths under MOUNT_PREFIX mapped by localPath, and the pod's
+ * values, with paths under MOUNT_PREFIXES mapped by localPath, and the pod's
  * namespace for a field reference to metadata.namespace.
  */
 function containerEnvironment(stored: V1Pod, container: V1Container): Record<string, string> {
   const env: Record<string, string> = {};
   for (const variable of container.env ?? []) {
     if (variable.value !== undefined) {
-      env[variable.name] = variable.value.startsWith(MOUNT_PREFIX) ? localPath(variable.value) : variable.value;
+      env[variable.name] = isMounted(variable.value) ? localPath(variable.value) : variable.value;
     } else if (variable.valueFrom?.fieldRef?.fieldPath === 'metadata.namespace') {
       env[variable.name] = stored.metadata!.namespace!;
     } else {

@@ -283,6 +283,8 @@ main(process.argv.slice(2)).then(
   },
   (error: unknown) => {
     console.error(error instanceof Error ? `tollgate: ${error.message}` : error);
-    process.exitCode = 1;
+    // A command that failed may have opened connections and timers before the error, such as the ledger's Redis
+    // client or telemetry; they would keep the process alive, and a sidecar that fails at start must exit.
+    process.exit(1);
   },
 );
