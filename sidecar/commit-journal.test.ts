@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import type { CommitEntry, WalletKey } from '../src/ledger/ledger.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { startRedis, type RunningRedis } from '../test/support/redis.ts';
-import { CommitJournal, formatAddLine } from './commit-journal.ts';
+import { COMPACT_MIN_BYTES, CommitJournal, formatAddLine } from './commit-journal.ts';
 import { CommitQueue, DEFAULT_COMMIT_QUEUE_OPTIONS, type AbandonReason, type CommitQueueOptions, type PendingCommit } from './commit-queue.ts';
 
 interface LogLine {
@@ -202,11 +202,50 @@ describe('commit journal', () => {
     ]);
   });
 
+  it('keeps a copy of a file with damaged lines', () => {
+    const original = [formatAddLine(commitOf('req-1'), QUEUED_AT), 'not json\n', formatAddLine(commitOf('req-2'), QUEUED_AT)].join('');
+    writeFileSync(file, original);
+    const { log, lines } = recordingLog();
+    const { journal } = CommitJournal.open(file, log);
+    journal.close();
+
+    const kept = lines.find((line) => line.msg === 'kept a copy of the commit journal with its damaged lines before rewriting it without them');
+    expect(kept?.['damaged']).toBe(1);
+    expect(String(kept?.['copy'])).toMatch(new RegExp(`^${file.replace(/[.]/g, '\\.')}\\.damaged-\\d+$`));
+    expect(readFileSync(String(kept?.['copy']), 'utf8')).toBe(original);
+    // The journal itself holds only the open lines now, so the next start logs nothing.
+    expect(readFileSync(file, 'utf8')).toBe(formatAddLine(commitOf('req-1'), QUEUED_AT) + formatAddLine(commitOf('req-2'), QUEUED_AT));
+  });
+
+  it('rewrites a long journal with only its open lines', () => {
+    const { journal } = CommitJournal.open(file, recordingLog().log);
+    journal.append(commitOf('stuck'), QUEUED_AT);
+    let largest = 0;
+    // One commit stays open while thousands are taken, as while a ledger fails now and then.
+    for (let index = 0; index < 5000; index++) {
+      journal.append(commitOf(`taken-${index}`), QUEUED_AT);
+      journal.done(`taken-${index}`);
+      largest = Math.max(largest, statSync(file).size);
+    }
+    journal.close();
+
+    expect(largest).toBeLessThan(COMPACT_MIN_BYTES + 1024);
+    const { journal: reopened, recovered } = CommitJournal.open(file, recordingLog().log);
+    reopened.close();
+    expect(recovered.map(({ commit }) => commit.requestId)).toEqual(['stuck']);
+  });
+
+  it('names a folder given as the file', () => {
+    expect(() => CommitJournal.open(dir, recordingLog().log)).toThrow(
+      new RegExp(`^failed to open the commit journal ${dir.replace(/[.]/g, '\\.')}: EISDIR: .*; the path names a folder; give the path of a file in it, such as commits\\.ndjson$`),
+    );
+  });
+
   it('names the file when it cannot be opened', () => {
     const missing = path.join(dir, 'no-such-folder', 'commits.ndjson');
 
     expect(() => CommitJournal.open(missing, recordingLog().log)).toThrow(
-      new RegExp(`^failed to open the commit journal ${missing.replace(/[.]/g, '\\.')}: ENOENT: no such file or directory, open '.*'; check that its folder exists and is writable$`),
+      new RegExp(`^failed to open the commit journal ${missing.replace(/[.]/g, '\\.')}: ENOENT: no such file or directory, open '.*'; its folder does not exist; create it, or give a path in an existing folder$`),
     );
   });
 

@@ -1,4 +1,4 @@
-import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { PendingCommit } from './commit-queue.ts';
@@ -17,9 +17,20 @@ export interface JournalContents {
   recovered: RecoveredCommit[];
   /** Byte length of the complete lines. Bytes after it are a torn last line. */
   completeBytes: number;
-  /** Whether the last line is complete but has no newline, so the next append must start with one. */
+  /** Whether the last line is complete but has no newline. */
   missingNewline: boolean;
+  /** Lines other than a torn last one that did not parse. */
+  damaged: number;
 }
+
+/**
+ * Size from which a journal whose lines are mostly done is rewritten with
+ * only its open lines. It would otherwise grow for as long as any commit
+ * stays open, as while a ledger keeps failing now and then, and fill the
+ * emptyDir volume it lives in (64 MiB in a pod, whose kubelet evicts the pod
+ * beyond that).
+ */
+export const COMPACT_MIN_BYTES = 1024 * 1024;
 
 /** A nano-unit amount, written as a decimal string because JSON numbers lose precision above 2^53. */
 const amount = z.string().regex(/^-?(0|[1-9][0-9]*)$/, 'expected an integer as a decimal string');
@@ -70,11 +81,14 @@ const MAX_LOGGED_LINE_CHARS = 2000;
  */
 export class CommitJournal {
   readonly path: string;
-  readonly #fd: number;
   readonly #log: Logger;
-  /** Commits with an `add` line and no `done` line, counted by request id. */
-  readonly #open = new Map<string, number>();
+  #fd: number;
+  /** The `add` lines of the commits without a `done` line, by request id, oldest first. */
+  readonly #open = new Map<string, string[]>();
   #openCount = 0;
+  /** Bytes of the open `add` lines, and bytes in the file. */
+  #openBytes = 0;
+  #size = 0;
   /** Whether the last write failed, so that a failing disk is logged once until a write succeeds again. */
   #failing = false;
   #closed = false;
@@ -93,26 +107,35 @@ export class CommitJournal {
    * truncated. Throws when the file cannot be read or opened for appending.
    */
   static open(path: string, log: Logger): { journal: CommitJournal; recovered: RecoveredCommit[] } {
-    let contents: JournalContents;
-    let fd: number;
+    let data: Buffer;
     try {
-      contents = parseJournal(readExisting(path), path, log);
-      fd = openSync(path, 'a', 0o600);
+      data = readExisting(path);
     } catch (error) {
-      throw new Error(`failed to open the commit journal ${path}: ${(error as Error).message}; check that its folder exists and is writable`, { cause: error });
+      throw openError(path, error);
+    }
+    const contents = parseJournal(data, path, log);
+    if (contents.damaged > 0) keepDamagedCopy(path, data, contents.damaged, log);
+
+    // The file starts over with only the open add lines: done lines, a torn or damaged line and a missing newline go.
+    const lines = contents.recovered.map(({ commit, queuedAtMs }) => formatAddLine(commit, queuedAtMs));
+    let fd: number;
+    let size: number;
+    try {
+      fd = replaceFile(path, lines.join(''));
+      size = lines.reduce((sum, line) => sum + Buffer.byteLength(line), 0);
+    } catch (error) {
+      // A rewrite needs room for a second copy, which a full volume lacks. The file is then repaired where it is.
+      log.warn({ err: error, journal: path }, 'could not rewrite the commit journal at start; repairing it in place');
+      try {
+        ({ fd, size } = repairInPlace(path, contents));
+      } catch (repairError) {
+        throw openError(path, repairError);
+      }
     }
 
     const journal = new CommitJournal(path, fd, log);
-    for (const { commit } of contents.recovered) journal.#markOpen(commit.requestId);
-    try {
-      if (contents.recovered.length === 0) ftruncateSync(fd, 0);
-      else if (contents.missingNewline) writeAll(fd, '\n');
-      else ftruncateSync(fd, contents.completeBytes);
-    } catch (error) {
-      closeSync(fd);
-      throw new Error(`failed to repair the commit journal ${path}: ${(error as Error).message}`, { cause: error });
-    }
-
+    contents.recovered.forEach(({ commit }, index) => journal.#markOpen(commit.requestId, lines[index]!));
+    journal.#size = size;
     if (contents.recovered.length > 0) {
       log.info({ journal: path, recovered: contents.recovered.length }, 'recovered commits from the commit journal; retrying them until the ledger takes them');
     }
@@ -122,7 +145,8 @@ export class CommitJournal {
   /** Appends the `add` line of a commit that the queue took at `queuedAtMs` (epoch milliseconds). */
   append(commit: PendingCommit, queuedAtMs: number): void {
     if (this.#closed) return;
-    if (this.#write(formatAddLine(commit, queuedAtMs))) this.#markOpen(commit.requestId);
+    const line = formatAddLine(commit, queuedAtMs);
+    if (this.#write(line)) this.#markOpen(commit.requestId, line);
   }
 
   /**
@@ -132,16 +156,18 @@ export class CommitJournal {
    */
   done(requestId: string): void {
     if (this.#closed) return;
-    const count = this.#open.get(requestId);
-    if (count === undefined) return;
-    if (count === 1) this.#open.delete(requestId);
-    else this.#open.set(requestId, count - 1);
+    const lines = this.#open.get(requestId);
+    if (lines === undefined) return;
+    const line = lines.shift()!;
+    if (lines.length === 0) this.#open.delete(requestId);
     this.#openCount--;
+    this.#openBytes -= Buffer.byteLength(line);
 
     // The done line goes first, so that the file stays correct when the truncation fails.
     this.#write(`${JSON.stringify({ op: 'done', requestId })}\n`);
     // Every line in the file is settled, so the file starts over.
     if (this.#openCount === 0) this.#truncate();
+    else if (this.#size >= COMPACT_MIN_BYTES && this.#size > 4 * this.#openBytes) this.#compact();
   }
 
   /** The number of commits with an `add` line and no `done` line. */
@@ -156,27 +182,57 @@ export class CommitJournal {
     closeSync(this.#fd);
   }
 
-  #markOpen(requestId: string): void {
-    this.#open.set(requestId, (this.#open.get(requestId) ?? 0) + 1);
+  #markOpen(requestId: string, line: string): void {
+    const lines = this.#open.get(requestId);
+    if (lines === undefined) this.#open.set(requestId, [line]);
+    else lines.push(line);
     this.#openCount++;
+    this.#openBytes += Buffer.byteLength(line);
   }
 
   #truncate(): void {
     try {
       ftruncateSync(this.#fd, 0);
+      this.#size = 0;
       this.#succeeded();
     } catch (error) {
       this.#failed(error, 'truncate');
     }
   }
 
+  /**
+   * Replaces the file with one that holds only the open `add` lines: written
+   * to a temporary file, synced, and renamed over the journal, so that a
+   * crash leaves either the old file or the new one. On failure the old file
+   * stays in use.
+   */
+  #compact(): void {
+    const text = [...this.#open.values()].flat().join('');
+    try {
+      const fd = replaceFile(this.path, text);
+      closeSync(this.#fd);
+      this.#fd = fd;
+      this.#size = Buffer.byteLength(text);
+      this.#succeeded();
+    } catch (error) {
+      this.#failed(error, 'compact');
+    }
+  }
+
   /** Writes one line and returns whether it was written. A failure is logged, not thrown, because the call it belongs to was served. */
   #write(line: string): boolean {
     try {
-      writeAll(this.#fd, line);
+      this.#size += writeAll(this.#fd, line);
       this.#succeeded();
       return true;
     } catch (error) {
+      // A write that failed part way, as on a full disk, leaves part of the line. The file is cut back to its last
+      // whole line, or the next line would be appended to that part and lost with it at the next start.
+      try {
+        ftruncateSync(this.#fd, this.#size);
+      } catch {
+        // The next start skips the partial line, and the line after it, as damaged.
+      }
       this.#failed(error, 'write');
       return false;
     }
@@ -188,7 +244,7 @@ export class CommitJournal {
     this.#log.info({ journal: this.path }, 'commit journal writes succeed again');
   }
 
-  #failed(error: unknown, operation: 'write' | 'truncate'): void {
+  #failed(error: unknown, operation: 'write' | 'truncate' | 'compact'): void {
     if (this.#failing) return;
     this.#failing = true;
     this.#log.error(
@@ -217,6 +273,7 @@ export function parseJournal(data: Buffer, path: string, log: Logger): JournalCo
   let lineNumber = 0;
   let completeBytes = 0;
   let missingNewline = false;
+  let damaged = 0;
 
   while (offset < data.length) {
     lineNumber++;
@@ -237,6 +294,7 @@ export function parseJournal(data: Buffer, path: string, log: Logger): JournalCo
 
     if (line === undefined) {
       if (text.trim() !== '') {
+        damaged++;
         log.error({ journal: path, line: lineNumber, text: text.slice(0, MAX_LOGGED_LINE_CHARS) }, 'skipped an invalid line of the commit journal; if it is an add line, its commit is not replayed');
       }
       continue;
@@ -253,7 +311,7 @@ export function parseJournal(data: Buffer, path: string, log: Logger): JournalCo
   }
 
   const recovered = entries.filter((entry): entry is RecoveredCommit => entry !== undefined);
-  return { recovered, completeBytes, missingNewline };
+  return { recovered, completeBytes, missingNewline, damaged };
 }
 
 /** Formats the `add` line of a commit, with its amounts as decimal strings. */
@@ -321,9 +379,85 @@ function readExisting(path: string): Buffer {
   }
 }
 
-/** Writes the whole string, continuing after a partial write. */
-function writeAll(fd: number, text: string): void {
+/** Writes the whole string, continuing after a partial write, and returns its length in bytes. */
+function writeAll(fd: number, text: string): number {
   const bytes = Buffer.from(text, 'utf8');
   let written = 0;
   while (written < bytes.length) written += writeSync(fd, bytes, written, bytes.length - written);
+  return bytes.length;
+}
+
+/**
+ * Replaces the file at `path` with `text`: a temporary file beside it is
+ * written, synced and renamed over it, so that a crash leaves the old file
+ * or the new one whole. An empty text truncates the file, or creates it.
+ * Returns a descriptor of the file, opened for appending.
+ */
+function replaceFile(path: string, text: string): number {
+  if (text === '') {
+    const fd = openSync(path, 'a', 0o600);
+    ftruncateSync(fd, 0);
+    return fd;
+  }
+  const temporary = `${path}.new`;
+  try {
+    const fd = openSync(temporary, 'w', 0o600);
+    try {
+      writeAll(fd, text);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, path);
+  } catch (error) {
+    rmSync(temporary, { force: true });
+    throw error;
+  }
+  return openSync(path, 'a', 0o600);
+}
+
+/**
+ * Opens the journal for appending without rewriting it: cuts a torn last
+ * line off and ends a last line that lacks its newline. Damaged lines stay,
+ * and the next start logs them again. Returns the descriptor and the size.
+ */
+function repairInPlace(path: string, contents: JournalContents): { fd: number; size: number } {
+  const fd = openSync(path, 'a', 0o600);
+  try {
+    ftruncateSync(fd, contents.completeBytes);
+    const size = contents.completeBytes + (contents.missingNewline ? writeAll(fd, '\n') : 0);
+    return { fd, size };
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+}
+
+/**
+ * Copies a journal with damaged lines aside before the start rewrites it
+ * without them, so that their commits can still be corrected by hand.
+ */
+function keepDamagedCopy(path: string, data: Buffer, damaged: number, log: Logger): void {
+  const copy = `${path}.damaged-${Date.now()}`;
+  try {
+    writeFileSync(copy, data, { mode: 0o600 });
+    log.warn({ journal: path, copy, damaged }, 'kept a copy of the commit journal with its damaged lines before rewriting it without them');
+  } catch (error) {
+    log.error({ err: error, journal: path, copy, damaged }, 'failed to keep a copy of the commit journal with its damaged lines; the logged lines are the only copy');
+  }
+}
+
+/** Returns the error for a journal that cannot be read or written at start, with the fix for its cause. */
+function openError(path: string, error: unknown): Error {
+  const code = (error as NodeJS.ErrnoException).code;
+  const fixes: Record<string, string> = {
+    ENOENT: 'its folder does not exist; create it, or give a path in an existing folder',
+    EACCES: 'the process may not write there; give a path in a writable folder',
+    EPERM: 'the process may not write there; give a path in a writable folder',
+    EROFS: 'its file system is read-only; give a path on a writable volume',
+    EISDIR: 'the path names a folder; give the path of a file in it, such as commits.ndjson',
+    ENOSPC: 'its file system is full; free space, or give a path on another volume',
+  };
+  const fix = (code !== undefined ? fixes[code] : undefined) ?? 'check that its folder exists and is writable';
+  return new Error(`failed to open the commit journal ${path}: ${(error as Error).message}; ${fix}`, { cause: error });
 }

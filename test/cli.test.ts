@@ -86,7 +86,7 @@ describe('tollgate command', () => {
       // The ledger's Redis connection was open already; the process ends all the same.
       expect(started.code).toBe(1);
       expect(started.stderr).toBe(
-        `tollgate: failed to open the commit journal ${missing}: ENOENT: no such file or directory, open '${missing}'; check that its folder exists and is writable\n`,
+        `tollgate: failed to open the commit journal ${missing}: ENOENT: no such file or directory, open '${missing}'; its folder does not exist; create it, or give a path in an existing folder\n`,
       );
     } finally {
       snapshots.closeAllConnections();

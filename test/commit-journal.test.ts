@@ -276,7 +276,7 @@ describe('tollgate dev --commit-journal', () => {
 
     expect(result.code).toBe(1);
     expect(result.stderr).toBe(
-      `tollgate: failed to open the commit journal ${journal}: ENOENT: no such file or directory, open '${journal}'; check that its folder exists and is writable\n`,
+      `tollgate: failed to open the commit journal ${journal}: ENOENT: no such file or directory, open '${journal}'; its folder does not exist; create it, or give a path in an existing folder\n`,
     );
   });
 
