@@ -680,8 +680,8 @@ export class Proxy {
           throw new ProxyError(
             400,
             'request_id_conflict',
-            `request id "${requestId}" was settled without a charge when its hold expired, because the sidecar that served it stopped ` +
-              'before the response; whether the provider served it is not known, so send a new Idempotency-Key to make the call again',
+            `request id "${requestId}" was settled without a charge: its hold expired before a sidecar recorded a response, as when ` +
+              'the sidecar serving it stops mid-call; whether the provider served it is not known, so send a new Idempotency-Key to make the call again',
             { denialReason: 'request_id_conflict' },
           );
         }

@@ -37,8 +37,8 @@ describe('a retry after an unanswered hold expired', () => {
     expect((retry as InstanceType<typeof OpenAI.BadRequestError>).error).toMatchObject({
       code: 'request_id_conflict',
       message:
-        'request id "expired-retry-1" was settled without a charge when its hold expired, because the sidecar that served it stopped ' +
-        'before the response; whether the provider served it is not known, so send a new Idempotency-Key to make the call again',
+        'request id "expired-retry-1" was settled without a charge: its hold expired before a sidecar recorded a response, as when ' +
+        'the sidecar serving it stops mid-call; whether the provider served it is not known, so send a new Idempotency-Key to make the call again',
     });
     expect((await stack.ledger.state(wallet)).spent).toBe(0n);
 
