@@ -3,7 +3,6 @@
  * redis-server for the ledger commands.
  */
 import { execFile, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -15,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { parseAmount } from '../src/money/money.ts';
 import { startSimulator } from '../src/simulator/index.ts';
+import { startDevProcess, type DevProcess } from './support/dev-process.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
 const run = promisify(execFile);
@@ -389,25 +389,10 @@ describe('tollgate command', () => {
   });
 
   it('applies the dev body limit', async () => {
-    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--body-limit', '1024', '--no-watch'], {
-      cwd: ROOT,
-      env: { ...process.env, LOG_LEVEL: 'warn', OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '', GEMINI_API_KEY: '', AZURE_OPENAI_API_KEY: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const exited = once(dev, 'exit');
+    const dev = await startDevProcess(['--body-limit', '1024']);
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        let stdout = '';
-        dev.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          const match = /listening on (http:\/\/\S+)/.exec(stdout);
-          if (match) resolve(match[1]!);
-        });
-        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}`)));
-      });
-
       const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x'.repeat(2000) }] });
-      const response = await fetch(`${url}/openai/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      const response = await fetch(`${dev.url}/openai/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
       expect(response.status).toBe(413);
       const { error } = (await response.json()) as { error: { message: string } };
       expect(error.message).toBe(
@@ -415,8 +400,7 @@ describe('tollgate command', () => {
           'send a smaller request, or raise the limit with tollgate dev --body-limit BYTES',
       );
     } finally {
-      dev.kill('SIGTERM');
-      await exited;
+      await dev.stop();
     }
   });
 
@@ -467,22 +451,10 @@ describe('tollgate command', () => {
           '  pricePlanRef: { name: plan }\n  grants: [{ id: initial, amount: "100" }]\n',
       ].join('---\n'),
     );
-    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', '--manifests', manifests, '--max-tool-uses', '12'], {
-      cwd: ROOT,
-      env: { ...process.env, LOG_LEVEL: 'warn' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const exited = once(dev, 'exit');
+    let dev: DevProcess | undefined;
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        let stdout = '';
-        dev.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          const match = /listening on (http:\/\/\S+)/.exec(stdout);
-          if (match) resolve(match[1]!);
-        });
-        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}`)));
-      });
+      dev = await startDevProcess(['--manifests', manifests, '--max-tool-uses', '12']);
+      const { url } = dev;
       const post = (urlPath: string, body: unknown) =>
         fetch(`${url}${urlPath}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
@@ -498,8 +470,7 @@ describe('tollgate command', () => {
       expect(responsesResponse.status).toBe(200);
       expect(simulator.stats().lastRequest).toEqual({ ...request, max_tool_calls: 12 });
     } finally {
-      dev.kill('SIGTERM');
-      await exited;
+      await dev?.stop();
       await simulator.close();
       await rm(manifests, { recursive: true, force: true });
     }
@@ -546,48 +517,20 @@ describe('tollgate command', () => {
 
   /** Starts tollgate dev on a free port with info logs and without provider keys, waits until it listens, and stops it with SIGTERM. */
   async function runDevUntilListening(extraArgs: string[]): Promise<{ stdout: string; code: number | null }> {
-    const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info' };
-    for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
-    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', ...extraArgs], {
-      cwd: ROOT,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const exited = once(dev, 'exit');
-    let stdout = '';
-    dev.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    await expect.poll(() => /Balances: curl/.test(stdout), { interval: 50, timeout: 15_000 }).toBe(true);
-    dev.kill('SIGTERM');
-    const [code] = (await exited) as [number | null];
-    return { stdout, code };
+    const dev = await startDevProcess(extraArgs, { logLevel: 'info' });
+    const code = await dev.stop();
+    return { stdout: dev.stdout(), code };
   }
 
   it('labels dev money metrics by wallet unless told not to', async () => {
     // The simulator's token counts vary with the prompt, so only the series, not their values, are compared.
     // The sidecar creates a series at 0 for each model and wallet it may charge, so only the charged ones count.
     const moneySeries = async (extraArgs: string[]): Promise<string[]> => {
-      // Dev serves a route without a provider key from its built-in simulator on loopback, so the key variables are removed.
-      const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'warn' };
-      for (const variable of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'GEMINI_API_KEY', 'AZURE_OPENAI_API_KEY']) delete env[variable];
-      const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', ...extraArgs], {
-        cwd: ROOT,
-        env,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      const exited = once(dev, 'exit');
+      // Dev serves a route without a provider key from its built-in simulator on loopback, and the helper empties the key variables.
+      const dev = await startDevProcess(extraArgs);
       try {
-        const stdout = await new Promise<string>((resolve, reject) => {
-          let text = '';
-          dev.stdout.on('data', (chunk: Buffer) => {
-            text += chunk.toString();
-            if (/Balances: /.test(text)) resolve(text);
-          });
-          dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${text}`)));
-        });
-        expect(stdout).toMatch(/route openai: \S+ \(provider simulator: no key configured\)/);
-        const url = /listening on (http:\/\/\S+)/.exec(stdout)![1]!;
+        expect(dev.stdout()).toMatch(/route openai: \S+ \(provider simulator: no key configured\)/);
+        const { url } = dev;
 
         const body = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }], max_tokens: 8 });
         const response = await fetch(`${url}/openai/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
@@ -599,8 +542,7 @@ describe('tollgate command', () => {
           .filter((line) => !line.endsWith(' 0'))
           .map((line) => line.slice(0, line.lastIndexOf(' ')));
       } finally {
-        dev.kill('SIGTERM');
-        await exited;
+        await dev.stop();
       }
     };
 

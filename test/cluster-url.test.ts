@@ -8,8 +8,7 @@
  * tests share one cluster.
  */
 
-import { execFile, spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -25,6 +24,7 @@ import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
 import type { ConnectionLogger } from '../src/ledger/redis.ts';
 import { startRedisCluster } from './support/redis-cluster.ts';
 import type { RunningRedisCluster } from './support/redis-cluster.ts';
+import { startDevProcess } from './support/dev-process.ts';
 import { waitFor } from './support/processes.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -309,28 +309,11 @@ describe('tollgate on a Redis Cluster', () => {
 
   it('serves an openai chat completion from tollgate dev', async () => {
     // No key in the environment or in a Secret manifest, so dev serves the route from its simulator.
-    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', '--manifests', manifests, '--redis', url], {
-      cwd: ROOT,
-      env: { ...process.env, LOG_LEVEL: 'warn', OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '', GEMINI_API_KEY: '', AZURE_OPENAI_API_KEY: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    dev.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = once(dev, 'exit');
+    const dev = await startDevProcess(['--manifests', manifests, '--redis', url]);
     try {
-      const sidecarUrl = await new Promise<string>((resolve, reject) => {
-        dev.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          const match = /listening on (http:\/\/\S+)/.exec(stdout);
-          if (match) resolve(match[1]!);
-        });
-        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}${stderr}`)));
-      });
+      expect(dev.stdout()).toContain(`\n  ledger: Redis Cluster at seed 127.0.0.1:${seedPort}\n`);
 
-      expect(stdout).toContain(`\n  ledger: Redis Cluster at seed 127.0.0.1:${seedPort}\n`);
-
-      const client = new OpenAI({ baseURL: `${sidecarUrl}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
+      const client = new OpenAI({ baseURL: `${dev.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
       const simulatedUsage = { prompt_tokens: 1_000_000, completion_tokens: 1000, total_tokens: 1_001_000 };
       const { data: completion, response } = await client.chat.completions
         .create(
@@ -343,10 +326,9 @@ describe('tollgate on a Redis Cluster', () => {
       // One million input tokens at 1.00 plus 1000 output tokens at 2.00 per million.
       expect(response.headers.get('x-tollgate-charged')).toBe('1.002');
     } finally {
-      dev.kill('SIGTERM');
-      await exited;
+      await dev.stop();
     }
-    expect(stderr).toBe('');
+    expect(dev.stderr()).toBe('');
 
     const ledger = new RedisLedger(url);
     try {

@@ -7,8 +7,7 @@
  * stopped and started again on the same port and data; the call is served by
  * dev's provider simulator.
  */
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { once } from 'node:events';
+import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +15,8 @@ import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { WalletKey } from '../src/ledger/ledger.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
-import { trackChild, waitFor } from './support/processes.ts';
+import { startDevProcess, type DevProcess } from './support/dev-process.ts';
+import { waitFor } from './support/processes.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -42,13 +42,6 @@ const MANIFESTS = [
     '  pricePlanRef: { name: plan }\n  grants: [{ id: initial, amount: "10" }]\n',
 ].join('---\n');
 
-interface DevProcess {
-  url: string;
-  child: ChildProcessWithoutNullStreams;
-  /** Everything the process wrote to stdout so far: the banner and its JSON log lines. */
-  stdout(): string;
-}
-
 let cleanups: (() => Promise<void>)[] = [];
 
 afterEach(async () => {
@@ -58,33 +51,14 @@ afterEach(async () => {
 
 /** Starts `tollgate dev` as a user would, and resolves with its address once the banner is out. */
 async function startDev(manifests: string, redisUrl: string, journal: string | undefined): Promise<DevProcess> {
-  const args = ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', '--manifests', manifests, '--redis', redisUrl];
+  const args = ['--manifests', manifests, '--redis', redisUrl];
   if (journal !== undefined) args.push('--commit-journal', journal);
   // No key in the environment or in a Secret manifest, so dev serves the route from its simulator.
-  const child = spawn(process.execPath, args, {
-    cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: 'info', OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '', GEMINI_API_KEY: '', AZURE_OPENAI_API_KEY: '' },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  trackChild(child);
-  const exited = once(child, 'exit');
+  const dev = await startDevProcess(args, { logLevel: 'info' });
   cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
+    await dev.stop('SIGKILL');
   });
-
-  let stdout = '';
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      const match = /Tollgate sidecar listening on (http:\/\/\S+)/.exec(stdout);
-      if (match) resolve(match[1]!);
-    });
-    child.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}${stderr}`)));
-  });
-  return { url, child, stdout: () => stdout };
+  return dev;
 }
 
 /** Returns the JSON log lines with this message. */
@@ -143,8 +117,7 @@ async function serveDuringOutageAndRestart(journal: string | undefined): Promise
   expect(((await served.json()) as { usage: unknown }).usage).toEqual(USAGE);
 
   // A crash: no shutdown flush, no log line for the queued commit.
-  first.child.kill('SIGKILL');
-  await once(first.child, 'exit');
+  await first.stop('SIGKILL');
   redis = await startRedis({ ...redisOptions, port: redis.port });
 
   // The commit never reached Redis, so its hold is still open.
@@ -195,8 +168,7 @@ describe('commit journal across a crash of tollgate dev', () => {
     // Once the queue is empty the journal is truncated.
     await waitFor('the journal to be truncated', async () => ((await stat(journal)).size === 0 ? true : undefined));
 
-    dev.child.kill('SIGTERM');
-    await once(dev.child, 'exit');
+    await dev.stop();
     expect(await readFile(journal, 'utf8')).toBe('');
 
     // The hold is gone, so a sweep long after its expiry settles nothing, and the call stays charged once.
@@ -214,8 +186,7 @@ describe('commit journal across a crash of tollgate dev', () => {
     const { held, dev } = await serveDuringOutageAndRestart(undefined);
 
     // Nothing is replayed: the restarted dev has no record of the served call.
-    dev.child.kill('SIGTERM');
-    await once(dev.child, 'exit');
+    await dev.stop();
     expect(logLines(dev.stdout(), 'recovered commits from the commit journal; retrying them until the ledger takes them')).toEqual([]);
     const state = await walletState();
     expect(state.spent).toBe(0n);

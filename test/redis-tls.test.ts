@@ -8,8 +8,7 @@
  * ledger`, and the messages for each wrong or missing TLS setting.
  */
 
-import { execFile, spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LedgerTimeoutError, LedgerUnavailableError, type WalletKey } from '../src/ledger/ledger.ts';
 import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
 import { loadRedisTls, REDIS_TLS_OPTIONS, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
+import { startDevProcess } from './support/dev-process.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 import { startRedisCluster, type RunningRedisCluster } from './support/redis-cluster.ts';
 import { createTestCertificates, type TestCertificates } from './support/tls.ts';
@@ -243,26 +243,9 @@ describe('tollgate dev and tollgate ledger over TLS', () => {
   const env = () => ({ ...process.env, LOG_LEVEL: 'warn', OPENAI_API_KEY: '', ANTHROPIC_API_KEY: '', GEMINI_API_KEY: '', AZURE_OPENAI_API_KEY: '' });
 
   it('serves an openai chat completion from tollgate dev and reads it back with tollgate ledger', async () => {
-    const dev = spawn(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--no-watch', '--manifests', manifests, '--redis', redis.tlsUrl!, ...tlsArgs()], {
-      cwd: ROOT,
-      env: env(),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    dev.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = once(dev, 'exit');
+    const dev = await startDevProcess(['--manifests', manifests, '--redis', redis.tlsUrl!, ...tlsArgs()]);
     try {
-      const sidecarUrl = await new Promise<string>((resolve, reject) => {
-        dev.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          const match = /listening on (http:\/\/\S+)/.exec(stdout);
-          if (match) resolve(match[1]!);
-        });
-        dev.once('exit', (code) => reject(new Error(`tollgate dev exited with ${code} before it listened: ${stdout}${stderr}`)));
-      });
-
-      const client = new OpenAI({ baseURL: `${sidecarUrl}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
+      const client = new OpenAI({ baseURL: `${dev.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
       const simulatedUsage = { prompt_tokens: 1_000_000, completion_tokens: 1000, total_tokens: 1_001_000 };
       const { data: completion, response } = await client.chat.completions
         .create(
@@ -274,10 +257,9 @@ describe('tollgate dev and tollgate ledger over TLS', () => {
       // One million input tokens at 1.00 plus 1000 output tokens at 2.00 per million.
       expect(response.headers.get('x-tollgate-charged')).toBe('1.002');
     } finally {
-      dev.kill('SIGTERM');
-      await exited;
+      await dev.stop();
     }
-    expect(stderr).toBe('');
+    expect(dev.stderr()).toBe('');
 
     const { stdout: state } = await run(
       process.execPath,

@@ -21,11 +21,11 @@ export function trackChild(child: ChildProcess): void {
   child.once('exit', () => running.delete(child));
 }
 
-/** Stops a child with SIGTERM, then SIGKILL after `graceMs`; resolves once it has exited. */
-export async function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void> {
+/** Stops a child with `signal`, then with SIGKILL after `graceMs`, and resolves once it has exited. */
+export async function stopProcess(child: ChildProcess, graceMs = 10_000, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
+  child.kill(signal);
   const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
   await exited;
   clearTimeout(timer);
