@@ -52,7 +52,7 @@ fi
 say "node $(node --version)"
 
 # System packages: redis-server for the ledger tests, unzip and openssl for the
-# Kubernetes test binaries and their certificates.
+# Kubernetes test binaries and their certificates, and for the Redis TLS tests.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
