@@ -1,4 +1,4 @@
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -240,7 +240,9 @@ describe('OperatorConfig provider credentials', () => {
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(changes()).toBe(0);
 
-      await writeFile(path.join(keys, 'second'), 'sk-second-2');
+      // The kubelet swaps a Secret's files in at once, never half written; a rename does the same here.
+      await writeFile(path.join(keys, 'second.new'), 'sk-second-2');
+      await rename(path.join(keys, 'second.new'), path.join(keys, 'second'));
       await vi.waitFor(() => expect(changes()).toBe(1));
       expect(credentialOf(config, 'second')).toBe('sk-second-2');
       expect(JSON.stringify(lines)).not.toContain('sk-second');
