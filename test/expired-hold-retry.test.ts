@@ -29,8 +29,11 @@ describe('a retry after an unanswered hold expired', () => {
     const headers = { 'x-tollgate-wallet': 'team', 'idempotency-key': 'expired-retry-1', 'x-sim-usage': JSON.stringify(usage) };
 
     // The upstream answers after 1 s, long after the 50 ms hold expired, so the JSON call's hold is unanswered.
+    const before = stack.simulator.stats().requests;
     const first = client.chat.completions.create(body, { headers: { ...headers, 'x-sim-latency-ms': '1000' } }).withResponse();
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Once the simulator has the first request, its hold is in place; 100 ms later it has expired.
+    await expect.poll(() => stack.simulator.stats().requests, { interval: 10, timeout: 5000 }).toBe(before + 1);
+    await new Promise((resolve) => setTimeout(resolve, 100));
 
     const retry = await client.chat.completions.create(body, { headers }).catch((error: unknown) => error);
     expect(retry).toBeInstanceOf(OpenAI.BadRequestError);
