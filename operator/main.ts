@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
 import { parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { parseRedisUrl } from '../src/ledger/redis-connect.ts';
-import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, type RedisTlsSettingNames } from '../src/ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, type RedisTlsFiles, type RedisTlsSettingNames } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
@@ -339,7 +339,7 @@ export function parseSecretKeyRef(text: string, setting: string): SecretKeyRef {
 }
 
 /** Parses a Secret name, a DNS-1123 subdomain such as redis-tls. */
-export function parseSecretName(text: string, setting: string): string {
+function parseSecretName(text: string, setting: string): string {
   if (text.length > 253 || !SECRET_NAME.test(text)) {
     throw new ConfigurationError(`invalid ${setting} "${text}": use a Secret name such as redis-tls (lowercase letters, digits, "-" and ".")`);
   }
@@ -353,14 +353,14 @@ export function parseSecretName(text: string, setting: string): string {
  * setting that is missing is named as a flag when any of the files came from
  * a flag, and as a variable otherwise.
  */
-function loadOperatorRedisTls(redisUrl: string, flags: RedisTlsFlags, env: NodeJS.ProcessEnv): ConnectionOptions | undefined {
+function loadOperatorRedisTls(redisUrl: string, flags: RedisTlsFiles, env: NodeJS.ProcessEnv): ConnectionOptions | undefined {
   try {
     rejectEmptyOptions(flags);
   } catch (error) {
     throw new ConfigurationError((error as Error).message, { cause: error });
   }
   const anyFlag = flags.caFile !== undefined || flags.certFile !== undefined || flags.keyFile !== undefined;
-  const setting = (name: keyof RedisTlsFlags) => {
+  const setting = (name: keyof RedisTlsFiles) => {
     const fromEnv = env[REDIS_TLS_ENV[name]] || undefined;
     const byVariable = flags[name] === undefined && (fromEnv !== undefined || !anyFlag);
     return { file: flags[name] ?? fromEnv, name: byVariable ? REDIS_TLS_ENV[name] : REDIS_TLS_OPTIONS[name] };
@@ -381,12 +381,6 @@ const OPERATOR_TLS_SETTINGS: RedisTlsSettingNames = {
   certFile: `${REDIS_TLS_OPTIONS.certFile} (${REDIS_TLS_ENV.certFile})`,
   keyFile: `${REDIS_TLS_OPTIONS.keyFile} (${REDIS_TLS_ENV.keyFile})`,
 };
-
-interface RedisTlsFlags {
-  caFile: string | undefined;
-  certFile: string | undefined;
-  keyFile: string | undefined;
-}
 
 /** Returns whether a Redis URL carries a user name or a password. */
 export function redisUrlHasCredentials(redisUrl: string): boolean {
@@ -485,8 +479,9 @@ function validateSidecarRedisTls(config: OperatorConfig): void {
     );
   }
   if (config.webhook && config.sidecarRedisTlsSecret === undefined && keys.length > 0) {
-    const flags = [...(tls.caCertificate ? [REDIS_TLS_OPTIONS.caFile] : []), ...(tls.clientCertificate ? [REDIS_TLS_OPTIONS.certFile, REDIS_TLS_OPTIONS.keyFile] : [])];
-    const variables = [...(tls.caCertificate ? [REDIS_TLS_ENV.caFile] : []), ...(tls.clientCertificate ? [REDIS_TLS_ENV.certFile, REDIS_TLS_ENV.keyFile] : [])];
+    const used = (['caFile', 'certFile', 'keyFile'] as const).filter((file) => (file === 'caFile' ? tls.caCertificate : tls.clientCertificate));
+    const flags = used.map((file) => REDIS_TLS_OPTIONS[file]);
+    const variables = used.map((file) => REDIS_TLS_ENV[file]);
     throw new ConfigurationError(
       `the operator connects to Redis with ${flags.join(', ')} [${variables.join(', ')}], but --sidecar-redis-tls-secret [TOLLGATE_SIDECAR_REDIS_TLS_SECRET] is not set, ` +
         `so the injected sidecars could not connect; pass --sidecar-redis-tls-secret NAME, naming a Secret with the keys ${keys.join(', ')} ` +

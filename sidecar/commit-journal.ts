@@ -13,7 +13,7 @@ export interface RecoveredCommit {
 }
 
 /** The commits still pending in a journal file, and how much of the file to keep. */
-export interface JournalContents {
+interface JournalContents {
   recovered: RecoveredCommit[];
   /** Byte length of the complete lines. Bytes after it are a torn last line. */
   completeBytes: number;
@@ -118,11 +118,12 @@ export class CommitJournal {
 
     // The file starts over with only the open add lines: done lines, a torn or damaged line and a missing newline go.
     const lines = contents.recovered.map(({ commit, queuedAtMs }) => formatAddLine(commit, queuedAtMs));
+    const text = lines.join('');
     let fd: number;
     let size: number;
     try {
-      fd = replaceFile(path, lines.join(''));
-      size = lines.reduce((sum, line) => sum + Buffer.byteLength(line), 0);
+      fd = replaceFile(path, text);
+      size = Buffer.byteLength(text);
     } catch (error) {
       // A rewrite needs room for a second copy, which a full volume lacks. The file is then repaired where it is.
       log.warn({ err: error, journal: path }, 'could not rewrite the commit journal at start; repairing it in place');
@@ -266,7 +267,7 @@ export class CommitJournal {
  * a sidecar without a journal loses, and a skipped `done` line only replays
  * a commit, which the ledger's idempotent commit absorbs.
  */
-export function parseJournal(data: Buffer, path: string, log: Logger): JournalContents {
+function parseJournal(data: Buffer, path: string, log: Logger): JournalContents {
   const entries: (RecoveredCommit | undefined)[] = [];
   const openIndexes = new Map<string, number[]>();
   let offset = 0;

@@ -14,9 +14,9 @@ import { createAdminServer, createSidecar, DEFAULT_SIDECAR_OPTIONS, parseBodyLim
 
 /**
  * Reads a route's credential from the Secret files the injector mounts at
- * <dir>/<secret name>/<key>. Read at each configuration change, and again
- * when credentialsFingerprint of the routes changes, so that a rotated key is
- * picked up without a restart.
+ * <dir>/<secret name>/<key>. Read at each configuration change and, through
+ * credentialsFingerprint, at each credentials check of OperatorConfig, so
+ * that a rotated key is picked up without a restart.
  */
 export function fileCredentials(dir: string): (route: ProviderRoute) => string | undefined {
   return (route) => {
@@ -105,7 +105,7 @@ export function walletLabel(env: NodeJS.ProcessEnv): boolean {
   return parseWalletLabel(env.TOLLGATE_WALLET_LABEL, 'TOLLGATE_WALLET_LABEL');
 }
 
-/** The Redis TLS files from TOLLGATE_REDIS_CA_FILE, TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE, which the webhook sets. */
+/** Returns the paths of the Redis TLS files from TOLLGATE_REDIS_CA_FILE, TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE, which the webhook sets. */
 export function redisTlsFiles(env: NodeJS.ProcessEnv): RedisTlsFiles {
   return { caFile: env[REDIS_TLS_ENV.caFile], certFile: env[REDIS_TLS_ENV.certFile], keyFile: env[REDIS_TLS_ENV.keyFile] };
 }

@@ -509,8 +509,8 @@ export class Proxy {
       this.metrics.denials.inc({ route: routeLabel, reason: error.denialReason });
     }
     // One line per rejected request, like the line per settled one. The server logs other 5xx errors itself, with
-    // their stack. A refusal during a ledger outage gets a warning without one, because the ledger logs the outage.
-    // While the outage lasts, RefusalLog counts the repeats into one summary line per window.
+    // their stack. A refusal during a ledger outage gets a warning without one, because the ledger logs the outage,
+    // and RefusalLog folds its repeats into one summary line per window.
     if (error.status < 500 && this.log.isLevelEnabled('info')) {
       this.log.info({ requestId: error.requestId, wallet: error.wallet, route: routeLabel, status: error.status, code: error.code, reason: error.message }, 'request rejected');
     } else if (error.code === 'ledger_unavailable') {

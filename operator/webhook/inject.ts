@@ -408,20 +408,17 @@ export function redisTlsSecretKeys(redisTls: Pick<RedisTlsSecretRef, 'caCertific
   ];
 }
 
+/** The sidecar's variable for the path of each key of the Redis TLS Secret. */
+const REDIS_TLS_FILE_VARIABLES: Record<string, string> = {
+  [REDIS_TLS_SECRET_KEYS.ca]: REDIS_TLS_ENV.caFile,
+  [REDIS_TLS_SECRET_KEYS.cert]: REDIS_TLS_ENV.certFile,
+  [REDIS_TLS_SECRET_KEYS.key]: REDIS_TLS_ENV.keyFile,
+};
+
 /** Returns the variables that point the sidecar at its mounted Redis TLS files, in the order of redisTlsSecretKeys. */
 function redisTlsEnvironment(redisTls: RedisTlsSecretRef | undefined): V1EnvVar[] {
-  if (redisTls === undefined) {
-    return [];
-  }
-  return [
-    ...(redisTls.caCertificate ? [{ name: REDIS_TLS_ENV.caFile, value: `${REDIS_TLS_DIR}/${REDIS_TLS_SECRET_KEYS.ca}` }] : []),
-    ...(redisTls.clientCertificate
-      ? [
-          { name: REDIS_TLS_ENV.certFile, value: `${REDIS_TLS_DIR}/${REDIS_TLS_SECRET_KEYS.cert}` },
-          { name: REDIS_TLS_ENV.keyFile, value: `${REDIS_TLS_DIR}/${REDIS_TLS_SECRET_KEYS.key}` },
-        ]
-      : []),
-  ];
+  if (redisTls === undefined) return [];
+  return redisTlsSecretKeys(redisTls).map((key) => ({ name: REDIS_TLS_FILE_VARIABLES[key]!, value: `${REDIS_TLS_DIR}/${key}` }));
 }
 
 interface CredentialVolume {

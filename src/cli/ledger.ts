@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { compareEntryIds, validateEntryId, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
 import { parseRedisUrl } from '../ledger/redis-connect.ts';
-import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, type RedisTlsFiles, type RedisTlsSettingNames } from '../ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, type RedisTlsFiles, type RedisTlsSettingNames } from '../ledger/redis-tls.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
 
@@ -52,16 +52,16 @@ interface LedgerCommandOptions {
 
 /**
  * Returns the Redis TLS files from the options, or from the environment for those
- * not given, each named in errors as the user set it.
+ * not given, each named in errors as the user set it. Throws a RangeError for an
+ * option given as ''.
  */
-function tlsSettings(values: Record<string, unknown>): [RedisTlsFiles, RedisTlsSettingNames] {
+function tlsSettings(options: RedisTlsFiles): [RedisTlsFiles, RedisTlsSettingNames] {
+  rejectEmptyOptions(options);
   const files: RedisTlsFiles = {};
   const names: RedisTlsSettingNames = { ...REDIS_TLS_OPTIONS };
   for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
-    const option = values[REDIS_TLS_OPTIONS[key].slice(2)];
-    if (typeof option === 'string') {
-      if (option === '') throw new RangeError(`${REDIS_TLS_OPTIONS[key]} is empty; give the path of a PEM file, or leave the option out`);
-      files[key] = option;
+    if (options[key] !== undefined) {
+      files[key] = options[key];
     } else {
       files[key] = process.env[REDIS_TLS_ENV[key]];
       names[key] = REDIS_TLS_ENV[key];
@@ -115,9 +115,12 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
   }
 
   let tls: ConnectionOptions | undefined;
+  let tlsSettingNames: RedisTlsSettingNames;
   try {
     parseRedisUrl(values.redis);
-    tls = loadRedisTls(values.redis, ...tlsSettings(values));
+    const [tlsFiles, names] = tlsSettings({ caFile: values['redis-ca'], certFile: values['redis-cert'], keyFile: values['redis-key'] });
+    tls = loadRedisTls(values.redis, tlsFiles, names);
+    tlsSettingNames = names;
   } catch (error) {
     console.error(`${(error as Error).message}\n\n${LEDGER_USAGE}`);
     return 2;
@@ -125,7 +128,7 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
 
   const [namespace = '', name = ''] = values.wallet.split('/');
   const wallet = { namespace, name };
-  const ledger = new RedisLedger(values.redis, { tls, tlsSettingNames: tlsSettings(values)[1] });
+  const ledger = new RedisLedger(values.redis, { tls, tlsSettingNames });
   try {
     switch (action as Command) {
       case 'state':
@@ -194,7 +197,7 @@ async function printState(ledger: RedisLedger, wallet: WalletKey): Promise<numbe
     ['reserved', `${formatAmount(state.reserved, 9)} in ${countOf(state.holds, 'hold', 'holds')}`],
     ['balance', formatAmount(state.balance, 9)],
     ['available', formatAmount(state.available, 9)],
-    // What the providers charged for the wallet's calls; the margin is spent minus this.
+    // What the providers charged for the wallet's calls; margin() subtracts it from spent.
     ['provider cost', formatAmount(state.providerCost, 9)],
     ['margin', margin(state)],
   ];

@@ -343,8 +343,9 @@ export class MemoryLedger implements Ledger {
   }
 
   async close(wallet: WalletKey, currency?: string): Promise<void> {
-    this.#account(wallet).closed = true;
-    this.#account(wallet).closedCurrency = currency;
+    const account = this.#account(wallet);
+    account.closed = true;
+    account.closedCurrency = currency;
   }
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {

@@ -98,9 +98,9 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
   try {
     createSecureContext(options);
   } catch (error) {
-    const files = [caFile, certFile, keyFile].filter((file) => file !== undefined).join(', ');
+    const given = [caFile, certFile, keyFile].filter((file) => file !== undefined).join(', ');
     throw new RangeError(
-      `the Redis TLS files (${files}) cannot be used: ${(error as Error).message}; ` +
+      `the Redis TLS files (${given}) cannot be used: ${(error as Error).message}; ` +
         `check that ${names.certFile} and ${names.keyFile} belong together and that each file is valid PEM`,
       { cause: error },
     );

@@ -37,7 +37,7 @@ import { TLSSocket } from 'node:tls';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster, ReplyError } from 'ioredis';
 import type { RedisOptions } from 'ioredis';
-import { openRedisClient, parseRedisUrl, READY_CHECK_FAILED } from './redis-connect.ts';
+import { openRedisClient, READY_CHECK_FAILED } from './redis-connect.ts';
 import { REDIS_TLS_ENV, usesTls, type RedisTlsSettingNames } from './redis-tls.ts';
 
 import type {
@@ -292,7 +292,7 @@ export class RedisLedger implements Ledger {
       });
       this.#connection = watchConnection(opened.client, opened.address, options.logger, {
         tls: usesTls(client),
-        cluster: parseRedisUrl(client).kind === 'cluster',
+        cluster: opened.client instanceof Cluster,
         ca: options.tls?.ca !== undefined,
         clientCertificate: options.tls?.cert !== undefined,
         names: options.tlsSettingNames ?? REDIS_TLS_ENV,
@@ -495,7 +495,7 @@ export class RedisLedger implements Ledger {
     await this.#call(wallet, 'close', () => this.#client.hset(accountKey!, fields));
   }
 
-  /** Reads and then clears; the operator's leader is the only caller of close and reopen, so nothing runs in between. */
+  /** Reads the closed currency, then clears it in a second call. No close or reopen runs in between, because the operator's leader is their only caller. */
   async reopen(wallet: WalletKey, currency: string): Promise<ReopenResult> {
     const [accountKey] = cachedWalletKeys(wallet);
     const closedCurrency = await this.#call(wallet, 'reopen', () => this.#client.hget(accountKey!, 'closedCurrency'));
@@ -707,7 +707,7 @@ export class RedisLedger implements Ledger {
     );
   }
 
-  /** Whether the ledger's own single-server connection is connected over TCP but waits for the server's side of the TLS handshake. */
+  /** Returns whether the ledger's own single-server connection is connected over TCP but waits for the server's side of the TLS handshake. */
   #inTlsHandshake(): boolean {
     if (!this.#ownsClient || !(this.#client instanceof Redis) || this.#client.status !== 'connecting') return false;
     const stream = this.#client.stream as Socket | undefined;
@@ -850,7 +850,7 @@ export function describeConnectionError(error: Error): string {
 const CONNECTION_CLOSED = 'Connection is closed.';
 
 /** The kind of the ledger's own connection, and the names of its TLS settings; for connectionAdvice. */
-export interface ConnectionSecurity {
+interface ConnectionSecurity {
   tls: boolean;
   cluster: boolean;
   ca: boolean;
@@ -872,8 +872,8 @@ const UNTRUSTED_CERTIFICATE_CODES = new Set([
   'CERT_NOT_YET_VALID',
 ]);
 
-/** Codes of OpenSSL alerts by which the server refused the client's certificate, or the lack of one. */
-const REFUSED_CLIENT_CERTIFICATE_CODES = new Set([
+/** Codes of OpenSSL alerts by which the server rejected the client's certificate, or the lack of one. */
+const REJECTED_CLIENT_CERTIFICATE_CODES = new Set([
   'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA',
   'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
   'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED',
@@ -889,7 +889,7 @@ const REFUSED_CLIENT_CERTIFICATE_CODES = new Set([
  * server checks the client certificate after the client's handshake is
  * done, so a refused certificate shows as its alert or as a reset.
  */
-export function connectionAdvice(error: Error, security: ConnectionSecurity): string | undefined {
+function connectionAdvice(error: Error, security: ConnectionSecurity): string | undefined {
   const code = (error as NodeJS.ErrnoException).code ?? '';
   const { names } = security;
   const clientCertificateSettings = `${names.certFile} and ${names.keyFile}`;
@@ -906,7 +906,7 @@ export function connectionAdvice(error: Error, security: ConnectionSecurity): st
           'the node certificates must name those addresses.'
       : "The Redis server's TLS certificate does not name the host in the Redis URL: use a host name or address that the certificate names.";
   }
-  if (REFUSED_CLIENT_CERTIFICATE_CODES.has(code)) {
+  if (REJECTED_CLIENT_CERTIFICATE_CODES.has(code)) {
     return security.clientCertificate
       ? "Redis rejected the ledger's client certificate: check that a CA in redis-server's tls-ca-cert-file signed the " +
           `certificate in ${names.certFile}, and that it has not expired.`
