@@ -408,7 +408,7 @@ export class WalletReconciler {
     const swept = await ledger.sweep(key);
     if (swept.charged > 0) {
       this.#options.log.warn(
-        { wallet: `${namespace}/${key.name}`, charged: swept.charged },
+        { wallet: `${namespace}/${key.name}`, chargedHolds: swept.charged },
         'charged expired holds of answered calls at their held amount, because their sidecars never committed them; their provider cost is not known',
       );
     }

@@ -48,7 +48,7 @@ describe('sweepWallets', () => {
     const { log, lines } = recordingLogger();
 
     await sweepWallets(ledger, WALLETS, log);
-    expect(lines.map((line) => [line['level'], line['wallet'], line['charged'], line['msg']])).toEqual([
+    expect(lines.map((line) => [line['level'], line['wallet'], line['chargedHolds'], line['msg']])).toEqual([
       [40, 'default/b', 1, 'charged expired holds of answered calls at their held amount, because they were never committed; their provider cost is not known'],
     ]);
     expect(await ledger.state(wallet.key)).toMatchObject({ spent: 100n, chargedWithoutCost: 100n });

@@ -196,7 +196,7 @@ export async function sweepWallets(ledger: Ledger, wallets: readonly { id: strin
     if (result.status === 'fulfilled') {
       if (result.value.charged > 0) {
         log.warn(
-          { wallet: wallets[index]!.id, charged: result.value.charged },
+          { wallet: wallets[index]!.id, chargedHolds: result.value.charged },
           'charged expired holds of answered calls at their held amount, because they were never committed; their provider cost is not known',
         );
       }

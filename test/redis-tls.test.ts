@@ -298,6 +298,20 @@ describe('tollgate dev and tollgate ledger over TLS', () => {
     expect(verified).toBe('replayed 2 entries: granted 10.000000000, spent 1.002000000, expired 0.000000000\nok: balance = grants - debits - expired\n');
   });
 
+  it('names the option and the variable of a setting given neither way', async () => {
+    const failed = await run(
+      process.execPath,
+      ['src/cli/main.ts', 'ledger', 'state', '--redis', redis.tlsUrl!, '--redis-ca', certs.caFile, '--wallet', 'default/tls-team'],
+      { cwd: ROOT, env: { ...env(), TOLLGATE_REDIS_CERT_FILE: '', TOLLGATE_REDIS_KEY_FILE: '' } },
+    ).then(
+      () => undefined,
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(failed?.code).toBe(1);
+    // The server's alert or the reset that follows it: both name the client certificate settings as this command reads them.
+    expect(failed?.stderr).toContain('give one in --redis-cert (or TOLLGATE_REDIS_CERT_FILE) and --redis-key (or TOLLGATE_REDIS_KEY_FILE).');
+  });
+
   it('refuses TLS files without a TLS URL at start, naming the option', async () => {
     const devWithoutRedis = await run(process.execPath, ['src/cli/main.ts', 'dev', '--port', '0', '--redis-ca', certs.caFile], { cwd: ROOT, env: env() }).then(
       () => undefined,

@@ -60,11 +60,15 @@ function tlsSettings(options: RedisTlsFiles): [RedisTlsFiles, RedisTlsSettingNam
   const files: RedisTlsFiles = {};
   const names: RedisTlsSettingNames = { ...REDIS_TLS_OPTIONS };
   for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const fromEnvironment = process.env[REDIS_TLS_ENV[key]] || undefined;
     if (options[key] !== undefined) {
       files[key] = options[key];
-    } else {
-      files[key] = process.env[REDIS_TLS_ENV[key]];
+    } else if (fromEnvironment !== undefined) {
+      files[key] = fromEnvironment;
       names[key] = REDIS_TLS_ENV[key];
+    } else {
+      // Neither is set, so advice names both ways of setting it.
+      names[key] = `${REDIS_TLS_OPTIONS[key]} (or ${REDIS_TLS_ENV[key]})`;
     }
   }
   return [files, names];

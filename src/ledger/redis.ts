@@ -741,6 +741,8 @@ interface WatchedConnection {
   lastError: string | undefined;
   /** The advice for that error when it points to a TLS setting (see connectionAdvice); undefined otherwise. */
   lastAdvice: string | undefined;
+  /** Whether that error came from TLS: a certificate check or an alert of the server. */
+  lastFromTls: boolean;
   /** The cluster's name for messages, such as "the Redis Cluster at seed 10.0.0.5:6379"; undefined for one server. */
   address: string | undefined;
 }
@@ -759,12 +761,16 @@ function watchConnection(
   logger: ConnectionLogger | undefined,
   security: ConnectionSecurity,
 ): WatchedConnection {
-  const connection: WatchedConnection = { lastError: undefined, lastAdvice: undefined, address };
+  const connection: WatchedConnection = { lastError: undefined, lastAdvice: undefined, lastFromTls: false, address };
   const cluster = client instanceof Cluster ? (address ?? 'the Redis Cluster') : undefined;
   const lost = (error: Error, reason: string) => {
     const failing = connection.lastError !== undefined;
+    // Under TLS 1.3 the server's alert, such as "certificate required", can come just before the reset of the same
+    // connection. The reset says less, so it does not replace the alert's reason.
+    if (failing && connection.lastFromTls && isReset(error)) return;
     connection.lastError = reason;
     connection.lastAdvice = connectionAdvice(error, security);
+    connection.lastFromTls = isTlsError(error);
     if (failing) return;
     const message = cluster === undefined ? 'ledger lost its Redis connection' : `ledger lost its connection to ${cluster}`;
     logger?.warn({ err: error }, `${message}; ledger operations fail until it reconnects`);
@@ -797,6 +803,7 @@ function watchConnection(
     if (connection.lastError === undefined) return;
     connection.lastError = undefined;
     connection.lastAdvice = undefined;
+    connection.lastFromTls = false;
     logger?.info({}, `ledger reconnected to ${cluster ?? 'Redis'}`);
   });
   return connection;
@@ -879,6 +886,18 @@ const REJECTED_CLIENT_CERTIFICATE_CODES = new Set([
   'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED',
   'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
 ]);
+
+/** Returns whether an error is a reset of the connection by the peer. */
+function isReset(error: Error): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ECONNRESET' || code === 'EPIPE';
+}
+
+/** Returns whether an error comes from TLS: an untrusted or misnamed certificate, or an alert of the server. */
+function isTlsError(error: Error): boolean {
+  const code = (error as NodeJS.ErrnoException).code ?? '';
+  return UNTRUSTED_CERTIFICATE_CODES.has(code) || code === 'ERR_TLS_CERT_ALTNAME_INVALID' || code.startsWith('ERR_SSL_');
+}
 
 /**
  * Returns what to check when a connection error points to a TLS setting,
