@@ -25,8 +25,8 @@ interface JournalContents {
 
 /**
  * Size from which a journal whose lines are mostly done is rewritten with
- * only its open lines. It would otherwise grow for as long as any commit
- * stays open, as while a ledger keeps failing now and then, and fill the
+ * only its open lines. Without it, the file grows while any commit stays
+ * open, as while a ledger keeps failing now and then. It would fill the
  * emptyDir volume it lives in (64 MiB in a pod, whose kubelet evicts the pod
  * beyond that).
  */

@@ -184,7 +184,9 @@ export class CommitQueue {
     }
     // A clock that went back since the commit was queued counts as no age.
     const ageMs = Math.max(0, Date.now() - queuedAtMs);
-    const reason = ageMs >= this.#options.maxAgeMs ? 'too_old' : this.pending >= this.#options.maxPending ? 'queue_full' : undefined;
+    let reason: AbandonReason | undefined;
+    if (ageMs >= this.#options.maxAgeMs) reason = 'too_old';
+    else if (this.pending >= this.#options.maxPending) reason = 'queue_full';
     if (reason !== undefined) {
       this.#abandon(commit, reason);
       this.#journal?.done(commit.requestId);

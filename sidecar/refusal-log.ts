@@ -49,9 +49,9 @@ const SYSTEM_CLOCK: RefusalLogClock = {
  * and when it ends one summary line reports their number and the last
  * reason, and the next window opens. A window without refusals ends the
  * outage, so the next refusal is logged in full again. A ledger call that
- * succeeds does not end the window: while one master of a Redis Cluster is
+ * succeeds does not end the window. While one master of a Redis Cluster is
  * down, the calls of other wallets succeed between the refusals, and each
- * would otherwise start a new outage with a line of its own. Callers count
+ * success would otherwise start a new outage with a line of its own. Callers count
  * every refusal in their metrics themselves.
  */
 export class RefusalLog {

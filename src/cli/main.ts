@@ -283,8 +283,8 @@ main(process.argv.slice(2)).then(
   },
   (error: unknown) => {
     console.error(error instanceof Error ? `tollgate: ${error.message}` : error);
-    // A command that failed may have opened connections and timers before the error, such as the ledger's Redis
-    // client or telemetry; they would keep the process alive, and a sidecar that fails at start must exit.
+    // A failed command may have opened connections and timers first, such as the ledger's Redis client or
+    // telemetry. They would keep the process alive, but a sidecar that fails at start must exit.
     process.exit(1);
   },
 );

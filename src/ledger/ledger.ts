@@ -269,9 +269,9 @@ export interface Ledger {
    */
   close(wallet: WalletKey, currency?: string): Promise<void>;
   /**
-   * Opens a closed wallet again, with the balance it kept, unless it was
-   * closed with another currency than `currency`; then it stays closed and
-   * the result names that currency. Does nothing to an open wallet.
+   * Opens a closed wallet again, with the balance it kept. A wallet closed
+   * with another currency than `currency` stays closed, and the result names
+   * that currency. Does nothing to an open wallet.
    */
   reopen(wallet: WalletKey, currency: string): Promise<ReopenResult>;
   /**
