@@ -172,6 +172,25 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
     }
   });
 
+  it('releases a hold placed after its timeout', async () => {
+    const released: object[] = [];
+    const warnings: object[] = [];
+    const logger = { info: (details: object) => released.push(details), warn: (details: object) => warnings.push(details) };
+    const slow = new RedisLedger(client, { timeoutMs: 200, logger });
+    const [port, wallet] = [...(await findWalletPerMaster('late-reply'))][0]!;
+    await slow.credit(wallet, 'g', 1000n);
+
+    // The master holds back scripts for 600 ms, so the reserve times out, and then runs: there is no deadline on a cluster.
+    await direct.get(port)!.call('CLIENT', 'PAUSE', '600', 'WRITE');
+    await expect(slow.reserve(wallet, 'late', hold(300n))).rejects.toThrow(/got no answer .* within 200 ms/);
+    for (let attempt = 0; released.length === 0 && attempt < 100; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+
+    expect(released).toEqual([{ wallet: `${wallet.namespace}/${wallet.name}`, requestId: 'late', amount: '300', release: 'released' }]);
+    expect(warnings).toEqual([]);
+    expect(await slow.state(wallet)).toMatchObject({ balance: 1000n, reserved: 0n, holds: 0 });
+    expect(await slow.reserve(wallet, 'late', hold(300n))).toEqual({ status: 'reserved', amount: 300n, units: 0, replayed: false });
+  });
+
   it('admits exactly 37 of 200 reserves over three Cluster clients', async () => {
     const price = 1_000_000n;
     const wallet = { namespace: 'concurrency', name: 'three-clients' };

@@ -186,6 +186,8 @@ class Relay {
   readonly #sockets = new Set<net.Socket>();
   #server: net.Server | undefined;
   port = 0;
+  /** Delay before the relay passes each reply from Redis on, in milliseconds. */
+  replyDelayMs = 0;
 
   constructor(targetPort: number) {
     this.#targetPort = targetPort;
@@ -203,7 +205,8 @@ class Relay {
           upstream.destroy();
         });
       }
-      client.pipe(upstream).pipe(client);
+      client.pipe(upstream);
+      this.#relayReplies(upstream, client);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -211,6 +214,24 @@ class Relay {
     });
     this.port = (server.address() as net.AddressInfo).port;
     this.#server = server;
+  }
+
+  /**
+   * Passes each reply on after replyDelayMs. Replies keep their order when
+   * the delay changes, as they would on a slow network.
+   */
+  #relayReplies(upstream: net.Socket, client: net.Socket): void {
+    const queue: { dueMs: number; chunk: Buffer }[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    const deliver = () => {
+      timer = undefined;
+      while (queue.length > 0 && queue[0]!.dueMs <= Date.now()) client.write(queue.shift()!.chunk);
+      if (queue.length > 0) timer = setTimeout(deliver, queue[0]!.dueMs - Date.now());
+    };
+    upstream.on('data', (chunk: Buffer) => {
+      queue.push({ dueMs: Math.max(queue.at(-1)?.dueMs ?? 0, Date.now() + this.replyDelayMs), chunk });
+      if (timer === undefined) deliver();
+    });
   }
 
   /**
@@ -320,6 +341,49 @@ describe('RedisLedger on a connection that goes silent', () => {
       let state = await ledger.state(wallet).catch(() => undefined);
       for (let attempt = 0; state === undefined && attempt < 100; attempt += 1) state = await stateAfterPause(ledger, wallet);
       expect(state).toMatchObject({ granted: 1000n, balance: 1000n });
+    } finally {
+      await ledger?.quit();
+      await relay.close();
+      await server.stop();
+    }
+  });
+});
+
+describe('RedisLedger on a connection whose replies come late', () => {
+  it('releases a hold placed after its timeout', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const relay = new Relay(server.port);
+    const wallet = { namespace: 'slow', name: 'w' };
+    const released: object[] = [];
+    const warnings: object[] = [];
+    const logger = {
+      info: (details: object) => released.push(details),
+      warn: (details: object) => warnings.push(details),
+    };
+    let ledger: RedisLedger | undefined;
+    try {
+      await relay.open();
+      ledger = new RedisLedger(`redis://127.0.0.1:${relay.port}`, { timeoutMs: 200, logger });
+      await ledger.credit(wallet, 'g', 1000n);
+      expect(await ledger.reserve(wallet, 'in-progress', hold(300n))).toMatchObject({ status: 'reserved', replayed: false });
+
+      // Redis runs both reserves at once, but their replies come after the timeout: the first places a hold, and
+      // the second, a retry of the request in progress, finds that request's hold.
+      relay.replyDelayMs = 400;
+      const [late, retry] = await Promise.all([
+        failure(ledger.reserve(wallet, 'late', hold(200n))),
+        failure(ledger.reserve(wallet, 'in-progress', hold(300n))),
+      ]);
+      expect(late).toBeInstanceOf(LedgerTimeoutError);
+      expect(retry).toBeInstanceOf(LedgerTimeoutError);
+      relay.replyDelayMs = 0;
+
+      for (let attempt = 0; released.length === 0 && attempt < 100; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(released).toEqual([{ wallet: 'slow/w', requestId: 'late', amount: '200', release: 'released' }]);
+      expect(warnings).toEqual([]);
+      // Only the request in progress keeps its hold, and the request that timed out can be sent again under its id.
+      expect(await ledger.state(wallet)).toMatchObject({ balance: 1000n, reserved: 300n, holds: 1 });
+      expect(await ledger.reserve(wallet, 'late', hold(200n))).toEqual({ status: 'reserved', amount: 200n, units: 0, replayed: false });
     } finally {
       await ledger?.quit();
       await relay.close();

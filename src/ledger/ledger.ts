@@ -321,8 +321,9 @@ export class LedgerUnavailableError extends Error {
  * reply. The operation may still run later, when the store catches up, so a
  * caller must not assume it did not happen: the ledger's operations are
  * idempotent on their ids. A late reserve places no hold where the ledger
- * can give it a deadline (RedisLedger on one server); elsewhere its hold is
- * settled by the sweeper when it expires.
+ * can give it a deadline (RedisLedger on one server). Where one that ran
+ * places a hold, RedisLedger releases it when the reply arrives, and the
+ * sweeper settles a hold whose reply never arrives when it expires.
  */
 export class LedgerTimeoutError extends LedgerUnavailableError {
   override readonly name: string = 'LedgerTimeoutError';

@@ -102,6 +102,15 @@ const OPERATIONS = Object.fromEntries(
   Object.entries(SCRIPTS).map(([command, file]) => [command, file.replace(/\.lua$/, '')]),
 ) as Record<ScriptCommand, string>;
 
+interface ScriptOptions {
+  /** The script's keys; by default the wallet's keys (cachedWalletKeys). */
+  keys?: readonly string[];
+  /** The operation that error messages name; by default the script's (OPERATIONS). */
+  operation?: string;
+  /** Receives the reply of a call that timed out, when it comes after all. */
+  onLateReply?: (reply: unknown) => void;
+}
+
 const READ_ONLY_SCRIPTS = new Set<ScriptCommand>(['tollgateState', 'tollgateSnapshot']);
 
 /** The scripts that also receive the wallet's checkpoint key, as KEYS[7]. */
@@ -251,6 +260,7 @@ export class RedisLedger implements Ledger {
   readonly #retentionMs: number;
   readonly #retentionText: string;
   readonly #timeoutMs: number;
+  readonly #logger: ConnectionLogger | undefined;
   /** The state of the connection that the ledger opened from a URL, or undefined for a caller's client, on which the ledger does not listen. */
   readonly #connection: WatchedConnection | undefined;
   /** Whether the connection's socket is corked until the check phase. */
@@ -280,6 +290,7 @@ export class RedisLedger implements Ledger {
     this.#retentionText = String(this.#retentionMs);
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_LEDGER_TIMEOUT_MS;
     validateLedgerTimeout(this.#timeoutMs);
+    this.#logger = options.logger;
 
     if (typeof client === 'string') {
       const opened = openRedisClient(client, {
@@ -362,7 +373,7 @@ export class RedisLedger implements Ledger {
       String(EXPIRED_HOLDS_SETTLED_PER_RESERVE),
       this.#retentionText,
       deadline,
-    ]);
+    ], { onLateReply: (late) => this.#releaseAbandonedHold(wallet, requestId, late as string[]) });
     if ((reply as string[])[0] === 'late') {
       // The reply came before this process's own timeout, so the offset no longer matches the server's clock (a
       // clock step on its host). The next reserve measures it again.
@@ -373,6 +384,25 @@ export class RedisLedger implements Ledger {
       );
     }
     return parseReserveReply(reply as string[]);
+  }
+
+  /**
+   * Releases the hold that a timed-out reserve placed after all, when Redis
+   * ran it before its deadline but the reply came after the caller gave up,
+   * or on a connection without deadlines (a cluster, a caller's client).
+   * That caller returned an error for its request and forwards nothing, so
+   * the hold would keep the wallet's funds until the sweeper expires it, and
+   * a retry under the same request id would be rejected as in progress. A
+   * replayed reserve found an earlier request's hold, which stays.
+   */
+  #releaseAbandonedHold(wallet: WalletKey, requestId: string, reply: string[]): void {
+    if (reply[0] !== 'reserved' || reply[3] === '1') return;
+    const fields = { wallet: walletId(wallet), requestId, amount: reply[1] };
+    this.release(wallet, requestId).then(
+      (released) => this.#logger?.info({ ...fields, release: released.status }, 'released the hold of a reserve that Redis answered after its timeout'),
+      (error: unknown) =>
+        this.#logger?.warn({ ...fields, err: error }, 'failed to release the hold of a reserve that Redis answered after its timeout; the sweeper releases it when it expires'),
+    );
   }
 
   /**
@@ -506,7 +536,7 @@ export class RedisLedger implements Ledger {
 
   async verify(wallet: WalletKey): Promise<VerifyResult> {
     for (let attempt = 1; ; attempt++) {
-      const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [], checkpointKeys(wallet), 'verify')) as [string[], string[], string[], string, string[]];
+      const snapshot = (await this.#script(wallet, 'tollgateSnapshot', [], { keys: checkpointKeys(wallet), operation: 'verify' })) as [string[], string[], string[], string, string[]];
       const [totals, grantAmounts, packedHolds, lastEntryId, checkpointFields] = snapshot;
       const [granted, spent, reserved, providerCost, expired] = totals.map((value) => BigInt(value)) as [bigint, bigint, bigint, bigint, bigint];
       const checkpoint = parseCheckpoint(checkpointFields);
@@ -539,7 +569,7 @@ export class RedisLedger implements Ledger {
     const keys = checkpointKeys(wallet);
     let folded = 0;
     for (;;) {
-      const reply = (await this.#script(wallet, 'tollgateCompact', [lastIdBefore(beforeMs), String(COMPACT_BATCH)], keys)) as [number, ...string[]];
+      const reply = (await this.#script(wallet, 'tollgateCompact', [lastIdBefore(beforeMs), String(COMPACT_BATCH)], { keys })) as [number, ...string[]];
       folded += reply[0];
       if (reply[0] < COMPACT_BATCH) return { folded, checkpoint: parseCheckpoint(reply.slice(1) as string[]) };
     }
@@ -606,10 +636,12 @@ export class RedisLedger implements Ledger {
    * `keys` from checkpointKeys. `operation` names the call in error messages,
    * by default after the script (`reserve` for reserve.lua).
    */
-  #script(wallet: WalletKey, command: ScriptCommand, args: string[], keys: readonly string[] = cachedWalletKeys(wallet), operation = OPERATIONS[command]): Promise<unknown> {
-    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet, operation).then(() => this.#script(wallet, command, args, keys, operation));
+  #script(wallet: WalletKey, command: ScriptCommand, args: string[], options: ScriptOptions = {}): Promise<unknown> {
+    const operation = options.operation ?? OPERATIONS[command];
+    if (!this.#formatChecked) return this.#checkIntegerFormat(wallet, operation).then(() => this.#script(wallet, command, args, options));
     this.#batchWrites();
-    return this.#call(wallet, operation, () => this.#commands[command](...keys, ...args));
+    const keys = options.keys ?? cachedWalletKeys(wallet);
+    return this.#call(wallet, operation, () => this.#commands[command](...keys, ...args), options.onLateReply);
   }
 
   /**
@@ -661,13 +693,20 @@ export class RedisLedger implements Ledger {
     });
   }
 
-  async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>): Promise<T> {
+  /**
+   * Runs one Redis call within the ledger's timeout. When the call times out
+   * and its reply comes later, `onLateReply` gets that reply.
+   */
+  async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>, onLateReply?: (reply: T) => void): Promise<T> {
+    let pending: Promise<T> | undefined;
     try {
-      const result = await (this.#timeoutMs === 0 ? run() : withDeadline(run(), this.#timeoutMs));
+      pending = run();
+      const result = await (this.#timeoutMs === 0 ? pending : withDeadline(pending, this.#timeoutMs));
       this.#silentSinceMs = undefined;
       return result;
     } catch (error) {
       if (error instanceof DeadlineExceeded) {
+        if (onLateReply !== undefined) pending?.then(onLateReply, () => undefined);
         this.#dropSilentConnection();
         throw this.#timedOut(operation, wallet, error);
       }
