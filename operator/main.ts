@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_SIDECAR_OPTIONS, MAX_TOOL_USE_LIMIT, parseBodyLimit, parseMaxToolUses, parseWalletLabel } from '../sidecar/server.ts';
 import { parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
 import { parseRedisUrl } from '../src/ledger/redis-connect.ts';
-import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, type RedisTlsFiles, type RedisTlsSettingNames } from '../src/ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, watchRedisTls, type RedisTlsFiles, type RedisTlsSettingNames } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, formatDuration, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { EventRecorder } from './events.ts';
@@ -508,6 +508,8 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
     tlsSettingNames: OPERATOR_TLS_SETTINGS,
     logger: log,
   });
+  // cert-manager renews the certificates in the mounted Secret while the operator runs.
+  const stopTlsWatch = config.redisTls === undefined ? undefined : watchRedisTls(config.redisTls, log);
   const events = new EventRecorder({ clients, log, component: 'tollgate-operator', instance: config.identity });
 
   const informers = {} as Record<ResourceKind, Informer>;
@@ -564,6 +566,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
   } catch (error) {
     for (const informer of Object.values(informers)) informer.stop();
     await http?.close();
+    stopTlsWatch?.();
     await ledger.quit();
     throw error;
   }
@@ -592,6 +595,7 @@ export async function startOperator(config: OperatorConfig, options: StartOperat
         await controller.idle();
         await webhook?.close();
         await http.close();
+        stopTlsWatch?.();
         await ledger.quit();
         log.info('operator stopped');
       })()),

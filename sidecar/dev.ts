@@ -6,7 +6,7 @@ import { secretsResolver, type CredentialResolver } from '../src/config/snapshot
 import { GrantExpiredError, LedgerUnavailableError, type Ledger, type WalletKey } from '../src/ledger/ledger.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
-import { REDIS_TLS_OPTIONS } from '../src/ledger/redis-tls.ts';
+import { REDIS_TLS_OPTIONS, watchRedisTls } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
 import { startSimulator } from '../src/simulator/index.ts';
@@ -23,7 +23,7 @@ export interface DevOptions {
   port: number;
   /** Redis URL of the ledger; the in-memory ledger when undefined. */
   redisUrl: string | undefined;
-  /** TLS settings of the Redis connection, such as a private CA (see loadRedisTls); Node.js's defaults when undefined. */
+  /** TLS settings of the Redis connection from loadRedisTls, whose files dev reads again while it runs; Node.js's defaults when undefined. */
   redisTls?: ConnectionOptions | undefined;
   /** The wallet that pays when a request names none ("namespace/name" or "name"). */
   wallet: string | undefined;
@@ -127,6 +127,8 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
     ? new RedisLedger(options.redisUrl, { ...ledgerOptions, timeoutMs: options.ledgerTimeoutMs, tls: options.redisTls, tlsSettingNames: REDIS_TLS_OPTIONS, logger: log })
     : new MemoryLedger({ ...ledgerOptions, maxLogEntries: DEV_MAX_LOG_ENTRIES });
   opened.push(() => ledger.quit());
+  const stopTlsWatch = options.redisTls === undefined ? undefined : watchRedisTls(options.redisTls, log);
+  opened.push(async () => stopTlsWatch?.());
   // Grants added to the manifests while it runs are credited before the new configuration serves.
   const credited = new CreditedGrants();
   const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) =>
@@ -168,6 +170,7 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
     config,
     async close() {
       clearInterval(sweeper);
+      stopTlsWatch?.();
       config.close();
       await sidecar.app.close();
       await sidecar.proxy.close();

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
 import type { ResourceSet } from '../src/config/manifests.ts';
 import { DEFAULT_LEDGER_TIMEOUT_MS, parseLedgerTimeout, RedisLedger } from '../src/ledger/redis.ts';
-import { loadRedisTls, REDIS_TLS_ENV, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, watchRedisTls, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS, parseDurationMs, validateSettledRetention } from '../src/ledger/retention.ts';
 import { createLogger } from '../src/telemetry/logger.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
@@ -130,6 +130,8 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   });
   const settledRetentionMs = settledRetention(env) ?? DEFAULT_SETTLED_RETENTION_MS;
   const ledger = new RedisLedger(redisUrl, { settledRetentionMs, timeoutMs, tls, logger: log });
+  // cert-manager renews the certificates in the mounted Secret while the pod runs.
+  const stopTlsWatch = tls === undefined ? undefined : watchRedisTls(tls, log);
   const metrics = createSidecarMetrics();
   const sidecar = createSidecar(
     config,
@@ -155,6 +157,7 @@ export async function runSidecar(env: NodeJS.ProcessEnv = process.env): Promise<
   const stop = async () => {
     log.info('stopping');
     config.close();
+    stopTlsWatch?.();
     await admin?.close();
     await sidecar.app.close();
     await sidecar.proxy.close();

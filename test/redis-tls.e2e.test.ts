@@ -10,10 +10,13 @@
  * sidecar process itself.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { V1Container, V1Pod, V1Secret } from '@kubernetes/client-node';
+import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -174,10 +177,19 @@ async function writeSecretMounts(stored: V1Pod, container: V1Container): Promise
     const items = source.items ?? Object.keys(data).map((key) => ({ key, path: key }));
     const dir = localPath(mount.mountPath);
     await mkdir(dir, { recursive: true });
+    // As the kubelet does: the keys go into a new directory, each file is a link through `..data`, and one rename of
+    // that link replaces every file at once.
+    const version = await mkdtemp(path.join(dir, '..version-'));
     for (const item of items) {
       const value = data[item.key];
       if (value === undefined) throw new Error(`Secret ${source.secretName} has no key ${item.key}, which volume ${mount.name} mounts`);
-      await writeFile(path.join(dir, item.path), Buffer.from(value, 'base64'), { mode: source.defaultMode ?? 0o644 });
+      await writeFile(path.join(version, item.path), Buffer.from(value, 'base64'), { mode: source.defaultMode ?? 0o644 });
+    }
+    await symlink(path.basename(version), path.join(dir, '..data_tmp'));
+    await rename(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
+    for (const item of items) {
+      const link = path.join(dir, item.path);
+      if (!existsSync(link)) await symlink(path.join('..data', item.path), link);
     }
   }
 }
@@ -449,4 +461,62 @@ describe('Redis TLS from the operator to an injected sidecar', () => {
     // Nothing was held or charged.
     expect(await ledger.state({ namespace: NAMESPACE, name: 'app' })).toEqual(before);
   });
+
+  it('uses a renewed certificate without a restart', async () => {
+    const renewed = await createTestCertificates('renewed');
+    const admin = new Redis(redis.url);
+    const serverFiles = { cert: certificates.serverCertFile, key: certificates.serverKeyFile, ca: certificates.caFile };
+    const earlierClients = new Set(clientIds(await admin.client('LIST')));
+    const sidecar = await startSidecarProcess({ LOG_LEVEL: 'info' });
+    try {
+      const openai = clientFor(sidecar);
+      const call = () => openai.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'How much?' }], max_tokens: 10 });
+      await call();
+      const sidecarClients = clientIds(await admin.client('LIST')).filter((id) => !earlierClients.has(id));
+      expect(sidecarClients.length).toBeGreaterThan(0);
+
+      // A CA rotation: ca.crt contains the old and the new CA until every server has a certificate from the new one.
+      const bothCas = path.join(renewed.dir, 'both-ca.crt');
+      await writeFile(bothCas, (await readFile(certificates.caFile, 'utf8')) + (await readFile(renewed.caFile, 'utf8')));
+      await kubectl(['delete', 'secret', TLS_SECRET, '-n', NAMESPACE]);
+      await kubectl([
+        'create', 'secret', 'generic', TLS_SECRET, '-n', NAMESPACE,
+        `--from-file=ca.crt=${bothCas}`,
+        `--from-file=tls.crt=${renewed.clientCertFile}`,
+        `--from-file=tls.key=${renewed.clientKeyFile}`,
+      ]);
+      await writeSecretMounts(pod, sidecarOf(pod));
+      // The sidecar reads the files every 10 s.
+      await waitFor('the sidecar to read the renewed files', async () => (sidecar.stdout().includes('the Redis TLS files changed') ? true : undefined), 20_000);
+
+      // The server takes its renewed certificate and accepts clients of both CAs, and the sidecar's connection drops.
+      await admin.config('SET', 'tls-cert-file', renewed.serverCertFile, 'tls-key-file', renewed.serverKeyFile, 'tls-ca-cert-file', bothCas);
+      for (const id of sidecarClients) await admin.client('KILL', 'ID', id);
+
+      // Only the renewed CA signed the server's new certificate, so the new connection is made with the renewed files.
+      const completion = await waitFor('a call over a new connection', () => call().catch(() => undefined), 10_000);
+      expect(completion.choices).toHaveLength(1);
+      const connected = clientIds(await admin.client('LIST')).filter((id) => !earlierClients.has(id) && !sidecarClients.includes(id));
+      expect(connected.length).toBeGreaterThan(0);
+
+      const lines = sidecar.stdout().trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+      const changed = lines.find((line) => line['msg'] === 'the Redis TLS files changed; new connections to Redis use them');
+      expect(changed?.['level']).toBe(30);
+      expect(changed?.['clientCertificateExpires']).toBe(new Date(new X509Certificate(await readFile(renewed.clientCertFile)).validTo).toISOString());
+      expect(lines.filter((line) => String(line['msg']).includes('Redis TLS files'))).toHaveLength(1);
+    } finally {
+      await sidecar.stop();
+      await admin.config('SET', 'tls-cert-file', serverFiles.cert, 'tls-key-file', serverFiles.key, 'tls-ca-cert-file', serverFiles.ca);
+      admin.disconnect();
+      await renewed.remove();
+    }
+  });
 });
+
+/** Returns the ids of the connections in a CLIENT LIST reply. */
+function clientIds(list: unknown): string[] {
+  return String(list)
+    .split('\n')
+    .map((line) => /(?:^| )id=(\d+)/.exec(line)?.[1])
+    .filter((id): id is string => id !== undefined);
+}

@@ -9,16 +9,19 @@
  */
 
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { LedgerTimeoutError, LedgerUnavailableError, type WalletKey } from '../src/ledger/ledger.ts';
 import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
-import { loadRedisTls, REDIS_TLS_OPTIONS, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, watchRedisTls, type RedisTlsFiles } from '../src/ledger/redis-tls.ts';
 import { startDevProcess } from './support/dev-process.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 import { startRedisCluster, type RunningRedisCluster } from './support/redis-cluster.ts';
@@ -189,6 +192,123 @@ describe('RedisLedger over TLS to one server', () => {
     );
   });
 });
+
+describe('RedisLedger with renewed TLS files', () => {
+  let rotating: RunningRedis;
+  let dir: string;
+  /** The ledger's files, which the test replaces as the kubelet updates a mounted Secret. */
+  let files: RedisTlsFiles;
+
+  beforeAll(async () => {
+    rotating = await startRedis({ tls: { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile, caFile: certs.caFile } });
+    dir = await mkdtemp(path.join(os.tmpdir(), 'tollgate-tls-files-'));
+    files = { caFile: path.join(dir, 'ca.crt'), certFile: path.join(dir, 'tls.crt'), keyFile: path.join(dir, 'tls.key') };
+  });
+
+  afterAll(async () => {
+    await rotating?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Writes the CA and client certificate of `source` into the ledger's files, each by a rename, so no reader sees half a file. */
+  async function installFiles(source: { caFile: string; clientCertFile: string; clientKeyFile: string }): Promise<void> {
+    const pairs: Array<[string, string]> = [
+      [source.caFile, files.caFile!],
+      [source.clientCertFile, files.certFile!],
+      [source.clientKeyFile, files.keyFile!],
+    ];
+    for (const [from, to] of pairs) {
+      await copyFile(from, `${to}.new`);
+      await rename(`${to}.new`, to);
+    }
+  }
+
+  /** Waits until `entries` has `count` entries, or 5 s. */
+  async function waitForLog(entries: object[], count: number): Promise<void> {
+    for (let attempt = 0; entries.length < count && attempt < 250; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+
+  it('uses renewed certificates for the next connection', async () => {
+    const renewed = await createTestCertificates('renewed');
+    const logged: object[] = [];
+    const warnings: object[] = [];
+    const logger = { info: (details: object) => logged.push(details), warn: (details: object) => warnings.push(details) };
+    const url = rotating.tlsUrl!;
+    await installFiles(certs);
+    const tls = loadRedisTls(url, files, REDIS_TLS_ENV)!;
+    const stopWatch = watchRedisTls(tls, logger, 50);
+    const admin = new Redis(rotating.url);
+    const renewedWallet = { namespace: 'tls', name: 'renewed' };
+    try {
+      await withLedger(new RedisLedger(url, { tls, timeoutMs: 2000 }), async (ledger) => {
+        await ledger.credit(renewedWallet, 'grant-1', 5000n);
+
+        // The new CA signed both the server's and the client's new certificates, so only the new files connect.
+        await installFiles(renewed);
+        await waitForLog(logged, 1);
+        expect(logged).toEqual([{ files: [files.caFile, files.certFile, files.keyFile], clientCertificateExpires: expiryOf(renewed.clientCertFile) }]);
+        await admin.config('SET', 'tls-cert-file', renewed.serverCertFile, 'tls-key-file', renewed.serverKeyFile, 'tls-ca-cert-file', renewed.caFile);
+        // The open connection keeps its session until it is dropped.
+        expect((await ledger.state(renewedWallet)).balance).toBe(5000n);
+        expect(await admin.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes')).toBeGreaterThan(0);
+
+        let balance: bigint | undefined;
+        for (let attempt = 0; balance === undefined && attempt < 100; attempt += 1) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          balance = await ledger.state(renewedWallet).then(
+            (state) => state.balance,
+            () => undefined,
+          );
+        }
+        expect(balance).toBe(5000n);
+        expect(warnings).toEqual([]);
+      });
+    } finally {
+      stopWatch();
+      admin.disconnect();
+      await renewed.remove();
+    }
+  });
+
+  it('keeps the previous files while the new ones do not fit', async () => {
+    const logged: object[] = [];
+    const warnings: Array<{ err: Error; files: string[] }> = [];
+    const logger = { info: (details: object) => logged.push(details), warn: (details: object) => warnings.push(details as { err: Error; files: string[] }) };
+    await installFiles(certs);
+    const tls = loadRedisTls(rotating.tlsUrl!, files, REDIS_TLS_ENV)!;
+    const before = { ...tls };
+    const stopWatch = watchRedisTls(tls, logger, 20);
+    try {
+      // A certificate written before its key: the new certificate belongs to another key.
+      await copyFile(other.clientCertFile, `${files.certFile}.new`);
+      await rename(`${files.certFile}.new`, files.certFile!);
+      await waitForLog(warnings, 1);
+      // Several more checks run on the same files and log nothing more.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]!.err.message).toMatch(/^the Redis TLS files \(.*\) cannot be used: .*; check that TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE belong together/);
+      expect(logged).toEqual([]);
+      expect(tls).toEqual(before);
+
+      // The key arrives, and the pair is taken.
+      await copyFile(other.clientKeyFile, `${files.keyFile}.new`);
+      await rename(`${files.keyFile}.new`, files.keyFile!);
+      await waitForLog(logged, 1);
+      expect(logged).toHaveLength(1);
+      expect(tls.cert).toBe(await readFile(other.clientCertFile, 'utf8'));
+      expect(tls.key).toBe(await readFile(other.clientKeyFile, 'utf8'));
+      expect(tls.ca).toBe(before.ca);
+    } finally {
+      stopWatch();
+    }
+  });
+});
+
+/** Returns the end of a certificate's validity as an ISO timestamp. */
+function expiryOf(certFile: string): string {
+  return new Date(new X509Certificate(readFileSync(certFile)).validTo).toISOString();
+}
 
 describe('RedisLedger over TLS to a server that names another host', () => {
   let named: TestCertificates;

@@ -6,14 +6,15 @@
  * file, a `rediss://` connection checks the server against Node.js's
  * built-in CA list.
  *
- * The files are read once, when the ledger is set up, and checked there, so
- * that a wrong path or a key that does not fit its certificate stops the
- * process at start with a message that names the setting, instead of
- * failing each connection attempt later. A rotated certificate takes
- * effect at the next start.
+ * The files are read and checked when the ledger is set up. So a wrong path
+ * or a key that does not fit its certificate stops the process at start with
+ * a message that names the setting, instead of failing each connection
+ * attempt later. Long-running processes then read them again
+ * (watchRedisTls), so that a renewed certificate, which cert-manager writes
+ * into the mounted Secret, is used by the next connection.
  */
 
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { ConnectionOptions } from 'node:tls';
@@ -105,7 +106,75 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
       { cause: error },
     );
   }
+  sources.set(options, { url, files: { caFile, certFile, keyFile }, names });
   return options;
+}
+
+/** How often watchRedisTls reads the files again: 10 s, a small part of the minute or so that the kubelet takes to update a mounted Secret. */
+export const DEFAULT_TLS_CHECK_MS = 10_000;
+
+/** The logger of watchRedisTls: pino's signature, object first. */
+export interface RedisTlsLogger {
+  warn(details: Record<string, unknown>, message: string): void;
+  info(details: Record<string, unknown>, message: string): void;
+}
+
+/** The URL, files and setting names that loadRedisTls read each options object from, for watchRedisTls. */
+const sources = new WeakMap<ConnectionOptions, { url: string; files: RedisTlsFiles; names: RedisTlsSettingNames }>();
+
+/**
+ * Reads the TLS files of `options` (a result of loadRedisTls) again every
+ * `everyMs` milliseconds. When their
+ * contents changed and pass the checks of loadRedisTls, it copies the new
+ * CA, certificate and key into `options`, the object that the ledger gave
+ * its client, and logs it. ioredis 5 copies that object into each new
+ * connection's `tls.connect` options, for every node of a cluster too, so
+ * the next connection uses the new files, and open connections stay as
+ * they are. Files that fail the checks, such as a certificate written
+ * before its key, leave the options unchanged and are logged once until
+ * they change again. Returns a function that stops the checks.
+ */
+export function watchRedisTls(options: ConnectionOptions, logger: RedisTlsLogger, everyMs = DEFAULT_TLS_CHECK_MS): () => void {
+  const source = sources.get(options);
+  if (source === undefined) throw new TypeError('watchRedisTls takes the options that loadRedisTls returned');
+  const { url, files, names } = source;
+  const paths = [files.caFile, files.certFile, files.keyFile].filter((file): file is string => Boolean(file));
+  let seen = fingerprintFiles(paths);
+
+  const check = () => {
+    const current = fingerprintFiles(paths);
+    if (current === seen) return;
+    seen = current;
+    let loaded: ConnectionOptions | undefined;
+    try {
+      loaded = loadRedisTls(url, files, names);
+    } catch (error) {
+      logger.warn({ err: error, files: paths }, 'the Redis TLS files changed but cannot be used, so new connections keep the previous ones; fix the files');
+      return;
+    }
+    // The same files are set as at start, so `loaded` has the same fields as `options`.
+    Object.assign(options, loaded);
+    const details: Record<string, unknown> = { files: paths };
+    if (typeof loaded?.cert === 'string') details.clientCertificateExpires = new Date(new X509Certificate(loaded.cert).validTo).toISOString();
+    logger.info(details, 'the Redis TLS files changed; new connections to Redis use them');
+  };
+  const timer = setInterval(check, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/** Returns a digest of the files' contents, with the error code in place of a file that cannot be read. */
+function fingerprintFiles(paths: string[]): string {
+  const hash = createHash('sha256');
+  for (const file of paths) {
+    try {
+      hash.update(readFileSync(file));
+    } catch (error) {
+      hash.update(`unreadable:${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    hash.update('\0');
+  }
+  return hash.digest('hex');
 }
 
 /**
