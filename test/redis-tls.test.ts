@@ -138,6 +138,30 @@ describe('RedisLedger over TLS to one server', () => {
     expect(plainPort.message).toContain("The connection's TLS handshake has not completed");
   });
 
+  it('gives the certificate advice on a timeout', async () => {
+    const ledger = ledgerFor(redis.tlsUrl!, { caFile: certs.caFile }, 10);
+    const port = new URL(redis.tlsUrl!).port;
+    try {
+      // Let the first connection attempt fail, so that the call waits for a connection that keeps failing.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const error = await ledger.state(wallet).then(
+        () => undefined,
+        (caught: unknown) => caught as Error,
+      );
+      expect(error).toBeInstanceOf(LedgerTimeoutError);
+      expect(error?.message).toMatch(
+        new RegExp(
+          `^ledger state for wallet tls/team got no answer from Redis at 127\\.0\\.0\\.1:${port} within 10 ms ` +
+            '\\((?:connection: (?:read|write) ECONNRESET\\)\\. Check that Redis is running and reachable there\\. If it asks for client certificates ' +
+            "\\(redis-server's tls-auth-clients\\), give one|connection: TLS error: tlsv13 alert certificate required\\)\\. Redis asks for a client certificate: give one) " +
+            'in TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE; the operation may still run when Redis catches up',
+        ),
+      );
+    } finally {
+      await ledger.quit();
+    }
+  });
+
   it('says that the server asks for a client certificate', async () => {
     const error = await creditError(ledgerFor(redis.tlsUrl!, { caFile: certs.caFile }));
     expect(error).toBeInstanceOf(LedgerUnavailableError);

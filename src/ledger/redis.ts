@@ -734,13 +734,21 @@ export class RedisLedger implements Ledger {
 
   #timedOut(operation: string, wallet: WalletKey, error: DeadlineExceeded): LedgerTimeoutError {
     const down = this.#connection?.lastError;
+    // A call can time out while the client keeps trying to connect, as on a slow machine, so the connection's own advice
+    // (a certificate to give, say) comes first.
+    const advice = down === undefined ? undefined : this.#connection?.lastAdvice;
+    let check = '. Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ';
+    if (this.#inTlsHandshake()) {
+      check =
+        ". The connection's TLS handshake has not completed: check that this port serves TLS (redis-server's tls-port), " +
+        'or use a redis:// URL for a port without TLS; ';
+    } else if (advice !== undefined) {
+      check = `. ${advice.replace(/\.+$/, '')}; `;
+    }
     return new LedgerTimeoutError(
       `ledger ${operation} for wallet ${walletId(wallet)} got no answer from ${this.#address()}${this.#slotOf(wallet)} within ${error.ms} ms` +
         (down === undefined ? '' : ` (connection: ${down.replace(/\.+$/, '')})`) +
-        (this.#inTlsHandshake()
-          ? ". The connection's TLS handshake has not completed: check that this port serves TLS (redis-server's tls-port), " +
-            'or use a redis:// URL for a port without TLS; '
-          : '. Check that Redis is running, reachable and not blocked by a long command or a persistence fork; ') +
+        check +
         'the operation may still run when Redis catches up, which the ledger tolerates (its operations are idempotent)',
       { cause: error },
     );
