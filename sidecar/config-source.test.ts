@@ -253,4 +253,48 @@ describe('OperatorConfig provider credentials', () => {
       await new Promise((resolve) => server.close(resolve));
     }
   });
+  it('logs a failed compile once per change', async () => {
+    const keys = path.join(folder, 'keys');
+    await mkdir(keys);
+    await writeFile(path.join(keys, 'first'), 'sk-first-1');
+    const server = http.createServer((request, response) => {
+      // The long poll for a newer version waits for a change that never comes.
+      if (request.url?.includes('version=')) return;
+      response.end(JSON.stringify({ resources: { routes: [route('first')], plans: [], wallets: [] } }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+
+    const { log, lines } = recordingLogger();
+    const credentials = fileCredentials(folder);
+    // A compile that rejects the second key, as one with a defect in the resources would.
+    const compile = (resources: ResourceSet) => {
+      if (credentials(resources.routes[0]!) === 'sk-first-2') throw new Error('the route cannot be compiled');
+      return compileSnapshot(resources, credentials);
+    };
+    const config = await OperatorConfig.connect(`http://127.0.0.1:${port}/v1/snapshot/team-a`, compile, log, {
+      credentialsOf: credentialsFingerprint(credentials),
+      credentialsCheckMs: 10,
+    });
+    const failures = () => lines.filter((line) => String(line['msg']).startsWith('compiling the configuration with the changed provider credentials failed')).length;
+    try {
+      await writeFile(path.join(keys, 'first.new'), 'sk-first-2');
+      await rename(path.join(keys, 'first.new'), path.join(keys, 'first'));
+      await vi.waitFor(() => expect(failures()).toBe(1));
+      // Twenty more checks see the same key.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(failures()).toBe(1);
+      expect(credentialOf(config, 'first')).toBe('sk-first-1');
+
+      await writeFile(path.join(keys, 'first.new'), 'sk-first-3');
+      await rename(path.join(keys, 'first.new'), path.join(keys, 'first'));
+      await vi.waitFor(() => expect(credentialOf(config, 'first')).toBe('sk-first-3'));
+      expect(failures()).toBe(1);
+      expect(lines.filter((line) => line['msg'] === CHANGED)).toHaveLength(1);
+    } finally {
+      config.close();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
 });

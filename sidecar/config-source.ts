@@ -193,16 +193,20 @@ export class OperatorConfig extends StaticConfig {
   private checkCredentials(credentialsOf: (resources: ResourceSet) => string, everyMs: number): void {
     this.credentialsOf = credentialsOf;
     this.credentialsSeen = credentialsOf(this.resources);
+    // The credentials that failed to compile, so that the next checks do not log the same failure again.
+    let failed: string | undefined;
     this.credentialsTimer = setInterval(() => {
+      let seen: string | undefined;
       try {
-        const seen = credentialsOf(this.resources);
-        if (seen === this.credentialsSeen) return;
+        seen = credentialsOf(this.resources);
+        if (seen === this.credentialsSeen || seen === failed) return;
         const snapshot = this.compile(this.resources);
         this.credentialsSeen = seen;
         this.replace(snapshot);
         this.log.info({ version: snapshot.version }, 'provider credentials changed; the configuration uses them from now on');
       } catch (error) {
-        this.log.warn({ err: error }, 'compiling the configuration with the changed provider credentials failed; keeping the current one');
+        failed = seen;
+        this.log.warn({ err: error }, 'compiling the configuration with the changed provider credentials failed; keeping the current one until they change again');
       }
     }, everyMs);
     this.credentialsTimer.unref();
