@@ -223,13 +223,20 @@ class Relay {
   #relayReplies(upstream: net.Socket, client: net.Socket): void {
     const queue: { dueMs: number; chunk: Buffer }[] = [];
     let timer: NodeJS.Timeout | undefined;
+    let ended = false;
     const deliver = () => {
       timer = undefined;
       while (queue.length > 0 && queue[0]!.dueMs <= Date.now()) client.write(queue.shift()!.chunk);
       if (queue.length > 0) timer = setTimeout(deliver, queue[0]!.dueMs - Date.now());
+      else if (ended) client.end();
     };
     upstream.on('data', (chunk: Buffer) => {
       queue.push({ dueMs: Math.max(queue.at(-1)?.dueMs ?? 0, Date.now() + this.replyDelayMs), chunk });
+      if (timer === undefined) deliver();
+    });
+    // Redis closing its side, as after QUIT, closes the client's side once the replies before it are delivered.
+    upstream.on('end', () => {
+      ended = true;
       if (timer === undefined) deliver();
     });
   }
