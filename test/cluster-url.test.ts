@@ -249,7 +249,7 @@ describe('RedisLedger from a redis+cluster:// URL', () => {
       );
       expect((error as Error).message).not.toContain('pass-not-shown');
       expect(logger.lines).toEqual([
-        `warn: ledger lost its connection to the Redis Cluster at seeds 127.0.0.1:${first}, 127.0.0.1:${second}; ledger operations fail until it reconnects`,
+        `warn: ledger cannot connect to the Redis Cluster at seeds 127.0.0.1:${first}, 127.0.0.1:${second}; ledger operations fail until it connects`,
       ]);
     } finally {
       await ledger.quit();

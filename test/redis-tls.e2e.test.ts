@@ -452,10 +452,11 @@ describe('Redis TLS from the operator to an injected sidecar', () => {
 
     const lines = sidecar.stdout().trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
     const refusal = lines.find((line) => line['msg'] === 'request failed');
-    const lost = lines.find((line) => line['msg'] === 'ledger lost its Redis connection; ledger operations fail until it reconnects');
+    const lost = lines.find((line) => line['msg'] === 'ledger cannot connect to Redis; ledger operations fail until it connects');
     expect(refusal?.['reason']).toBe(message);
     expect(refusal?.['code']).toBe('ledger_unavailable');
     expect((lost?.['err'] as { code?: string } | undefined)?.code).toBe('SELF_SIGNED_CERT_IN_CHAIN');
+    expect(lost?.['advice']).toBe("The ledger does not trust the Redis server's TLS certificate: check that the CA in TOLLGATE_REDIS_CA_FILE signed it.");
     expect(sidecar.stderr()).toBe('');
 
     // Nothing was held or charged.

@@ -459,6 +459,32 @@ describe('RedisLedger without a server', () => {
     }
   });
 
+  it('logs a first connection that fails', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const relay = new Relay(server.port);
+    const logged: string[] = [];
+    const logger = { warn: (_details: object, message: string) => logged.push(message), info: (_details: object, message: string) => logged.push(message) };
+    const wallet = { namespace: 'outage', name: 'late-start' };
+    let ledger: RedisLedger | undefined;
+    try {
+      // The relay's port is free until the relay opens, so the first attempts are refused.
+      relay.port = await findFreePort();
+      ledger = new RedisLedger(`redis://127.0.0.1:${relay.port}`, { logger });
+      for (let attempt = 0; logged.length === 0 && attempt < 100; attempt += 1) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(logged).toEqual(['ledger cannot connect to Redis; ledger operations fail until it connects']);
+
+      await relay.open();
+      let state = await ledger.state(wallet).catch(() => undefined);
+      for (let attempt = 0; state === undefined && attempt < 100; attempt += 1) state = await stateAfterPause(ledger, wallet);
+      expect(state?.granted).toBe(0n);
+      expect(logged).toEqual(['ledger cannot connect to Redis; ledger operations fail until it connects', 'ledger connected to Redis']);
+    } finally {
+      await ledger?.quit();
+      await relay.close();
+      await server.stop();
+    }
+  });
+
   it('forgets the connection error after reconnecting', { timeout: 30_000 }, async () => {
     const server = await startRedis();
     const relay = new Relay(server.port);

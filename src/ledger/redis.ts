@@ -795,8 +795,8 @@ interface WatchedConnection {
 }
 
 /**
- * Logs the first connection error after each loss of the connection and the
- * reconnection, and keeps the most recent error for the messages of the
+ * Logs the first connection error after each loss of the connection (or
+ * while the first connection fails) and the connection that ends it, and keeps the most recent error for the messages of the
  * calls that fail meanwhile. The listener also keeps ioredis from printing
  * every retry's error to the console. Callers see failures as
  * LedgerUnavailableError. A Cluster counts as lost when no node responds to
@@ -810,6 +810,8 @@ function watchConnection(
 ): WatchedConnection {
   const connection: WatchedConnection = { lastError: undefined, lastAdvice: undefined, lastFromTls: false, address };
   const cluster = client instanceof Cluster ? (address ?? 'the Redis Cluster') : undefined;
+  /** Whether the client was ready once. Until then a failure is logged as a failed connection, not a lost one. */
+  let connectedOnce = false;
   const lost = (error: Error, reason: string) => {
     const failing = connection.lastError !== undefined;
     // Under TLS 1.3 the server's alert, such as "certificate required", can come just before the reset of the same
@@ -819,8 +821,13 @@ function watchConnection(
     connection.lastAdvice = connectionAdvice(error, security);
     connection.lastFromTls = isTlsError(error);
     if (failing) return;
+    const details = connection.lastAdvice === undefined ? { err: error } : { err: error, advice: connection.lastAdvice };
+    if (!connectedOnce) {
+      logger?.warn(details, `ledger cannot connect to ${cluster ?? 'Redis'}; ledger operations fail until it connects`);
+      return;
+    }
     const message = cluster === undefined ? 'ledger lost its Redis connection' : `ledger lost its connection to ${cluster}`;
-    logger?.warn({ err: error }, `${message}; ledger operations fail until it reconnects`);
+    logger?.warn(details, `${message}; ledger operations fail until it reconnects`);
   };
 
   if (client instanceof Cluster) {
@@ -847,11 +854,13 @@ function watchConnection(
     client.on('error', (error: Error) => lost(error, describeConnectionError(error)));
   }
   client.on('ready', () => {
+    const first = !connectedOnce;
+    connectedOnce = true;
     if (connection.lastError === undefined) return;
     connection.lastError = undefined;
     connection.lastAdvice = undefined;
     connection.lastFromTls = false;
-    logger?.info({}, `ledger reconnected to ${cluster ?? 'Redis'}`);
+    logger?.info({}, `ledger ${first ? 'connected' : 'reconnected'} to ${cluster ?? 'Redis'}`);
   });
   return connection;
 }
