@@ -305,6 +305,15 @@ describe('Gemini embeddings through the sidecar', () => {
     expect(parseAmount(String(result.headers['x-tollgate-charged']))).toBe(expected);
   });
 
+  it('bills each batch item like embedContent', async () => {
+    const item = (text: string) => ({ model: 'models/gemini-embedding-001', content: { parts: [{ text }] }, taskType: 'RETRIEVAL_DOCUMENT' });
+    const result = await callGemini('main', 'gemini-embedding-001:batchEmbedContents', { requests: [item('alpha delta echo hotel'), item('hello toll gate')] });
+    expect(result.status).toBe(200);
+    expect(JSON.parse(result.text).embeddings).toHaveLength(2);
+    // 6 tokens for the first text and 4 for the second, at 150 nano-USD per token; model names and task types count nothing.
+    expect(parseAmount(String(result.headers['x-tollgate-charged']))).toBe(1500n);
+  });
+
   it('bills reported embedding usage exactly', async () => {
     const requests = [{ model: 'models/gemini-embedding-001', content: { parts: [{ text: 'alpha' }] } }];
     const result = await callGemini('main', 'gemini-embedding-001:batchEmbedContents', { requests }, { 'x-sim-usage': '{"promptTokenCount":6}' });

@@ -94,6 +94,29 @@ describe('estimatePromptFromBody', () => {
     // user 1, image_url 3
     expect(estimatePromptFromBody(dataUrl)).toBe(4);
   });
+
+  it('counts each Gemini batch item like one embedContent', () => {
+    const single = { content: { parts: [{ text: 'hello toll gate' }] }, taskType: 'RETRIEVAL_DOCUMENT' };
+    const item = { model: 'models/gemini-embedding-001', ...single };
+    // "hello toll gate" has 15 characters: 4 tokens. The model name and the task type are not embedded.
+    expect(estimatePromptFromBody(single)).toBe(4);
+    expect(estimatePromptFromBody({ requests: [item] })).toBe(4);
+    expect(estimatePromptFromBody({ requests: [item, { ...item, content: { parts: [{ text: 'a b c d e f' }] } }] })).toBe(7);
+  });
+
+  it('leaves out generation settings and stop sequences', () => {
+    const gemini = {
+      contents: [{ parts: [{ text: 'Tell me a long story.' }] }],
+      generationConfig: { responseMimeType: 'application/json', stopSequences: ['THE END'] },
+      safetySettings: [{ category: 'HARM_CATEGORY_HARASSMENT', threshold: 'BLOCK_NONE' }],
+      toolConfig: { functionCallingConfig: { mode: 'AUTO' } },
+    };
+    expect(estimatePromptFromBody(gemini)).toBe(6);
+    const openai = { messages: [{ role: 'user', content: 'Tell me a long story.' }], stop: ['\n\n', 'END'], tool_choice: 'auto' };
+    expect(estimatePromptFromBody(openai)).toBe(7);
+    const anthropic = { messages: [{ role: 'user', content: 'Tell me a long story.' }], stop_sequences: ['END'], tool_choice: { type: 'auto' } };
+    expect(estimatePromptFromBody(anthropic)).toBe(7);
+  });
 });
 
 describe('estimateTokensFromText', () => {

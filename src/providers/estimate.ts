@@ -57,8 +57,9 @@ export function estimateTokensFromText(text: string): number {
 
 /**
  * Top-level request fields whose text is not sent to the model: the model
- * name, fields for the caller's own records, and the Responses API's
- * settings that name options rather than carry text.
+ * name, fields for the caller's own records, settings that name options
+ * rather than carry text (the Responses API's, Gemini's configuration and
+ * embedding task type), and stop sequences.
  */
 const NON_PROMPT_FIELDS = new Set([
   'model',
@@ -71,6 +72,21 @@ const NON_PROMPT_FIELDS = new Set([
   'reasoning',
   'truncation',
   'prompt_cache_retention',
+  'tool_choice',
+  'stop',
+  'stop_sequences',
+  'encoding_format',
+  'modalities',
+  'generationConfig',
+  'generation_config',
+  'safetySettings',
+  'safety_settings',
+  'toolConfig',
+  'tool_config',
+  'cachedContent',
+  'cached_content',
+  'taskType',
+  'task_type',
 ]);
 
 /**
@@ -88,9 +104,20 @@ const NON_PROMPT_FIELDS = new Set([
 export function estimatePromptFromBody(body: Record<string, unknown>): number {
   let tokens = 0;
   for (const key in body) {
-    if (!NON_PROMPT_FIELDS.has(key)) tokens += estimateStringTokens(body[key]);
+    if (NON_PROMPT_FIELDS.has(key)) continue;
+    const value = body[key];
+    // Gemini's batchEmbedContents carries one embedContent body per item, each with its own model name.
+    if (key === 'requests' && Array.isArray(value)) {
+      for (const item of value) tokens += isBody(item) ? estimatePromptFromBody(item) : estimateStringTokens(item);
+      continue;
+    }
+    tokens += estimateStringTokens(value);
   }
   return tokens;
+}
+
+function isBody(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 /** Adds up the token estimates of the strings in a JSON value, leaving out `data` fields and `data:` URLs. */

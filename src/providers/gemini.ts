@@ -148,7 +148,7 @@ export class GeminiAdapter implements ProviderAdapter {
     if (info.operation === 'embeddings') {
       // NOTE: the Gemini API's embedContent and batchEmbedContents responses
       // carry no token counts, so these calls are billed on the prompt
-      // estimate, which also counts the request's JSON syntax.
+      // estimate (estimatePromptFromBody), about four ASCII characters per token.
       if (!isRecord(usage)) return { usage: estimatedUsage(prompt, NO_TEXT), complete: false };
       return { usage: normalizeEmbeddingUsage(usage, prompt), complete: true };
     }
