@@ -118,10 +118,10 @@ describe('applyGrants changed grants', () => {
 
     expect(warnings(lines)).toEqual([
       [
-        `grant "invoice-1" of wallet shop/team-a was already credited as 25.00 and now reads 30.00 USD; ${topUpHint}`,
+        `grant "invoice-1" of wallet shop/team-a was already credited as 25.00 USD and now reads 30.00 USD; ${topUpHint}`,
         'shop/team-a',
         'invoice-1',
-        '25.00',
+        '25.00 USD',
         '30.00 USD',
       ],
     ]);

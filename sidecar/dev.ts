@@ -254,7 +254,8 @@ export async function applyGrants(ledger: Ledger, resources: ResourceSet, log: L
  * a manifest changes the amount or currency of a grant that the ledger
  * already credited. The ledger reports the first amount of a replayed grant
  * id. It keeps no currency, so a currency change is noticed only for grants
- * credited since this process started.
+ * credited since this process started, and the warning shows an earlier
+ * grant in the wallet's current currency.
  */
 export class CreditedGrants {
   private readonly currencies = new Map<string, string>();
@@ -274,7 +275,7 @@ export class CreditedGrants {
     if (this.warned.has(warningKey)) return;
     this.warned.add(warningKey);
 
-    const creditedText = formatMoney(creditedAmount, creditedCurrency);
+    const creditedText = formatMoney(creditedAmount, creditedCurrency ?? requested.currency);
     const requestedText = formatMoney(requested.amount, requested.currency);
     log.warn(
       { wallet: walletId, grant: grantId, credited: creditedText, requested: requestedText },
@@ -288,8 +289,8 @@ function grantKey(walletId: string, grantId: string): string {
   return `${walletId}#${grantId}`;
 }
 
-function formatMoney(amount: bigint, currency: string | undefined): string {
-  return currency === undefined ? formatAmount(amount) : `${formatAmount(amount)} ${currency}`;
+function formatMoney(amount: bigint, currency: string): string {
+  return `${formatAmount(amount)} ${currency}`;
 }
 
 function onlyWallet(resources: ResourceSet): string | undefined {
