@@ -389,6 +389,7 @@ describe('tollgate dev and tollgate ledger over TLS', () => {
   it('serves an openai chat completion from tollgate dev and reads it back with tollgate ledger', async () => {
     const dev = await startDevProcess(['--manifests', manifests, '--redis', redis.tlsUrl!, ...tlsArgs()]);
     try {
+      expect(dev.stdout()).toContain(`\n  ledger: Redis at 127.0.0.1:${new URL(redis.tlsUrl!).port} over TLS\n`);
       const client = new OpenAI({ baseURL: `${dev.url}/openai/v1`, apiKey: 'placeholder', maxRetries: 0 });
       const simulatedUsage = { prompt_tokens: 1_000_000, completion_tokens: 1000, total_tokens: 1_001_000 };
       const { data: completion, response } = await client.chat.completions

@@ -239,17 +239,22 @@ async function dev(args: string[]): Promise<number> {
   return new Promise<number>(() => {});
 }
 
-/** Names the ledger for the banner: the Redis server's or cluster's address without credentials, or the in-memory ledger. */
+/**
+ * Names the ledger for the banner: the Redis server's or cluster's address
+ * without credentials, and whether it connects over TLS, or the in-memory ledger.
+ */
 async function describeLedger(redisUrl: string | undefined): Promise<string> {
   if (redisUrl === undefined) return 'in memory (lost when dev stops; --redis URL keeps it in Redis)';
   const { describeCluster, parseRedisUrl } = await import('../ledger/redis-connect.ts');
+  const { usesTls } = await import('../ledger/redis-tls.ts');
+  const overTls = usesTls(redisUrl) ? ' over TLS' : '';
   const target = parseRedisUrl(redisUrl);
-  if (target.kind === 'cluster') return describeCluster(target.seeds).replace(/^the /, '');
+  if (target.kind === 'cluster') return `${describeCluster(target.seeds).replace(/^the /, '')}${overTls}`;
   try {
     const url = new URL(redisUrl);
-    return `Redis at ${url.host}${url.pathname.length > 1 ? ` database ${url.pathname.slice(1)}` : ''}`;
+    return `Redis at ${url.host}${url.pathname.length > 1 ? ` database ${url.pathname.slice(1)}` : ''}${overTls}`;
   } catch {
-    return 'Redis';
+    return `Redis${overTls}`;
   }
 }
 
