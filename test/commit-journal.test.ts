@@ -16,7 +16,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { WalletKey } from '../src/ledger/ledger.ts';
 import { RedisLedger } from '../src/ledger/redis.ts';
 import { startDevProcess, type DevProcess } from './support/dev-process.ts';
-import { waitFor } from './support/processes.ts';
+import { findFreePort, waitFor } from './support/processes.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -249,6 +249,28 @@ describe('tollgate dev --commit-journal', () => {
     expect(result.stderr).toBe(
       `tollgate: failed to open the commit journal ${journal}: ENOENT: no such file or directory, open '${journal}'; its folder does not exist; create it, or give a path in an existing folder\n`,
     );
+  });
+
+  it('keeps the journal when Redis is down at start', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tollgate-journal-down-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    await writeFile(path.join(dir, 'resources.yaml'), MANIFESTS);
+    const journal = path.join(dir, 'commits.ndjson');
+    // What a sidecar stopped during an outage leaves: its waiting commits, which only a start that reaches Redis applies.
+    const waiting = '{"waiting":"commit"}\n';
+    await writeFile(journal, waiting);
+    const port = await findFreePort();
+
+    const result = await tollgate(['dev', '--port', '0', '--no-watch', '--manifests', dir, '--redis', `redis://127.0.0.1:${port}`, '--commit-journal', journal]);
+
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(
+      new RegExp(
+        `^tollgate: ledger credit for wallet [^ ]+ failed because Redis at 127\\.0\\.0\\.1:${port} is unavailable: .*Check that Redis is running and reachable there\\. ` +
+          `Commits waiting in ${journal.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} stay there and are applied at the next start that reaches Redis\n$`,
+      ),
+    );
+    expect(await readFile(journal, 'utf8')).toBe(waiting);
   });
 
   it('documents the option in help', async () => {

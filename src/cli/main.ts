@@ -222,6 +222,13 @@ async function dev(args: string[]): Promise<number> {
       },
     });
   } catch (error) {
+    const { LedgerUnavailableError } = await import('../ledger/ledger.ts');
+    if (error instanceof LedgerUnavailableError && values['commit-journal'] !== undefined) {
+      // The journal is replayed only once the ledger answers, so its commits are still waiting.
+      throw new Error(`${error.message.replace(/\.+$/, '')}. Commits waiting in ${values['commit-journal']} stay there and are applied at the next start that reaches Redis`, {
+        cause: error,
+      });
+    }
     if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
     console.error(`tollgate: port ${port} on ${values.host} is already in use; stop the process that listens there, or pick another port with --port PORT (--port 0 picks a free one)`);
     return 1;
