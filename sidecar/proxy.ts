@@ -615,6 +615,8 @@ export class Proxy {
       maxUnits,
       ttlSeconds: this.options.holdTtlSeconds,
       fingerprint,
+      // Only a client's own id is fingerprinted, so an empty fingerprint marks a random id made for this request.
+      exclusiveId: fingerprint === '',
       limits: wallet.limits,
     };
   }
@@ -644,9 +646,10 @@ export class Proxy {
       case 'reserved':
         // A replayed reserve means that an earlier request with the same id and body has the hold: it is still being
         // served, or its sidecar stopped before settling it. Forwarding again would pay the provider twice.
-        // NOTE: an ioredis client sends a command again when the connection drops before its reply, unless the
-        // ledger opened it with a timeout. If Redis had run that reserve, the request itself gets this 409, and its
-        // hold waits for the sweeper (holdTtlSeconds).
+        // NOTE: an ioredis client sends a command again when the connection drops before its reply: a Cluster
+        // client always, and a single-server client when the ledger has no timeout. If Redis had run that reserve,
+        // a request with the client's own id gets this 409, and its hold waits for the sweeper (holdTtlSeconds).
+        // A request with the sidecar's random id takes the hold as its own (HoldRequest.exclusiveId).
         if (result.replayed) {
           throw new ProxyError(
             409,

@@ -191,6 +191,39 @@ describe('RedisLedger across the masters of a Redis Cluster', () => {
     expect(await slow.reserve(wallet, 'late', hold(300n))).toEqual({ status: 'reserved', amount: 300n, units: 0, replayed: false });
   });
 
+  it('takes a resent reserve of its own id as its own', async () => {
+    const own = connectCluster();
+    const resending = new ClusterLedger(own, { timeoutMs: 2000 });
+    const [port, wallet] = [...(await findWalletPerMaster('resent'))][0]!;
+    const busy = new Redis(port, '127.0.0.1');
+    const killer = new Redis(port, '127.0.0.1');
+    busy.on('error', () => {});
+    try {
+      await resending.credit(wallet, 'g', 1000n);
+      // Loads the reserve script on the master, so that the reserve below is one EVALSHA.
+      await resending.reserve(wallet, 'warm-up', hold(1n));
+      await resending.release(wallet, 'warm-up');
+      await killer.ping();
+
+      // A script keeps the master busy for 300 ms. The reserve and then a CLIENT KILL arrive meanwhile, so Redis runs
+      // the reserve and closes its connection before the reply, and the Cluster client sends the reserve again.
+      const spin = "local t = redis.call('TIME'); local s = t[1] * 1000000 + t[2]; repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 300000; return 1";
+      const spinning = busy.eval(spin, 0).catch(() => undefined);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      const reserving = resending.reserve(wallet, 'random-id', { ...hold(300n), fingerprint: '', exclusiveId: true });
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      expect(await killer.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes')).toBeGreaterThan(0);
+      await spinning;
+
+      expect(await reserving).toEqual({ status: 'reserved', amount: 300n, units: 0, replayed: false });
+      expect(await resending.state(wallet)).toMatchObject({ reserved: 300n, holds: 1 });
+    } finally {
+      busy.disconnect();
+      killer.disconnect();
+      await resending.quit();
+    }
+  });
+
   it('admits exactly 37 of 200 reserves over three Cluster clients', async () => {
     const price = 1_000_000n;
     const wallet = { namespace: 'concurrency', name: 'three-clients' };

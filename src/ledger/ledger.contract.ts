@@ -246,6 +246,19 @@ export function describeLedgerContract(name: string, makeLedger: LedgerFactory):
         expect(state.holds).toBe(1);
       });
 
+      it('returns the hold of an exclusive id as its own', async () => {
+        const wallet = await fundedWallet(1000n);
+        const hold = fixedHold(0n, { fixed: 10n, perUnit: 3n, minUnits: 1, maxUnits: 100, fingerprint: '', exclusiveId: true });
+
+        expect(await ledger.reserve(wallet, 'random-id', hold)).toEqual({ status: 'reserved', amount: 310n, units: 100, replayed: false });
+        // The same call sent again, as a Redis client does after a lost connection: the hold is this call's, not another request's.
+        expect(await ledger.reserve(wallet, 'random-id', hold)).toEqual({ status: 'reserved', amount: 310n, units: 100, replayed: false });
+
+        const state = await ledger.state(wallet);
+        expect(state.reserved).toBe(310n);
+        expect(state.holds).toBe(1);
+      });
+
       it('rejects a reused id with another fingerprint', async () => {
         const wallet = await fundedWallet(1000n);
         await ledger.reserve(wallet, 'req', fixedHold(100n, { fingerprint: 'first' }));

@@ -86,6 +86,13 @@ export interface HoldRequest {
   ttlSeconds: number;
   /** A digest of the request; a reused request id with another digest is a conflict. */
   fingerprint: string;
+  /**
+   * Whether the caller made up the request id for this one call, as a random
+   * id. An open hold found under such an id was placed by this same call,
+   * whose command the Redis client sent again after a lost connection, so
+   * the reserve returns it as this call's own (`replayed: false`).
+   */
+  exclusiveId?: boolean;
   limits?: SpendLimits;
 }
 

@@ -193,7 +193,7 @@ export class MemoryLedger implements Ledger {
     const open = account.holds.get(requestId);
     if (open) {
       if (open.fingerprint !== hold.fingerprint) return { status: 'conflict', reason: 'fingerprint_mismatch' };
-      return { status: 'reserved', amount: open.amount, units: open.units, replayed: true };
+      return { status: 'reserved', amount: open.amount, units: open.units, replayed: hold.exclusiveId !== true };
     }
     const settled = account.settled.get(requestId);
     if (settled) {

@@ -373,7 +373,7 @@ export class RedisLedger implements Ledger {
       String(EXPIRED_HOLDS_SETTLED_PER_RESERVE),
       this.#retentionText,
       deadline,
-    ], { onLateReply: (late) => this.#releaseAbandonedHold(wallet, requestId, late as string[]) });
+    ], { onLateReply: (late) => this.#releaseAbandonedHold(wallet, requestId, hold, late as string[]) });
     if ((reply as string[])[0] === 'late') {
       // The reply came before this process's own timeout, so the offset no longer matches the server's clock (a
       // clock step on its host). The next reserve measures it again.
@@ -383,7 +383,10 @@ export class RedisLedger implements Ledger {
           "Check that Redis is not blocked by a long command or a persistence fork; if its host's clock was stepped, the next reserve measures it again",
       );
     }
-    return parseReserveReply(reply as string[]);
+    const result = parseReserveReply(reply as string[]);
+    // ioredis sends a Cluster command again when its connection closed before the reply, so a reserve can find its own hold.
+    if (result.status === 'reserved' && result.replayed && hold.exclusiveId === true) return { ...result, replayed: false };
+    return result;
   }
 
   /**
@@ -393,12 +396,13 @@ export class RedisLedger implements Ledger {
    * That caller returned an error for its request and forwards nothing, so
    * the hold would keep the wallet's funds until the sweeper expires it, and
    * a retry under the same request id would be rejected as in progress. A
-   * replayed reserve found an earlier request's hold, which stays.
+   * replayed reserve found an earlier request's hold, which stays, unless
+   * the id is the caller's own (HoldRequest.exclusiveId).
    */
-  #releaseAbandonedHold(wallet: WalletKey, requestId: string, reply: string[]): void {
-    if (reply[0] !== 'reserved' || reply[3] === '1') return;
+  #releaseAbandonedHold(wallet: WalletKey, requestId: string, hold: HoldRequest, reply: string[]): Promise<void> | undefined {
+    if (reply[0] !== 'reserved' || (reply[3] === '1' && hold.exclusiveId !== true)) return undefined;
     const fields = { wallet: walletId(wallet), requestId, amount: reply[1] };
-    this.release(wallet, requestId).then(
+    return this.release(wallet, requestId).then(
       (released) => this.#logger?.info({ ...fields, release: released.status }, 'released the hold of a reserve that Redis answered after its timeout'),
       (error: unknown) =>
         this.#logger?.warn({ ...fields, err: error }, 'failed to release the hold of a reserve that Redis answered after its timeout; the sweeper releases it when it expires'),
