@@ -399,6 +399,38 @@ describe('RedisLedger on a connection whose replies come late', () => {
   });
 });
 
+describe('RedisLedger quitting while a reply is late', () => {
+  it('releases the hold before it quits', { timeout: 30_000 }, async () => {
+    const server = await startRedis();
+    const relay = new Relay(server.port);
+    const wallet = { namespace: 'slow', name: 'quitting' };
+    const warnings: object[] = [];
+    const logger = { info: () => {}, warn: (details: object) => warnings.push(details) };
+    const observer = new RedisLedger(server.url);
+    try {
+      await relay.open();
+      const ledger = new RedisLedger(`redis://127.0.0.1:${relay.port}`, { timeoutMs: 200, logger });
+      await ledger.credit(wallet, 'g', 1000n);
+      // The first reserve reads the server's clock, so this one makes the reserve below a single round trip.
+      await ledger.reserve(wallet, 'first', hold(100n));
+      await ledger.release(wallet, 'first');
+
+      relay.replyDelayMs = 300;
+      expect(await failure(ledger.reserve(wallet, 'late', hold(300n)))).toBeInstanceOf(LedgerTimeoutError);
+      relay.replyDelayMs = 0;
+      // The process stops before the reply arrives, as a sidecar that gets SIGTERM during a slow moment.
+      await ledger.quit();
+
+      expect(warnings).toEqual([]);
+      expect(await observer.state(wallet)).toMatchObject({ balance: 1000n, reserved: 0n, holds: 0 });
+    } finally {
+      await observer.quit();
+      await relay.close();
+      await server.stop();
+    }
+  });
+});
+
 describe('RedisLedger without a server', () => {
   it('raises LedgerUnavailableError after Redis stops', { timeout: 30_000 }, async () => {
     const server = await startRedis();

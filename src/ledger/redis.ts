@@ -107,8 +107,8 @@ interface ScriptOptions {
   keys?: readonly string[];
   /** The operation that error messages name; by default the script's (OPERATIONS). */
   operation?: string;
-  /** Receives the reply of a call that timed out, when it comes after all. */
-  onLateReply?: (reply: unknown) => void;
+  /** Receives the reply of a call that timed out, when it comes after all; quit waits for the promise it returns. */
+  onLateReply?: (reply: unknown) => Promise<void> | undefined;
 }
 
 const READ_ONLY_SCRIPTS = new Set<ScriptCommand>(['tollgateState', 'tollgateSnapshot']);
@@ -261,6 +261,8 @@ export class RedisLedger implements Ledger {
   readonly #retentionText: string;
   readonly #timeoutMs: number;
   readonly #logger: ConnectionLogger | undefined;
+  /** Timed-out calls whose late reply, and the release it may need, quit waits for. */
+  readonly #lateReplies = new Set<Promise<void>>();
   /** The state of the connection that the ledger opened from a URL, or undefined for a caller's client, on which the ledger does not listen. */
   readonly #connection: WatchedConnection | undefined;
   /** Whether the connection's socket is corked until the check phase. */
@@ -593,6 +595,11 @@ export class RedisLedger implements Ledger {
   }
 
   async quit(): Promise<void> {
+    // A release sent after QUIT would fail, and its hold would wait for the sweeper.
+    if (this.#lateReplies.size > 0 && this.#timeoutMs !== 0) {
+      const waited = new Promise((resolve) => setTimeout(resolve, this.#timeoutMs).unref());
+      await Promise.race([Promise.allSettled([...this.#lateReplies]), waited]);
+    }
     if (!this.#ownsClient) return;
     if (this.#client.status === 'ready') {
       const closing = this.#client.quit();
@@ -701,7 +708,7 @@ export class RedisLedger implements Ledger {
    * Runs one Redis call within the ledger's timeout. When the call times out
    * and its reply comes later, `onLateReply` gets that reply.
    */
-  async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>, onLateReply?: (reply: T) => void): Promise<T> {
+  async #call<T>(wallet: WalletKey, operation: string, run: () => Promise<T>, onLateReply?: (reply: T) => Promise<void> | undefined): Promise<T> {
     let pending: Promise<T> | undefined;
     try {
       pending = run();
@@ -710,7 +717,7 @@ export class RedisLedger implements Ledger {
       return result;
     } catch (error) {
       if (error instanceof DeadlineExceeded) {
-        if (onLateReply !== undefined) pending?.then(onLateReply, () => undefined);
+        if (onLateReply !== undefined && pending !== undefined) this.#awaitLateReply(pending, onLateReply);
         this.#dropSilentConnection();
         throw this.#timedOut(operation, wallet, error);
       }
@@ -719,6 +726,16 @@ export class RedisLedger implements Ledger {
       const down = reason === undefined ? this.#connection : undefined;
       throw asLedgerError(error, operation, wallet, this.#address(), reason ?? down?.lastError, down?.lastAdvice);
     }
+  }
+
+  /** Passes a timed-out call's reply to `onLateReply` when it arrives, and keeps the work pending for quit. */
+  #awaitLateReply<T>(pending: Promise<T>, onLateReply: (reply: T) => Promise<void> | undefined): void {
+    const settled = pending.then(onLateReply).then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#lateReplies.add(settled);
+    void settled.finally(() => this.#lateReplies.delete(settled));
   }
 
   /**
