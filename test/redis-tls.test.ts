@@ -294,6 +294,24 @@ describe('RedisLedger with renewed TLS files', () => {
     }
   });
 
+  it('notices files renewed before the watch starts', async () => {
+    const logged: object[] = [];
+    const logger = { info: (details: object) => logged.push(details), warn: (details: object) => logged.push(details) };
+    await installFiles(certs);
+    const tls = loadRedisTls(rotating.tlsUrl!, files, REDIS_TLS_ENV)!;
+    // The sidecar loads the files, then waits for its configuration before the watch starts; a renewal can land between.
+    await installFiles(other);
+    const stopWatch = watchRedisTls(tls, logger, 20);
+    try {
+      await waitForLog(logged, 1);
+      expect(logged).toHaveLength(1);
+      expect(tls.ca).toBe(await readFile(other.caFile, 'utf8'));
+      expect(tls.cert).toBe(await readFile(other.clientCertFile, 'utf8'));
+    } finally {
+      stopWatch();
+    }
+  });
+
   it('keeps the previous files while the new ones do not fit', async () => {
     const logged: object[] = [];
     const warnings: Array<{ err: Error; files: string[] }> = [];

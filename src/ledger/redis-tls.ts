@@ -80,15 +80,20 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
   }
 
   const options: ConnectionOptions = {};
+  // A digest of exactly what was read, so that watchRedisTls also notices files replaced since then.
+  const contents = createHash('sha256');
   if (caFile !== undefined) {
     const ca = readPem(caFile, names.caFile, 'CA certificate');
+    contents.update(ca).update('\0');
     checkCertificates(ca, caFile, names.caFile, 'the CA certificate');
     options.ca = ca;
   }
   if (certFile !== undefined && keyFile !== undefined) {
     const cert = readPem(certFile, names.certFile, 'client certificate');
+    contents.update(cert).update('\0');
     checkCertificates(cert, certFile, names.certFile, 'the client certificate');
     const key = readPem(keyFile, names.keyFile, 'private key');
+    contents.update(key).update('\0');
     if (!PEM_PRIVATE_KEY.test(key)) {
       throw new RangeError(`${names.keyFile} "${keyFile}" contains no PEM private key (a "-----BEGIN PRIVATE KEY-----" block); give the client certificate's key in PEM format, unencrypted`);
     }
@@ -106,7 +111,7 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
       { cause: error },
     );
   }
-  sources.set(options, { url, files: { caFile, certFile, keyFile }, names });
+  sources.set(options, { url, files: { caFile, certFile, keyFile }, names, digest: contents.digest('hex') });
   return options;
 }
 
@@ -119,8 +124,8 @@ export interface RedisTlsLogger {
   info(details: Record<string, unknown>, message: string): void;
 }
 
-/** The URL, files and setting names that loadRedisTls read each options object from, for watchRedisTls. */
-const sources = new WeakMap<ConnectionOptions, { url: string; files: RedisTlsFiles; names: RedisTlsSettingNames }>();
+/** The URL, files and setting names that loadRedisTls read each options object from, and a digest of their contents, for watchRedisTls. */
+const sources = new WeakMap<ConnectionOptions, { url: string; files: RedisTlsFiles; names: RedisTlsSettingNames; digest: string }>();
 
 /**
  * Reads the TLS files of `options` (a result of loadRedisTls) again every
@@ -139,7 +144,7 @@ export function watchRedisTls(options: ConnectionOptions, logger: RedisTlsLogger
   if (source === undefined) throw new TypeError('watchRedisTls takes the options that loadRedisTls returned');
   const { url, files, names } = source;
   const paths = [files.caFile, files.certFile, files.keyFile].filter((file): file is string => Boolean(file));
-  let seen = fingerprintFiles(paths);
+  let seen = source.digest;
 
   const check = () => {
     const current = fingerprintFiles(paths);
@@ -163,12 +168,12 @@ export function watchRedisTls(options: ConnectionOptions, logger: RedisTlsLogger
   return () => clearInterval(timer);
 }
 
-/** Returns a digest of the files' contents, with the error code in place of a file that cannot be read. */
+/** Returns a digest of the files' contents as loadRedisTls computes it, with the error code in place of a file that cannot be read. */
 function fingerprintFiles(paths: string[]): string {
   const hash = createHash('sha256');
   for (const file of paths) {
     try {
-      hash.update(readFileSync(file));
+      hash.update(readFileSync(file, 'utf8'));
     } catch (error) {
       hash.update(`unreadable:${(error as NodeJS.ErrnoException).code ?? 'error'}`);
     }
