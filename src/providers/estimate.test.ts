@@ -104,10 +104,9 @@ describe('estimatePromptFromBody', () => {
     expect(estimatePromptFromBody({ requests: [item, { ...item, content: { parts: [{ text: 'a b c d e f' }] } }] })).toBe(7);
   });
 
-  it('leaves out generation settings and stop sequences', () => {
+  it('leaves out option settings and stop sequences', () => {
     const gemini = {
       contents: [{ parts: [{ text: 'Tell me a long story.' }] }],
-      generationConfig: { responseMimeType: 'application/json', stopSequences: ['THE END'] },
       safetySettings: [{ category: 'HARM_CATEGORY_HARASSMENT', threshold: 'BLOCK_NONE' }],
       toolConfig: { functionCallingConfig: { mode: 'AUTO' } },
     };
@@ -116,6 +115,13 @@ describe('estimatePromptFromBody', () => {
     expect(estimatePromptFromBody(openai)).toBe(7);
     const anthropic = { messages: [{ role: 'user', content: 'Tell me a long story.' }], stop_sequences: ['END'], tool_choice: { type: 'auto' } };
     expect(estimatePromptFromBody(anthropic)).toBe(7);
+  });
+
+  it('counts a Gemini response schema', () => {
+    const schema = { type: 'OBJECT', properties: { answer: { type: 'STRING', description: 'The answer in one sentence' } } };
+    const body = { contents: [{ parts: [{ text: 'Tell me a long story.' }] }], generationConfig: { responseMimeType: 'application/json', responseSchema: schema } };
+    // The text 6; "application/json" 4; OBJECT 2, STRING 2 and the description 7.
+    expect(estimatePromptFromBody(body)).toBe(21);
   });
 });
 

@@ -58,8 +58,10 @@ export function estimateTokensFromText(text: string): number {
 /**
  * Top-level request fields whose text is not sent to the model: the model
  * name, fields for the caller's own records, settings that name options
- * rather than carry text (the Responses API's, Gemini's configuration and
- * embedding task type), and stop sequences.
+ * rather than carry text (the Responses API's, Gemini's safety and tool
+ * settings and embedding task type), and stop sequences. Gemini's
+ * generationConfig still counts, because its response schema is prompt
+ * input.
  */
 const NON_PROMPT_FIELDS = new Set([
   'model',
@@ -77,8 +79,6 @@ const NON_PROMPT_FIELDS = new Set([
   'stop_sequences',
   'encoding_format',
   'modalities',
-  'generationConfig',
-  'generation_config',
   'safetySettings',
   'safety_settings',
   'toolConfig',
