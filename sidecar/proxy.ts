@@ -646,10 +646,11 @@ export class Proxy {
       case 'reserved':
         // A replayed reserve means that an earlier request with the same id and body has the hold: it is still being
         // served, or its sidecar stopped before settling it. Forwarding again would pay the provider twice.
-        // NOTE: an ioredis client sends a command again when the connection drops before its reply: a Cluster
-        // client always, and a single-server client when the ledger has no timeout. If Redis had run that reserve,
-        // a request with the client's own id gets this 409, and its hold waits for the sweeper (holdTtlSeconds).
-        // A request with the sidecar's random id takes the hold as its own (HoldRequest.exclusiveId).
+        // NOTE: an ioredis client can send a command again when the connection drops before its reply: a Cluster
+        // client by default (retryDelayOnFailover), and a single-server client when the ledger has no timeout. If
+        // Redis had run that reserve, a request with the client's own id gets this 409, and its hold waits for the
+        // sweeper (holdTtlSeconds). A request with the sidecar's random id takes the hold as its own
+        // (HoldRequest.exclusiveId).
         if (result.replayed) {
           throw new ProxyError(
             409,
