@@ -314,8 +314,8 @@ describe('RedisLedger with renewed TLS files', () => {
 
   it('keeps the previous files while the new ones do not fit', async () => {
     const logged: object[] = [];
-    const warnings: Array<{ err: Error; files: string[] }> = [];
-    const logger = { info: (details: object) => logged.push(details), warn: (details: object) => warnings.push(details as { err: Error; files: string[] }) };
+    const warnings: Array<{ reason: string; files: string[] }> = [];
+    const logger = { info: (details: object) => logged.push(details), warn: (details: object) => warnings.push(details as { reason: string; files: string[] }) };
     await installFiles(certs);
     const tls = loadRedisTls(rotating.tlsUrl!, files, REDIS_TLS_ENV)!;
     const before = { ...tls };
@@ -329,7 +329,7 @@ describe('RedisLedger with renewed TLS files', () => {
       await new Promise((resolve) => setTimeout(resolve, 200));
 
       expect(warnings).toHaveLength(1);
-      expect(warnings[0]!.err.message).toMatch(/^the Redis TLS files \(.*\) cannot be used: .*; check that TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE belong together/);
+      expect(warnings[0]!.reason).toMatch(/^the Redis TLS files \(.*\) cannot be used: .*; check that TOLLGATE_REDIS_CERT_FILE and TOLLGATE_REDIS_KEY_FILE belong together/);
       expect(logged).toEqual([]);
       expect(tls).toEqual(before);
 

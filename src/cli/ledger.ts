@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { compareEntryIds, validateEntryId, type Checkpoint, type EntriesOptions, type Ledger, type WalletKey, type WalletState } from '../ledger/ledger.ts';
 import { RedisLedger } from '../ledger/redis.ts';
 import { parseRedisUrl } from '../ledger/redis-connect.ts';
-import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, rejectEmptyOptions, type RedisTlsFiles, type RedisTlsSettingNames } from '../ledger/redis-tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, RedisTlsFileError, rejectEmptyOptions, type RedisTlsFiles, type RedisTlsSettingNames } from '../ledger/redis-tls.ts';
 import { parseCutoffMs } from '../ledger/retention.ts';
 import { formatAmount } from '../money/money.ts';
 
@@ -126,6 +126,11 @@ export async function runLedgerCommand(args: string[]): Promise<number> {
     tls = loadRedisTls(values.redis, tlsFiles, names);
     tlsSettingNames = names;
   } catch (error) {
+    // A file that cannot be used is no misuse of the command, so the usage text would only hide the message.
+    if (error instanceof RedisTlsFileError) {
+      console.error(error.message);
+      return 1;
+    }
     console.error(`${(error as Error).message}\n\n${LEDGER_USAGE}`);
     return 2;
   }

@@ -160,7 +160,7 @@ async function dev(args: string[]): Promise<number> {
   const { parseDurationMs, validateSettledRetention } = await import('../ledger/retention.ts');
   const { parseLedgerTimeout } = await import('../ledger/redis.ts');
   const { parseRedisUrl } = await import('../ledger/redis-connect.ts');
-  const { loadRedisTls, REDIS_TLS_OPTIONS, rejectEmptyOptions } = await import('../ledger/redis-tls.ts');
+  const { loadRedisTls, REDIS_TLS_OPTIONS, RedisTlsFileError, rejectEmptyOptions } = await import('../ledger/redis-tls.ts');
   try {
     if (values.redis !== undefined) parseRedisUrl(values.redis);
     const tlsFiles = { caFile: values['redis-ca'], certFile: values['redis-cert'], keyFile: values['redis-key'] };
@@ -181,7 +181,8 @@ async function dev(args: string[]): Promise<number> {
     if (values['commit-journal'] === '') throw new RangeError('invalid --commit-journal "": give the path of a file');
   } catch (error) {
     console.error((error as Error).message);
-    return 2;
+    // Exit status 2 means a misuse of the options; a TLS file that cannot be used is a failure like a missing Redis.
+    return error instanceof RedisTlsFileError ? 1 : 2;
   }
 
   // The sidecar is the top of the dependency tree, so the command loads it lazily.

@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestCertificates, type TestCertificates } from '../../test/support/tls.ts';
-import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, usesTls } from './redis-tls.ts';
+import { createExpiredClientCertificate, createTestCertificates, type TestCertificates } from '../../test/support/tls.ts';
+import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, RedisTlsFileError, usesTls } from './redis-tls.ts';
 
 let certs: TestCertificates;
 let other: TestCertificates;
@@ -61,10 +61,10 @@ describe('loadRedisTls', () => {
   it('names a file it cannot read', () => {
     const missing = path.join(certs.dir, 'missing.crt');
     expect(() => loadRedisTls(TLS_URL, { caFile: missing }, REDIS_TLS_OPTIONS)).toThrow(
-      new RangeError(`cannot read the CA certificate file "${missing}" given by --redis-ca (ENOENT); check the path and that the file is readable`),
+      new RedisTlsFileError(`cannot read the CA certificate file "${missing}" given by --redis-ca (ENOENT); check the path and that the file is readable`),
     );
     expect(() => loadRedisTls(TLS_URL, { certFile: certs.clientCertFile, keyFile: certs.dir }, REDIS_TLS_ENV)).toThrow(
-      new RangeError(
+      new RedisTlsFileError(
         `cannot read the private key file "${certs.dir}" given by TOLLGATE_REDIS_KEY_FILE (EISDIR); check the path and that the file is readable`,
       ),
     );
@@ -72,7 +72,7 @@ describe('loadRedisTls', () => {
 
   it('names a file that contains no PEM of its kind', () => {
     expect(() => loadRedisTls(TLS_URL, { caFile: certs.clientKeyFile }, REDIS_TLS_OPTIONS)).toThrow(
-      new RangeError(
+      new RedisTlsFileError(
         `--redis-ca "${certs.clientKeyFile}" contains no PEM certificate (a "-----BEGIN CERTIFICATE-----" block); give the CA certificate in PEM format`,
       ),
     );
@@ -80,7 +80,7 @@ describe('loadRedisTls', () => {
       `--redis-cert "${certs.clientKeyFile}" contains no PEM certificate`,
     );
     expect(() => loadRedisTls(TLS_URL, { certFile: certs.clientCertFile, keyFile: certs.clientCertFile }, REDIS_TLS_OPTIONS)).toThrow(
-      new RangeError(
+      new RedisTlsFileError(
         `--redis-key "${certs.clientCertFile}" contains no PEM private key (a "-----BEGIN PRIVATE KEY-----" block); ` +
           "give the client certificate's key in PEM format, unencrypted",
       ),
@@ -89,11 +89,41 @@ describe('loadRedisTls', () => {
 
   it('refuses a key that does not belong to the certificate', () => {
     expect(() => loadRedisTls(TLS_URL, { certFile: certs.clientCertFile, keyFile: other.clientKeyFile }, REDIS_TLS_OPTIONS)).toThrow(
-      new RangeError(
+      new RedisTlsFileError(
         `the Redis TLS files (${certs.clientCertFile}, ${other.clientKeyFile}) cannot be used: ` +
           'error:05800074:x509 certificate routines::key values mismatch; ' +
           'check that --redis-cert and --redis-key belong together and that each file is valid PEM',
       ),
+    );
+  });
+
+  it('refuses a CA bundle whose last certificate is cut off', async () => {
+    const bundle = path.join(certs.dir, 'half-written.crt');
+    const second = readFileSync(other.caFile, 'utf8');
+    await writeFile(bundle, readFileSync(certs.caFile, 'utf8') + second.slice(0, second.length / 2));
+    const load = () => loadRedisTls(TLS_URL, { caFile: bundle }, REDIS_TLS_OPTIONS);
+    expect(load).toThrow(RedisTlsFileError);
+    expect(load).toThrow(
+      `--redis-ca "${bundle}": certificate 2 of 2 is incomplete (it has no "-----END CERTIFICATE-----" line); ` +
+        'give the CA certificate as complete PEM, or wait until the file is written in full',
+    );
+  });
+
+  it('names a key file that is cut off', async () => {
+    const key = path.join(certs.dir, 'half-written.key');
+    const full = readFileSync(certs.clientKeyFile, 'utf8');
+    await writeFile(key, full.slice(0, full.length / 2));
+    const load = () => loadRedisTls(TLS_URL, { certFile: certs.clientCertFile, keyFile: key }, REDIS_TLS_ENV);
+    expect(load).toThrow(RedisTlsFileError);
+    expect(load).toThrow(new RegExp(`^TOLLGATE_REDIS_KEY_FILE "${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}": the private key cannot be parsed \\(.+\\); give the client certificate's key in PEM format, complete and unencrypted$`));
+  });
+
+  it('refuses an expired client certificate', async () => {
+    const expired = await createExpiredClientCertificate(certs);
+    const load = () => loadRedisTls(TLS_URL, { certFile: expired.certFile, keyFile: expired.keyFile }, REDIS_TLS_OPTIONS);
+    expect(load).toThrow(RedisTlsFileError);
+    expect(load).toThrow(
+      `--redis-cert "${expired.certFile}": the client certificate expired at 2025-02-01T00:00:00.000Z, so Redis would reject it; give a certificate that is valid now`,
     );
   });
 

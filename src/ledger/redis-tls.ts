@@ -14,7 +14,7 @@
  * into the mounted Secret, is used by the next connection.
  */
 
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import type { ConnectionOptions } from 'node:tls';
@@ -47,6 +47,14 @@ export const REDIS_TLS_ENV: RedisTlsSettingNames = {
   keyFile: 'TOLLGATE_REDIS_KEY_FILE',
 };
 
+/**
+ * Raised by loadRedisTls for a TLS file that cannot be read or used, as
+ * opposed to settings that do not go together (a RangeError).
+ */
+export class RedisTlsFileError extends RangeError {
+  override name = 'RedisTlsFileError';
+}
+
 const PEM_CERTIFICATE = '-----BEGIN CERTIFICATE-----';
 const PEM_CERTIFICATE_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 const PEM_PRIVATE_KEY = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
@@ -55,9 +63,11 @@ const PEM_PRIVATE_KEY = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
  * Reads and checks the TLS files for a ledger URL. Returns undefined when no
  * file is set, else the options for Node.js's `tls.connect`, which the
  * ledger passes to every connection, to each node of a cluster too. Throws
- * a RangeError that names the setting and the fix when a file cannot be
- * read or contains no PEM of its kind, when the certificate and the key are
- * not given together or do not fit, or when the URL does not use TLS.
+ * a RedisTlsFileError when a file cannot be read or used (an incomplete or
+ * unparsable block, an expired client certificate, a key that does not fit),
+ * and a RangeError for settings that do not go together (a certificate
+ * without its key, files with a URL without TLS). Each names the setting
+ * and the fix.
  */
 export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsSettingNames): ConnectionOptions | undefined {
   const caFile = files.caFile || undefined;
@@ -95,8 +105,17 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
     const key = readPem(keyFile, names.keyFile, 'private key');
     contents.update(key).update('\0');
     if (!PEM_PRIVATE_KEY.test(key)) {
-      throw new RangeError(`${names.keyFile} "${keyFile}" contains no PEM private key (a "-----BEGIN PRIVATE KEY-----" block); give the client certificate's key in PEM format, unencrypted`);
+      throw new RedisTlsFileError(`${names.keyFile} "${keyFile}" contains no PEM private key (a "-----BEGIN PRIVATE KEY-----" block); give the client certificate's key in PEM format, unencrypted`);
     }
+    try {
+      createPrivateKey(key);
+    } catch (error) {
+      throw new RedisTlsFileError(
+        `${names.keyFile} "${keyFile}": the private key cannot be parsed (${(error as Error).message}); give the client certificate's key in PEM format, complete and unencrypted`,
+        { cause: error },
+      );
+    }
+    rejectExpired(cert, certFile, names.certFile);
     options.cert = cert;
     options.key = key;
   }
@@ -105,7 +124,7 @@ export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsS
     createSecureContext(options);
   } catch (error) {
     const given = [caFile, certFile, keyFile].filter((file) => file !== undefined).join(', ');
-    throw new RangeError(
+    throw new RedisTlsFileError(
       `the Redis TLS files (${given}) cannot be used: ${(error as Error).message}; ` +
         `check that ${names.certFile} and ${names.keyFile} belong together and that each file is valid PEM`,
       { cause: error },
@@ -154,7 +173,8 @@ export function watchRedisTls(options: ConnectionOptions, logger: RedisTlsLogger
     try {
       loaded = loadRedisTls(url, files, names);
     } catch (error) {
-      logger.warn({ err: error, files: paths }, 'the Redis TLS files changed but cannot be used, so new connections keep the previous ones; fix the files');
+      // The message names the file and the fix; a stack trace would add nothing to a configuration error.
+      logger.warn({ reason: (error as Error).message, files: paths }, 'the Redis TLS files changed but cannot be used, so new connections keep the previous ones; fix the files');
       return;
     }
     // The same files are set as at start, so `loaded` has the same fields as `options`.
@@ -206,14 +226,22 @@ export function usesTls(url: string): boolean {
  */
 function checkCertificates(pem: string, file: string, setting: string, what: string): void {
   const blocks = pem.match(PEM_CERTIFICATE_BLOCK) ?? [];
+  // A block without its END line, as in a file still being written, would be skipped like an unparsable one.
+  const begun = pem.split(PEM_CERTIFICATE).length - 1;
+  if (begun > blocks.length) {
+    throw new RedisTlsFileError(
+      `${setting} "${file}": certificate ${blocks.length + 1} of ${begun} is incomplete (it has no "-----END CERTIFICATE-----" line); ` +
+        `give ${what} as complete PEM, or wait until the file is written in full`,
+    );
+  }
   if (blocks.length === 0) {
-    throw new RangeError(`${setting} "${file}" contains no PEM certificate (a "${PEM_CERTIFICATE}" block); give ${what} in PEM format`);
+    throw new RedisTlsFileError(`${setting} "${file}" contains no PEM certificate (a "${PEM_CERTIFICATE}" block); give ${what} in PEM format`);
   }
   blocks.forEach((block, index) => {
     try {
       new X509Certificate(block);
     } catch (error) {
-      throw new RangeError(
+      throw new RedisTlsFileError(
         `${setting} "${file}": certificate ${index + 1} of ${blocks.length} cannot be parsed (${(error as Error).message}); give ${what} in PEM format`,
         { cause: error },
       );
@@ -221,12 +249,22 @@ function checkCertificates(pem: string, file: string, setting: string, what: str
   });
 }
 
+/** Throws when the client certificate (the first block of the chain) has expired, because Redis rejects it at every connection. */
+function rejectExpired(pem: string, file: string, setting: string): void {
+  const first = pem.match(PEM_CERTIFICATE_BLOCK)![0];
+  const expires = new Date(new X509Certificate(first).validTo);
+  if (expires.getTime() > Date.now()) return;
+  throw new RedisTlsFileError(
+    `${setting} "${file}": the client certificate expired at ${expires.toISOString()}, so Redis would reject it; give a certificate that is valid now`,
+  );
+}
+
 function readPem(file: string, setting: string, what: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    throw new RangeError(`cannot read the ${what} file "${file}" given by ${setting} (${reason}); check the path and that the file is readable`, {
+    throw new RedisTlsFileError(`cannot read the ${what} file "${file}" given by ${setting} (${reason}); check the path and that the file is readable`, {
       cause: error,
     });
   }

@@ -62,6 +62,28 @@ export async function createTestCertificates(name = 'tollgate-test', serverNames
   };
 }
 
+/**
+ * Issues a client certificate that the CA in `certs` signed and that expired
+ * on 1 February 2025, with `openssl ca`, the openssl command that sets the
+ * dates. Returns the paths of the certificate and its key, in `certs.dir`.
+ */
+export async function createExpiredClientCertificate(certs: TestCertificates): Promise<{ certFile: string; keyFile: string }> {
+  const file = (base: string) => path.join(certs.dir, base);
+  await openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', file('expired.key')]);
+  await writeFile(file('expired.cnf'), config('tollgate-expired', ['basicConstraints = critical,CA:FALSE', 'extendedKeyUsage = clientAuth']));
+  await openssl(['req', '-new', '-config', file('expired.cnf'), '-key', file('expired.key'), '-out', file('expired.csr')]);
+  await writeFile(file('index.txt'), '');
+  await writeFile(file('serial'), '1000\n');
+  const caConfig = ['[ca]', 'default_ca = test', '[test]', `database = ${file('index.txt')}`, `new_certs_dir = ${certs.dir}`, `serial = ${file('serial')}`,
+    'default_md = sha256', 'policy = any', '[any]', 'commonName = supplied', ''].join('\n');
+  await writeFile(file('ca-dates.cnf'), caConfig);
+  await openssl([
+    'ca', '-batch', '-config', file('ca-dates.cnf'), '-cert', certs.caFile, '-keyfile', file('ca.key'), '-in', file('expired.csr'),
+    '-out', file('expired.crt'), '-startdate', '20250101000000Z', '-enddate', '20250201000000Z',
+  ]);
+  return { certFile: file('expired.crt'), keyFile: file('expired.key') };
+}
+
 /** Writes `<base>.key` and `<base>.crt`, signed by the CA in the same directory. */
 async function issue(file: (base: string) => string, base: string, commonName: string, keyEncoding: 'sec1' | 'pkcs8', extensions: string[]): Promise<void> {
   await openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', file(keyEncoding === 'sec1' ? `${base}.key` : `${base}.ec`)]);
