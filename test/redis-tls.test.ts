@@ -17,7 +17,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 
 import { LedgerTimeoutError, LedgerUnavailableError, type WalletKey } from '../src/ledger/ledger.ts';
 import { keySlot, RedisLedger, walletKeys } from '../src/ledger/redis.ts';
@@ -25,7 +25,7 @@ import { loadRedisTls, REDIS_TLS_ENV, REDIS_TLS_OPTIONS, watchRedisTls, type Red
 import { startDevProcess } from './support/dev-process.ts';
 import { startRedis, type RunningRedis } from './support/redis.ts';
 import { startRedisCluster, type RunningRedisCluster } from './support/redis-cluster.ts';
-import { createTestCertificates, type TestCertificates } from './support/tls.ts';
+import { createExpiredClientCertificate, createTestCertificates, type TestCertificates } from './support/tls.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const run = promisify(execFile);
@@ -344,6 +344,76 @@ describe('RedisLedger with renewed TLS files', () => {
     } finally {
       stopWatch();
     }
+  });
+});
+
+describe('RedisLedger over TLS after its connection was up', () => {
+  let server: RunningRedis;
+
+  beforeEach(async () => {
+    server = await startRedis({ tls: { certFile: certs.serverCertFile, keyFile: certs.serverKeyFile, caFile: certs.caFile } });
+  });
+
+  afterEach(async () => {
+    server?.resume();
+    await server?.stop();
+  });
+
+  /** Returns the messages of `count` state calls made 250 ms apart. */
+  async function failures(ledger: RedisLedger, count: number): Promise<string[]> {
+    const messages: string[] = [];
+    for (let call = 0; call < count; call += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      messages.push(await ledger.state(wallet).then(() => 'ok', (error: Error) => error.message));
+    }
+    return messages;
+  }
+
+  it('names the rejected client certificate on every call', async () => {
+    const admin = new Redis(server.url);
+    await withLedger(ledgerFor(server.tlsUrl!, clientFiles()), async (ledger) => {
+      await ledger.credit(wallet, 'grant-1', 10n);
+      // The server stops trusting the client certificate's CA, and the open connection drops.
+      await admin.config('SET', 'tls-ca-cert-file', other.caFile);
+      await admin.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+
+      const messages = await failures(ledger, 10);
+      // Under TLS 1.3 the client may see the server's alert or the reset that follows it. Until the first attempt
+      // to connect again fails, a call's error says only that the connection is down.
+      const certificate = /Redis rejected the ledger's client certificate|If it rejected the client certificate/;
+      for (const message of messages) expect(message).toMatch(new RegExp(`${certificate.source}|the connection is down and the client is reconnecting`));
+      expect(messages.filter((message) => certificate.test(message)).length).toBeGreaterThanOrEqual(8);
+    }).finally(() => admin.disconnect());
+  });
+
+  it('names a client certificate that expired', async () => {
+    // A certificate that expires while the process runs: loadRedisTls refuses one that has expired already.
+    const expired = await createExpiredClientCertificate(certs);
+    const tls = { ca: await readFile(certs.caFile, 'utf8'), cert: await readFile(expired.certFile, 'utf8'), key: await readFile(expired.keyFile, 'utf8') };
+    const error = await creditError(new RedisLedger(server.tlsUrl!, { tls }));
+    expect(error.message).toMatch(
+      /(?:alert certificate expired\. Redis rejected the ledger's client certificate|ECONNRESET\. .*If it rejected the client certificate).* in TOLLGATE_REDIS_CERT_FILE/,
+    );
+  });
+
+  it('does not blame the port when the server stalls', async () => {
+    await withLedger(ledgerFor(server.tlsUrl!, clientFiles(), 200), async (ledger) => {
+      await ledger.credit(wallet, 'grant-1', 10n);
+      server.pause();
+      // Calls overlap, as a sidecar's do. After five timeouts the ledger drops the silent connection, the new one's
+      // handshake waits for the stalled server, and the calls sent before the drop time out meanwhile.
+      const calls: Array<Promise<string>> = [];
+      for (let call = 0; call < 30; call += 1) {
+        calls.push(ledger.state(wallet).then(() => 'ok', (error: Error) => error.message));
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const messages = await Promise.all(calls);
+      expect(messages.filter((message) => message.includes('got no answer')).length).toBeGreaterThan(5);
+      for (const message of messages) {
+        expect(message).not.toContain('TLS handshake');
+        expect(message).toMatch(/Check that Redis is running, reachable and not blocked|no reply from Redis for 5 ledger timeouts of 200 ms/);
+      }
+    });
   });
 });
 

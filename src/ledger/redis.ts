@@ -775,9 +775,15 @@ export class RedisLedger implements Ledger {
     );
   }
 
-  /** Returns whether the ledger's own single-server connection is connected over TCP but waits for the server's side of the TLS handshake. */
+  /**
+   * Returns whether the ledger's own single-server connection is connected
+   * over TCP but waits for the server's side of the TLS handshake, and was
+   * never ready. Once a connection was ready, the port serves TLS, and a
+   * handshake that waits means a stalled server.
+   */
   #inTlsHandshake(): boolean {
     if (!this.#ownsClient || !(this.#client instanceof Redis) || this.#client.status !== 'connecting') return false;
+    if (this.#connection?.connectedOnce === true) return false;
     const stream = this.#client.stream as Socket | undefined;
     return stream instanceof TLSSocket && !stream.connecting && !stream.destroyed;
   }
@@ -813,6 +819,8 @@ interface WatchedConnection {
   lastFromTls: boolean;
   /** The cluster's name for messages, such as "the Redis Cluster at seed 10.0.0.5:6379"; undefined for one server. */
   address: string | undefined;
+  /** Whether the client was ready once. Until then a failure is logged as a failed connection, not a lost one. */
+  connectedOnce: boolean;
 }
 
 /**
@@ -829,12 +837,16 @@ function watchConnection(
   logger: ConnectionLogger | undefined,
   security: ConnectionSecurity,
 ): WatchedConnection {
-  const connection: WatchedConnection = { lastError: undefined, lastAdvice: undefined, lastFromTls: false, address };
+  const connection: WatchedConnection = { lastError: undefined, lastAdvice: undefined, lastFromTls: false, address, connectedOnce: false };
   const cluster = client instanceof Cluster ? (address ?? 'the Redis Cluster') : undefined;
-  /** Whether the client was ready once. Until then a failure is logged as a failed connection, not a lost one. */
-  let connectedOnce = false;
   const lost = (error: Error, reason: string) => {
     const failing = connection.lastError !== undefined;
+    // ioredis reports its ready check, which it could not send on a connection that was closing, as a connection
+    // error. The cause, such as a TLS alert, comes as an error of its own, so this one is replaced by it.
+    if (error.message === OFFLINE_QUEUE_OFF) {
+      if (failing) return;
+      reason = 'the connection closed before Redis was ready';
+    }
     // Under TLS 1.3 the server's alert, such as "certificate required", can come just before the reset of the same
     // connection. The reset says less, so it does not replace the alert's reason.
     if (failing && connection.lastFromTls && isReset(error)) return;
@@ -843,7 +855,7 @@ function watchConnection(
     connection.lastFromTls = isTlsError(error);
     if (failing) return;
     const details = connection.lastAdvice === undefined ? { err: error } : { err: error, advice: connection.lastAdvice };
-    if (!connectedOnce) {
+    if (!connection.connectedOnce) {
       logger?.warn(details, `ledger cannot connect to ${cluster ?? 'Redis'}; ledger operations fail until it connects`);
       return;
     }
@@ -875,8 +887,8 @@ function watchConnection(
     client.on('error', (error: Error) => lost(error, describeConnectionError(error)));
   }
   client.on('ready', () => {
-    const first = !connectedOnce;
-    connectedOnce = true;
+    const first = !connection.connectedOnce;
+    connection.connectedOnce = true;
     if (connection.lastError === undefined) return;
     connection.lastError = undefined;
     connection.lastAdvice = undefined;
@@ -932,6 +944,8 @@ export function describeConnectionError(error: Error): string {
 
 /** ioredis's message for a command on a connection that closed. */
 const CONNECTION_CLOSED = 'Connection is closed.';
+/** ioredis's message for a command sent while disconnected, once failFastOnceReady turned its offline queue off. */
+const OFFLINE_QUEUE_OFF = "Stream isn't writeable and enableOfflineQueue options is false";
 
 /** The kind of the ledger's own connection, and the names of its TLS settings; for connectionAdvice. */
 interface ConnectionSecurity {
@@ -963,6 +977,20 @@ const REJECTED_CLIENT_CERTIFICATE_CODES = new Set([
   'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED',
   'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
 ]);
+
+/** OpenSSL's reasons for the alerts a server sends about the client's certificate, as OpenSSL 3 words them. */
+const CLIENT_CERTIFICATE_ALERT = /alert (unknown ca|bad certificate|certificate expired|certificate revoked|certificate unknown|unsupported certificate|certificate required)$/;
+
+/**
+ * Returns whether the server rejected or asked for the client certificate.
+ * Node.js derives the error code from OpenSSL's reason, which OpenSSL 3
+ * words "ssl/tls alert certificate expired" for some alerts, so the reason
+ * is checked too.
+ */
+function rejectsClientCertificate(error: Error): boolean {
+  const { code, reason } = error as Error & { code?: string; reason?: unknown };
+  return REJECTED_CLIENT_CERTIFICATE_CODES.has(code ?? '') || (typeof reason === 'string' && CLIENT_CERTIFICATE_ALERT.test(reason));
+}
 
 /** Returns whether an error is a reset of the connection by the peer. */
 function isReset(error: Error): boolean {
@@ -1002,7 +1030,7 @@ function connectionAdvice(error: Error, security: ConnectionSecurity): string | 
           'the node certificates must name those addresses.'
       : "The Redis server's TLS certificate does not name the host in the Redis URL: use a host name or address that the certificate names.";
   }
-  if (REJECTED_CLIENT_CERTIFICATE_CODES.has(code)) {
+  if (rejectsClientCertificate(error)) {
     return security.clientCertificate
       ? "Redis rejected the ledger's client certificate: check that a CA in redis-server's tls-ca-cert-file signed the " +
           `certificate in ${names.certFile}, and that it has not expired.`
@@ -1228,7 +1256,7 @@ function asLedgerError(
   // ioredis's advice to tune its retry option is meant for library users, not for Tollgate's operators, so it is dropped.
   const clientReason = message
     .replace(/\s*Refer to "maxRetriesPerRequest" option for details\.?/, '')
-    .replace(/^Stream isn't writeable and enableOfflineQueue options is false$/, 'the connection is down and the client is reconnecting');
+    .replace(OFFLINE_QUEUE_OFF, 'the connection is down and the client is reconnecting');
   const fromConnection = !isReply && connectionError !== undefined;
   const reason = (fromConnection ? connectionError : clientReason).replace(/\.+$/, '');
   return new LedgerUnavailableError(
