@@ -117,11 +117,13 @@ describe('estimatePromptFromBody', () => {
     expect(estimatePromptFromBody(anthropic)).toBe(7);
   });
 
-  it('counts a Gemini response schema', () => {
+  it('counts a Gemini response schema, not its options', () => {
     const schema = { type: 'OBJECT', properties: { answer: { type: 'STRING', description: 'The answer in one sentence' } } };
-    const body = { contents: [{ parts: [{ text: 'Tell me a long story.' }] }], generationConfig: { responseMimeType: 'application/json', responseSchema: schema } };
-    // The text 6; "application/json" 4; OBJECT 2, STRING 2 and the description 7.
-    expect(estimatePromptFromBody(body)).toBe(21);
+    const generationConfig = { responseMimeType: 'application/json', stopSequences: ['THE END'], responseModalities: ['TEXT'], responseSchema: schema };
+    const body = { contents: [{ parts: [{ text: 'Tell me a long story.' }] }], generationConfig };
+    // The text 6; OBJECT 2, STRING 2 and the description 7.
+    expect(estimatePromptFromBody(body)).toBe(17);
+    expect(estimatePromptFromBody({ ...body, generation_config: { response_json_schema: schema }, generationConfig: undefined })).toBe(17);
   });
 });
 

@@ -59,9 +59,9 @@ export function estimateTokensFromText(text: string): number {
  * Top-level request fields whose text is not sent to the model: the model
  * name, fields for the caller's own records, settings that name options
  * rather than carry text (the Responses API's, Gemini's safety and tool
- * settings and embedding task type), and stop sequences. Gemini's
- * generationConfig still counts, because its response schema is prompt
- * input.
+ * settings and embedding task type), and stop sequences. Of Gemini's
+ * generationConfig only the response schema counts (RESPONSE_SCHEMA_FIELDS),
+ * because the model reads it as input.
  */
 const NON_PROMPT_FIELDS = new Set([
   'model',
@@ -89,6 +89,10 @@ const NON_PROMPT_FIELDS = new Set([
   'task_type',
 ]);
 
+/** Gemini's generation settings, whose other fields name options, such as stop sequences and a MIME type. */
+const GENERATION_CONFIG_FIELDS = new Set(['generationConfig', 'generation_config']);
+const RESPONSE_SCHEMA_FIELDS = ['responseSchema', 'response_schema', 'responseJsonSchema', 'response_json_schema'];
+
 /**
  * Returns an estimate of the prompt tokens of a parsed request body, for
  * billing a response that arrives without usage (a stream the client left, an
@@ -109,6 +113,10 @@ export function estimatePromptFromBody(body: Record<string, unknown>): number {
     // Gemini's batchEmbedContents carries one embedContent body per item, each with its own model name.
     if (key === 'requests' && Array.isArray(value)) {
       for (const item of value) tokens += isBody(item) ? estimatePromptFromBody(item) : estimateStringTokens(item);
+      continue;
+    }
+    if (GENERATION_CONFIG_FIELDS.has(key)) {
+      if (isBody(value)) for (const field of RESPONSE_SCHEMA_FIELDS) tokens += estimateStringTokens(value[field]);
       continue;
     }
     tokens += estimateStringTokens(value);
