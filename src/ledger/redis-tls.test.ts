@@ -109,6 +109,16 @@ describe('loadRedisTls', () => {
     );
   });
 
+  it('names the first certificate when it is cut off', async () => {
+    const bundle = path.join(certs.dir, 'first-cut.crt');
+    const first = readFileSync(certs.caFile, 'utf8');
+    await writeFile(bundle, first.replace('-----END CERTIFICATE-----', '') + readFileSync(other.caFile, 'utf8'));
+    expect(() => loadRedisTls(TLS_URL, { caFile: bundle }, REDIS_TLS_OPTIONS)).toThrow(
+      `--redis-ca "${bundle}": certificate 1 of 2 is incomplete (it has no "-----END CERTIFICATE-----" line); ` +
+        'give the CA certificate as complete PEM, or wait until the file is written in full',
+    );
+  });
+
   it('names a key file that is cut off', async () => {
     const key = path.join(certs.dir, 'half-written.key');
     const full = readFileSync(certs.clientKeyFile, 'utf8');

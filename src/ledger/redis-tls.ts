@@ -56,6 +56,8 @@ export class RedisTlsFileError extends RangeError {
 }
 
 const PEM_CERTIFICATE = '-----BEGIN CERTIFICATE-----';
+const PEM_CERTIFICATE_BEGIN = /-----BEGIN CERTIFICATE-----/g;
+const PEM_CERTIFICATE_END = '-----END CERTIFICATE-----';
 const PEM_CERTIFICATE_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 const PEM_PRIVATE_KEY = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
 
@@ -227,13 +229,15 @@ export function usesTls(url: string): boolean {
 function checkCertificates(pem: string, file: string, setting: string, what: string): void {
   const blocks = pem.match(PEM_CERTIFICATE_BLOCK) ?? [];
   // A block without its END line, as in a file still being written, would be skipped like an unparsable one.
-  const begun = pem.split(PEM_CERTIFICATE).length - 1;
-  if (begun > blocks.length) {
+  const begins = [...pem.matchAll(PEM_CERTIFICATE_BEGIN)].map((match) => match.index);
+  begins.forEach((start, index) => {
+    const end = pem.indexOf(PEM_CERTIFICATE_END, start);
+    if (end !== -1 && end < (begins[index + 1] ?? Infinity)) return;
     throw new RedisTlsFileError(
-      `${setting} "${file}": certificate ${blocks.length + 1} of ${begun} is incomplete (it has no "-----END CERTIFICATE-----" line); ` +
+      `${setting} "${file}": certificate ${index + 1} of ${begins.length} is incomplete (it has no "${PEM_CERTIFICATE_END}" line); ` +
         `give ${what} as complete PEM, or wait until the file is written in full`,
     );
-  }
+  });
   if (blocks.length === 0) {
     throw new RedisTlsFileError(`${setting} "${file}" contains no PEM certificate (a "${PEM_CERTIFICATE}" block); give ${what} in PEM format`);
   }
