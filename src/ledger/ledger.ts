@@ -299,7 +299,11 @@ export interface Ledger {
   compact(wallet: WalletKey, beforeMs: number): Promise<CompactResult>;
   /** Yields the wallet's stream entries in order, reading a page at a time. */
   entries(wallet: WalletKey, options?: EntriesOptions): AsyncIterable<LedgerEntry>;
-  /** Releases the ledger's resources, such as a Redis connection it opened itself. */
+  /**
+   * Releases the ledger's resources, such as a Redis connection it opened
+   * itself. RedisLedger first waits for the late replies of calls that timed
+   * out, and takes at most about one ledger timeout in all.
+   */
   quit(): Promise<void>;
 }
 

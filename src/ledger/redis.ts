@@ -595,6 +595,8 @@ export class RedisLedger implements Ledger {
   }
 
   async quit(): Promise<void> {
+    // One ledger timeout covers the whole quit: the late replies, then QUIT.
+    const deadlineMs = Date.now() + this.#timeoutMs;
     // A release sent after QUIT would fail, and its hold would wait for the sweeper.
     if (this.#lateReplies.size > 0 && this.#timeoutMs !== 0) {
       const waited = new Promise((resolve) => setTimeout(resolve, this.#timeoutMs).unref());
@@ -608,7 +610,7 @@ export class RedisLedger implements Ledger {
         return;
       }
       // A stalled server would not reply to QUIT either, so then the connection is closed without it.
-      const closed = await withDeadline(closing, this.#timeoutMs).then(
+      const closed = await withDeadline(closing, Math.max(deadlineMs - Date.now(), MIN_LEDGER_TIMEOUT_MS)).then(
         () => true,
         (error: unknown) => {
           if (error instanceof DeadlineExceeded) return false;
