@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 
 /** One kind of request, sent over and over. */
 export interface HttpTarget {
@@ -95,8 +96,13 @@ export async function attack(target: HttpTarget, options: AttackOptions, workDir
     `-output=${resultsFile}`,
   ]);
   const report = JSON.parse(await run(vegetaBinary(), ['report', '-type=json', resultsFile])) as VegetaReport;
-  const csv = await run(vegetaBinary(), ['encode', '--to=csv', resultsFile]);
-  return { ...fromReport(report), slow: slowRequests(csvTimings(csv), SLOW_THRESHOLD_MS, SLOW_WINDOW_MS) };
+  // Read line by line: at saturation the CSV, which carries every response body, can exceed a string's maximum length.
+  const timings: RequestTiming[] = [];
+  await runLines(vegetaBinary(), ['encode', '--to=csv', resultsFile], (line) => {
+    const timing = csvTiming(line);
+    if (timing !== undefined) timings.push(timing);
+  });
+  return { ...fromReport(report), slow: slowRequests(timings, SLOW_THRESHOLD_MS, SLOW_WINDOW_MS) };
 }
 
 /** When one request was sent, and how long its response took, both in nanoseconds. */
@@ -114,13 +120,19 @@ export interface RequestTiming {
 export function csvTimings(csv: string): RequestTiming[] {
   const timings: RequestTiming[] = [];
   for (const line of csv.split('\n')) {
-    const first = line.indexOf(',');
-    const second = line.indexOf(',', first + 1);
-    const third = line.indexOf(',', second + 1);
-    if (first <= 0 || third === -1) continue;
-    timings.push({ sentNs: Number(line.slice(0, first)), latencyNs: Number(line.slice(second + 1, third)) });
+    const timing = csvTiming(line);
+    if (timing !== undefined) timings.push(timing);
   }
   return timings;
+}
+
+/** Reads the send time and latency of one row of `vegeta encode --to=csv`; undefined for a line that is no row. */
+function csvTiming(line: string): RequestTiming | undefined {
+  const first = line.indexOf(',');
+  const second = line.indexOf(',', first + 1);
+  const third = line.indexOf(',', second + 1);
+  if (first <= 0 || third === -1) return undefined;
+  return { sentNs: Number(line.slice(0, first)), latencyNs: Number(line.slice(second + 1, third)) };
 }
 
 /**
@@ -170,6 +182,27 @@ function fromReport(report: VegetaReport): Omit<AttackResult, 'slow'> {
     statusCodes: report.status_codes,
     errors: report.errors ?? [],
   };
+}
+
+/** Runs a command and passes each line of its stdout to `onLine`; rejects with its stderr when it fails. */
+function runLines(command: string, args: string[], onLine: (line: string) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const stderr: Buffer[] = [];
+    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+    const lines = createInterface({ input: child.stdout, crlfDelay: Infinity });
+    lines.on('line', onLine);
+    const closed = new Promise<void>((resolveLines) => lines.once('close', () => resolveLines()));
+    child.once('error', (error) => reject(new Error(`failed to run ${command}: ${error.message}; run bench/install.sh to install vegeta`, { cause: error })));
+    child.once('exit', (code) => {
+      if (code !== 0) {
+        reject(new Error(`${command} ${args[0]} exited with code ${code}: ${Buffer.concat(stderr).toString('utf8').trim()}`));
+        return;
+      }
+      // The exit can come before the last lines are read.
+      void closed.then(() => resolve());
+    });
+  });
 }
 
 /** Runs a command and resolves with its stdout; rejects with its stderr when it fails. */
