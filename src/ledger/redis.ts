@@ -827,8 +827,9 @@ interface WatchedConnection {
 
 /**
  * Logs the first connection error after each loss of the connection (or
- * while the first connection fails) and the connection that ends it, and keeps the most recent error for the messages of the
- * calls that fail meanwhile. The listener also keeps ioredis from printing
+ * while the first connection fails) and the connection that ends it. Keeps
+ * the most recent error for the messages of the calls that fail
+ * meanwhile. The listener also keeps ioredis from printing
  * every retry's error to the console. Callers see failures as
  * LedgerUnavailableError. A Cluster counts as lost when no node responds to
  * CLUSTER SLOTS. A single master that fails does not end its 'ready' state.
