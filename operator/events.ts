@@ -23,6 +23,7 @@ export const EventReason = {
   LedgerReopened: 'LedgerReopened',
   LedgerCurrencyMismatch: 'LedgerCurrencyMismatch',
   InvalidSpec: 'InvalidSpec',
+  BelowCost: 'BelowCost',
   PricePlanNotFound: 'PricePlanNotFound',
   SecretMissing: 'SecretMissing',
   SecretForbidden: 'SecretForbidden',

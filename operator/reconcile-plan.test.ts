@@ -39,6 +39,22 @@ describe('evaluatePlan', () => {
     );
   });
 
+  it('names models priced below cost', () => {
+    const explicit = plan({
+      currency: 'USD',
+      versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', models: { 'gpt-4.1': { input: '2.50', output: '7.00' }, 'gpt-4o-mini': { input: '0.20', output: '0.80' } } }],
+    });
+    const routes = [route('openai', ['gpt-4.1', 'gpt-4o-mini'], { 'gpt-4.1': { input: '2.00', output: '8.00' }, 'gpt-4o-mini': { input: '0.15', output: '0.60' } })];
+    const below = 'openai/gpt-4.1: output 7.00 USD < 8.00 USD per million tokens, reasoning 7.00 USD < 8.00 USD per million tokens';
+
+    const { ready, belowCost } = evaluatePlan(explicit, routes, NOW);
+    expect(ready.status).toBe('True');
+    expect(ready.message).toBe(
+      `compiled for 1 ProviderRoute(s) in plan currency USD; these served models are priced below the provider's cost, so their calls lose money: ${below}`,
+    );
+    expect(belowCost).toEqual([below]);
+  });
+
   it('says when the namespace has no routes', () => {
     expect(evaluatePlan(markupPlan, [], NOW).ready.message).toBe('compiled; no ProviderRoute in this namespace yet');
   });

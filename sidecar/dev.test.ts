@@ -5,7 +5,7 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { addManifest, emptyResourceSet } from '../src/config/manifests.ts';
 import { MemoryLedger } from '../src/ledger/memory.ts';
-import { applyGrants, CreditedGrants, startDev } from './dev.ts';
+import { applyGrants, CreditedGrants, MarginWarnings, startDev } from './dev.ts';
 
 const HOUR_MS = 3_600_000;
 
@@ -151,6 +151,54 @@ async function startExampleDev(env: NodeJS.ProcessEnv, log: pino.Logger): Promis
   const server = await startDev({ manifests, host: '127.0.0.1', port: 0, redisUrl: undefined, wallet: undefined, env, log, watch: false });
   return { server, manifests };
 }
+
+describe('MarginWarnings', () => {
+  function planAndRoute(output: string) {
+    const set = emptyResourceSet();
+    addManifest(
+      set,
+      {
+        apiVersion: 'tollgate.dev/v1alpha1',
+        kind: 'PricePlan',
+        metadata: { name: 'resale', namespace: 'shop' },
+        spec: { currency: 'USD', versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', models: { 'gpt-4.1': { input: '2.00', output } } }] },
+      },
+      'test',
+    );
+    addManifest(
+      set,
+      {
+        apiVersion: 'tollgate.dev/v1alpha1',
+        kind: 'ProviderRoute',
+        metadata: { name: 'openai', namespace: 'shop' },
+        spec: { protocol: 'openai', baseURL: 'https://api.openai.com', models: ['gpt-4.1'], costs: { 'gpt-4.1': { input: '2.00', output: '8.00' } } },
+      },
+      'test',
+    );
+    return set;
+  }
+
+  it('warns once per change of a plan below cost', () => {
+    const margins = new MarginWarnings();
+    const { log, lines } = recordingLogger();
+    const warned = () => lines.filter((line) => line['level'] === 40).map((line) => line['msg']);
+
+    margins.check(planAndRoute('7.00'), log);
+    // A reload of the same manifests logs nothing again.
+    margins.check(planAndRoute('7.00'), log);
+    expect(warned()).toEqual([
+      "price plan shop/resale charges less than the provider's cost for 1 model(s), so their calls lose money: " +
+        'openai/gpt-4.1: output 7.00 USD < 8.00 USD per million tokens, reasoning 7.00 USD < 8.00 USD per million tokens; ' +
+        'raise those rates, or use markupPercent to price them over cost',
+    ]);
+
+    // Fixed, then below cost again: the second time is a new change, so it warns again.
+    margins.check(planAndRoute('9.00'), log);
+    margins.check(planAndRoute('6.00'), log);
+    expect(warned()).toHaveLength(2);
+    expect(warned()[1]).toContain('output 6.00 USD < 8.00 USD');
+  });
+});
 
 describe('startDev', () => {
   it('credits a grant added while it runs', async () => {

@@ -9,6 +9,7 @@ import { RedisLedger } from '../src/ledger/redis.ts';
 import { REDIS_TLS_OPTIONS, watchRedisTls } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
+import { modelsBelowCost } from '../src/rating/margin.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
@@ -131,10 +132,13 @@ async function startDevSteps(options: DevOptions, opened: (() => Promise<void> |
   opened.push(async () => stopTlsWatch?.());
   // Grants added to the manifests while it runs are credited before the new configuration serves.
   const credited = new CreditedGrants();
-  const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) =>
-    applyGrants(ledger, snapshot.resources, log, credited),
-  );
+  const margins = new MarginWarnings();
+  const config = await ManifestConfig.load(options.manifests, compile, log, (snapshot) => {
+    margins.check(snapshot.resources, log);
+    return applyGrants(ledger, snapshot.resources, log, credited);
+  });
   opened.push(() => config.close());
+  margins.check(config.current().resources, log);
   await applyGrants(ledger, config.current().resources, log, credited);
 
   const stopTelemetry = await startTelemetry('tollgate-dev', log, options.env);
@@ -282,6 +286,39 @@ export class CreditedGrants {
       `grant "${grantId}" of wallet ${walletId} was already credited as ${creditedText} and now reads ${requestedText}; ` +
         'the ledger credits each grant id once, so the change does not apply. To top up, add a new grant with a new id',
     );
+  }
+}
+
+/**
+ * Warns about price plans with explicit rates below the provider's cost, once
+ * per plan until its list of such models changes, so that a reload of
+ * unchanged manifests logs nothing again.
+ */
+export class MarginWarnings {
+  private readonly warned = new Map<string, string>();
+
+  check(resources: ResourceSet, log: Logger, nowMs = Date.now()): void {
+    for (const plan of resources.plans) {
+      const namespace = plan.metadata.namespace ?? 'default';
+      const routes = resources.routes.filter((route) => (route.metadata.namespace ?? 'default') === namespace);
+      const id = `${namespace}/${plan.metadata.name}`;
+      let below: string[];
+      try {
+        below = modelsBelowCost(plan, routes, nowMs);
+      } catch {
+        // A plan whose rates do not compile is reported where a wallet uses it.
+        continue;
+      }
+      const listed = below.join('; ');
+      if (this.warned.get(id) === listed) continue;
+      this.warned.set(id, listed);
+      if (below.length === 0) continue;
+      log.warn(
+        { plan: id, models: below },
+        `price plan ${id} charges less than the provider's cost for ${below.length} model(s), so their calls lose money: ${listed}; ` +
+          'raise those rates, or use markupPercent to price them over cost',
+      );
+    }
   }
 }
 

@@ -602,6 +602,33 @@ describe('operator', () => {
       return condition(object, 'Ready')?.status === 'True' ? object : undefined;
     });
     expect(condition(plan, 'Ready')?.message).toBe('compiled for 1 ProviderRoute(s) in plan currency USD');
+
+    // An output rate under the route's cost of 0.40 sells every call at a loss, which the condition and a Warning report.
+    await custom.patchNamespacedCustomObject(
+      {
+        group: GROUP,
+        version: VERSION,
+        namespace,
+        plural: 'priceplans',
+        name: 'standard',
+        body: { spec: { versions: [{ name: 'v1', effectiveFrom: '2025-01-01T00:00:00Z', models: { 'gpt-4o-mini': { input: '0.20', output: '0.30' } } }] } },
+      },
+      MERGE_PATCH,
+    );
+    const below = 'openai/gpt-4o-mini: output 0.30 USD < 0.40 USD per million tokens, reasoning 0.30 USD < 0.40 USD per million tokens';
+    const losing = await waitFor('the plan to report its rates below cost', async () => {
+      const object = await readCustom(namespace, 'priceplans', 'standard');
+      return condition(object, 'Ready')?.message?.includes('below') ? object : undefined;
+    });
+    expect(condition(losing, 'Ready')).toMatchObject({
+      status: 'True',
+      message: `compiled for 1 ProviderRoute(s) in plan currency USD; these served models are priced below the provider's cost, so their calls lose money: ${below}`,
+    });
+    const planEvents = await waitFor('the plan\'s BelowCost Event', async () => {
+      const events = (await eventsFor(namespace, 'standard')).filter((event) => event.reason === 'BelowCost');
+      return events.length > 0 ? events : undefined;
+    });
+    expect(planEvents.map((event) => [event.type, event.message])).toEqual([['Warning', `priced below the provider's cost: ${below}`]]);
   }, 60_000);
 });
 
