@@ -6,7 +6,7 @@
 
 import type { Logger } from 'pino';
 import type { ProviderRoute } from '../src/api/provider-route.ts';
-import { modelsBelowCost } from '../src/rating/margin.ts';
+import { describeBelowCost, modelsBelowCost } from '../src/rating/margin.ts';
 import { Pricer, UnknownModelError } from '../src/rating/plan.ts';
 import { EventReason, targetOf, type EventRecorder } from './events.ts';
 import type { Informer } from './informer.ts';
@@ -30,8 +30,8 @@ const MAX_EFFECTIVE_WAIT_MS = 60 * 60_000;
 
 export interface PlanEvaluation {
   ready: DesiredCondition;
-  /** The served models with a rate below the provider's cost, as modelsBelowCost describes them. */
-  belowCost?: string[];
+  /** The models with a rate below the provider's cost, and those rates (describeBelowCost); undefined when there are none. */
+  belowCost?: string;
   /** When the first price version starts, for a plan that has none in effect yet. */
   effectiveAtMs?: number;
 }
@@ -75,13 +75,13 @@ export function evaluatePlan(object: KubeObject, namespaceRoutes: readonly KubeO
     const more = unpriced.length > LISTED_MODELS ? ` and ${unpriced.length - LISTED_MODELS} more` : '';
     message += `; requests for these served models are rejected because the plan has no price for them: ${listed}${more}`;
   }
-  const belowCost = modelsBelowCost(plan, routes, nowMs);
-  if (belowCost.length > 0) {
-    const listed = belowCost.slice(0, LISTED_MODELS).join('; ');
-    const more = belowCost.length > LISTED_MODELS ? `; and ${belowCost.length - LISTED_MODELS} more` : '';
-    message += `; these served models are priced below the provider's cost, so their calls lose money: ${listed}${more}`;
-  }
-  return { ready: { type: 'Ready', status: 'True', reason: 'Valid', message }, ...(belowCost.length > 0 ? { belowCost } : {}) };
+  const below = modelsBelowCost(plan, routes, nowMs);
+  if (below.length === 0) return { ready: { type: 'Ready', status: 'True', reason: 'Valid', message } };
+  const belowCost = describeBelowCost(below.slice(0, LISTED_MODELS)) + (below.length > LISTED_MODELS ? ` and ${below.length - LISTED_MODELS} more` : '');
+  message +=
+    `; ${below.length} model(s) have rates below the provider's cost, so calls made mostly of those tokens or units are ` +
+    `charged less than they cost: ${belowCost}`;
+  return { ready: { type: 'Ready', status: 'True', reason: 'Valid', message }, belowCost };
 }
 
 /** Lists "route/model" for each model a route serves that the plan cannot price now. */
@@ -121,7 +121,7 @@ export class PlanReconciler {
     if (!object || object.metadata.deletionTimestamp) return;
 
     const now = Date.now();
-    const { ready, effectiveAtMs, belowCost = [] } = evaluatePlan(object, routes.list(namespace), now);
+    const { ready, effectiveAtMs, belowCost } = evaluatePlan(object, routes.list(namespace), now);
     const previous = object.status as ResourceStatus | undefined;
     const status: ResourceStatus = {
       observedGeneration: object.metadata.generation,
@@ -135,8 +135,9 @@ export class PlanReconciler {
       if (ready.status === 'False' && !(before?.status === 'False' && before.reason === ready.reason)) {
         await events.record(targetOf(object), 'Warning', EventReason.InvalidSpec, ready.message);
       }
-      if (belowCost.length > 0 && before?.message !== ready.message) {
-        await events.record(targetOf(object), 'Warning', EventReason.BelowCost, `priced below the provider's cost: ${belowCost.join('; ')}`);
+      // Only a change of the models or rates below cost is news; the rest of the message can change for other reasons.
+      if (belowCost !== undefined && !before?.message?.endsWith(belowCost)) {
+        await events.record(targetOf(object), 'Warning', EventReason.BelowCost, `rates below the provider's cost: ${belowCost}`);
       }
     }
     if (effectiveAtMs !== undefined) return { requeueAfterMs: Math.min(effectiveAtMs - now + 1_000, MAX_EFFECTIVE_WAIT_MS) };

@@ -187,16 +187,16 @@ describe('MarginWarnings', () => {
     // A reload of the same manifests logs nothing again.
     margins.check(planAndRoute('7.00'), log);
     expect(warned()).toEqual([
-      "price plan shop/resale charges less than the provider's cost for 1 model(s), so their calls lose money: " +
-        'openai/gpt-4.1: output 7.00 USD < 8.00 USD per million tokens, reasoning 7.00 USD < 8.00 USD per million tokens; ' +
-        'raise those rates, or use markupPercent to price them over cost',
+      "price plan shop/resale has rates below the provider's cost for 1 model(s), so calls made mostly of those tokens or units " +
+        'are charged less than they cost: openai/gpt-4.1 (output). Raise those rates (or unknownModels.defaultRates), or price the models with markupPercent',
     ]);
+    expect(lines.find((line) => line['level'] === 40)?.['rates']).toEqual({ 'openai/gpt-4.1': { output: '7.00 USD < 8.00 USD per million tokens' } });
 
     // Fixed, then below cost again: the second time is a new change, so it warns again.
     margins.check(planAndRoute('9.00'), log);
     margins.check(planAndRoute('6.00'), log);
     expect(warned()).toHaveLength(2);
-    expect(warned()[1]).toContain('output 6.00 USD < 8.00 USD');
+    expect(lines.filter((line) => line['level'] === 40)[1]?.['rates']).toEqual({ 'openai/gpt-4.1': { output: '6.00 USD < 8.00 USD per million tokens' } });
   });
 });
 

@@ -9,7 +9,7 @@ import { RedisLedger } from '../src/ledger/redis.ts';
 import { REDIS_TLS_OPTIONS, watchRedisTls } from '../src/ledger/redis-tls.ts';
 import { DEFAULT_SETTLED_RETENTION_MS } from '../src/ledger/retention.ts';
 import { formatAmount, parseAmount } from '../src/money/money.ts';
-import { modelsBelowCost } from '../src/rating/margin.ts';
+import { describeBelowCost, modelsBelowCost, type ModelBelowCost } from '../src/rating/margin.ts';
 import { startSimulator } from '../src/simulator/index.ts';
 import { createSidecarMetrics } from '../src/telemetry/metrics.ts';
 import { startTelemetry } from '../src/telemetry/tracing.ts';
@@ -302,21 +302,22 @@ export class MarginWarnings {
       const namespace = plan.metadata.namespace ?? 'default';
       const routes = resources.routes.filter((route) => (route.metadata.namespace ?? 'default') === namespace);
       const id = `${namespace}/${plan.metadata.name}`;
-      let below: string[];
+      let below: ModelBelowCost[];
       try {
         below = modelsBelowCost(plan, routes, nowMs);
       } catch {
         // A plan whose rates do not compile is reported where a wallet uses it.
         continue;
       }
-      const listed = below.join('; ');
+      const listed = describeBelowCost(below);
       if (this.warned.get(id) === listed) continue;
       this.warned.set(id, listed);
       if (below.length === 0) continue;
+      const rates = Object.fromEntries(below.map((model) => [model.model, Object.fromEntries(model.rates.map((rate) => [rate.rate, rate.detail]))]));
       log.warn(
-        { plan: id, models: below },
-        `price plan ${id} charges less than the provider's cost for ${below.length} model(s), so their calls lose money: ${listed}; ` +
-          'raise those rates, or use markupPercent to price them over cost',
+        { plan: id, rates },
+        `price plan ${id} has rates below the provider's cost for ${below.length} model(s), so calls made mostly of those tokens or units ` +
+          `are charged less than they cost: ${listed}. Raise those rates (or unknownModels.defaultRates), or price the models with markupPercent`,
       );
     }
   }

@@ -603,7 +603,7 @@ describe('operator', () => {
     });
     expect(condition(plan, 'Ready')?.message).toBe('compiled for 1 ProviderRoute(s) in plan currency USD');
 
-    // An output rate under the route's cost of 0.40 sells every call at a loss, which the condition and a Warning report.
+    // An output rate under the route's cost of 0.40 charges output-heavy calls less than they cost; the condition and a Warning report it.
     await custom.patchNamespacedCustomObject(
       {
         group: GROUP,
@@ -615,20 +615,44 @@ describe('operator', () => {
       },
       MERGE_PATCH,
     );
-    const below = 'openai/gpt-4o-mini: output 0.30 USD < 0.40 USD per million tokens, reasoning 0.30 USD < 0.40 USD per million tokens';
+    const below = 'openai/gpt-4o-mini (output)';
     const losing = await waitFor('the plan to report its rates below cost', async () => {
       const object = await readCustom(namespace, 'priceplans', 'standard');
       return condition(object, 'Ready')?.message?.includes('below') ? object : undefined;
     });
     expect(condition(losing, 'Ready')).toMatchObject({
       status: 'True',
-      message: `compiled for 1 ProviderRoute(s) in plan currency USD; these served models are priced below the provider's cost, so their calls lose money: ${below}`,
+      message:
+        "compiled for 1 ProviderRoute(s) in plan currency USD; 1 model(s) have rates below the provider's cost, so calls made mostly " +
+        `of those tokens or units are charged less than they cost: ${below}`,
     });
     const planEvents = await waitFor('the plan\'s BelowCost Event', async () => {
       const events = (await eventsFor(namespace, 'standard')).filter((event) => event.reason === 'BelowCost');
       return events.length > 0 ? events : undefined;
     });
-    expect(planEvents.map((event) => [event.type, event.message])).toEqual([['Warning', `priced below the provider's cost: ${below}`]]);
+    expect(planEvents.map((event) => [event.type, event.message])).toEqual([['Warning', `rates below the provider's cost: ${below}`]]);
+
+    // A second route changes the Ready message but not the rates below cost, so no second Warning follows.
+    await custom.createNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace,
+      plural: 'providerroutes',
+      body: {
+        apiVersion: `${GROUP}/${VERSION}`,
+        kind: 'ProviderRoute',
+        metadata: { name: 'compatible' },
+        spec: { protocol: 'openai-compatible', baseURL: 'http://127.0.0.1:9', models: ['local-model'], costs: {} },
+      },
+    });
+    await waitFor('the plan to count both routes', async () => {
+      const object = await readCustom(namespace, 'priceplans', 'standard');
+      return condition(object, 'Ready')?.message?.startsWith('compiled for 2 ProviderRoute(s)') ? object : undefined;
+    });
+    // The reconciler records an Event after the status update, so a second one would show up within moments.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const after = (await eventsFor(namespace, 'standard')).filter((event) => event.reason === 'BelowCost');
+    expect(after.map((event) => [event.message, event.count ?? 1])).toEqual([[`rates below the provider's cost: ${below}`, 1]]);
   }, 60_000);
 });
 
