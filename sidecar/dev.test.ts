@@ -200,6 +200,36 @@ describe('MarginWarnings', () => {
   });
 });
 
+describe('MarginWarnings across namespaces', () => {
+  it('checks routes of other namespaces', () => {
+    const set = emptyResourceSet();
+    addManifest(
+      set,
+      {
+        apiVersion: 'tollgate.dev/v1alpha1',
+        kind: 'PricePlan',
+        metadata: { name: 'resale', namespace: 'shop' },
+        spec: { currency: 'USD', versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', models: { 'gpt-4.1': { input: '2.00', output: '7.00' } } }] },
+      },
+      'test',
+    );
+    // dev finds a route by its path prefix alone, so a wallet in shop reaches this route too.
+    addManifest(
+      set,
+      {
+        apiVersion: 'tollgate.dev/v1alpha1',
+        kind: 'ProviderRoute',
+        metadata: { name: 'openai', namespace: 'platform' },
+        spec: { protocol: 'openai', baseURL: 'https://api.openai.com', models: ['gpt-4.1'], costs: { 'gpt-4.1': { input: '2.00', output: '8.00' } } },
+      },
+      'test',
+    );
+    const { log, lines } = recordingLogger();
+    new MarginWarnings().check(set, log);
+    expect(lines.filter((line) => line['level'] === 40).map((line) => line['rates'])).toEqual([{ 'openai/gpt-4.1': { output: '7.00 USD < 8.00 USD per million tokens' } }]);
+  });
+});
+
 describe('startDev', () => {
   it('credits a grant added while it runs', async () => {
     const { server, manifests } = await startExampleDev({}, pino({ level: 'silent' }));

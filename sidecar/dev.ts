@@ -300,7 +300,8 @@ export class MarginWarnings {
   check(resources: ResourceSet, log: Logger, nowMs = Date.now()): void {
     for (const plan of resources.plans) {
       const namespace = plan.metadata.namespace ?? 'default';
-      const routes = resources.routes.filter((route) => (route.metadata.namespace ?? 'default') === namespace);
+      // dev serves every route by its path prefix, so a wallet of any namespace can reach each one.
+      const routes = resources.routes;
       const id = `${namespace}/${plan.metadata.name}`;
       let below: ModelBelowCost[];
       try {
