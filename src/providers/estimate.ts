@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { emptyUsage, type Usage } from '../rating/usage.ts';
+import { isRecord } from './fields.ts';
 
 /**
  * Token estimates for holds and for responses that arrive without usage.
@@ -112,20 +113,16 @@ export function estimatePromptFromBody(body: Record<string, unknown>): number {
     const value = body[key];
     // Gemini's batchEmbedContents carries one embedContent body per item, each with its own model name.
     if (key === 'requests' && Array.isArray(value)) {
-      for (const item of value) tokens += isBody(item) ? estimatePromptFromBody(item) : estimateStringTokens(item);
+      for (const item of value) tokens += isRecord(item) ? estimatePromptFromBody(item) : estimateStringTokens(item);
       continue;
     }
     if (GENERATION_CONFIG_FIELDS.has(key)) {
-      if (isBody(value)) for (const field of RESPONSE_SCHEMA_FIELDS) tokens += estimateStringTokens(value[field]);
+      if (isRecord(value)) for (const field of RESPONSE_SCHEMA_FIELDS) tokens += estimateStringTokens(value[field]);
       continue;
     }
     tokens += estimateStringTokens(value);
   }
   return tokens;
-}
-
-function isBody(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 /** Adds up the token estimates of the strings in a JSON value, leaving out `data` fields and `data:` URLs. */
