@@ -152,32 +152,33 @@ async function startExampleDev(env: NodeJS.ProcessEnv, log: pino.Logger): Promis
   return { server, manifests };
 }
 
-describe('MarginWarnings', () => {
-  function planAndRoute(output: string) {
-    const set = emptyResourceSet();
-    addManifest(
-      set,
-      {
-        apiVersion: 'tollgate.dev/v1alpha1',
-        kind: 'PricePlan',
-        metadata: { name: 'resale', namespace: 'shop' },
-        spec: { currency: 'USD', versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', models: { 'gpt-4.1': { input: '2.00', output } } }] },
-      },
-      'test',
-    );
-    addManifest(
-      set,
-      {
-        apiVersion: 'tollgate.dev/v1alpha1',
-        kind: 'ProviderRoute',
-        metadata: { name: 'openai', namespace: 'shop' },
-        spec: { protocol: 'openai', baseURL: 'https://api.openai.com', models: ['gpt-4.1'], costs: { 'gpt-4.1': { input: '2.00', output: '8.00' } } },
-      },
-      'test',
-    );
-    return set;
-  }
+/** A plan in namespace shop that charges `output` for gpt-4.1, and a route in `routeNamespace` that pays 8.00 for it. */
+function planAndRoute(output: string, routeNamespace = 'shop') {
+  const set = emptyResourceSet();
+  addManifest(
+    set,
+    {
+      apiVersion: 'tollgate.dev/v1alpha1',
+      kind: 'PricePlan',
+      metadata: { name: 'resale', namespace: 'shop' },
+      spec: { currency: 'USD', versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', models: { 'gpt-4.1': { input: '2.00', output } } }] },
+    },
+    'test',
+  );
+  addManifest(
+    set,
+    {
+      apiVersion: 'tollgate.dev/v1alpha1',
+      kind: 'ProviderRoute',
+      metadata: { name: 'openai', namespace: routeNamespace },
+      spec: { protocol: 'openai', baseURL: 'https://api.openai.com', models: ['gpt-4.1'], costs: { 'gpt-4.1': { input: '2.00', output: '8.00' } } },
+    },
+    'test',
+  );
+  return set;
+}
 
+describe('MarginWarnings', () => {
   it('warns once per change of a plan below cost', () => {
     const margins = new MarginWarnings();
     const { log, lines } = recordingLogger();
@@ -202,30 +203,9 @@ describe('MarginWarnings', () => {
 
 describe('MarginWarnings across namespaces', () => {
   it('checks routes of other namespaces', () => {
-    const set = emptyResourceSet();
-    addManifest(
-      set,
-      {
-        apiVersion: 'tollgate.dev/v1alpha1',
-        kind: 'PricePlan',
-        metadata: { name: 'resale', namespace: 'shop' },
-        spec: { currency: 'USD', versions: [{ effectiveFrom: '2026-01-01T00:00:00Z', models: { 'gpt-4.1': { input: '2.00', output: '7.00' } } }] },
-      },
-      'test',
-    );
-    // dev finds a route by its path prefix alone, so a wallet in shop reaches this route too.
-    addManifest(
-      set,
-      {
-        apiVersion: 'tollgate.dev/v1alpha1',
-        kind: 'ProviderRoute',
-        metadata: { name: 'openai', namespace: 'platform' },
-        spec: { protocol: 'openai', baseURL: 'https://api.openai.com', models: ['gpt-4.1'], costs: { 'gpt-4.1': { input: '2.00', output: '8.00' } } },
-      },
-      'test',
-    );
+    // dev finds a route by its path prefix alone, so a wallet in shop reaches a route in platform too.
     const { log, lines } = recordingLogger();
-    new MarginWarnings().check(set, log);
+    new MarginWarnings().check(planAndRoute('7.00', 'platform'), log);
     expect(lines.filter((line) => line['level'] === 40).map((line) => line['rates'])).toEqual([{ 'openai/gpt-4.1': { output: '7.00 USD < 8.00 USD per million tokens' } }]);
   });
 });

@@ -124,6 +124,16 @@ async function createPlan(namespace: string, name: string, inputRate = '0.15'): 
   });
 }
 
+async function createRoute(namespace: string, name: string, spec: Record<string, unknown>): Promise<void> {
+  await custom.createNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace,
+    plural: 'providerroutes',
+    body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'ProviderRoute', metadata: { name }, spec },
+  });
+}
+
 async function createWallet(
   namespace: string,
   name: string,
@@ -494,23 +504,12 @@ describe('operator', () => {
     await createPlan(namespace, 'standard', '0.15');
     await createWallet(namespace, 'team', [{ id: 'start', amount: '5.00' }]);
     await createWallet(namespace, 'orphan', [{ id: 'start', amount: '1.00' }], { pricePlanRef: { name: 'missing' } });
-    await custom.createNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural: 'providerroutes',
-      body: {
-        apiVersion: `${GROUP}/${VERSION}`,
-        kind: 'ProviderRoute',
-        metadata: { name: 'openai' },
-        spec: {
-          protocol: 'openai',
-          baseURL: 'https://api.openai.com',
-          credentialSecretRef: { name: 'openai-key', key: 'apiKey' },
-          models: ['gpt-4o-mini'],
-          costs: { 'gpt-4o-mini': { input: '0.10', output: '0.40' } },
-        },
-      },
+    await createRoute(namespace, 'openai', {
+      protocol: 'openai',
+      baseURL: 'https://api.openai.com',
+      credentialSecretRef: { name: 'openai-key', key: 'apiKey' },
+      models: ['gpt-4o-mini'],
+      costs: { 'gpt-4o-mini': { input: '0.10', output: '0.40' } },
     });
 
     interface SnapshotBody {
@@ -633,18 +632,7 @@ describe('operator', () => {
     expect(planEvents.map((event) => [event.type, event.message])).toEqual([['Warning', `rates below the provider's cost: ${below}`]]);
 
     // A second route changes the Ready message but not the rates below cost, so no second Warning follows.
-    await custom.createNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural: 'providerroutes',
-      body: {
-        apiVersion: `${GROUP}/${VERSION}`,
-        kind: 'ProviderRoute',
-        metadata: { name: 'compatible' },
-        spec: { protocol: 'openai-compatible', baseURL: 'http://127.0.0.1:9', models: ['local-model'], costs: {} },
-      },
-    });
+    await createRoute(namespace, 'compatible', { protocol: 'openai-compatible', baseURL: 'http://127.0.0.1:9', models: ['local-model'], costs: {} });
     await waitFor('the plan to count both routes', async () => {
       const object = await readCustom(namespace, 'priceplans', 'standard');
       return condition(object, 'Ready')?.message?.startsWith('compiled for 2 ProviderRoute(s)') ? object : undefined;

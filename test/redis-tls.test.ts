@@ -379,7 +379,7 @@ describe('RedisLedger over TLS after its connection was up', () => {
 
       const messages = await failures(ledger, 10);
       // Under TLS 1.3 the client may see the server's alert or the reset that follows it. Until the first attempt
-      // to connect again fails, a call's error says only that the connection is down.
+      // to connect again fails, a call's error reports only that the connection is down.
       const certificate = /Redis rejected the ledger's client certificate|If it rejected the client certificate/;
       for (const message of messages) expect(message).toMatch(new RegExp(`${certificate.source}|the connection is down and the client is reconnecting`));
       expect(messages.filter((message) => certificate.test(message)).length).toBeGreaterThanOrEqual(8);

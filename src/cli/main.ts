@@ -225,7 +225,7 @@ async function dev(args: string[]): Promise<number> {
   } catch (error) {
     const { LedgerUnavailableError } = await import('../ledger/ledger.ts');
     if (error instanceof LedgerUnavailableError && values['commit-journal'] !== undefined) {
-      // The journal is replayed only once the ledger answers, so its commits are still waiting.
+      // The journal is replayed only after the ledger is reachable, so its commits are still in the file.
       throw new Error(`${error.message.replace(/\.+$/, '')}. Commits waiting in ${values['commit-journal']} stay there and are applied at the next start that reaches Redis`, {
         cause: error,
       });

@@ -64,12 +64,13 @@ const PEM_PRIVATE_KEY = /-----BEGIN [A-Z ]*PRIVATE KEY-----/;
 /**
  * Reads and checks the TLS files for a ledger URL. Returns undefined when no
  * file is set, else the options for Node.js's `tls.connect`, which the
- * ledger passes to every connection, to each node of a cluster too. Throws
- * a RedisTlsFileError when a file cannot be read or used (an incomplete or
- * unparsable block, an expired client certificate, a key that does not fit),
- * and a RangeError for settings that do not go together (a certificate
- * without its key, files with a URL without TLS). Each names the setting
- * and the fix.
+ * ledger passes to every connection, to each node of a cluster too.
+ *
+ * Throws a RedisTlsFileError when a file cannot be read or used: an
+ * incomplete or unparsable block, an expired client certificate, or a key
+ * that does not fit. Throws a RangeError for settings that do not go
+ * together, such as a certificate without its key or files with a URL
+ * without TLS. Each error names the setting and the fix.
  */
 export function loadRedisTls(url: string, files: RedisTlsFiles, names: RedisTlsSettingNames): ConnectionOptions | undefined {
   const caFile = files.caFile || undefined;
